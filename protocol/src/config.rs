@@ -1,0 +1,82 @@
+//! Per-node policies: when to sever, how to forward proofs, the §5.4 heuristic.
+
+use serde::{Deserialize, Serialize};
+
+/// What a node does when its downstream owes it a response or proof past the deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeverPolicy {
+    /// Sever the downstream edge the moment the deadline passes (paper §5.2).
+    Immediate,
+    /// Keep waiting (paying late fees upstream) through `n` syncs of the upstream edge
+    /// after the deadline; sever at the n-th and send the proof with it (§5.3: n = 1,
+    /// §5.5: n = 9). A client with no upstream counts syncs of the downstream edge.
+    WaitSyncs(u32),
+    /// Sever this many ms after the deadline (used to reproduce §5.4's 1599 ms).
+    WaitMs(u64),
+    /// Never sever for lateness; keep paying and collecting late fees.
+    Never,
+}
+
+/// When a node passes a proof of severance on to its upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProofForwarding {
+    /// As soon as it arrives (paper §5.2). Stops late-fee accrual soonest.
+    Immediate,
+    /// With the next periodic sync of the upstream edge (the tables of §5.3 to §5.5).
+    NextSync,
+}
+
+/// The §5.4 heuristic: sever an edge whose earnings minus losses over a window is
+/// negative. Earnings are the fees this node kept on requests that crossed the edge;
+/// losses are late fees the peer owed and did not pay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heuristic {
+    /// Look-back window in ms (the paper suggests an hour).
+    pub window_ms: u64,
+}
+
+/// Deliberate deviations, for simulating misbehaving nodes. Production configs leave
+/// this at its default (all off).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Misbehaviour {
+    /// Never pay late fees (paper §5.4's Bob).
+    pub withhold_late_fees: bool,
+}
+
+/// Engine configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// Reaction to an overdue downstream.
+    pub sever_policy: SeverPolicy,
+    /// Proof forwarding.
+    pub proof_forwarding: ProofForwarding,
+    /// Optional §5.4 heuristic.
+    pub heuristic: Option<Heuristic>,
+    /// Slack, in ms, granted to a downstream's late-fee payments before a shortfall is
+    /// counted (network jitter). Zero in the simulator.
+    pub fee_tolerance_ms: u64,
+    /// Maximum requests this node tracks at once; more are refused (and refunded).
+    pub max_in_flight: usize,
+    /// A peer unheard for this many of its sync intervals is reported silent.
+    pub silence_syncs: u32,
+    /// Deliberate deviations (simulation only).
+    pub misbehaviour: Misbehaviour,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            sever_policy: SeverPolicy::WaitSyncs(3),
+            proof_forwarding: ProofForwarding::Immediate,
+            heuristic: Some(Heuristic {
+                window_ms: 3_600_000,
+            }),
+            fee_tolerance_ms: 50,
+            max_in_flight: 100_000,
+            silence_syncs: 3,
+            misbehaviour: Misbehaviour::default(),
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Identities, hashes and domain-separated signatures.
+//!
+//! Every signed type implements [`Signable`]: its signing bytes are a per-type domain
+//! tag followed by the canonical wire encoding of the value (see [`crate::wire`]).
+//! The contract verifies exactly these bytes with `env::ed25519_verify`, so the types
+//! here build for `wasm32-unknown-unknown` without the `crypto` feature.
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use crate::wire::{self, WireError};
+
+/// A node's identity: its ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub [u8; 32]);
+
+impl std::fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    /// The first eight hex digits, enough to tell nodes apart in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A SHA-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Hash(pub [u8; 32]);
+
+impl std::fmt::Debug for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hash(")?;
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
+impl Hash {
+    /// SHA-256 of `data`.
+    pub fn of(data: &[u8]) -> Hash {
+        Hash(Sha256::digest(data).into())
+    }
+
+    /// SHA-256 of a domain tag followed by `data`.
+    pub fn tagged(tag: &[u8], data: &[u8]) -> Hash {
+        let mut h = Sha256::new();
+        h.update(tag);
+        h.update(data);
+        Hash(h.finalize().into())
+    }
+}
+
+/// An ed25519 signature (64 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature(pub [u8; 64]);
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Signature;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("64 signature bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Signature, E> {
+                let arr: [u8; 64] = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(Signature(arr))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Signature, E> {
+                self.visit_bytes(&v)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Signature, A::Error> {
+                let mut arr = [0u8; 64];
+                for (i, slot) in arr.iter_mut().enumerate() {
+                    *slot = seq
+                        .next_element()?
+                        .ok_or_else(|| de::Error::invalid_length(i, &self))?;
+                }
+                Ok(Signature(arr))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// A type that is signed with a domain tag of its own.
+pub trait Signable: Serialize {
+    /// The domain-separation tag, unique per signed type and protocol version.
+    const DOMAIN: &'static [u8];
+
+    /// The exact bytes that are signed: `DOMAIN || canonical_encoding(self)`.
+    fn signing_bytes(&self) -> Result<Vec<u8>, WireError> {
+        let body = wire::encode(self)?;
+        let mut out = Vec::with_capacity(Self::DOMAIN.len().saturating_add(body.len()));
+        out.extend_from_slice(Self::DOMAIN);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+}
+
+/// A failed signature check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    /// The public key bytes are not a valid ed25519 point.
+    #[error("invalid public key")]
+    BadKey,
+    /// The signature does not verify under the claimed key and domain.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// The value could not be encoded for signing.
+    #[error("value could not be encoded for signing")]
+    Encoding,
+}
+
+#[cfg(feature = "crypto")]
+mod keys {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+
+    /// A node's signing key. Held in memory only by the node that owns it.
+    #[derive(Clone)]
+    pub struct Keypair {
+        signing: SigningKey,
+        id: NodeId,
+    }
+
+    impl std::fmt::Debug for Keypair {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Keypair({})", self.id)
+        }
+    }
+
+    impl Keypair {
+        /// The key whose 32-byte secret seed is `seed`.
+        pub fn from_seed(seed: [u8; 32]) -> Keypair {
+            let signing = SigningKey::from_bytes(&seed);
+            let id = NodeId(signing.verifying_key().to_bytes());
+            Keypair { signing, id }
+        }
+
+        /// The secret seed, for writing a key file.
+        pub fn seed(&self) -> [u8; 32] {
+            self.signing.to_bytes()
+        }
+
+        /// The public identity.
+        pub fn id(&self) -> NodeId {
+            self.id
+        }
+
+        /// Signs raw bytes (already domain-tagged).
+        pub fn sign_bytes(&self, bytes: &[u8]) -> Signature {
+            Signature(self.signing.sign(bytes).to_bytes())
+        }
+
+        /// Signs `value` under its domain tag.
+        pub fn sign<T: Signable>(&self, value: &T) -> Result<Signature, CryptoError> {
+            let bytes = value.signing_bytes().map_err(|_| CryptoError::Encoding)?;
+            Ok(self.sign_bytes(&bytes))
+        }
+    }
+
+    /// Verifies `sig` by `signer` over raw (already domain-tagged) bytes, strictly
+    /// (no malleable or small-order encodings).
+    pub fn verify_bytes(signer: &NodeId, bytes: &[u8], sig: &Signature) -> Result<(), CryptoError> {
+        let key = VerifyingKey::from_bytes(&signer.0).map_err(|_| CryptoError::BadKey)?;
+        let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
+        key.verify_strict(bytes, &sig)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+
+    /// Verifies `sig` by `signer` over `value` under its domain tag.
+    pub fn verify<T: Signable>(signer: &NodeId, value: &T, sig: &Signature) -> Result<(), CryptoError> {
+        let bytes = value.signing_bytes().map_err(|_| CryptoError::Encoding)?;
+        verify_bytes(signer, &bytes, sig)
+    }
+}
+
+#[cfg(feature = "crypto")]
+pub use keys::{verify, verify_bytes, Keypair};
+
+#[cfg(all(test, feature = "crypto"))]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct A(u64);
+    impl Signable for A {
+        const DOMAIN: &'static [u8] = b"test/a";
+    }
+    #[derive(Serialize)]
+    struct B(u64);
+    impl Signable for B {
+        const DOMAIN: &'static [u8] = b"test/b";
+    }
+
+    #[test]
+    fn signatures_are_domain_separated() {
+        let k = Keypair::from_seed([7; 32]);
+        let sig = k.sign(&A(5)).unwrap();
+        assert_eq!(verify(&k.id(), &A(5), &sig), Ok(()));
+        // Same encoding, different domain: refused.
+        assert_eq!(verify(&k.id(), &B(5), &sig), Err(CryptoError::BadSignature));
+        assert_eq!(verify(&k.id(), &A(6), &sig), Err(CryptoError::BadSignature));
+        let other = Keypair::from_seed([8; 32]);
+        assert_eq!(verify(&other.id(), &A(5), &sig), Err(CryptoError::BadSignature));
+    }
+
+    #[test]
+    fn signature_serde_roundtrip_and_length_check() {
+        let k = Keypair::from_seed([1; 32]);
+        let sig = k.sign(&A(1)).unwrap();
+        let bytes = wire::encode(&sig).unwrap();
+        let back: Signature = wire::decode(&bytes).unwrap();
+        assert_eq!(back, sig);
+        let short = wire::encode(&vec![0u8; 10]).unwrap();
+        assert!(wire::decode::<Signature>(&short).is_err());
+    }
+}

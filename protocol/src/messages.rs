@@ -1,0 +1,145 @@
+//! Messages exchanged between neighbouring nodes over an edge.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Signature;
+use crate::types::{
+    ChannelId, FeePayment, RequestHeader, RequestId, SignedResponse, SignedSeverNotice,
+    SignedUpdate,
+};
+
+/// A request travelling one hop: header, the payer-signed payment, and the body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMsg {
+    /// The header (client-signed core + this hop's budget).
+    pub header: RequestHeader,
+    /// The payment for this hop and everything after it.
+    pub payment: SignedUpdate,
+    /// The request body.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// Why a receiver refused a request after taking its (valid) payment; it refunds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The payment does not cover the remaining path cost.
+    AmountTooSmall,
+    /// The budget does not equal twice the remaining one-way latency.
+    BudgetMismatch,
+    /// The late-fee rate exceeds what an edge on the route accepts.
+    FeeRateTooHigh,
+    /// The route is malformed or names an edge this node does not know.
+    RouteInvalid,
+    /// The client's signature or the body hash does not check out.
+    BadRequest,
+    /// A request with this id is already in flight here.
+    Duplicate,
+    /// The node is at its in-flight limit.
+    Overloaded,
+}
+
+/// Round-trip measurement carried on syncs: the peer's last `sent_at_ms` and how
+/// long it was held before this reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Echo {
+    /// The `sent_at_ms` being echoed (the original sender's clock).
+    pub sent_at_ms: u64,
+    /// Time between receiving it and sending this echo.
+    pub held_ms: u64,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Liveness probe used by transports and tests; the engine ignores it.
+    Ping {
+        /// Arbitrary.
+        nonce: u64,
+    },
+    /// A paid request.
+    Request(Box<RequestMsg>),
+    /// The payee's countersignature of update `seq` on `channel` (its acknowledgement).
+    Ack {
+        /// The channel.
+        channel: ChannelId,
+        /// The acknowledged update's sequence number (in the sender-of-ack's incoming direction).
+        seq: u64,
+        /// Signature over [`crate::types::AckOf`] the update.
+        sig: Signature,
+    },
+    /// A refused request, refunded in full.
+    Reject {
+        /// The refused request.
+        request: RequestId,
+        /// Why.
+        reason: RejectReason,
+        /// The refund, signed by the refusing node.
+        refund: SignedUpdate,
+    },
+    /// The server's signed response travelling back.
+    Response {
+        /// The request answered.
+        request: RequestId,
+        /// The server's signature over (request, body hash).
+        response: SignedResponse,
+        /// The response body.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+        /// Final late fee for this request, when the response is late.
+        fee: Option<FeePayment>,
+    },
+    /// Proof that an edge on the request's route is severed.
+    Proof {
+        /// The request it answers.
+        request: RequestId,
+        /// The signed severing notice.
+        notice: SignedSeverNotice,
+        /// Final late fee for this request, when the proof is late.
+        fee: Option<FeePayment>,
+    },
+    /// The periodic sync of an edge: heartbeat, late fees, queued proofs.
+    Sync {
+        /// The edge.
+        channel: ChannelId,
+        /// Sender's clock.
+        sent_at_ms: u64,
+        /// Echo of the peer's last sync, for latency observation.
+        echo: Option<Echo>,
+        /// Late fees owed to the receiver up to `sent_at_ms`.
+        fee: Option<FeePayment>,
+        /// Proofs held back for this sync (forwarding policy `next_sync`).
+        proofs: Vec<(RequestId, SignedSeverNotice)>,
+    },
+    /// Sent on (re)connection: what each side holds, so the other retransmits the rest.
+    Reestablish {
+        /// The edge.
+        channel: ChannelId,
+        /// The highest update seq the sender holds from the receiver.
+        received_seq: u64,
+        /// The highest update seq the sender has signed towards the receiver.
+        sent_seq: u64,
+    },
+    /// Courtesy notice to the peer of an edge the sender has severed.
+    Severed {
+        /// The signed notice.
+        notice: SignedSeverNotice,
+    },
+}
+
+impl Message {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Ping { .. } => "ping",
+            Message::Request(_) => "request",
+            Message::Ack { .. } => "ack",
+            Message::Reject { .. } => "reject",
+            Message::Response { .. } => "response",
+            Message::Proof { .. } => "proof",
+            Message::Sync { .. } => "sync",
+            Message::Reestablish { .. } => "reestablish",
+            Message::Severed { .. } => "severed",
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! What the engine asks to persist, and an in-memory store that applies it.
+//!
+//! The engine emits [`Write`]s; the driver makes them durable (the node batches them
+//! into one group commit) and then reports them with `Engine::writes_durable`. Only
+//! then are the frames that depend on them released. [`Store::apply`] is the one
+//! definition of how writes fold into state: the node's database uses it for its
+//! records, and the simulator uses it to check crash recovery.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::ChannelRecord;
+use crate::crypto::Signature;
+use crate::engine::Pending;
+use crate::messages::Message;
+use crate::types::{ChannelId, RequestId, SignedSeverNotice, SignedUpdate};
+
+/// One durable change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Write {
+    /// A channel was opened (full record).
+    Channel(Box<ChannelRecord>),
+    /// We signed an update; the message carrying it is kept for retransmission.
+    Outgoing {
+        /// The channel.
+        channel: ChannelId,
+        /// Our signed update.
+        update: Box<SignedUpdate>,
+        /// The message that carries it.
+        message: Box<Message>,
+    },
+    /// The peer acknowledged our updates up to `seq`.
+    Acked {
+        /// The channel.
+        channel: ChannelId,
+        /// Highest acknowledged seq.
+        seq: u64,
+        /// The peer's countersignature.
+        sig: Signature,
+    },
+    /// We accepted a peer-signed update.
+    Incoming {
+        /// The channel.
+        channel: ChannelId,
+        /// The peer's signed update.
+        update: Box<SignedUpdate>,
+    },
+    /// The channel was severed.
+    Severed {
+        /// The channel.
+        channel: ChannelId,
+        /// The notice.
+        notice: Box<SignedSeverNotice>,
+    },
+    /// A request's state (inserted or replaced).
+    Pending(Box<Pending>),
+    /// A request is finished here.
+    PendingDone(RequestId),
+}
+
+/// Why a write could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The write names a channel the store has no record of.
+    #[error("write for unknown channel {0}")]
+    UnknownChannel(ChannelId),
+    /// The write would move a channel's state backwards.
+    #[error("write would move {channel} backwards (seq {have} -> {got})")]
+    Backwards {
+        /// The channel.
+        channel: ChannelId,
+        /// Seq held.
+        have: u64,
+        /// Seq offered.
+        got: u64,
+    },
+}
+
+/// Channel records and pending requests, as rebuilt from writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    /// Channel records by id.
+    pub channels: BTreeMap<ChannelId, ChannelRecord>,
+    /// Requests in flight by id.
+    pub pending: BTreeMap<RequestId, Pending>,
+}
+
+impl Store {
+    /// Folds one write into the store. Refuses writes that go backwards.
+    pub fn apply(&mut self, w: &Write) -> Result<(), StoreError> {
+        match w {
+            Write::Channel(rec) => {
+                self.channels.entry(rec.id()).or_insert_with(|| (**rec).clone());
+            }
+            Write::Outgoing {
+                channel,
+                update,
+                message,
+            } => {
+                let rec = self.channel(*channel)?;
+                let u = &update.update;
+                if u.seq <= rec.outgoing.seq {
+                    return Err(StoreError::Backwards {
+                        channel: *channel,
+                        have: rec.outgoing.seq,
+                        got: u.seq,
+                    });
+                }
+                rec.outgoing.seq = u.seq;
+                rec.outgoing.cumulative = u.cumulative;
+                rec.outgoing
+                    .unacked
+                    .insert(u.seq, (u.clone(), (**message).clone()));
+            }
+            Write::Acked { channel, seq, sig } => {
+                let rec = self.channel(*channel)?;
+                if *seq > rec.outgoing.acked_seq {
+                    rec.outgoing.acked_seq = *seq;
+                    rec.outgoing.last_ack = Some(*sig);
+                    let rest = rec.outgoing.unacked.split_off(&seq.saturating_add(1));
+                    rec.outgoing.unacked = rest;
+                }
+            }
+            Write::Incoming { channel, update } => {
+                let rec = self.channel(*channel)?;
+                let u = &update.update;
+                if u.seq <= rec.incoming.seq {
+                    return Err(StoreError::Backwards {
+                        channel: *channel,
+                        have: rec.incoming.seq,
+                        got: u.seq,
+                    });
+                }
+                rec.incoming.seq = u.seq;
+                rec.incoming.cumulative = u.cumulative;
+                rec.incoming.latest = Some((**update).clone());
+            }
+            Write::Severed { channel, notice } => {
+                let rec = self.channel(*channel)?;
+                rec.severed.get_or_insert_with(|| (**notice).clone());
+            }
+            Write::Pending(p) => {
+                self.pending.insert(p.id, (**p).clone());
+            }
+            Write::PendingDone(id) => {
+                self.pending.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn channel(&mut self, id: ChannelId) -> Result<&mut ChannelRecord, StoreError> {
+        self.channels
+            .get_mut(&id)
+            .ok_or(StoreError::UnknownChannel(id))
+    }
+}

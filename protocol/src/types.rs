@@ -1,0 +1,382 @@
+//! The signed types that nodes exchange and the contract verifies.
+//!
+//! These build without the `crypto` and `engine` features (and so for
+//! `wasm32-unknown-unknown`): the contract decodes them with [`crate::wire::decode`]
+//! and checks [`Signable::signing_bytes`] with the NEAR host's ed25519 verifier.
+
+use serde::{Deserialize, Serialize};
+
+use crate::amount::{Amount, AmountOverflow};
+use crate::crypto::{Hash, NodeId, Signable, Signature};
+use crate::wire::{self, WireError};
+
+/// An edge (state channel) identifier, assigned by the contract when the edge opens.
+/// A re-opened edge between the same pair gets a fresh id, so notices and states for
+/// an old edge can never be replayed against a new one.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct ChannelId(pub u64);
+
+impl std::fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ch{}", self.0)
+    }
+}
+
+/// The terms of an edge, fixed when the two nodes open it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeTerms {
+    /// Promised one-way latency `L_e`, in milliseconds.
+    pub latency_ms: u64,
+    /// Base cost per message `c_base_e`.
+    pub base_cost: Amount,
+    /// Cost per request-body byte `c_byte_e`.
+    pub byte_cost: Amount,
+    /// Interval between periodic syncs (heartbeat + late-fee settlement), in ms.
+    pub sync_interval_ms: u64,
+    /// Phase of the sync schedule: syncs happen at `phase + k * interval`.
+    pub sync_phase_ms: u64,
+    /// The highest late-fee rate (yoctoNEAR per ms) either side accepts on this edge.
+    pub max_late_fee_rate: Amount,
+}
+
+impl EdgeTerms {
+    /// `c_base_e + c_byte_e * body_len`: what crossing this edge costs.
+    pub fn cost(&self, body_len: u64) -> Result<Amount, AmountOverflow> {
+        self.byte_cost
+            .checked_mul(u128::from(body_len))?
+            .checked_add(self.base_cost)
+    }
+
+    /// The first sync instant strictly after `after` (ms since the shared epoch).
+    pub fn next_sync_after(&self, after: u64) -> u64 {
+        let interval = self.sync_interval_ms.max(1);
+        let phase = self.sync_phase_ms.checked_rem(interval).unwrap_or(0);
+        if after < phase {
+            return phase;
+        }
+        let k = after
+            .saturating_sub(phase)
+            .checked_div(interval)
+            .unwrap_or(0);
+        phase.saturating_add(k.saturating_add(1).saturating_mul(interval))
+    }
+}
+
+/// An edge as the contract records it: endpoints, terms and deposits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeInfo {
+    /// Contract-assigned id.
+    pub id: ChannelId,
+    /// The proposing endpoint.
+    pub a: NodeId,
+    /// The confirming endpoint.
+    pub b: NodeId,
+    /// Terms agreed at opening.
+    pub terms: EdgeTerms,
+    /// `a`'s deposit.
+    pub deposit_a: Amount,
+    /// `b`'s deposit.
+    pub deposit_b: Amount,
+}
+
+impl EdgeInfo {
+    /// The endpoint that is not `me`, if `me` is an endpoint.
+    pub fn peer_of(&self, me: &NodeId) -> Option<NodeId> {
+        if *me == self.a {
+            Some(self.b)
+        } else if *me == self.b {
+            Some(self.a)
+        } else {
+            None
+        }
+    }
+
+    /// `node`'s deposit, if it is an endpoint.
+    pub fn deposit_of(&self, node: &NodeId) -> Option<Amount> {
+        if *node == self.a {
+            Some(self.deposit_a)
+        } else if *node == self.b {
+            Some(self.deposit_b)
+        } else {
+            None
+        }
+    }
+
+    /// Whether `x` and `y` are the two endpoints, in either order.
+    pub fn connects(&self, x: &NodeId, y: &NodeId) -> bool {
+        (self.a == *x && self.b == *y) || (self.a == *y && self.b == *x)
+    }
+}
+
+/// A request's identity: `H("por/v1/request-id" || encode(RequestCore))`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct RequestId(pub [u8; 16]);
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why an update moves money; part of what the payer signs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Memo {
+    /// Payment for carrying request `request` on: the receiver's ack accepts the
+    /// obligation with this budget and late-fee rate.
+    Request {
+        /// The request paid for.
+        request: RequestId,
+        /// This update's increment.
+        amount: Amount,
+        /// Round-trip budget granted to the receiver, from the payer's send time (ms).
+        budget_ms: u64,
+        /// Late-fee rate (yoctoNEAR per ms past the deadline).
+        late_fee_rate: Amount,
+    },
+    /// Late fees, itemised per request in the accompanying [`FeePayment`].
+    LateFees {
+        /// This update's increment.
+        amount: Amount,
+        /// Hash of the encoded item list.
+        items: Hash,
+    },
+    /// Refund of a request payment the receiver could not accept.
+    Refund {
+        /// The refused request.
+        request: RequestId,
+        /// This update's increment (the refunded amount).
+        amount: Amount,
+    },
+}
+
+impl Memo {
+    /// The increment this update claims to add.
+    pub fn amount(&self) -> Amount {
+        match self {
+            Memo::Request { amount, .. }
+            | Memo::LateFees { amount, .. }
+            | Memo::Refund { amount, .. } => *amount,
+        }
+    }
+}
+
+/// One direction of a state channel: "`payer` has paid `payee` `cumulative` in total".
+///
+/// Each direction has its own sequence and is signed by its payer alone, so requests
+/// in both directions never conflict (see `docs/protocol.md`, "Channel state").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelUpdate {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Who pays (and signs).
+    pub payer: NodeId,
+    /// Who is paid (and acks by countersigning).
+    pub payee: NodeId,
+    /// Per-direction sequence number, starting at 1 and increasing by exactly 1.
+    pub seq: u64,
+    /// Total paid in this direction since the channel opened.
+    pub cumulative: Amount,
+    /// Why this update was made.
+    pub memo: Memo,
+}
+
+impl Signable for ChannelUpdate {
+    const DOMAIN: &'static [u8] = b"por/v1/channel-update";
+}
+
+/// The payee's acknowledgement: the same update, countersigned under its own domain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AckOf<'a>(pub &'a ChannelUpdate);
+
+impl Signable for AckOf<'_> {
+    const DOMAIN: &'static [u8] = b"por/v1/channel-ack";
+}
+
+/// A channel update with the payer's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedUpdate {
+    /// The state.
+    pub update: ChannelUpdate,
+    /// The payer's signature over it.
+    pub sig: Signature,
+}
+
+/// A request route: `nodes[0]` is the client, the last node the server, and
+/// `channels[i]` joins `nodes[i]` to `nodes[i + 1]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Client, relays, server.
+    pub nodes: Vec<NodeId>,
+    /// The edges between consecutive nodes.
+    pub channels: Vec<ChannelId>,
+}
+
+impl Route {
+    /// Number of edges.
+    pub fn hops(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Whether the shape is consistent: at least one edge, one more node than edges,
+    /// and no node twice.
+    pub fn well_formed(&self) -> bool {
+        if self.channels.is_empty() || self.nodes.len() != self.channels.len().saturating_add(1) {
+            return false;
+        }
+        let mut seen: Vec<&NodeId> = self.nodes.iter().collect();
+        seen.sort();
+        seen.windows(2).all(|w| w[0] != w[1])
+    }
+
+    /// Position of `node` on the route.
+    pub fn position(&self, node: &NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| n == node)
+    }
+}
+
+/// What the client signs: everything about the request that no relay may change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCore {
+    /// The requesting node `A`.
+    pub client: NodeId,
+    /// The responding node `B`.
+    pub server: NodeId,
+    /// Client-chosen nonce that makes the id unique.
+    pub nonce: u64,
+    /// SHA-256 of the body.
+    pub body_hash: Hash,
+    /// Body length in bytes (what per-byte costs are charged on).
+    pub body_len: u64,
+    /// Late-fee rate, yoctoNEAR per ms, identical on every hop.
+    pub late_fee_rate: Amount,
+    /// The full path (source routing).
+    pub route: Route,
+}
+
+impl Signable for RequestCore {
+    const DOMAIN: &'static [u8] = b"por/v1/request";
+}
+
+impl RequestCore {
+    /// The request id derived from this core.
+    pub fn id(&self) -> Result<RequestId, WireError> {
+        let h = Hash::tagged(b"por/v1/request-id", &wire::encode(self)?);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.0[..16]);
+        Ok(RequestId(id))
+    }
+}
+
+/// The request header as it travels: the signed core plus the per-hop budget.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestHeader {
+    /// The client-signed part.
+    pub core: RequestCore,
+    /// The client's signature over `core`.
+    pub client_sig: Signature,
+    /// The id (recomputed and checked by every receiver).
+    pub id: RequestId,
+    /// Round-trip budget in ms, counted from the sender's send time: twice the one-way
+    /// latency from the sender to the server along the route.
+    pub budget_ms: u64,
+}
+
+/// What the server signs: the request id and the response body hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseBody {
+    /// The request answered.
+    pub request: RequestId,
+    /// SHA-256 of the response body.
+    pub body_hash: Hash,
+}
+
+impl Signable for ResponseBody {
+    const DOMAIN: &'static [u8] = b"por/v1/response";
+}
+
+/// A server's signed response (without the body bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedResponse {
+    /// What is signed.
+    pub body: ResponseBody,
+    /// The server's signature.
+    pub sig: Signature,
+}
+
+/// Why an edge was severed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeverReason {
+    /// The peer owed a response, proof or late fee and did not deliver.
+    Unresponsive,
+    /// The peer failed to pay late fees it owed (paper §5.4 heuristic).
+    UnpaidFees,
+    /// The peer sent invalid protocol messages.
+    Misbehaviour,
+    /// The operator asked for it.
+    Operator,
+}
+
+/// A severing notice: the proof that an edge no longer exists.
+///
+/// Signed by the severing endpoint; anyone may submit it to the contract, which
+/// verifies it with `env::ed25519_verify` over [`Signable::signing_bytes`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeverNotice {
+    /// The severed edge.
+    pub channel: ChannelId,
+    /// The endpoint that severs (and signs).
+    pub severer: NodeId,
+    /// The other endpoint.
+    pub peer: NodeId,
+    /// Why.
+    pub reason: SeverReason,
+    /// The severer's clock when it severed (informational; not trusted by anyone).
+    pub at_ms: u64,
+}
+
+impl Signable for SeverNotice {
+    const DOMAIN: &'static [u8] = b"por/v1/sever-notice";
+}
+
+/// A severing notice with the severer's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSeverNotice {
+    /// The notice.
+    pub notice: SeverNotice,
+    /// The severer's signature.
+    pub sig: Signature,
+}
+
+/// One item of a late-fee payment: the running total paid for one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeeItem {
+    /// The late request.
+    pub request: RequestId,
+    /// Total late fee paid for it on this edge so far (monotone).
+    pub total: Amount,
+}
+
+/// Hash of a fee item list, as bound into [`Memo::LateFees`].
+pub fn fee_items_hash(items: &[FeeItem]) -> Result<Hash, WireError> {
+    Ok(Hash::tagged(b"por/v1/fee-items", &wire::encode(items)?))
+}
+
+/// A late-fee payment: an update whose memo commits to the itemisation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeePayment {
+    /// The payer-signed update.
+    pub update: SignedUpdate,
+    /// Per-request running totals; their increments sum to the update's amount.
+    pub items: Vec<FeeItem>,
+}

@@ -1,0 +1,164 @@
+//! The canonical encoding and the versioned frame envelope.
+//!
+//! Encoding is bincode 2 with fixed-width little-endian integers, so every value has
+//! exactly one encoding: signatures are computed over `DOMAIN || encode(value)` and
+//! verified by re-encoding the decoded value. Decoding is bounded by [`MAX_FRAME_LEN`]
+//! (no allocation beyond it, whatever a length prefix claims) and refuses trailing bytes.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::messages::Message;
+
+/// The wire protocol version carried in every envelope.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The hard upper bound on an encoded frame, envelope included (1 MiB + 64 KiB).
+pub const MAX_FRAME_LEN: usize = 1024 * 1024 + 64 * 1024;
+
+/// The largest request or response body a frame can carry.
+pub const MAX_BODY_LEN: usize = 1024 * 1024;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+    bincode::config::Limit<MAX_FRAME_LEN>,
+>;
+
+const fn config() -> Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_FRAME_LEN>()
+}
+
+/// Why bytes could not be turned into a value or back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The frame is longer than [`MAX_FRAME_LEN`].
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    Oversized {
+        /// Length of the offending frame.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not a valid encoding of the expected type.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The bytes decode, but more bytes follow the value.
+    #[error("{0} trailing bytes after the value")]
+    TrailingBytes(usize),
+    /// The envelope names a protocol version this build does not speak.
+    #[error("unsupported protocol version {got} (this node speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion {
+        /// The version found in the envelope.
+        got: u16,
+    },
+    /// The value could not be encoded (it would exceed the frame limit).
+    #[error("value cannot be encoded: {0}")]
+    Encode(String),
+}
+
+/// Encodes a value canonically.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| WireError::Encode(e.to_string()))
+}
+
+/// Decodes a value, refusing oversized input and trailing bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(WireError::Oversized {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(WireError::TrailingBytes(bytes.len().saturating_sub(used)));
+    }
+    Ok(value)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<M> {
+    version: u16,
+    message: M,
+}
+
+/// Encodes a message into a frame: `{version, message}`.
+pub fn encode_frame(message: &Message) -> Result<Vec<u8>, WireError> {
+    let bytes = encode(&Envelope {
+        version: PROTOCOL_VERSION,
+        message,
+    })?;
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(WireError::Oversized {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a frame. The version is checked before the message body is decoded, so a
+/// peer speaking a newer version gets a clear error rather than a parse failure.
+pub fn decode_frame(bytes: &[u8]) -> Result<Message, WireError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(WireError::Oversized {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let version = bytes
+        .get(..2)
+        .map(|v| u16::from_le_bytes([v[0], v[1]]))
+        .ok_or_else(|| WireError::Malformed("frame shorter than its version".into()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::UnsupportedVersion { got: version });
+    }
+    let env: Envelope<Message> = decode(bytes)?;
+    Ok(env.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_bytes_and_oversize_are_refused() {
+        let mut b = encode(&7u32).unwrap();
+        assert_eq!(decode::<u32>(&b), Ok(7));
+        b.push(0);
+        assert_eq!(decode::<u32>(&b), Err(WireError::TrailingBytes(1)));
+        let big = vec![0u8; MAX_FRAME_LEN + 1];
+        assert!(matches!(
+            decode_frame(&big),
+            Err(WireError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // A Vec<u8> claiming u64::MAX elements must fail fast on the limit.
+        let bytes = u64::MAX.to_le_bytes();
+        assert!(matches!(
+            decode::<Vec<u8>>(&bytes),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn wrong_version_is_named() {
+        let mut frame = encode_frame(&Message::Ping { nonce: 1 }).unwrap();
+        frame[0] = 9;
+        assert_eq!(
+            decode_frame(&frame),
+            Err(WireError::UnsupportedVersion { got: 9 })
+        );
+        assert_eq!(
+            decode_frame(&[1]),
+            Err(WireError::Malformed("frame shorter than its version".into()))
+        );
+    }
+}
