@@ -585,8 +585,8 @@ impl Engine {
             self.topology.sever(n.notice.channel);
         }
         let next_sync = Time(rec.edge.terms.next_sync_after(now.ms()));
+        self.by_peer.insert(rec.peer, id);
         if rec.severed.is_none() {
-            self.by_peer.insert(rec.peer, id);
             self.timers.insert((next_sync, Timer::Sync(id)));
         }
         self.channels.insert(
@@ -857,9 +857,7 @@ impl Engine {
         if let Some(ch) = self.channels.get_mut(&channel) {
             if ch.rec.severed.is_none() {
                 ch.rec.severed = Some(notice.clone());
-                let peer = ch.rec.peer;
                 self.timers.remove(&(ch.next_sync, Timer::Sync(channel)));
-                self.by_peer.remove(&peer);
                 self.write(Write::Severed {
                     channel,
                     notice: Box::new(notice.clone()),
@@ -1103,10 +1101,14 @@ impl Engine {
     /// Handles one decoded message from `from`.
     pub fn handle_message(&mut self, from: NodeId, message: Message, now: Time) -> Result<(), ProtocolError> {
         let channel = *self.by_peer.get(&from).ok_or(ProtocolError::UnknownPeer(from))?;
-        if let Some(ch) = self.channels.get_mut(&channel) {
-            ch.last_heard = Some(now);
-            ch.silent_reported = false;
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Err(ProtocolError::UnknownPeer(from));
+        };
+        if ch.rec.severed.is_some() {
+            return Err(ProtocolError::ChannelSevered(channel));
         }
+        ch.last_heard = Some(now);
+        ch.silent_reported = false;
         match message {
             Message::Ping { .. } => Ok(()),
             Message::Request(r) => self.on_request(from, channel, *r, now),
