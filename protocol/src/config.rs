@@ -61,6 +61,9 @@ pub struct EngineConfig {
     pub max_in_flight: usize,
     /// A peer unheard for this many of its sync intervals is reported silent.
     pub silence_syncs: u32,
+    /// How long a response or proof we sent is kept for resending to a peer that
+    /// reconnects still awaiting it.
+    pub closing_retention_ms: u64,
     /// Deliberate deviations (simulation only).
     pub misbehaviour: Misbehaviour,
 }
@@ -76,6 +79,7 @@ impl Default for EngineConfig {
             fee_tolerance_ms: 50,
             max_in_flight: 100_000,
             silence_syncs: 3,
+            closing_retention_ms: 600_000,
             misbehaviour: Misbehaviour::default(),
         }
     }

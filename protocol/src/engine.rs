@@ -365,6 +365,12 @@ struct ChannelRt {
     silent_reported: bool,
     last_peer_sync: Option<(u64, Time)>,
     ledger: Ledger,
+    /// False from a disconnect until the peer's `Reestablish` arrives; frames for the
+    /// peer are held meanwhile.
+    ready: bool,
+    held: Vec<Message>,
+    /// Closing messages (response or proof, without fee) recently sent to the peer.
+    closings: BTreeMap<RequestId, (Time, Message)>,
 }
 
 /// The Proof of Response state machine of one node.
@@ -440,6 +446,11 @@ impl Engine {
                 continue;
             }
             e.install_channel(rec.clone(), now);
+            if let Some(ch) = e.channels.get_mut(&rec.id()) {
+                // After a restart nothing may be sent on a channel before the peer has
+                // told us what it holds.
+                ch.ready = false;
+            }
         }
         for p in store.pending.values() {
             e.index_pending(p);
@@ -543,6 +554,12 @@ impl Engine {
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
+        if let Some(ch) = self.by_peer.get(&to).and_then(|c| self.channels.get_mut(c)) {
+            if !ch.ready && !matches!(message, Message::Reestablish { .. }) {
+                ch.held.push(message);
+                return;
+            }
+        }
         self.outbox.push_back((self.write_seq, Transmit { to, message }));
     }
 
@@ -598,6 +615,9 @@ impl Engine {
                 silent_reported: false,
                 last_peer_sync: None,
                 ledger: Ledger::default(),
+                ready: true,
+                held: Vec::new(),
+                closings: BTreeMap::new(),
             },
         );
     }
@@ -986,10 +1006,37 @@ impl Engine {
         up.queued_proof = None;
         let (peer, channel) = (up.peer, up.channel);
         let message = self.with_fees(channel, &[id], now, make)?;
+        self.remember_closing(channel, id, &message, now);
         self.write_pending(id);
         self.send(peer, message);
         self.finish_if_done(id);
         Ok(())
+    }
+
+    /// Keeps a fee-less copy of a closing message for resending after a reconnect.
+    fn remember_closing(&mut self, channel: ChannelId, id: RequestId, message: &Message, now: Time) {
+        let copy = match message {
+            Message::Response {
+                request,
+                response,
+                body,
+                ..
+            } => Message::Response {
+                request: *request,
+                response: response.clone(),
+                body: body.clone(),
+                fee: None,
+            },
+            Message::Proof { request, notice, .. } => Message::Proof {
+                request: *request,
+                notice: notice.clone(),
+                fee: None,
+            },
+            _ => return,
+        };
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.closings.insert(id, (now, copy));
+        }
     }
 
     /// Signs the next update on `channel` for `memo`, carried by the message `make`
@@ -1074,17 +1121,43 @@ impl Engine {
 
     // ----------------------------------------------------------------- connections
 
-    /// A (re)connection to `peer` is up: tell it what we hold so it can retransmit.
+    /// The connection to `peer` is down: hold frames for it until it reconnects and
+    /// the channel is reestablished.
+    pub fn peer_disconnected(&mut self, peer: NodeId, _now: Time) {
+        if let Some(ch) = self.by_peer.get(&peer).and_then(|c| self.channels.get_mut(c)) {
+            ch.ready = false;
+        }
+    }
+
+    /// A (re)connection to `peer` is up: tell it what we hold and what we still await,
+    /// so that it retransmits the rest.
     pub fn peer_connected(&mut self, peer: NodeId, now: Time) {
         let Some(&channel) = self.by_peer.get(&peer) else {
             return;
         };
+        let awaiting: Vec<RequestId> = self
+            .by_down
+            .get(&channel)
+            .into_iter()
+            .flatten()
+            .filter(|id| {
+                self.pending
+                    .get(id)
+                    .and_then(|p| p.down.as_ref())
+                    .is_some_and(|d| d.resolved.is_none())
+            })
+            .copied()
+            .collect();
         if let Some(ch) = self.channels.get_mut(&channel) {
+            if ch.rec.severed.is_some() {
+                return;
+            }
             ch.last_heard = Some(now);
             let msg = Message::Reestablish {
                 channel,
                 received_seq: ch.rec.incoming.seq,
                 sent_seq: ch.rec.outgoing.seq,
+                awaiting,
             };
             self.send(peer, msg);
         }
@@ -1151,9 +1224,10 @@ impl Engine {
                 channel: c,
                 received_seq,
                 sent_seq,
+                awaiting,
             } => {
                 self.check_channel(c, channel, from)?;
-                self.on_reestablish(from, channel, received_seq, sent_seq)
+                self.on_reestablish(from, channel, received_seq, sent_seq, &awaiting)
             }
             Message::Severed { notice } => {
                 if notice.notice.channel != channel || notice.notice.severer != from {
@@ -1812,24 +1886,44 @@ impl Engine {
         Ok(())
     }
 
-    fn on_reestablish(&mut self, from: NodeId, channel: ChannelId, received_seq: u64, sent_seq: u64) -> Result<(), ProtocolError> {
+    fn on_reestablish(
+        &mut self,
+        from: NodeId,
+        channel: ChannelId,
+        received_seq: u64,
+        sent_seq: u64,
+        awaiting: &[RequestId],
+    ) -> Result<(), ProtocolError> {
         let ch = self
             .channels
-            .get(&channel)
+            .get_mut(&channel)
             .ok_or(ProtocolError::UnknownPeer(from))?;
         let again = ch.rec.retransmit_after(received_seq)?;
-        // Re-ack our latest incoming update if the peer may have missed the ack.
+        // Re-ack our latest incoming update: the ack may have been lost.
         let reack = match &ch.rec.incoming.latest {
-            Some(latest) if sent_seq >= ch.rec.incoming.seq => Some(latest.clone()),
+            Some(latest) if sent_seq >= ch.rec.incoming.seq => Some(latest.update.clone()),
             _ => None,
         };
+        let closings: Vec<Message> = awaiting
+            .iter()
+            .filter_map(|id| ch.closings.get(id).map(|(_, m)| m.clone()))
+            .collect();
+        // Held frames that carry updates or acks are superseded by the retransmission
+        // and the re-ack; stale heartbeats are dropped. The rest still matter.
+        let held: Vec<Message> = std::mem::take(&mut ch.held)
+            .into_iter()
+            .filter(|m| {
+                !m.carries_update() && !matches!(m, Message::Ack { .. } | Message::Sync { .. })
+            })
+            .collect();
+        ch.ready = true;
         for m in again {
             self.send(from, m);
         }
-        if let Some(latest) = reack {
+        if let Some(update) = reack {
             let sig = self
                 .key
-                .sign(&crate::types::AckOf(&latest.update))
+                .sign(&crate::types::AckOf(&update))
                 .map_err(|source| ProtocolError::BadSignature {
                     what: "own ack",
                     source,
@@ -1838,10 +1932,13 @@ impl Engine {
                 from,
                 Message::Ack {
                     channel,
-                    seq: latest.update.seq,
+                    seq: update.seq,
                     sig,
                 },
             );
+        }
+        for m in closings.into_iter().chain(held) {
+            self.send(from, m);
         }
         Ok(())
     }
@@ -1990,6 +2087,16 @@ impl Engine {
         };
         for (id, n) in &proofs {
             self.note_proof_forwarded(*id, n.notice.channel);
+            let copy = Message::Proof {
+                request: *id,
+                notice: n.clone(),
+                fee: None,
+            };
+            self.remember_closing(channel, *id, &copy, now);
+        }
+        let retention = self.config.closing_retention_ms;
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.closings.retain(|_, (t, _)| now.since(*t) <= retention);
         }
         for (id, _) in &proofs {
             self.write_pending(*id);

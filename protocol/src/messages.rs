@@ -119,6 +119,9 @@ pub enum Message {
         received_seq: u64,
         /// The highest update seq the sender has signed towards the receiver.
         sent_seq: u64,
+        /// Requests the sender still awaits a response or proof for from the receiver;
+        /// the receiver resends the closing message of any it has already answered.
+        awaiting: Vec<RequestId>,
     },
     /// Courtesy notice to the peer of an edge the sender has severed.
     Severed {
@@ -140,6 +143,18 @@ impl Message {
             Message::Sync { .. } => "sync",
             Message::Reestablish { .. } => "reestablish",
             Message::Severed { .. } => "severed",
+        }
+    }
+
+    /// Whether this message carries a signed channel update (and so is retransmitted
+    /// from the channel's unacknowledged set after a reconnect).
+    pub fn carries_update(&self) -> bool {
+        match self {
+            Message::Request(_) | Message::Reject { .. } => true,
+            Message::Response { fee, .. } | Message::Proof { fee, .. } | Message::Sync { fee, .. } => {
+                fee.is_some()
+            }
+            _ => false,
         }
     }
 }

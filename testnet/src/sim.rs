@@ -167,6 +167,7 @@ pub struct Sim {
     labels: BTreeMap<RequestId, String>,
     report: Report,
     chain_topology: Topology,
+    chain_severed: Vec<por_protocol::SignedSeverNotice>,
 }
 
 fn key_for(seed: u64, name: &str) -> Keypair {
@@ -201,6 +202,7 @@ impl Sim {
                 fee_tolerance_ms: 0,
                 max_in_flight: 1_000_000,
                 silence_syncs: 3,
+                closing_retention_ms: 600_000,
                 misbehaviour: Misbehaviour {
                     withhold_late_fees: n.withhold_late_fees,
                 },
@@ -280,6 +282,7 @@ impl Sim {
             labels: BTreeMap::new(),
             report: Report::default(),
             chain_topology,
+            chain_severed: Vec::new(),
         };
         for i in 0..sim.nodes.len() {
             for ev in &chain_events {
@@ -404,8 +407,13 @@ impl Sim {
                 body,
             } => {
                 if self.nodes[node].online {
+                    // The request may have ended meanwhile (its upstream edge severed, or
+                    // the node restarted): the answer is then refused, which is correct.
                     if let Err(e) = self.nodes[node].engine.respond(request, body, now) {
-                        self.violation(now, format!("{} could not respond: {e}", self.nodes[node].name));
+                        let mut r = Record::new(now, &self.nodes[node].name, "response_refused");
+                        r.request = Some(self.label(&request));
+                        r.detail = Some(e.to_string());
+                        self.report.records.push(r);
                     }
                     self.drain(node, now);
                 }
@@ -414,6 +422,14 @@ impl Sim {
                 self.nodes[i].online = false;
                 let r = Record::new(now, &self.nodes[i].name, "node_offline");
                 self.report.records.push(r);
+                // Its neighbours see the connection drop.
+                let me = self.nodes[i].key.id();
+                for j in self.neighbours(i) {
+                    if self.nodes[j].online {
+                        self.nodes[j].engine.peer_disconnected(me, now);
+                        self.drain(j, now);
+                    }
+                }
             }
             Ev::GoOnline { node, restart } => self.go_online(node, restart, now),
             Ev::ForceSever { node, channel } => {
@@ -425,7 +441,10 @@ impl Sim {
                 }
             }
             Ev::ChainSever(notice) => {
-                self.chain_topology.sever(notice.notice.channel);
+                if !self.chain_topology.sever(notice.notice.channel) {
+                    return;
+                }
+                self.chain_severed.push((*notice).clone());
                 let r = Record {
                     detail: Some(format!("edge {} severed on chain", notice.notice.channel)),
                     peer: Some(self.name_of(&notice.notice.peer)),
@@ -453,26 +472,36 @@ impl Sim {
             self.nodes[i].wakes.clear();
         }
         self.nodes[i].online = true;
+        // Catch up with the chain: severances finalized while it was away.
+        for notice in self.chain_severed.clone() {
+            self.nodes[i]
+                .engine
+                .handle_chain_event(ChainEvent::EdgeSevered(notice), now);
+        }
         let mut r = Record::new(now, &self.nodes[i].name, "node_online");
         r.detail = Some(if restart { "restarted from store" } else { "resumed" }.into());
         self.report.records.push(r);
         let me = self.nodes[i].key.id();
-        let peers: Vec<usize> = self
-            .links
-            .keys()
-            .filter(|(x, _)| *x == i)
-            .map(|(_, y)| *y)
-            .collect();
-        for j in peers {
+        for j in self.neighbours(i) {
             if !self.nodes[j].online {
                 continue;
             }
             let pj = self.nodes[j].key.id();
+            // A resumed node saw its connections drop too.
+            self.nodes[i].engine.peer_disconnected(pj, now);
             self.nodes[i].engine.peer_connected(pj, now);
             self.nodes[j].engine.peer_connected(me, now);
             self.drain(j, now);
         }
         self.drain(i, now);
+    }
+
+    fn neighbours(&self, i: usize) -> Vec<usize> {
+        self.links
+            .keys()
+            .filter(|(x, _)| *x == i)
+            .map(|(_, y)| *y)
+            .collect()
     }
 
     fn send_request(&mut self, k: usize, now: Time) {
