@@ -52,10 +52,15 @@ fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 fn simulate(path: &Path, announce: bool) -> Result<usize> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let report = por_testnet::run_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let report =
+        por_testnet::run_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if announce {
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         println!("{}", serde_json_line(&name, path));
     }
     print!("{}", report.to_json_lines());

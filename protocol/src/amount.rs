@@ -22,12 +22,18 @@ impl Amount {
 
     /// `self + other`, or an error on overflow.
     pub fn checked_add(self, other: Amount) -> Result<Amount, AmountOverflow> {
-        self.0.checked_add(other.0).map(Amount).ok_or(AmountOverflow)
+        self.0
+            .checked_add(other.0)
+            .map(Amount)
+            .ok_or(AmountOverflow)
     }
 
     /// `self - other`, or an error if `other > self`.
     pub fn checked_sub(self, other: Amount) -> Result<Amount, AmountOverflow> {
-        self.0.checked_sub(other.0).map(Amount).ok_or(AmountOverflow)
+        self.0
+            .checked_sub(other.0)
+            .map(Amount)
+            .ok_or(AmountOverflow)
     }
 
     /// `self * n`, or an error on overflow.
@@ -65,7 +71,10 @@ mod tests {
 
     #[test]
     fn checked_ops_refuse_overflow_and_underflow() {
-        assert_eq!(Amount(u128::MAX).checked_add(Amount(1)), Err(AmountOverflow));
+        assert_eq!(
+            Amount(u128::MAX).checked_add(Amount(1)),
+            Err(AmountOverflow)
+        );
         assert_eq!(Amount(1).checked_sub(Amount(2)), Err(AmountOverflow));
         assert_eq!(Amount(u128::MAX).checked_mul(2), Err(AmountOverflow));
         assert_eq!(Amount(3).checked_mul(4), Ok(Amount(12)));

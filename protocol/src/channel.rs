@@ -14,7 +14,9 @@ use crate::amount::Amount;
 use crate::crypto::{self, Keypair, NodeId, Signature};
 use crate::error::ProtocolError;
 use crate::messages::Message;
-use crate::types::{AckOf, ChannelId, ChannelUpdate, EdgeInfo, Memo, SignedSeverNotice, SignedUpdate};
+use crate::types::{
+    AckOf, ChannelId, ChannelUpdate, EdgeInfo, Memo, SignedSeverNotice, SignedUpdate,
+};
 
 /// Our payments to the peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,15 +143,19 @@ impl ChannelRecord {
             cumulative,
             memo,
         };
-        let sig = key.sign(&update).map_err(|source| ProtocolError::BadSignature {
-            what: "own update",
-            source,
-        })?;
+        let sig = key
+            .sign(&update)
+            .map_err(|source| ProtocolError::BadSignature {
+                what: "own update",
+                source,
+            })?;
         let signed = SignedUpdate { update, sig };
         self.outgoing.seq = seq;
         self.outgoing.cumulative = cumulative;
         let msg = carrier(signed.clone());
-        self.outgoing.unacked.insert(seq, (signed.update.clone(), msg));
+        self.outgoing
+            .unacked
+            .insert(seq, (signed.update.clone(), msg));
         Ok(signed)
     }
 
@@ -205,7 +211,11 @@ impl ChannelRecord {
     }
 
     /// Checks and applies an update from the peer; returns our ack signature.
-    pub fn receive(&mut self, key: &Keypair, su: &SignedUpdate) -> Result<Signature, ProtocolError> {
+    pub fn receive(
+        &mut self,
+        key: &Keypair,
+        su: &SignedUpdate,
+    ) -> Result<Signature, ProtocolError> {
         self.check_incoming(su)?;
         let ack = key
             .sign(&AckOf(&su.update))
@@ -305,8 +315,12 @@ mod tests {
     #[test]
     fn pay_receive_ack_roundtrip() {
         let (a, b, mut ca, mut cb) = setup();
-        let u1 = ca.pay(&a, memo(30), |_| Message::Ping { nonce: 1 }).unwrap();
-        let u2 = ca.pay(&a, memo(20), |_| Message::Ping { nonce: 2 }).unwrap();
+        let u1 = ca
+            .pay(&a, memo(30), |_| Message::Ping { nonce: 1 })
+            .unwrap();
+        let u2 = ca
+            .pay(&a, memo(20), |_| Message::Ping { nonce: 2 })
+            .unwrap();
         assert_eq!(u2.update.cumulative, Amount(50));
         let ack1 = cb.receive(&b, &u1).unwrap();
         // Replaying the same update is a stale state, refused without change.
@@ -330,7 +344,9 @@ mod tests {
     #[test]
     fn forged_gapped_and_insolvent_updates_are_refused() {
         let (a, b, mut ca, mut cb) = setup();
-        let mut forged = ca.pay(&a, memo(10), |_| Message::Ping { nonce: 0 }).unwrap();
+        let mut forged = ca
+            .pay(&a, memo(10), |_| Message::Ping { nonce: 0 })
+            .unwrap();
         forged.update.cumulative = Amount(11);
         forged.update.memo = memo(11);
         assert!(matches!(
@@ -344,8 +360,12 @@ mod tests {
             cb.receive(&b, &by_b),
             Err(ProtocolError::BadSignature { .. })
         ));
-        let _u2 = ca.pay(&a, memo(10), |_| Message::Ping { nonce: 0 }).unwrap();
-        let u3 = ca.pay(&a, memo(10), |_| Message::Ping { nonce: 0 }).unwrap();
+        let _u2 = ca
+            .pay(&a, memo(10), |_| Message::Ping { nonce: 0 })
+            .unwrap();
+        let u3 = ca
+            .pay(&a, memo(10), |_| Message::Ping { nonce: 0 })
+            .unwrap();
         assert!(matches!(
             cb.receive(&b, &u3),
             Err(ProtocolError::SequenceGap { .. })

@@ -193,7 +193,11 @@ mod keys {
     }
 
     /// Verifies `sig` by `signer` over `value` under its domain tag.
-    pub fn verify<T: Signable>(signer: &NodeId, value: &T, sig: &Signature) -> Result<(), CryptoError> {
+    pub fn verify<T: Signable>(
+        signer: &NodeId,
+        value: &T,
+        sig: &Signature,
+    ) -> Result<(), CryptoError> {
         let bytes = value.signing_bytes().map_err(|_| CryptoError::Encoding)?;
         verify_bytes(signer, &bytes, sig)
     }
@@ -226,7 +230,10 @@ mod tests {
         assert_eq!(verify(&k.id(), &B(5), &sig), Err(CryptoError::BadSignature));
         assert_eq!(verify(&k.id(), &A(6), &sig), Err(CryptoError::BadSignature));
         let other = Keypair::from_seed([8; 32]);
-        assert_eq!(verify(&other.id(), &A(5), &sig), Err(CryptoError::BadSignature));
+        assert_eq!(
+            verify(&other.id(), &A(5), &sig),
+            Err(CryptoError::BadSignature)
+        );
     }
 
     #[test]

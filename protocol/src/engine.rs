@@ -317,7 +317,11 @@ impl Pending {
 
     /// Late fee the downstream should have paid by the time a message sent at
     /// `arrival - L` arrives at `arrival`, less `tolerance_ms` of slack.
-    fn expected_from_downstream(&self, arrival: Time, tolerance_ms: u64) -> Result<Amount, ProtocolError> {
+    fn expected_from_downstream(
+        &self,
+        arrival: Time,
+        tolerance_ms: u64,
+    ) -> Result<Amount, ProtocolError> {
         let Some(down) = &self.down else {
             return Ok(Amount::ZERO);
         };
@@ -523,7 +527,9 @@ impl Engine {
     /// The next frame to send, once the state it commits to is durable.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         match self.outbox.front() {
-            Some((needs, _)) if *needs <= self.durable_seq => self.outbox.pop_front().map(|(_, t)| t),
+            Some((needs, _)) if *needs <= self.durable_seq => {
+                self.outbox.pop_front().map(|(_, t)| t)
+            }
             _ => None,
         }
     }
@@ -560,7 +566,8 @@ impl Engine {
                 return;
             }
         }
-        self.outbox.push_back((self.write_seq, Transmit { to, message }));
+        self.outbox
+            .push_back((self.write_seq, Transmit { to, message }));
     }
 
     fn write_pending(&mut self, id: RequestId) {
@@ -670,7 +677,9 @@ impl Engine {
             )));
         }
         if route.nodes.first() != Some(&self.id) {
-            return Err(ProtocolError::InvalidCall("route does not start here".into()));
+            return Err(ProtocolError::InvalidCall(
+                "route does not start here".into(),
+            ));
         }
         let quote = self.topology.quote(&route, body.len() as u64)?;
         let max_rate = self.topology.max_fee_rate(&route)?;
@@ -775,7 +784,8 @@ impl Engine {
             finished: false,
         });
         let id = p.id;
-        self.timers.insert((now.plus(budget_ms), Timer::Overdue(id)));
+        self.timers
+            .insert((now.plus(budget_ms), Timer::Overdue(id)));
         self.index_pending(&p);
         self.pending.insert(id, p);
         self.write_pending(id);
@@ -784,7 +794,12 @@ impl Engine {
     }
 
     /// Answers a request we received as server; the engine signs the response.
-    pub fn respond(&mut self, request: RequestId, body: Vec<u8>, now: Time) -> Result<(), ProtocolError> {
+    pub fn respond(
+        &mut self,
+        request: RequestId,
+        body: Vec<u8>,
+        now: Time,
+    ) -> Result<(), ProtocolError> {
         if body.len() > MAX_BODY_LEN {
             return Err(ProtocolError::InvalidCall(format!(
                 "response of {} bytes exceeds {MAX_BODY_LEN}",
@@ -824,7 +839,12 @@ impl Engine {
 
     /// Severs one of our edges: signs a notice, asks for it to be submitted on chain,
     /// and answers every request routed through it with the proof.
-    pub fn sever(&mut self, channel: ChannelId, reason: SeverReason, now: Time) -> Result<(), ProtocolError> {
+    pub fn sever(
+        &mut self,
+        channel: ChannelId,
+        reason: SeverReason,
+        now: Time,
+    ) -> Result<(), ProtocolError> {
         self.sever_inner(channel, reason, now, None)
     }
 
@@ -871,7 +891,12 @@ impl Engine {
     }
 
     /// Records a (verified) severance and resolves everything it proves.
-    fn apply_severance(&mut self, notice: &SignedSeverNotice, now: Time, in_sync_of: Option<ChannelId>) {
+    fn apply_severance(
+        &mut self,
+        notice: &SignedSeverNotice,
+        now: Time,
+        in_sync_of: Option<ChannelId>,
+    ) {
         let channel = notice.notice.channel;
         self.topology.sever(channel);
         if let Some(ch) = self.channels.get_mut(&channel) {
@@ -884,7 +909,13 @@ impl Engine {
                 });
                 // Obligations towards that peer can no longer be met: the notice itself
                 // proves the edge gone to them.
-                let ups: Vec<RequestId> = self.by_up.get(&channel).into_iter().flatten().copied().collect();
+                let ups: Vec<RequestId> = self
+                    .by_up
+                    .get(&channel)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .collect();
                 for id in ups {
                     if let Some(u) = self.pending.get_mut(&id).and_then(|p| p.up.as_mut()) {
                         u.closed_at.get_or_insert(now);
@@ -894,8 +925,13 @@ impl Engine {
                     self.finish_if_done(id);
                 }
                 // Whatever the peer still owed us on finished requests is lost now.
-                let downs: Vec<RequestId> =
-                    self.by_down.get(&channel).into_iter().flatten().copied().collect();
+                let downs: Vec<RequestId> = self
+                    .by_down
+                    .get(&channel)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .collect();
                 for id in downs {
                     let resolved = self
                         .pending
@@ -1014,7 +1050,13 @@ impl Engine {
     }
 
     /// Keeps a fee-less copy of a closing message for resending after a reconnect.
-    fn remember_closing(&mut self, channel: ChannelId, id: RequestId, message: &Message, now: Time) {
+    fn remember_closing(
+        &mut self,
+        channel: ChannelId,
+        id: RequestId,
+        message: &Message,
+        now: Time,
+    ) {
         let copy = match message {
             Message::Response {
                 request,
@@ -1027,7 +1069,9 @@ impl Engine {
                 body: body.clone(),
                 fee: None,
             },
-            Message::Proof { request, notice, .. } => Message::Proof {
+            Message::Proof {
+                request, notice, ..
+            } => Message::Proof {
                 request: *request,
                 notice: notice.clone(),
                 fee: None,
@@ -1081,13 +1125,20 @@ impl Engine {
         let mut increments = Vec::new();
         if !self.config.misbehaviour.withhold_late_fees {
             for id in ids {
-                let Some(p) = self.pending.get(id) else { continue };
+                let Some(p) = self.pending.get(id) else {
+                    continue;
+                };
                 let Some(up) = p.up.as_ref().filter(|u| u.channel == channel) else {
                     continue;
                 };
                 let owed = p.owed_upstream(now)?;
                 if owed > up.fee_paid {
-                    increments.push((*id, owed.checked_sub(up.fee_paid)?, up.peer, up.send_deadline));
+                    increments.push((
+                        *id,
+                        owed.checked_sub(up.fee_paid)?,
+                        up.peer,
+                        up.send_deadline,
+                    ));
                     items.push(FeeItem {
                         request: *id,
                         total: owed,
@@ -1102,7 +1153,9 @@ impl Engine {
             amount: Amount::checked_sum(increments.iter().map(|(_, a, _, _)| *a))?,
             items: fee_items_hash(&items)?,
         };
-        let message = self.pay_with(channel, memo, |update| make(Some(FeePayment { update, items })))?;
+        let message = self.pay_with(channel, memo, |update| {
+            make(Some(FeePayment { update, items }))
+        })?;
         for (id, inc, peer, owed_since) in increments {
             if let Some(up) = self.pending.get_mut(&id).and_then(|p| p.up.as_mut()) {
                 up.fee_paid = up.fee_paid.checked_add(inc)?;
@@ -1124,7 +1177,11 @@ impl Engine {
     /// The connection to `peer` is down: hold frames for it until it reconnects and
     /// the channel is reestablished.
     pub fn peer_disconnected(&mut self, peer: NodeId, _now: Time) {
-        if let Some(ch) = self.by_peer.get(&peer).and_then(|c| self.channels.get_mut(c)) {
+        if let Some(ch) = self
+            .by_peer
+            .get(&peer)
+            .and_then(|c| self.channels.get_mut(c))
+        {
             ch.ready = false;
         }
     }
@@ -1166,14 +1223,27 @@ impl Engine {
     // ----------------------------------------------------------------- input
 
     /// Decodes and handles one frame from `from` (an authenticated neighbour).
-    pub fn handle_frame(&mut self, from: NodeId, frame: &[u8], now: Time) -> Result<(), ProtocolError> {
+    pub fn handle_frame(
+        &mut self,
+        from: NodeId,
+        frame: &[u8],
+        now: Time,
+    ) -> Result<(), ProtocolError> {
         let message = wire::decode_frame(frame)?;
         self.handle_message(from, message, now)
     }
 
     /// Handles one decoded message from `from`.
-    pub fn handle_message(&mut self, from: NodeId, message: Message, now: Time) -> Result<(), ProtocolError> {
-        let channel = *self.by_peer.get(&from).ok_or(ProtocolError::UnknownPeer(from))?;
+    pub fn handle_message(
+        &mut self,
+        from: NodeId,
+        message: Message,
+        now: Time,
+    ) -> Result<(), ProtocolError> {
+        let channel = *self
+            .by_peer
+            .get(&from)
+            .ok_or(ProtocolError::UnknownPeer(from))?;
         let Some(ch) = self.channels.get_mut(&channel) else {
             return Err(ProtocolError::UnknownPeer(from));
         };
@@ -1185,7 +1255,11 @@ impl Engine {
         match message {
             Message::Ping { .. } => Ok(()),
             Message::Request(r) => self.on_request(from, channel, *r, now),
-            Message::Ack { channel: c, seq, sig } => {
+            Message::Ack {
+                channel: c,
+                seq,
+                sig,
+            } => {
                 self.check_channel(c, channel, from)?;
                 self.on_ack(channel, seq, &sig, now)
             }
@@ -1245,7 +1319,12 @@ impl Engine {
         }
     }
 
-    fn check_channel(&self, named: ChannelId, ours: ChannelId, peer: NodeId) -> Result<(), ProtocolError> {
+    fn check_channel(
+        &self,
+        named: ChannelId,
+        ours: ChannelId,
+        peer: NodeId,
+    ) -> Result<(), ProtocolError> {
         if named == ours {
             Ok(())
         } else {
@@ -1258,7 +1337,12 @@ impl Engine {
 
     /// Accepts a peer-signed update into the channel and queues our ack (after the
     /// state is durable).
-    fn accept_update(&mut self, from: NodeId, channel: ChannelId, su: &SignedUpdate) -> Result<(), ProtocolError> {
+    fn accept_update(
+        &mut self,
+        from: NodeId,
+        channel: ChannelId,
+        su: &SignedUpdate,
+    ) -> Result<(), ProtocolError> {
         let ch = self
             .channels
             .get_mut(&channel)
@@ -1302,7 +1386,13 @@ impl Engine {
         })
     }
 
-    fn on_request(&mut self, from: NodeId, channel: ChannelId, r: RequestMsg, now: Time) -> Result<(), ProtocolError> {
+    fn on_request(
+        &mut self,
+        from: NodeId,
+        channel: ChannelId,
+        r: RequestMsg,
+        now: Time,
+    ) -> Result<(), ProtocolError> {
         let RequestMsg {
             header,
             payment,
@@ -1327,7 +1417,16 @@ impl Engine {
         // From here on the payment is ours to hold; refusals refund it.
         self.accept_update(from, channel, &payment)?;
         let refuse = |reason, detail: String| (reason, detail);
-        let verdict = self.validate_request(from, channel, &header, &body, request, amount, budget_ms, late_fee_rate);
+        let verdict = self.validate_request(
+            from,
+            channel,
+            &header,
+            &body,
+            request,
+            amount,
+            budget_ms,
+            late_fee_rate,
+        );
         let (position, route_cost_rest, budget_out) = match verdict {
             Ok(v) => v,
             Err((reason, detail)) => {
@@ -1392,11 +1491,27 @@ impl Engine {
             return Ok(());
         }
         let kept = amount.checked_sub(route_cost_rest)?;
-        match self.forward(p, header, body, next, down_channel, route_cost_rest, budget_out, now) {
+        match self.forward(
+            p,
+            header,
+            body,
+            next,
+            down_channel,
+            route_cost_rest,
+            budget_out,
+            now,
+        ) {
             Ok(()) => {}
             Err(e) => {
                 // Cannot pay downstream (insolvent): refund upstream.
-                return self.refuse(from, channel, id, amount, RejectReason::Overloaded, e.to_string());
+                return self.refuse(
+                    from,
+                    channel,
+                    id,
+                    amount,
+                    RejectReason::Overloaded,
+                    e.to_string(),
+                );
             }
         }
         if let Some(ch) = self.channels.get_mut(&channel) {
@@ -1437,7 +1552,10 @@ impl Engine {
             return Err((R::BadRequest, "request id does not match its core".into()));
         }
         if budget_ms != header.budget_ms || late_fee_rate != core.late_fee_rate {
-            return Err((R::BadRequest, "payment memo disagrees with the header".into()));
+            return Err((
+                R::BadRequest,
+                "payment memo disagrees with the header".into(),
+            ));
         }
         if body.len() as u64 != core.body_len || Hash::of(body) != core.body_hash {
             return Err((R::BadRequest, "body does not match its hash".into()));
@@ -1454,7 +1572,10 @@ impl Engine {
         };
         let prev = position.saturating_sub(1);
         if route.nodes[prev] != from || route.channels[prev] != channel {
-            return Err((R::RouteInvalid, "route does not arrive over this edge".into()));
+            return Err((
+                R::RouteInvalid,
+                "route does not arrive over this edge".into(),
+            ));
         }
         // Validate the rest of the route against the topology. Our own next edge may be
         // severed: that is answered with the proof, not refused.
@@ -1481,7 +1602,10 @@ impl Engine {
             .cost_from(route, prev, core.body_len)
             .map_err(|e| (R::RouteInvalid, e.to_string()))?;
         if amount < cost_here {
-            return Err((R::AmountTooSmall, format!("paid {amount}, path costs {cost_here}")));
+            return Err((
+                R::AmountTooSmall,
+                format!("paid {amount}, path costs {cost_here}"),
+            ));
         }
         let expect = self
             .topology
@@ -1490,7 +1614,11 @@ impl Engine {
             .and_then(|l| l.checked_mul(2))
             .ok_or((R::RouteInvalid, "latency overflow".into()))?;
         if budget_ms != expect {
-            let which = if budget_ms < expect { "too small" } else { "exceeds the route" };
+            let which = if budget_ms < expect {
+                "too small"
+            } else {
+                "exceeds the route"
+            };
             return Err((
                 R::BudgetMismatch,
                 format!("budget {budget_ms} ms {which}: route allows {expect} ms"),
@@ -1514,7 +1642,13 @@ impl Engine {
         Ok((position, rest_cost, budget_out))
     }
 
-    fn on_ack(&mut self, channel: ChannelId, seq: u64, sig: &crypto::Signature, _now: Time) -> Result<(), ProtocolError> {
+    fn on_ack(
+        &mut self,
+        channel: ChannelId,
+        seq: u64,
+        sig: &crypto::Signature,
+        _now: Time,
+    ) -> Result<(), ProtocolError> {
         let ch = self
             .channels
             .get_mut(&channel)
@@ -1592,7 +1726,14 @@ impl Engine {
                     u.closed_at = Some(now);
                 }
                 self.write_pending(request);
-                let _refused = self.refuse(up_peer, up_channel, request, amount_in, reason, String::new());
+                let _refused = self.refuse(
+                    up_peer,
+                    up_channel,
+                    request,
+                    amount_in,
+                    reason,
+                    String::new(),
+                );
             }
         }
         self.write_pending(request);
@@ -1664,7 +1805,13 @@ impl Engine {
         Ok(())
     }
 
-    fn on_proof(&mut self, from: NodeId, request: RequestId, notice: SignedSeverNotice, now: Time) -> Result<(), ProtocolError> {
+    fn on_proof(
+        &mut self,
+        from: NodeId,
+        request: RequestId,
+        notice: SignedSeverNotice,
+        now: Time,
+    ) -> Result<(), ProtocolError> {
         let p = self
             .pending
             .get(&request)
@@ -1696,7 +1843,10 @@ impl Engine {
         if idx < p.position {
             return Err(bad("severed edge is upstream of us"));
         }
-        let (x, y) = (&p.core.route.nodes[idx], &p.core.route.nodes[idx.saturating_add(1)]);
+        let (x, y) = (
+            &p.core.route.nodes[idx],
+            &p.core.route.nodes[idx.saturating_add(1)],
+        );
         let endpoints_ok = (n.severer == *x && n.peer == *y) || (n.severer == *y && n.peer == *x);
         if !endpoints_ok {
             return Err(bad("severer is not an endpoint of the edge"));
@@ -1708,7 +1858,13 @@ impl Engine {
     }
 
     /// Accepts a late-fee payment from a downstream peer.
-    fn on_fee(&mut self, from: NodeId, channel: ChannelId, fee: &FeePayment, _now: Time) -> Result<(), ProtocolError> {
+    fn on_fee(
+        &mut self,
+        from: NodeId,
+        channel: ChannelId,
+        fee: &FeePayment,
+        _now: Time,
+    ) -> Result<(), ProtocolError> {
         let bad = |detail| ProtocolError::BadFee { channel, detail };
         let Memo::LateFees { amount, items } = &fee.update.update.memo else {
             return Err(bad("memo is not a late-fee memo"));
@@ -1756,9 +1912,13 @@ impl Engine {
     /// A resolved downstream is finished once its fees are settled in full.
     fn maybe_finish_downstream(&mut self, id: RequestId, _now: Time) {
         let tol = self.config.fee_tolerance_ms;
-        let Some(p) = self.pending.get(&id) else { return };
+        let Some(p) = self.pending.get(&id) else {
+            return;
+        };
         let Some(d) = &p.down else { return };
-        let Some((resolved_at, _)) = d.resolved else { return };
+        let Some((resolved_at, _)) = d.resolved else {
+            return;
+        };
         let Ok(expected) = p.expected_from_downstream(resolved_at, tol) else {
             return;
         };
@@ -1772,7 +1932,9 @@ impl Engine {
     /// The downstream's last chance to settle has passed: record what is missing.
     fn realize_loss(&mut self, id: RequestId, now: Time) {
         let tol = self.config.fee_tolerance_ms;
-        let Some(p) = self.pending.get_mut(&id) else { return };
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
         let expected = p.expected_from_downstream(now, tol).unwrap_or_default();
         let Some(d) = p.down.as_mut() else { return };
         if d.finished {
@@ -1818,7 +1980,10 @@ impl Engine {
         if let Some(ch) = self.channels.get_mut(&channel) {
             ch.last_peer_sync = Some((sent_at_ms, now));
             if let Some(echo) = echo {
-                let rtt = now.ms().saturating_sub(echo.sent_at_ms).saturating_sub(echo.held_ms);
+                let rtt = now
+                    .ms()
+                    .saturating_sub(echo.sent_at_ms)
+                    .saturating_sub(echo.held_ms);
                 self.events.push_back(Event::LatencyObserved {
                     peer: from,
                     rtt_ms: rtt,
@@ -1834,14 +1999,22 @@ impl Engine {
             .map(|c| c.rec.edge.terms.latency_ms)
             .unwrap_or_default();
         let sent_at = now.minus(latency);
-        let downs: Vec<RequestId> = self.by_down.get(&channel).into_iter().flatten().copied().collect();
+        let downs: Vec<RequestId> = self
+            .by_down
+            .get(&channel)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         for id in downs {
             self.maybe_finish_downstream(id, now);
             let stale = self
                 .pending
                 .get(&id)
                 .and_then(|p| p.down.as_ref())
-                .is_some_and(|d| !d.finished && d.resolved.is_some_and(|(t, _)| t.minus(latency) <= sent_at));
+                .is_some_and(|d| {
+                    !d.finished && d.resolved.is_some_and(|(t, _)| t.minus(latency) <= sent_at)
+                });
             if stale {
                 self.realize_loss(id, now);
             } else {
@@ -1879,7 +2052,8 @@ impl Engine {
         }
         ch.ledger.prune(now.minus(h.window_ms));
         let earned = Amount::checked_sum(ch.ledger.earnings.iter().map(|(_, a)| *a))?;
-        let lost = Amount::checked_sum(ch.ledger.losses.iter().map(|(_, a)| *a))?.checked_add(outstanding)?;
+        let lost = Amount::checked_sum(ch.ledger.losses.iter().map(|(_, a)| *a))?
+            .checked_add(outstanding)?;
         if lost > earned {
             self.sever_inner(channel, SeverReason::UnpaidFees, now, None)?;
         }
@@ -2028,7 +2202,9 @@ impl Engine {
                 .copied()
                 .collect();
             for id in candidates {
-                let Some(p) = self.pending.get_mut(&id) else { continue };
+                let Some(p) = self.pending.get_mut(&id) else {
+                    continue;
+                };
                 let counts_here = match &p.up {
                     Some(u) => u.channel == channel && u.closed_at.is_none(),
                     None => p.down.as_ref().is_some_and(|d| d.channel == channel),
@@ -2055,7 +2231,13 @@ impl Engine {
         }
 
         // 2. Proofs held for this sync close their obligations now.
-        let ups: Vec<RequestId> = self.by_up.get(&channel).into_iter().flatten().copied().collect();
+        let ups: Vec<RequestId> = self
+            .by_up
+            .get(&channel)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
         let mut proofs = Vec::new();
         for id in &ups {
             if let Some(u) = self.pending.get_mut(id).and_then(|p| p.up.as_mut()) {

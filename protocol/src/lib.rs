@@ -37,11 +37,13 @@ pub use crypto::{Hash, NodeId, Signature};
 pub use time::Time;
 pub use types::*;
 
+#[cfg(feature = "engine")]
+pub use config::{EngineConfig, Heuristic, Misbehaviour, ProofForwarding, SeverPolicy};
 #[cfg(feature = "crypto")]
 pub use crypto::Keypair;
 #[cfg(feature = "engine")]
-pub use config::{EngineConfig, Heuristic, Misbehaviour, ProofForwarding, SeverPolicy};
-#[cfg(feature = "engine")]
-pub use engine::{ChainAction, ChainEvent, Engine, Event, Pending, Resolution, Transmit, WriteBatch};
+pub use engine::{
+    ChainAction, ChainEvent, Engine, Event, Pending, Resolution, Transmit, WriteBatch,
+};
 #[cfg(feature = "engine")]
 pub use error::ProtocolError;

@@ -151,9 +151,9 @@ impl Message {
     pub fn carries_update(&self) -> bool {
         match self {
             Message::Request(_) | Message::Reject { .. } => true,
-            Message::Response { fee, .. } | Message::Proof { fee, .. } | Message::Sync { fee, .. } => {
-                fee.is_some()
-            }
+            Message::Response { fee, .. }
+            | Message::Proof { fee, .. }
+            | Message::Sync { fee, .. } => fee.is_some(),
             _ => false,
         }
     }

@@ -91,7 +91,9 @@ impl Store {
     pub fn apply(&mut self, w: &Write) -> Result<(), StoreError> {
         match w {
             Write::Channel(rec) => {
-                self.channels.entry(rec.id()).or_insert_with(|| (**rec).clone());
+                self.channels
+                    .entry(rec.id())
+                    .or_insert_with(|| (**rec).clone());
             }
             Write::Outgoing {
                 channel,

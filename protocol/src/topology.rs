@@ -158,19 +158,20 @@ impl Topology {
 
     /// One-way latency of the route's edges from position `from` (a node index) on.
     pub fn latency_from(&self, route: &Route, from: usize) -> Result<u64, RouteError> {
-        route
-            .channels
-            .iter()
-            .skip(from)
-            .try_fold(0u64, |acc, ch| {
-                let e = self.edges.get(ch).ok_or(RouteError::UnknownEdge(*ch))?;
-                acc.checked_add(e.terms.latency_ms)
-                    .ok_or(RouteError::LatencyOverflow)
-            })
+        route.channels.iter().skip(from).try_fold(0u64, |acc, ch| {
+            let e = self.edges.get(ch).ok_or(RouteError::UnknownEdge(*ch))?;
+            acc.checked_add(e.terms.latency_ms)
+                .ok_or(RouteError::LatencyOverflow)
+        })
     }
 
     /// Cost of the route's edges from position `from` on, for a body of `body_len`.
-    pub fn cost_from(&self, route: &Route, from: usize, body_len: u64) -> Result<Amount, RouteError> {
+    pub fn cost_from(
+        &self,
+        route: &Route,
+        from: usize,
+        body_len: u64,
+    ) -> Result<Amount, RouteError> {
         route
             .channels
             .iter()
@@ -376,7 +377,10 @@ mod tests {
         // The bound excludes the only route.
         assert!(t.find_routes(&node(1), &node(5), 0, 999, 1).is_empty());
         // Per-byte costs: 4 edges * (10 + 1 * 5).
-        assert_eq!(t.find_routes(&node(1), &node(5), 5, 1000, 1)[0].cost, Amount(60));
+        assert_eq!(
+            t.find_routes(&node(1), &node(5), 5, 1000, 1)[0].cost,
+            Amount(60)
+        );
     }
 
     #[test]
@@ -417,12 +421,18 @@ mod tests {
             nodes: vec![node(1), node(3)],
             channels: vec![ChannelId(1)],
         };
-        assert_eq!(t.validate(&wrong), Err(RouteError::WrongEndpoints(ChannelId(1))));
+        assert_eq!(
+            t.validate(&wrong),
+            Err(RouteError::WrongEndpoints(ChannelId(1)))
+        );
         let unknown = Route {
             nodes: vec![node(1), node(2)],
             channels: vec![ChannelId(99)],
         };
-        assert_eq!(t.validate(&unknown), Err(RouteError::UnknownEdge(ChannelId(99))));
+        assert_eq!(
+            t.validate(&unknown),
+            Err(RouteError::UnknownEdge(ChannelId(99)))
+        );
     }
 
     #[test]

@@ -158,7 +158,9 @@ mod tests {
         );
         assert_eq!(
             decode_frame(&[1]),
-            Err(WireError::Malformed("frame shorter than its version".into()))
+            Err(WireError::Malformed(
+                "frame shorter than its version".into()
+            ))
         );
     }
 }

@@ -127,12 +127,26 @@ impl Report {
 #[derive(Clone, Debug)]
 enum Ev {
     Wake(usize),
-    Deliver { from: usize, to: usize, frame: Vec<u8> },
+    Deliver {
+        from: usize,
+        to: usize,
+        frame: Vec<u8>,
+    },
     SendRequest(usize),
-    Respond { node: usize, request: RequestId, body: Vec<u8> },
+    Respond {
+        node: usize,
+        request: RequestId,
+        body: Vec<u8>,
+    },
     GoOffline(usize),
-    GoOnline { node: usize, restart: bool },
-    ForceSever { node: usize, channel: ChannelId },
+    GoOnline {
+        node: usize,
+        restart: bool,
+    },
+    ForceSever {
+        node: usize,
+        channel: ChannelId,
+    },
     ChainSever(Box<por_protocol::SignedSeverNotice>),
 }
 
@@ -198,7 +212,9 @@ impl Sim {
             let config = EngineConfig {
                 sever_policy: n.sever,
                 proof_forwarding: n.forward_proofs,
-                heuristic: n.heuristic_window_ms.map(|window_ms| Heuristic { window_ms }),
+                heuristic: n
+                    .heuristic_window_ms
+                    .map(|window_ms| Heuristic { window_ms }),
                 fee_tolerance_ms: 0,
                 max_in_flight: 1_000_000,
                 silence_syncs: 3,
@@ -286,14 +302,18 @@ impl Sim {
         };
         for i in 0..sim.nodes.len() {
             for ev in &chain_events {
-                sim.nodes[i].engine.handle_chain_event(ev.clone(), Time::ZERO);
+                sim.nodes[i]
+                    .engine
+                    .handle_chain_event(ev.clone(), Time::ZERO);
             }
             sim.drain(i, Time::ZERO);
         }
         for (k, r) in sim.scenario.requests.clone().iter().enumerate() {
             let c = sim.lookup(&r.client)?;
             sim.lookup(&r.server)?;
-            sim.report.rates.insert(format!("r{}", k + 1), r.late_fee_rate.0);
+            sim.report
+                .rates
+                .insert(format!("r{}", k + 1), r.late_fee_rate.0);
             sim.push(Time(r.at_ms), Ev::SendRequest(k));
             let _ = c;
         }
@@ -320,11 +340,18 @@ impl Sim {
                         .ok_or_else(|| invalid(format!("no edge {node}-{peer} to sever")))?;
                     sim.push(Time(at_ms), Ev::ForceSever { node: i, channel });
                 }
-                FaultSpec::Drop { from, to, probability, .. } => {
+                FaultSpec::Drop {
+                    from,
+                    to,
+                    probability,
+                    ..
+                } => {
                     sim.lookup(&from)?;
                     sim.lookup(&to)?;
                     if !(0.0..=1.0).contains(&probability) {
-                        return Err(invalid(format!("drop probability {probability} not in [0, 1]")));
+                        return Err(invalid(format!(
+                            "drop probability {probability} not in [0, 1]"
+                        )));
                     }
                 }
                 FaultSpec::Delay { from, to, .. } => {
@@ -337,10 +364,13 @@ impl Sim {
     }
 
     fn lookup(&self, name: &str) -> Result<usize, SimError> {
-        self.by_name.get(name).copied().ok_or_else(|| SimError::Invalid {
-            scenario: self.scenario.name.clone(),
-            detail: format!("unknown node {name:?}"),
-        })
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| SimError::Invalid {
+                scenario: self.scenario.name.clone(),
+                detail: format!("unknown node {name:?}"),
+            })
     }
 
     fn push(&mut self, t: Time, ev: Ev) {
@@ -360,7 +390,10 @@ impl Sim {
     }
 
     fn label(&self, id: &RequestId) -> String {
-        self.labels.get(id).cloned().unwrap_or_else(|| id.to_string())
+        self.labels
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
     }
 
     /// Runs to the scenario's end and returns the report.
@@ -434,7 +467,11 @@ impl Sim {
             Ev::GoOnline { node, restart } => self.go_online(node, restart, now),
             Ev::ForceSever { node, channel } => {
                 if self.nodes[node].online {
-                    if let Err(e) = self.nodes[node].engine.sever(channel, SeverReason::Operator, now) {
+                    if let Err(e) =
+                        self.nodes[node]
+                            .engine
+                            .sever(channel, SeverReason::Operator, now)
+                    {
                         self.violation(now, format!("forced sever failed: {e}"));
                     }
                     self.drain(node, now);
@@ -448,7 +485,11 @@ impl Sim {
                 let r = Record {
                     detail: Some(format!("edge {} severed on chain", notice.notice.channel)),
                     peer: Some(self.name_of(&notice.notice.peer)),
-                    ..Record::new(now, &self.name_of(&notice.notice.severer), "chain_sever_final")
+                    ..Record::new(
+                        now,
+                        &self.name_of(&notice.notice.severer),
+                        "chain_sever_final",
+                    )
                 };
                 self.report.records.push(r);
                 for i in 0..self.nodes.len() {
@@ -467,7 +508,13 @@ impl Sim {
             // A crash: everything not durable is gone. Rebuild from the store and the
             // chain, then reconnect to every neighbour.
             let n = &self.nodes[i];
-            let engine = Engine::restore(n.config.clone(), n.key.clone(), self.chain_topology.clone(), &n.store, now);
+            let engine = Engine::restore(
+                n.config.clone(),
+                n.key.clone(),
+                self.chain_topology.clone(),
+                &n.store,
+                now,
+            );
             self.nodes[i].engine = engine;
             self.nodes[i].wakes.clear();
         }
@@ -479,7 +526,14 @@ impl Sim {
                 .handle_chain_event(ChainEvent::EdgeSevered(notice), now);
         }
         let mut r = Record::new(now, &self.nodes[i].name, "node_online");
-        r.detail = Some(if restart { "restarted from store" } else { "resumed" }.into());
+        r.detail = Some(
+            if restart {
+                "restarted from store"
+            } else {
+                "resumed"
+            }
+            .into(),
+        );
         self.report.records.push(r);
         let me = self.nodes[i].key.id();
         for j in self.neighbours(i) {
@@ -555,7 +609,10 @@ impl Sim {
     fn route_by_names(&self, client: usize, names: &[String]) -> Result<Route, String> {
         let mut nodes = Vec::new();
         for n in names {
-            let i = self.by_name.get(n).ok_or_else(|| format!("unknown node {n:?} in route"))?;
+            let i = self
+                .by_name
+                .get(n)
+                .ok_or_else(|| format!("unknown node {n:?} in route"))?;
             nodes.push(self.nodes[*i].key.id());
         }
         if nodes.first() != Some(&self.nodes[client].key.id()) {
@@ -564,9 +621,13 @@ impl Sim {
         let topo = self.nodes[client].engine.topology();
         let mut channels = Vec::new();
         for w in nodes.windows(2) {
-            let e = topo
-                .live_edge_between(&w[0], &w[1])
-                .ok_or_else(|| format!("no live edge {}-{}", self.name_of(&w[0]), self.name_of(&w[1])))?;
+            let e = topo.live_edge_between(&w[0], &w[1]).ok_or_else(|| {
+                format!(
+                    "no live edge {}-{}",
+                    self.name_of(&w[0]),
+                    self.name_of(&w[1])
+                )
+            })?;
             channels.push(e.id);
         }
         Ok(Route { nodes, channels })
@@ -611,7 +672,13 @@ impl Sim {
         }
     }
 
-    fn transmit(&mut self, from: usize, to: NodeId, message: &por_protocol::messages::Message, now: Time) {
+    fn transmit(
+        &mut self,
+        from: usize,
+        to: NodeId,
+        message: &por_protocol::messages::Message,
+        now: Time,
+    ) {
         let Some(&j) = self.index.get(&to) else {
             return;
         };
@@ -635,10 +702,13 @@ impl Sim {
                     probability,
                     from_ms,
                     until_ms,
-                } if *a == from_name && *b == to_name && now.ms() >= *from_ms && until_ms.is_none_or(|u| now.ms() < u) => {
-                    if self.rng.gen_bool(*probability) {
-                        return;
-                    }
+                } if *a == from_name
+                    && *b == to_name
+                    && now.ms() >= *from_ms
+                    && until_ms.is_none_or(|u| now.ms() < u)
+                    && self.rng.gen_bool(*probability) =>
+                {
+                    return;
                 }
                 FaultSpec::Delay {
                     from: a,
@@ -646,7 +716,11 @@ impl Sim {
                     extra_ms,
                     from_ms,
                     until_ms,
-                } if *a == from_name && *b == to_name && now.ms() >= *from_ms && until_ms.is_none_or(|u| now.ms() < u) => {
+                } if *a == from_name
+                    && *b == to_name
+                    && now.ms() >= *from_ms
+                    && until_ms.is_none_or(|u| now.ms() < u) =>
+                {
                     extra = extra.saturating_add(*extra_ms);
                 }
                 _ => {}
@@ -656,13 +730,17 @@ impl Sim {
             return;
         };
         // Links are ordered, like TCP: a delayed frame holds back the ones after it.
-        let arrival = now.plus(link.latency_ms.saturating_add(extra)).max(link.last_arrival);
+        let arrival = now
+            .plus(link.latency_ms.saturating_add(extra))
+            .max(link.last_arrival);
         link.last_arrival = arrival;
         self.push(arrival, Ev::Deliver { from, to: j, frame });
     }
 
     fn violation(&mut self, now: Time, what: String) {
-        self.report.violations.push(format!("t={}: {what}", now.ms()));
+        self.report
+            .violations
+            .push(format!("t={}: {what}", now.ms()));
     }
 
     fn on_event(&mut self, i: usize, ev: Event, now: Time) {
@@ -713,7 +791,14 @@ impl Sim {
                 r.deadline_ms = Some(send_deadline.ms());
                 if self.nodes[i].respond {
                     let at = now.plus(self.nodes[i].response_delay_ms);
-                    self.push(at, Ev::Respond { node: i, request, body });
+                    self.push(
+                        at,
+                        Ev::Respond {
+                            node: i,
+                            request,
+                            body,
+                        },
+                    );
                 }
             }
             Event::ResponseSent { request } => {
@@ -761,10 +846,18 @@ impl Sim {
                 r.amount = Some(amount.0);
                 r.total = Some(total.0);
                 r.deadline_ms = Some(owed_since.ms());
-                let rate = self.report.rates.get(&self.label(&request)).copied().unwrap_or(0);
+                let rate = self
+                    .report
+                    .rates
+                    .get(&self.label(&request))
+                    .copied()
+                    .unwrap_or(0);
                 let allowed = rate.saturating_mul(u128::from(now.since(owed_since)));
                 if total.0 > allowed {
-                    self.violation(now, format!("{name} paid {} for time before its deadline", total.0));
+                    self.violation(
+                        now,
+                        format!("{name} paid {} for time before its deadline", total.0),
+                    );
                 }
             }
             Event::LateFeeReceived {
@@ -779,12 +872,20 @@ impl Sim {
                 r.amount = Some(amount.0);
                 r.total = Some(total.0);
             }
-            Event::SeverInitiated { channel, peer, reason } => {
+            Event::SeverInitiated {
+                channel,
+                peer,
+                reason,
+            } => {
                 r.kind = "sever_initiated";
                 r.peer = Some(self.name_of(&peer));
                 r.detail = Some(format!("{channel} {reason:?}"));
             }
-            Event::SeverProofForwarded { request, to, channel } => {
+            Event::SeverProofForwarded {
+                request,
+                to,
+                channel,
+            } => {
                 r.kind = "sever_proof_forwarded";
                 r.request = Some(self.label(&request));
                 r.peer = Some(self.name_of(&to));
@@ -804,7 +905,11 @@ impl Sim {
                 r.total = Some(fees_received.0);
                 r.detail = Some(channel.to_string());
             }
-            Event::LossRecorded { request, peer, amount } => {
+            Event::LossRecorded {
+                request,
+                peer,
+                amount,
+            } => {
                 r.kind = "loss_recorded";
                 r.request = Some(self.label(&request));
                 r.peer = Some(self.name_of(&peer));
@@ -848,11 +953,19 @@ impl Sim {
                 violations.push(format!("{ch}: payee holds more than payer signed"));
             }
             let capacity = Amount(e.deposit_a.0).checked_add(Amount(e.deposit_b.0));
-            let net_a = i128::try_from(a_in.0).unwrap_or(i128::MAX).saturating_sub(i128::try_from(b_in.0).unwrap_or(i128::MAX));
-            let payout_a = i128::try_from(e.deposit_a.0).unwrap_or(i128::MAX).saturating_add(net_a);
-            let payout_b = i128::try_from(e.deposit_b.0).unwrap_or(i128::MAX).saturating_sub(net_a);
+            let net_a = i128::try_from(a_in.0)
+                .unwrap_or(i128::MAX)
+                .saturating_sub(i128::try_from(b_in.0).unwrap_or(i128::MAX));
+            let payout_a = i128::try_from(e.deposit_a.0)
+                .unwrap_or(i128::MAX)
+                .saturating_add(net_a);
+            let payout_b = i128::try_from(e.deposit_b.0)
+                .unwrap_or(i128::MAX)
+                .saturating_sub(net_a);
             if payout_a < 0 || payout_b < 0 || capacity.is_err() {
-                violations.push(format!("{ch}: settlement out of range ({payout_a}, {payout_b})"));
+                violations.push(format!(
+                    "{ch}: settlement out of range ({payout_a}, {payout_b})"
+                ));
             }
             if let Some(v) = balances.get_mut(&e.a) {
                 *v = v.saturating_add(net_a);
@@ -868,8 +981,13 @@ impl Sim {
             }
             for rec in n.engine.channels() {
                 match n.store.channels.get(&rec.id()) {
-                    Some(s) if s.incoming == rec.incoming && s.outgoing.seq == rec.outgoing.seq => {}
-                    _ => violations.push(format!("{}: store diverges from engine on {}", n.name, rec.id())),
+                    Some(s) if s.incoming == rec.incoming && s.outgoing.seq == rec.outgoing.seq => {
+                    }
+                    _ => violations.push(format!(
+                        "{}: store diverges from engine on {}",
+                        n.name,
+                        rec.id()
+                    )),
                 }
             }
         }

@@ -10,7 +10,11 @@ fn run(file: &str) -> Report {
     let path = format!("{}/scenarios/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap();
     let report = run_toml(&text).unwrap();
-    assert!(report.violations.is_empty(), "{file}: {:?}", report.violations);
+    assert!(
+        report.violations.is_empty(),
+        "{file}: {:?}",
+        report.violations
+    );
     report
 }
 
@@ -45,9 +49,18 @@ fn common_part(r: &Report) {
         .of_kind("request_forwarded")
         .find(|x| x.node == "Alice")
         .unwrap();
-    assert_eq!((alice.t_ms, alice.ms, alice.deadline_ms), (100, Some(800), Some(900)));
-    let bob = r.of_kind("request_forwarded").find(|x| x.node == "Bob").unwrap();
-    assert_eq!((bob.t_ms, bob.ms, bob.deadline_ms), (300, Some(400), Some(700)));
+    assert_eq!(
+        (alice.t_ms, alice.ms, alice.deadline_ms),
+        (100, Some(800), Some(900))
+    );
+    let bob = r
+        .of_kind("request_forwarded")
+        .find(|x| x.node == "Bob")
+        .unwrap();
+    assert_eq!(
+        (bob.t_ms, bob.ms, bob.deadline_ms),
+        (300, Some(400), Some(700))
+    );
     assert_eq!(bob.peer.as_deref(), Some("Eve"));
     assert_eq!(times(r, "request_acked", "Alex"), vec![200]);
 }
@@ -68,7 +81,10 @@ fn p5_1_happy_case_response_at_exactly_800ms() {
     // From Alice's perspective exactly 600 ms after she forwarded it.
     assert_eq!(times(&r, "response_forwarded", "Alice"), vec![700]);
     let d = r.of_kind("response_delivered").next().unwrap();
-    assert_eq!((d.t_ms, d.ms, d.detail.as_deref()), (800, Some(800), Some("on time")));
+    assert_eq!(
+        (d.t_ms, d.ms, d.detail.as_deref()),
+        (800, Some(800), Some("on time"))
+    );
     assert_eq!(r.of_kind("late_fee_paid").count(), 0);
     assert_eq!(r.of_kind("sever_initiated").count(), 0);
     assert_eq!(balances(&r), [-3 * EDGE, EDGE, EDGE, EDGE, 0, 0]);
@@ -85,7 +101,10 @@ fn p5_2_bob_severs_at_once_proof_at_1000ms() {
     assert_eq!(times(&r, "sever_proof_forwarded", "Bob"), vec![700]);
     assert_eq!(times(&r, "sever_proof_forwarded", "Alice"), vec![900]);
     let p = r.of_kind("sever_proof_delivered").next().unwrap();
-    assert_eq!((p.t_ms, p.node.as_str(), p.peer.as_deref()), (1000, "Alex", Some("Bob")));
+    assert_eq!(
+        (p.t_ms, p.node.as_str(), p.peer.as_deref()),
+        (1000, "Alex", Some("Bob"))
+    );
     assert_eq!(r.of_kind("late_fee_paid").count(), 0, "nobody is late");
     assert_eq!(r.of_kind("response_delivered").count(), 0);
     // Eve never received Bob's payment, so nothing moved on Bob-Eve.
@@ -108,12 +127,22 @@ fn p5_3_bob_waits_a_sync_and_pays() {
     assert_eq!(times(&r, "sever_proof_delivered", "Alex"), vec![2100]);
     // Accrual stops at the proof: nothing is paid after it.
     assert!(r.of_kind("late_fee_paid").all(|x| x.t_ms <= 2000));
-    let alex_fees: u128 = at(&r, "late_fee_received", "Alex").iter().map(|x| x.2.unwrap()).sum();
+    let alex_fees: u128 = at(&r, "late_fee_received", "Alex")
+        .iter()
+        .map(|x| x.2.unwrap())
+        .sum();
     assert_eq!(alex_fees, 1_100 * R);
     let (r_, e) = (R as i128, EDGE);
     assert_eq!(
         balances(&r),
-        [-4 * e + 1_100 * r_, e - 1_100 * r_ + 900 * r_, 3 * e - 900 * r_, 0, 0, 0]
+        [
+            -4 * e + 1_100 * r_,
+            e - 1_100 * r_ + 900 * r_,
+            3 * e - 900 * r_,
+            0,
+            0,
+            0
+        ]
     );
     assert_eq!(r.of_kind("loss_recorded").count(), 0, "Bob paid in full");
 }
@@ -122,7 +151,10 @@ fn p5_3_bob_waits_a_sync_and_pays() {
 fn p5_4_bob_does_not_pay_and_alice_severs_him() {
     let r = run("paper-5.4-unpaid-fee.toml");
     common_part(&r);
-    assert_eq!(fees(&r, "Alice"), vec![(1000, 100 * R), (1500, 500 * R), (2000, 500 * R)]);
+    assert_eq!(
+        fees(&r, "Alice"),
+        vec![(1000, 100 * R), (1500, 500 * R), (2000, 500 * R)]
+    );
     assert!(fees(&r, "Bob").is_empty(), "Bob withholds");
     assert_eq!(times(&r, "sever_initiated", "Bob"), vec![1599]);
     assert_eq!(times(&r, "sever_proof_forwarded", "Bob"), vec![1599]);
@@ -165,9 +197,20 @@ fn p5_5_bob_waits_longer_and_keeps_paying() {
     let (r_, e) = (R as i128, EDGE);
     assert_eq!(
         balances(&r),
-        [-4 * e + 9_100 * r_, e - 9_100 * r_ + 8_900 * r_, 3 * e - 8_900 * r_, 0, 0, 0]
+        [
+            -4 * e + 9_100 * r_,
+            e - 9_100 * r_ + 8_900 * r_,
+            3 * e - 8_900 * r_,
+            0,
+            0,
+            0
+        ]
     );
-    assert_eq!(r.of_kind("sever_initiated").count(), 1, "Alice never severs Bob");
+    assert_eq!(
+        r.of_kind("sever_initiated").count(),
+        1,
+        "Alice never severs Bob"
+    );
 }
 
 #[test]
@@ -176,7 +219,10 @@ fn output_is_deterministic_json_lines() {
     let b = run("paper-5.3-wait-and-pay.toml").to_json_lines();
     assert_eq!(a, b);
     let last = a.lines().last().unwrap();
-    assert!(last.starts_with(r#"{"kind":"final","balances":{"Alex":"#), "{last}");
+    assert!(
+        last.starts_with(r#"{"kind":"final","balances":{"Alex":"#),
+        "{last}"
+    );
     for line in a.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(v.get("kind").is_some());

@@ -54,7 +54,11 @@ fn scenario(seed: u64, eventually_sever: bool, crashes: bool) -> Scenario {
             heuristic_window_ms: None,
             withhold_late_fees: false,
             respond: true,
-            response_delay_ms: if rng.gen_bool(0.2) { rng.gen_range(0..300) } else { 0 },
+            response_delay_ms: if rng.gen_bool(0.2) {
+                rng.gen_range(0..300)
+            } else {
+                0
+            },
         })
         .collect();
     let mut pairs = BTreeSet::new();
@@ -146,7 +150,13 @@ fn scenario(seed: u64, eventually_sever: bool, crashes: bool) -> Scenario {
 fn story(r: &Report, req: &str) -> String {
     r.to_json_lines()
         .lines()
-        .filter(|l| l.contains(&format!("\"{req}\"")) || l.contains("offline") || l.contains("online") || l.contains("sever") || l.contains("refused"))
+        .filter(|l| {
+            l.contains(&format!("\"{req}\""))
+                || l.contains("offline")
+                || l.contains("online")
+                || l.contains("sever")
+                || l.contains("refused")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -158,7 +168,9 @@ fn outcomes(r: &Report) -> BTreeMap<String, Vec<&'static str>> {
             x.kind,
             "response_delivered" | "sever_proof_delivered" | "request_rejected"
         ) {
-            out.entry(x.request.clone().unwrap()).or_default().push(x.kind);
+            out.entry(x.request.clone().unwrap())
+                .or_default()
+                .push(x.kind);
         }
     }
     out
