@@ -373,9 +373,14 @@ struct ChannelRt {
     /// peer are held meanwhile.
     ready: bool,
     held: Vec<Message>,
-    /// Closing messages (response or proof, without fee) recently sent to the peer.
-    closings: BTreeMap<RequestId, (Time, Message)>,
+    /// Closing messages (response or proof, without fee) recently sent to the peer,
+    /// and their insertion order for pruning by age and count.
+    closings: BTreeMap<RequestId, Message>,
+    closing_order: VecDeque<(Time, RequestId)>,
 }
+
+/// At most this many closing messages are kept per channel for resending.
+const MAX_CLOSINGS: usize = 65_536;
 
 /// The Proof of Response state machine of one node.
 #[derive(Debug)]
@@ -625,6 +630,7 @@ impl Engine {
                 ready: true,
                 held: Vec::new(),
                 closings: BTreeMap::new(),
+                closing_order: VecDeque::new(),
             },
         );
     }
@@ -975,6 +981,7 @@ impl Engine {
         };
         d.resolved = Some((now, Resolution::Proof(channel)));
         let d = d.clone();
+        self.timers.remove(&(d.expect_by, Timer::Overdue(id)));
         match p.up.as_ref().map(|u| (u.channel, u.peer, u.closed_at)) {
             None => {
                 let fees_received = d.fees_received;
@@ -1078,8 +1085,17 @@ impl Engine {
             },
             _ => return,
         };
+        let retention = self.config.closing_retention_ms;
         if let Some(ch) = self.channels.get_mut(&channel) {
-            ch.closings.insert(id, (now, copy));
+            ch.closings.insert(id, copy);
+            ch.closing_order.push_back((now, id));
+            while let Some(&(t, old)) = ch.closing_order.front() {
+                if now.since(t) <= retention && ch.closing_order.len() <= MAX_CLOSINGS {
+                    break;
+                }
+                ch.closing_order.pop_front();
+                ch.closings.remove(&old);
+            }
         }
     }
 
@@ -1398,13 +1414,6 @@ impl Engine {
             payment,
             body,
         } = r;
-        // The payment itself must be valid, or nothing happens at all (and the peer is
-        // broken or hostile).
-        self.channels
-            .get(&channel)
-            .ok_or(ProtocolError::UnknownPeer(from))?
-            .rec
-            .check_incoming(&payment)?;
         let Memo::Request {
             request,
             amount,
@@ -1414,9 +1423,10 @@ impl Engine {
         else {
             return Err(ProtocolError::Misaddressed("request payment memo"));
         };
-        // From here on the payment is ours to hold; refusals refund it.
+        // The payment itself must be valid, or nothing happens at all (and the peer is
+        // broken or hostile). From here on the payment is ours to hold; refusals
+        // refund it.
         self.accept_update(from, channel, &payment)?;
-        let refuse = |reason, detail: String| (reason, detail);
         let verdict = self.validate_request(
             from,
             channel,
@@ -1430,8 +1440,7 @@ impl Engine {
         let (position, route_cost_rest, budget_out) = match verdict {
             Ok(v) => v,
             Err((reason, detail)) => {
-                let (reason, detail) = refuse(reason, detail);
-                return self.refuse(from, channel, request, amount, reason, detail);
+                return self.refuse(from, channel, request, amount, reason, detail)
             }
         };
         let id = header.id;
@@ -1713,6 +1722,7 @@ impl Engine {
         if let Some(d) = p.down.as_mut() {
             d.resolved = Some((now, Resolution::Rejected));
             d.finished = true;
+            self.timers.remove(&(d.expect_by, Timer::Overdue(request)));
         }
         match p.up.as_ref().map(|u| (u.peer, u.channel, u.amount_in)) {
             None => self.events.push_back(Event::RequestRejected {
@@ -1777,6 +1787,7 @@ impl Engine {
         }
         d.resolved = Some((now, Resolution::Response));
         let (sent_at, expect_by, fees_received) = (d.sent_at, d.expect_by, d.fees_received);
+        self.timers.remove(&(expect_by, Timer::Overdue(request)));
         match p.up.as_ref().map(|u| (u.peer, u.closed_at)) {
             None => self.events.push_back(Event::ResponseDelivered {
                 request,
@@ -2080,7 +2091,7 @@ impl Engine {
         };
         let closings: Vec<Message> = awaiting
             .iter()
-            .filter_map(|id| ch.closings.get(id).map(|(_, m)| m.clone()))
+            .filter_map(|id| ch.closings.get(id).cloned())
             .collect();
         // Held frames that carry updates or acks are superseded by the retransmission
         // and the re-ack; stale heartbeats are dropped. The rest still matter.
@@ -2275,10 +2286,6 @@ impl Engine {
                 fee: None,
             };
             self.remember_closing(channel, *id, &copy, now);
-        }
-        let retention = self.config.closing_retention_ms;
-        if let Some(ch) = self.channels.get_mut(&channel) {
-            ch.closings.retain(|_, (t, _)| now.since(*t) <= retention);
         }
         for (id, _) in &proofs {
             self.write_pending(*id);
