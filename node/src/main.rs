@@ -27,7 +27,18 @@ enum Command {
         /// Exit non-zero if any invariant is broken (the default prints and continues).
         #[arg(long)]
         strict: bool,
+        /// Output format: JSON lines, or a table for reading.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// One JSON object per line.
+    Json,
+    /// A human-readable timeline.
+    Table,
 }
 
 fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -51,23 +62,101 @@ fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn simulate(path: &Path, announce: bool) -> Result<usize> {
+fn simulate(path: &Path, announce: bool, format: Format) -> Result<usize> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let report =
-        por_testnet::run_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if announce {
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        println!("{}", serde_json_line(&name, path));
+    let scenario = por_testnet::Scenario::from_toml(&text)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    let description = scenario.description.clone();
+    let report = por_testnet::Sim::new(scenario)
+        .with_context(|| format!("setting up {}", path.display()))?
+        .run();
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match format {
+        Format::Json => {
+            if announce {
+                println!("{}", serde_json_line(&name, path));
+            }
+            print!("{}", report.to_json_lines());
+        }
+        Format::Table => print!("{}", table(&name, &description, &report)),
     }
-    print!("{}", report.to_json_lines());
     for v in &report.violations {
         eprintln!("{}: invariant broken: {v}", path.display());
     }
     Ok(report.violations.len())
+}
+
+fn table(name: &str, description: &str, report: &por_testnet::Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("== {name}\n");
+    for line in textwrap(description, 88) {
+        let _ = writeln!(out, "   {line}");
+    }
+    for r in &report.records {
+        let mut rest = Vec::new();
+        if let Some(p) = &r.peer {
+            rest.push(format!("peer={p}"));
+        }
+        if let Some(x) = &r.request {
+            rest.push(format!("request={x}"));
+        }
+        if let Some(a) = r.amount {
+            rest.push(format!("amount={a}"));
+        }
+        if let Some(t) = r.total {
+            rest.push(format!("total={t}"));
+        }
+        if let Some(ms) = r.ms {
+            rest.push(format!("ms={ms}"));
+        }
+        if let Some(d) = r.deadline_ms {
+            rest.push(format!("deadline={d}"));
+        }
+        if let Some(d) = &r.detail {
+            rest.push(d.clone());
+        }
+        let _ = writeln!(
+            out,
+            "{:>7} ms  {:<6} {:<22} {}",
+            r.t_ms,
+            r.node,
+            r.kind,
+            rest.join(" ")
+        );
+    }
+    let balances: Vec<String> = report
+        .balances
+        .iter()
+        .map(|(n, b)| format!("{n} {b:+}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "   final balances (yoctoNEAR): {}\n",
+        balances.join(", ")
+    );
+    out
+}
+
+fn textwrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 fn serde_json_line(name: &str, path: &Path) -> String {
@@ -85,12 +174,16 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Simulate { paths, strict } => {
+        Command::Simulate {
+            paths,
+            strict,
+            format,
+        } => {
             let files = scenario_files(&paths)?;
             let announce = files.len() > 1;
             let mut broken = 0;
             for f in &files {
-                broken += simulate(f, announce)?;
+                broken += simulate(f, announce, format)?;
             }
             if strict && broken > 0 {
                 bail!("{broken} invariant violations");

@@ -85,6 +85,16 @@ impl Net {
         self.engines[to].handle_message(from, m, self.now).unwrap();
     }
 
+    /// B's work on frames from `from`: the only part that is measured. Not inlined, so
+    /// that callgrind can count its instructions (`--toggle-collect=*relay_step*`).
+    #[inline(never)]
+    fn relay_step(&mut self, from: usize, msgs: Vec<Message>) -> Vec<(usize, Message)> {
+        for m in msgs {
+            self.deliver(from, 1, m);
+        }
+        self.drain(1)
+    }
+
     /// One request through the relay; returns the time spent in B alone.
     fn one(&mut self) -> Duration {
         let now = self.now;
@@ -94,8 +104,7 @@ impl Net {
         let (_, req) = self.drain(0).pop().unwrap();
 
         let t0 = Instant::now();
-        self.deliver(0, 1, req);
-        let out_b = self.drain(1);
+        let out_b = self.relay_step(0, vec![req]);
         let mut spent = t0.elapsed();
 
         let mut to_c = Vec::new();
@@ -119,10 +128,7 @@ impl Net {
         let out_c = self.drain(2);
 
         let t1 = Instant::now();
-        for (_, m) in out_c {
-            self.deliver(2, 1, m);
-        }
-        let out_b = self.drain(1);
+        let out_b = self.relay_step(2, out_c.into_iter().map(|(_, m)| m).collect());
         spent += t1.elapsed();
 
         for (_, m) in out_b {
@@ -134,6 +140,7 @@ impl Net {
 }
 
 /// The crypto a relay must do per request: 2 signs, 3 verifies, on ~300-byte inputs.
+#[inline(never)]
 fn crypto_only(k: &Keypair, msgs: &[Vec<u8>; 3], sigs: &[crypto::Signature; 3]) {
     black_box(k.sign_bytes(&msgs[0]));
     black_box(k.sign_bytes(&msgs[1]));
@@ -158,6 +165,14 @@ fn per_op(total: Duration, n: u32) -> f64 {
 }
 
 fn main() {
+    // POR_RELAY_SUMMARY_ONLY=1 skips criterion (for profilers: callgrind, perf).
+    if std::env::var_os("POR_RELAY_SUMMARY_ONLY").is_none() {
+        run_criterion();
+    }
+    summary();
+}
+
+fn run_criterion() {
     let mut c = Criterion::default().configure_from_args();
     let mut n = net();
     c.bench_function("relay/request+response (engine, 2 sign + 3 verify)", |b| {
@@ -168,20 +183,28 @@ fn main() {
         b.iter(|| crypto_only(&k, &msgs, &sigs))
     });
     c.final_summary();
+}
 
-    // A direct side-by-side figure for docs/benchmarks.md.
-    const N: u32 = 3_000;
+/// A direct side-by-side figure for docs/benchmarks.md.
+fn summary() {
+    let n_iter: u32 = std::env::var("POR_RELAY_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000);
+    let (k, msgs, sigs) = crypto_inputs();
     let mut n = net();
     for _ in 0..200 {
         n.one();
     }
-    let relay: Duration = (0..N).map(|_| n.one()).sum();
-    let t = Instant::now();
-    for _ in 0..N {
+    // Interleaved, so that a noisy machine slows both sides alike.
+    let (mut relay, mut crypto) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..n_iter {
+        relay += n.one();
+        let t = Instant::now();
         crypto_only(&k, &msgs, &sigs);
+        crypto += t.elapsed();
     }
-    let crypto = t.elapsed();
-    let (r, c) = (per_op(relay, N), per_op(crypto, N));
+    let (r, c) = (per_op(relay, n_iter), per_op(crypto, n_iter));
     println!(
         "summary: relay {r:.1} us/request, its signatures alone {c:.1} us, engine overhead {:.1}%",
         (r / c - 1.0) * 100.0
