@@ -635,6 +635,26 @@ impl Engine {
         );
     }
 
+    /// Requests whose upstream edge is `channel` (we owe the peer there).
+    fn ids_up(&self, channel: ChannelId) -> Vec<RequestId> {
+        self.by_up
+            .get(&channel)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Requests whose downstream edge is `channel` (the peer owes us there).
+    fn ids_down(&self, channel: ChannelId) -> Vec<RequestId> {
+        self.by_down
+            .get(&channel)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
     fn index_pending(&mut self, p: &Pending) {
         if let Some(u) = &p.up {
             self.by_up.entry(u.channel).or_default().insert(p.id);
@@ -915,13 +935,7 @@ impl Engine {
                 });
                 // Obligations towards that peer can no longer be met: the notice itself
                 // proves the edge gone to them.
-                let ups: Vec<RequestId> = self
-                    .by_up
-                    .get(&channel)
-                    .into_iter()
-                    .flatten()
-                    .copied()
-                    .collect();
+                let ups: Vec<RequestId> = self.ids_up(channel);
                 for id in ups {
                     if let Some(u) = self.pending.get_mut(&id).and_then(|p| p.up.as_mut()) {
                         u.closed_at.get_or_insert(now);
@@ -931,13 +945,7 @@ impl Engine {
                     self.finish_if_done(id);
                 }
                 // Whatever the peer still owed us on finished requests is lost now.
-                let downs: Vec<RequestId> = self
-                    .by_down
-                    .get(&channel)
-                    .into_iter()
-                    .flatten()
-                    .copied()
-                    .collect();
+                let downs: Vec<RequestId> = self.ids_down(channel);
                 for id in downs {
                     let resolved = self
                         .pending
@@ -2010,13 +2018,7 @@ impl Engine {
             .map(|c| c.rec.edge.terms.latency_ms)
             .unwrap_or_default();
         let sent_at = now.minus(latency);
-        let downs: Vec<RequestId> = self
-            .by_down
-            .get(&channel)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
+        let downs: Vec<RequestId> = self.ids_down(channel);
         for id in downs {
             self.maybe_finish_downstream(id, now);
             let stale = self
@@ -2242,13 +2244,7 @@ impl Engine {
         }
 
         // 2. Proofs held for this sync close their obligations now.
-        let ups: Vec<RequestId> = self
-            .by_up
-            .get(&channel)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
+        let ups: Vec<RequestId> = self.ids_up(channel);
         let mut proofs = Vec::new();
         for id in &ups {
             if let Some(u) = self.pending.get_mut(id).and_then(|p| p.up.as_mut()) {

@@ -465,3 +465,104 @@ mod tests {
         assert!(c.0[0] < 10, "center landed on Eve's chain: {c:?}");
     }
 }
+
+#[cfg(test)]
+mod route_props {
+    use super::*;
+    use crate::types::EdgeTerms;
+    use proptest::prelude::*;
+
+    fn node(i: u8) -> NodeId {
+        NodeId([i; 32])
+    }
+
+    /// Every simple path from `from` to `to`, by exhaustive search.
+    fn all_paths(t: &Topology, from: NodeId, to: NodeId, body: u64) -> Vec<(Amount, u64)> {
+        fn walk(
+            t: &Topology,
+            here: NodeId,
+            to: NodeId,
+            body: u64,
+            seen: &mut Vec<NodeId>,
+            acc: (Amount, u64),
+            out: &mut Vec<(Amount, u64)>,
+        ) {
+            if here == to {
+                out.push(acc);
+                return;
+            }
+            let next: Vec<(EdgeInfo, NodeId)> = t
+                .live_neighbours(&here)
+                .map(|(e, n)| (e.clone(), n))
+                .collect();
+            for (e, n) in next {
+                if seen.contains(&n) {
+                    continue;
+                }
+                seen.push(n);
+                let c = acc.0.checked_add(e.terms.cost(body).unwrap()).unwrap();
+                walk(t, n, to, body, seen, (c, acc.1 + e.terms.latency_ms), out);
+                seen.pop();
+            }
+        }
+        let mut out = Vec::new();
+        walk(
+            t,
+            from,
+            to,
+            body,
+            &mut vec![from],
+            (Amount::ZERO, 0),
+            &mut out,
+        );
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn cheapest_route_within_bound_matches_exhaustive_search(
+            edges in proptest::collection::vec((0u8..7, 0u8..7, 1u64..100, 0u128..50, any::<bool>()), 1..18),
+            bound in 0u64..600,
+            body in 0u64..20,
+        ) {
+            let mut t = Topology::new();
+            for (k, (a, b, lat, base, severed)) in edges.into_iter().enumerate() {
+                if a == b { continue; }
+                let id = ChannelId(k as u64);
+                t.insert_edge(EdgeInfo {
+                    id,
+                    a: node(a),
+                    b: node(b),
+                    terms: EdgeTerms {
+                        latency_ms: lat,
+                        base_cost: Amount(base),
+                        byte_cost: Amount(1),
+                        sync_interval_ms: 1000,
+                        sync_phase_ms: 0,
+                        max_late_fee_rate: Amount(1),
+                    },
+                    deposit_a: Amount(1),
+                    deposit_b: Amount(1),
+                });
+                if severed { t.sever(id); }
+            }
+            let feasible: Vec<(Amount, u64)> = all_paths(&t, node(0), node(6), body)
+                .into_iter()
+                .filter(|(_, l)| 2 * l <= bound)
+                .collect();
+            let best = feasible.iter().map(|(c, _)| *c).min();
+            let found = t.find_routes(&node(0), &node(6), body, bound, 3);
+            prop_assert_eq!(found.first().map(|q| q.cost), best);
+            for q in &found {
+                prop_assert!(q.rtt_ms <= bound);
+                prop_assert!(t.validate(&q.route).is_ok());
+                prop_assert_eq!(t.quote(&q.route, body).unwrap().cost, q.cost);
+            }
+            prop_assert!(found.windows(2).all(|w| w[0].cost <= w[1].cost));
+            prop_assert!(found.len() <= feasible.len());
+            for (i, a) in found.iter().enumerate() {
+                prop_assert!(found[i + 1..].iter().all(|b| b.route != a.route), "duplicate route");
+            }
+        }
+    }
+}

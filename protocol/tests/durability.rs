@@ -1,0 +1,219 @@
+//! Durability before release, and restart from the durable store.
+#![allow(clippy::unwrap_used)]
+
+use por_protocol::messages::Message;
+use por_protocol::store::Store;
+use por_protocol::topology::Topology;
+use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, Route};
+use por_protocol::{Amount, ChainEvent, Engine, EngineConfig, Event, Keypair, NodeId, Time};
+
+fn setup() -> (Vec<Keypair>, Vec<EdgeInfo>) {
+    let keys: Vec<Keypair> = (1u8..=3).map(|i| Keypair::from_seed([i; 32])).collect();
+    let terms = EdgeTerms {
+        latency_ms: 10,
+        base_cost: Amount(100),
+        byte_cost: Amount(0),
+        sync_interval_ms: 1000,
+        sync_phase_ms: 0,
+        max_late_fee_rate: Amount(10),
+    };
+    let edge = |id, a: usize, b: usize| EdgeInfo {
+        id: ChannelId(id),
+        a: keys[a].id(),
+        b: keys[b].id(),
+        terms: terms.clone(),
+        deposit_a: Amount(10_000),
+        deposit_b: Amount(10_000),
+    };
+    let edges = vec![edge(1, 0, 1), edge(2, 1, 2)];
+    (keys, edges)
+}
+
+fn engine(key: &Keypair, edges: &[EdgeInfo]) -> Engine {
+    let mut e = Engine::new(EngineConfig::default(), key.clone(), Time::ZERO);
+    for ed in edges {
+        e.handle_chain_event(ChainEvent::EdgeOpened(ed.clone()), Time::ZERO);
+    }
+    e
+}
+
+fn route(keys: &[Keypair]) -> Route {
+    Route {
+        nodes: keys.iter().map(|k| k.id()).collect(),
+        channels: vec![ChannelId(1), ChannelId(2)],
+    }
+}
+
+#[test]
+fn nothing_leaves_before_its_writes_are_durable() {
+    let (keys, edges) = setup();
+    let mut a = engine(&keys[0], &edges);
+    let mut b = engine(&keys[1], &edges);
+    // Channel-open writes first.
+    let open = a.poll_writes().unwrap();
+    a.writes_durable(open.up_to);
+    let open_b = b.poll_writes().unwrap();
+    b.writes_durable(open_b.up_to);
+
+    a.send_request(route(&keys), b"x".to_vec(), Amount(1), Time(5))
+        .unwrap();
+    assert!(
+        a.poll_transmit().is_none(),
+        "the signed payment waits for its write"
+    );
+    let batch = a.poll_writes().unwrap();
+    assert!(
+        batch.writes.len() >= 2,
+        "payment and request state: {:?}",
+        batch.writes.len()
+    );
+    a.writes_durable(batch.up_to);
+    let t = a.poll_transmit().unwrap();
+    assert!(matches!(t.message, Message::Request(_)));
+
+    b.handle_message(keys[0].id(), t.message, Time(15)).unwrap();
+    assert!(
+        b.poll_transmit().is_none(),
+        "neither the ack nor the forward before the write"
+    );
+    // A partial confirmation releases only what it covers.
+    let batch = b.poll_writes().unwrap();
+    b.writes_durable(batch.up_to - 1);
+    let released: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    b.writes_durable(batch.up_to);
+    let rest: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    assert_eq!(released.len() + rest.len(), 2, "ack to A and request to C");
+    assert!(!rest.is_empty(), "the last write gates at least one frame");
+}
+
+/// Drives three engines; B's writes go to a store, and B can be replaced by one
+/// restored from it (a crash) at any point.
+struct Harness {
+    keys: Vec<Keypair>,
+    edges: Vec<EdgeInfo>,
+    engines: Vec<Engine>,
+    b_store: Store,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let (keys, edges) = setup();
+        let engines = keys.iter().map(|k| engine(k, &edges)).collect();
+        Harness {
+            keys,
+            edges,
+            engines,
+            b_store: Store::default(),
+        }
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        self.keys.iter().map(|k| k.id()).collect()
+    }
+
+    fn pump(&mut self, now: Time, drop_to_b: bool) {
+        let ids = self.ids();
+        loop {
+            let mut moved = false;
+            for i in 0..3 {
+                while let Some(w) = self.engines[i].poll_writes() {
+                    if i == 1 {
+                        for x in &w.writes {
+                            self.b_store.apply(x).unwrap();
+                        }
+                    }
+                    self.engines[i].writes_durable(w.up_to);
+                }
+                let out: Vec<_> = std::iter::from_fn(|| self.engines[i].poll_transmit()).collect();
+                for t in out {
+                    moved = true;
+                    let j = ids.iter().position(|x| *x == t.to).unwrap();
+                    if j == 1 && drop_to_b {
+                        continue;
+                    }
+                    let _ = self.engines[j].handle_message(ids[i], t.message, now);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn crash_b(&mut self, now: Time) {
+        let mut topo = Topology::new();
+        for e in &self.edges {
+            topo.insert_edge(e.clone());
+        }
+        self.engines[1] = Engine::restore(
+            EngineConfig::default(),
+            self.keys[1].clone(),
+            topo,
+            &self.b_store,
+            now,
+        );
+        let ids = self.ids();
+        for (i, j) in [(0, 1), (2, 1)] {
+            self.engines[i].peer_disconnected(ids[j], now);
+            self.engines[i].peer_connected(ids[j], now);
+            self.engines[j].peer_connected(ids[i], now);
+        }
+    }
+}
+
+#[test]
+fn relay_restarted_from_its_store_completes_the_request_once() {
+    let mut h = Harness::new();
+    let r = route(&h.keys);
+    let id = h.engines[0]
+        .send_request(r, b"x".to_vec(), Amount(1), Time(1))
+        .unwrap();
+    h.pump(Time(1), false);
+    // C has the request; B crashes before C's response arrives (it is lost).
+    let rid = std::iter::from_fn(|| h.engines[2].poll_event())
+        .find_map(|e| match e {
+            Event::RequestReceived { request, .. } => Some(request),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(rid, id);
+    h.engines[2].respond(id, b"y".to_vec(), Time(2)).unwrap();
+    h.pump(Time(2), true);
+    h.crash_b(Time(3));
+    h.pump(Time(3), false);
+    // C resent its answer on reconnect: A gets the response, exactly once.
+    let delivered: Vec<_> = std::iter::from_fn(|| h.engines[0].poll_event())
+        .filter(|e| matches!(e, Event::ResponseDelivered { .. }))
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    // Money: A paid 200 once, B paid C 100 once; every payee holds what its payer signed.
+    let ch = |i: usize, c: u64| h.engines[i].channel(ChannelId(c)).unwrap().clone();
+    assert_eq!(ch(0, 1).outgoing.cumulative, Amount(200));
+    assert_eq!(ch(1, 1).incoming.cumulative, Amount(200));
+    assert_eq!(ch(1, 2).outgoing.cumulative, Amount(100));
+    assert_eq!(ch(2, 2).incoming.cumulative, Amount(100));
+    assert_eq!(ch(1, 2).outgoing.seq, 1, "B did not pay C a second time");
+    assert!(
+        h.engines[1].pending().next().is_none(),
+        "nothing left in flight at B"
+    );
+}
+
+#[test]
+fn lost_payment_is_retransmitted_not_resigned() {
+    let mut h = Harness::new();
+    let r = route(&h.keys);
+    h.engines[0]
+        .send_request(r, b"x".to_vec(), Amount(1), Time(1))
+        .unwrap();
+    // A's request never reaches B (connection drops).
+    h.pump(Time(1), true);
+    assert_eq!(h.engines[1].channel(ChannelId(1)).unwrap().incoming.seq, 0);
+    h.crash_b(Time(2));
+    h.pump(Time(2), false);
+    // The same signed update arrived via reestablish; B forwarded, C got it.
+    assert_eq!(h.engines[1].channel(ChannelId(1)).unwrap().incoming.seq, 1);
+    assert_eq!(h.engines[0].channel(ChannelId(1)).unwrap().outgoing.seq, 1);
+    assert!(std::iter::from_fn(|| h.engines[2].poll_event())
+        .any(|e| matches!(e, Event::RequestReceived { .. })));
+}
