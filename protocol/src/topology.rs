@@ -519,6 +519,9 @@ mod route_props {
     }
 
     proptest! {
+        // About a quarter of random graphs connect the two ends within the bound.
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
         #[test]
         fn cheapest_route_within_bound_matches_exhaustive_search(
             edges in proptest::collection::vec((0u8..7, 0u8..7, 1u64..100, 0u128..50, any::<bool>()), 1..18),
