@@ -1,0 +1,210 @@
+//! What the engine reports: frames, chain actions, application events.
+
+use super::*;
+
+/// A frame for a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The neighbour to send to.
+    pub to: NodeId,
+    /// The message.
+    pub message: Message,
+}
+
+/// Something for the node's operator or the chain client to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChainAction {
+    /// Submit this severing notice to the contract.
+    Sever(SignedSeverNotice),
+}
+
+/// What the chain reports to the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChainEvent {
+    /// A node registered or changed its stake.
+    Stake {
+        /// The node.
+        node: NodeId,
+        /// Its stake.
+        stake: Amount,
+    },
+    /// An edge was opened (confirmed by both sides).
+    EdgeOpened(EdgeInfo),
+    /// An edge was severed on chain with this notice.
+    EdgeSevered(SignedSeverNotice),
+}
+
+/// How a request ended at the node that reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolution {
+    /// The server's signed response arrived.
+    Response,
+    /// A proof that this edge on the route was severed arrived (or we severed it).
+    Proof(ChannelId),
+    /// The downstream refused the request and refunded it.
+    Rejected,
+}
+
+/// Application-level events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// We sent a request as client.
+    RequestSent {
+        /// The request.
+        request: RequestId,
+        /// First hop.
+        first_hop: NodeId,
+        /// Payment to the first hop (`C(P, m)`).
+        amount: Amount,
+        /// When the response or a proof is due.
+        deadline: Time,
+    },
+    /// The first hop acknowledged our request: an outcome is now guaranteed.
+    RequestAcked {
+        /// The request.
+        request: RequestId,
+    },
+    /// We relayed a request.
+    RequestForwarded {
+        /// The request.
+        request: RequestId,
+        /// Where it came from.
+        upstream: NodeId,
+        /// Where it went.
+        downstream: NodeId,
+        /// Budget given downstream (ms).
+        budget_ms: u64,
+        /// Our deadline to send a response or proof upstream.
+        send_deadline: Time,
+        /// What we kept (our edge's cost plus any tip).
+        kept: Amount,
+    },
+    /// A request arrived for us as server; answer it with [`Engine::respond`].
+    RequestReceived {
+        /// The request.
+        request: RequestId,
+        /// The verified client.
+        client: NodeId,
+        /// The body.
+        body: Vec<u8>,
+        /// When the response must leave.
+        send_deadline: Time,
+    },
+    /// We answered a request as server.
+    ResponseSent {
+        /// The request.
+        request: RequestId,
+    },
+    /// We relayed a response upstream.
+    ResponseForwarded {
+        /// The request.
+        request: RequestId,
+        /// The upstream peer.
+        to: NodeId,
+    },
+    /// The verified response reached us as client.
+    ResponseDelivered {
+        /// The request.
+        request: RequestId,
+        /// The response body.
+        body: Vec<u8>,
+        /// Time from sending to delivery.
+        latency_ms: u64,
+        /// Whether it came within the bound `b`.
+        on_time: bool,
+        /// Late fees received for it.
+        fees_received: Amount,
+    },
+    /// The downstream refused our request (refunded in full).
+    RequestRejected {
+        /// The request.
+        request: RequestId,
+        /// Why.
+        reason: RejectReason,
+        /// The refund.
+        refunded: Amount,
+    },
+    /// We paid a late fee.
+    LateFeePaid {
+        /// The request.
+        request: RequestId,
+        /// The upstream peer paid.
+        peer: NodeId,
+        /// This payment.
+        amount: Amount,
+        /// Total paid for the request so far.
+        total: Amount,
+        /// The deadline from which the fee accrues.
+        owed_since: Time,
+    },
+    /// We received a late fee.
+    LateFeeReceived {
+        /// The request.
+        request: RequestId,
+        /// The downstream peer that paid.
+        peer: NodeId,
+        /// This payment.
+        amount: Amount,
+        /// Total received for the request so far.
+        total: Amount,
+    },
+    /// We severed an edge.
+    SeverInitiated {
+        /// The edge.
+        channel: ChannelId,
+        /// The other endpoint.
+        peer: NodeId,
+        /// Why.
+        reason: SeverReason,
+    },
+    /// We passed a proof of severance upstream.
+    SeverProofForwarded {
+        /// The request.
+        request: RequestId,
+        /// The upstream peer.
+        to: NodeId,
+        /// The severed edge.
+        channel: ChannelId,
+    },
+    /// A proof of severance reached us as client (or we severed our own first hop).
+    SeverProofDelivered {
+        /// The request.
+        request: RequestId,
+        /// The severed edge.
+        channel: ChannelId,
+        /// Who severed it.
+        severer: NodeId,
+        /// Time from sending to delivery.
+        latency_ms: u64,
+        /// Late fees received for it.
+        fees_received: Amount,
+    },
+    /// A downstream failed to pay late fees it owed: a loss on that edge.
+    LossRecorded {
+        /// The request.
+        request: RequestId,
+        /// The peer.
+        peer: NodeId,
+        /// The unpaid amount.
+        amount: Amount,
+    },
+    /// A response arrived for a request already resolved otherwise; it was dropped.
+    ResponseDiscarded {
+        /// The request.
+        request: RequestId,
+    },
+    /// A peer has been silent for `silence_syncs` sync intervals.
+    PeerSilent {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A round trip was measured on an edge at a sync.
+    LatencyObserved {
+        /// The peer.
+        peer: NodeId,
+        /// Measured round trip.
+        rtt_ms: u64,
+        /// Promised round trip (2 L_e).
+        promised_rtt_ms: u64,
+    },
+}
