@@ -910,14 +910,7 @@ impl Engine {
             .iter()
             .filter_map(|id| ch.closings.get(id).cloned())
             .collect();
-        // Held frames that carry updates or acks are superseded by the retransmission
-        // and the re-ack; stale heartbeats are dropped. The rest still matter.
-        let held: Vec<Message> = std::mem::take(&mut ch.held)
-            .into_iter()
-            .filter(|m| {
-                !m.carries_update() && !matches!(m, Message::Ack { .. } | Message::Sync { .. })
-            })
-            .collect();
+        let held = std::mem::take(&mut ch.held);
         ch.ready = true;
         for m in again {
             self.send(from, m);

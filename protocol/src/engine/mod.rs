@@ -270,7 +270,15 @@ impl Engine {
     fn send(&mut self, to: NodeId, message: Message) {
         if let Some(ch) = self.by_peer.get(&to).and_then(|c| self.channels.get_mut(c)) {
             if !ch.ready && !matches!(message, Message::Reestablish { .. }) {
-                ch.held.push(message);
+                // Frames carrying updates come back through the retransmission of
+                // unacknowledged updates, acks through the re-ack, and heartbeats are
+                // stale by then: only the rest is worth holding (so `held` is bounded by
+                // the requests in flight, not by how long the peer is away).
+                let superseded = message.carries_update()
+                    || matches!(message, Message::Ack { .. } | Message::Sync { .. });
+                if !superseded {
+                    ch.held.push(message);
+                }
                 return;
             }
         }
