@@ -1,0 +1,473 @@
+//! One conformance suite for every transport: TCP, QUIC and in-memory run the same
+//! tests. Byte-level attacks (garbage before the handshake, a forged oversized header,
+//! a stalled frame) need a byte stream, which the in-memory transport does not have;
+//! for it those tests check what applies (the local size check, idle peers) and say so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use por_protocol::{Keypair, NodeId};
+use por_transport::mem::{MemNetwork, MemTransport};
+use por_transport::quic::QuicTransport;
+use por_transport::tcp::TcpTransport;
+use por_transport::{Connection, Listener, Transport, TransportConfig, TransportError};
+use tokio::time::{timeout, Instant};
+
+const MAX: usize = 64 * 1024;
+
+fn config() -> TransportConfig {
+    TransportConfig {
+        max_frame_len: MAX,
+        handshake_timeout: Duration::from_millis(800),
+        frame_timeout: Duration::from_millis(800),
+        idle_timeout: Duration::from_millis(1500),
+        keep_alive: Duration::from_millis(200),
+        queue_bytes: 4 * MAX,
+        max_handshakes: 256,
+    }
+}
+
+fn key(i: u8) -> Keypair {
+    Keypair::from_seed([i; 32])
+}
+
+/// How one transport is set up, and what raw access to its bytes a test has.
+trait Fixture: Send + Sync + 'static {
+    type T: Transport;
+    fn transport(&self, key: &Keypair) -> Self::T;
+    fn listen_addr(&self) -> &'static str;
+    /// Opens an authenticated session as `client` to `server` at `addr` and writes raw
+    /// bytes on it (inside the encryption, bypassing the sender's checks). Returns a
+    /// guard that keeps the session open, or `None` without a byte stream.
+    fn raw_session(
+        &self,
+        addr: String,
+        client: Keypair,
+        server: NodeId,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Option<Box<dyn std::any::Any + Send>>> + Send;
+    /// Sends unauthenticated garbage to `addr` for `dur`, slowly; `None` without a
+    /// byte stream.
+    fn slowloris(&self, addr: String, dur: Duration) -> impl Future<Output = Option<Slow>> + Send;
+}
+
+/// What a slowloris sender experienced.
+#[derive(Debug, PartialEq, Eq)]
+enum Slow {
+    /// The server hung up on it (connection-oriented transports).
+    CutOff,
+    /// It was still connected when it gave up.
+    StillOpen,
+    /// Datagrams: the server keeps no state for junk; the caller checks that no
+    /// connection came of it.
+    Stateless,
+}
+
+struct Tcp;
+struct Quic;
+struct Mem(MemNetwork);
+
+impl Fixture for Tcp {
+    type T = TcpTransport;
+    fn transport(&self, key: &Keypair) -> TcpTransport {
+        TcpTransport::new(key, config()).unwrap()
+    }
+    fn listen_addr(&self) -> &'static str {
+        "127.0.0.1:0"
+    }
+    async fn raw_session(
+        &self,
+        addr: String,
+        client: Keypair,
+        server: NodeId,
+        bytes: Vec<u8>,
+    ) -> Option<Box<dyn std::any::Any + Send>> {
+        use tokio::io::AsyncWriteExt;
+        let id = por_transport::tls::Identity::new(&client).unwrap();
+        let (cfg, _) = por_transport::tls::client_config(&id, server).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(por_transport::tls::SERVER_NAME).unwrap();
+        let mut tls = connector.connect(name, sock).await.unwrap();
+        tls.write_all(&bytes).await.unwrap();
+        tls.flush().await.unwrap();
+        Some(Box::new(tls))
+    }
+    async fn slowloris(&self, addr: String, dur: Duration) -> Option<Slow> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let deadline = Instant::now() + dur;
+        let mut buf = [0u8; 64];
+        while Instant::now() < deadline {
+            // One garbage byte, then see whether the server has hung up.
+            if sock.write_all(&[0x16]).await.is_err() {
+                return Some(Slow::CutOff);
+            }
+            match timeout(Duration::from_millis(100), sock.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Some(Slow::CutOff),
+                _ => {}
+            }
+        }
+        Some(Slow::StillOpen)
+    }
+}
+
+impl Fixture for Quic {
+    type T = QuicTransport;
+    fn transport(&self, key: &Keypair) -> QuicTransport {
+        QuicTransport::new(key, config()).unwrap()
+    }
+    fn listen_addr(&self) -> &'static str {
+        "127.0.0.1:0"
+    }
+    async fn raw_session(
+        &self,
+        addr: String,
+        client: Keypair,
+        server: NodeId,
+        bytes: Vec<u8>,
+    ) -> Option<Box<dyn std::any::Any + Send>> {
+        let id = por_transport::tls::Identity::new(&client).unwrap();
+        let (cfg, _) = por_transport::tls::client_config(&id, server).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conn = ep
+            .connect(addr.parse().unwrap(), por_transport::tls::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        Some(Box::new((ep, conn, s)))
+    }
+    async fn slowloris(&self, addr: String, dur: Duration) -> Option<Slow> {
+        // Junk datagrams: QUIC drops them without state; the server must stay up.
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let deadline = Instant::now() + dur;
+        while Instant::now() < deadline {
+            sock.send_to(&[0xff; 40], &addr).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(Slow::Stateless)
+    }
+}
+
+impl Fixture for Mem {
+    type T = MemTransport;
+    fn transport(&self, key: &Keypair) -> MemTransport {
+        MemTransport::new(key, &self.0, config())
+    }
+    fn listen_addr(&self) -> &'static str {
+        ""
+    }
+    async fn raw_session(&self, _: String, _: Keypair, _: NodeId, _: Vec<u8>) -> Option<Box<dyn std::any::Any + Send>> {
+        None
+    }
+    async fn slowloris(&self, _: String, _: Duration) -> Option<Slow> {
+        None
+    }
+}
+
+type Conn<F> = <<F as Fixture>::T as Transport>::Conn;
+
+/// A listener on key 1 and a client on key 2, connected.
+async fn pair<F: Fixture>(f: &F) -> (F::T, <F::T as Transport>::Listener, Conn<F>, Conn<F>) {
+    let server = f.transport(&key(1));
+    let mut listener = server.listen(f.listen_addr()).await.unwrap();
+    let client = f.transport(&key(2));
+    let addr = listener.local_addr();
+    let (c, s) = tokio::join!(client.dial(&addr, key(1).id()), listener.accept());
+    (server, listener, c.unwrap(), s.unwrap())
+}
+
+fn payload(stream: u32, n: usize, len: usize) -> Bytes {
+    let mut v = vec![0u8; len];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = (i as u32 ^ n as u32 ^ stream.wrapping_mul(31)) as u8;
+    }
+    Bytes::from(v)
+}
+
+async fn frames_arrive_intact_and_in_order<F: Fixture>(f: F) {
+    let (_t, _l, client, server) = pair(&f).await;
+    assert_eq!(client.peer(), key(1).id(), "client sees the verified server");
+    assert_eq!(server.peer(), key(2).id(), "server sees the verified client");
+    let client = Arc::new(client);
+    let sizes = [0usize, 1, 7, 255, 4096, MAX - 1, MAX];
+    let mut senders = Vec::new();
+    for stream in 0..3u32 {
+        let c = client.clone();
+        senders.push(tokio::spawn(async move {
+            for n in 0..60usize {
+                let len = sizes[n % sizes.len()];
+                c.send(stream, payload(stream, n, len)).await.unwrap();
+            }
+        }));
+    }
+    let mut next = [0usize; 3];
+    for _ in 0..180 {
+        let (stream, frame) = timeout(Duration::from_secs(10), server.recv()).await.unwrap().unwrap();
+        let n = next[stream as usize];
+        let len = sizes[n % sizes.len()];
+        assert_eq!(frame, payload(stream, n, len), "stream {stream} frame {n}");
+        next[stream as usize] += 1;
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert_eq!(next, [60, 60, 60]);
+}
+
+async fn oversized_frames_are_refused<F: Fixture>(f: F) {
+    let (_t, mut listener, client, server) = pair(&f).await;
+    // Locally: refused, and the connection goes on.
+    let err = client.send(0, Bytes::from(vec![0u8; MAX + 1])).await.unwrap_err();
+    assert!(matches!(err, TransportError::Oversized { len, max } if len == MAX + 1 && max == MAX));
+    client.send(0, Bytes::from_static(b"still here")).await.unwrap();
+    assert_eq!(server.recv().await.unwrap().1, Bytes::from_static(b"still here"));
+    // From a peer that bypasses the check: its connection is dropped, ours is not.
+    let mut header = ((MAX + 1) as u32).to_be_bytes().to_vec();
+    header.extend_from_slice(&0u32.to_be_bytes());
+    let addr = listener.local_addr();
+    let Some(_guard) = f.raw_session(addr, key(3), key(1).id(), header).await else {
+        eprintln!("in-memory transport: no byte stream, only the local size check applies");
+        return;
+    };
+    let bad = timeout(Duration::from_secs(5), listener.accept()).await.unwrap().unwrap();
+    assert_eq!(bad.peer(), key(3).id());
+    let err = timeout(Duration::from_secs(5), bad.recv()).await.unwrap().unwrap_err();
+    assert!(matches!(err, TransportError::Oversized { .. }), "{err}");
+    client.send(0, Bytes::from_static(b"unaffected")).await.unwrap();
+    assert_eq!(server.recv().await.unwrap().1, Bytes::from_static(b"unaffected"));
+}
+
+async fn garbage_is_dropped_without_disturbing_others<F: Fixture>(f: F) {
+    let (_t, listener, client, server) = pair(&f).await;
+    let addr = listener.local_addr();
+    let mut listener = listener;
+    let Some(_) = f.slowloris(addr, Duration::from_millis(600)).await else {
+        eprintln!("in-memory transport: no byte stream to send garbage on");
+        return;
+    };
+    // Garbage never becomes a connection.
+    assert!(timeout(Duration::from_millis(300), listener.accept()).await.is_err());
+    client.send(0, Bytes::from_static(b"fine")).await.unwrap();
+    assert_eq!(server.recv().await.unwrap().1, Bytes::from_static(b"fine"));
+}
+
+async fn hundreds_of_concurrent_requests_and_many_connections<F: Fixture>(f: F) {
+    let server_t = f.transport(&key(1));
+    let mut listener = server_t.listen(f.listen_addr()).await.unwrap();
+    let addr = listener.local_addr();
+    // Echo server: every accepted connection answers each frame on its stream.
+    let echo = tokio::spawn(async move {
+        loop {
+            let Ok(conn) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let conn = Arc::new(conn);
+                while let Ok((s, f)) = conn.recv().await {
+                    let c = conn.clone();
+                    tokio::spawn(async move {
+                        let _ = c.send(s, f).await;
+                    });
+                }
+            });
+        }
+    });
+    let mut clients = Vec::new();
+    for c in 0..16u8 {
+        let t = f.transport(&key(10 + c));
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let conn = Arc::new(t.dial(&addr, key(1).id()).await.unwrap());
+            let per_conn = if c == 0 { 400 } else { 40 };
+            let reader = {
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    let mut seen = std::collections::BTreeSet::new();
+                    while seen.len() < per_conn {
+                        let (_, f) = timeout(Duration::from_secs(20), conn.recv()).await.unwrap().unwrap();
+                        let id = u32::from_be_bytes(f[..4].try_into().unwrap());
+                        assert!(seen.insert(id), "duplicate echo {id}");
+                    }
+                    seen.len()
+                })
+            };
+            let mut sends = Vec::new();
+            for id in 0..per_conn as u32 {
+                let conn = conn.clone();
+                sends.push(tokio::spawn(async move {
+                    let mut body = id.to_be_bytes().to_vec();
+                    body.extend_from_slice(&[7u8; 252]);
+                    conn.send(id % 8, Bytes::from(body)).await.unwrap();
+                }));
+            }
+            for s in sends {
+                s.await.unwrap();
+            }
+            reader.await.unwrap()
+        }));
+    }
+    let mut total = 0;
+    for c in clients {
+        total += c.await.unwrap();
+    }
+    assert_eq!(total, 400 + 15 * 40);
+    echo.abort();
+}
+
+async fn a_disconnect_is_seen_on_both_sides<F: Fixture>(f: F) {
+    let (t, mut listener, client, server) = pair(&f).await;
+    client.close();
+    let err = timeout(Duration::from_secs(5), server.recv()).await.unwrap().unwrap_err();
+    assert!(matches!(err, TransportError::Closed), "{err}");
+    let err = timeout(Duration::from_secs(5), client.recv()).await.unwrap().unwrap_err();
+    assert!(matches!(err, TransportError::Closed), "{err}");
+    // And the other way round, by dropping the connection.
+    let c2 = f.transport(&key(4));
+    let addr = listener.local_addr();
+    let (c, s) = tokio::join!(c2.dial(&addr, key(1).id()), listener.accept());
+    let (c, s) = (c.unwrap(), s.unwrap());
+    drop(s);
+    let err = timeout(Duration::from_secs(5), c.recv()).await.unwrap().unwrap_err();
+    assert!(matches!(err, TransportError::Closed), "{err}");
+    let mut failed = false;
+    for _ in 0..50 {
+        if c.send(0, Bytes::from_static(b"x")).await.is_err() {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(failed, "sending to a closed peer must fail");
+    drop(t);
+}
+
+async fn a_wrong_identity_is_refused<F: Fixture>(f: F) {
+    let server = f.transport(&key(1));
+    let mut listener = server.listen(f.listen_addr()).await.unwrap();
+    let addr = listener.local_addr();
+    let accept = tokio::spawn(async move { timeout(Duration::from_millis(1500), listener.accept()).await });
+    let client = f.transport(&key(2));
+    let err = client.dial(&addr, key(9).id()).await.unwrap_err();
+    match err {
+        TransportError::WrongIdentity { expected, got } => {
+            assert_eq!((expected, got), (key(9).id(), key(1).id()));
+        }
+        other => panic!("expected WrongIdentity, got {other}"),
+    }
+    // The listener never hands out the refused connection.
+    assert!(!matches!(accept.await.unwrap(), Ok(Ok(_))));
+}
+
+async fn slow_and_idle_peers_are_cut_off<F: Fixture>(f: F) {
+    let (_t, listener, client, server) = pair(&f).await;
+    let addr = listener.local_addr();
+    // Unauthenticated: a byte a while never completes a handshake.
+    let mut listener = listener;
+    match f.slowloris(addr.clone(), Duration::from_millis(2500)).await {
+        Some(Slow::CutOff) => {}
+        Some(Slow::StillOpen) => panic!("slowloris socket still open after the handshake timeout"),
+        Some(Slow::Stateless) => {
+            assert!(timeout(Duration::from_millis(300), listener.accept()).await.is_err());
+        }
+        None => eprintln!("in-memory transport: no unauthenticated byte stream"),
+    }
+    // Authenticated but stalled mid-frame: a header announcing 100 bytes, then nothing.
+    let mut header = 100u32.to_be_bytes().to_vec();
+    header.extend_from_slice(&0u32.to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3]);
+    if let Some(_guard) = f.raw_session(addr, key(5), key(1).id(), header).await {
+        let stalled = timeout(Duration::from_secs(5), listener.accept()).await.unwrap().unwrap();
+        let t0 = Instant::now();
+        let err = timeout(Duration::from_secs(5), stalled.recv()).await.unwrap().unwrap_err();
+        assert!(matches!(err, TransportError::Timeout("frame")), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(3));
+    }
+    // Authenticated and silent: the idle timeout.
+    let _keep = client;
+    let err = timeout(Duration::from_secs(5), server.recv()).await.unwrap().unwrap_err();
+    assert!(matches!(err, TransportError::Timeout("idle")), "{err}");
+}
+
+async fn the_server_keeps_serving_under_a_slowloris_crowd<F: Fixture>(f: F) {
+    let server = f.transport(&key(1));
+    let mut listener = server.listen(f.listen_addr()).await.unwrap();
+    let addr = listener.local_addr();
+    let mut crowd = Vec::new();
+    for _ in 0..100 {
+        let addr = addr.clone();
+        let f2 = &f;
+        crowd.push(f2.slowloris(addr, Duration::from_millis(1500)));
+    }
+    let crowd = futures::future::join_all(crowd);
+    let legit = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let client = f.transport(&key(2));
+        let (c, s) = tokio::join!(client.dial(&addr, key(1).id()), listener.accept());
+        let (c, s) = (c.unwrap(), s.unwrap());
+        c.send(0, Bytes::from_static(b"served")).await.unwrap();
+        s.recv().await.unwrap().1
+    };
+    let (results, got) = tokio::join!(crowd, legit);
+    assert_eq!(got, Bytes::from_static(b"served"));
+    if results.iter().all(|r| r.is_none()) {
+        eprintln!("in-memory transport: no slowloris possible");
+    }
+}
+
+macro_rules! suite {
+    ($name:ident, $fixture:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn frames_arrive_intact_and_in_order_per_stream() {
+                super::frames_arrive_intact_and_in_order($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn oversized_frames_are_refused() {
+                super::oversized_frames_are_refused($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn garbage_is_dropped_without_disturbing_others() {
+                super::garbage_is_dropped_without_disturbing_others($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn hundreds_of_concurrent_requests_and_many_connections() {
+                super::hundreds_of_concurrent_requests_and_many_connections($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_disconnect_is_seen_on_both_sides() {
+                super::a_disconnect_is_seen_on_both_sides($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_wrong_identity_is_refused() {
+                super::a_wrong_identity_is_refused($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn slow_and_idle_peers_are_cut_off() {
+                super::slow_and_idle_peers_are_cut_off($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_server_keeps_serving_under_a_slowloris_crowd() {
+                super::the_server_keeps_serving_under_a_slowloris_crowd($fixture).await;
+            }
+        }
+    };
+}
+
+suite!(tcp, Tcp);
+suite!(quic, Quic);
+suite!(mem, Mem(MemNetwork::new()));
