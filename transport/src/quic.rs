@@ -2,10 +2,12 @@
 //! per lane. Frames on a lane arrive in order; lanes do not block each other, so a
 //! large or slow frame on one lane leaves the others flowing.
 //!
-//! Inbound lanes are read by one task each into a queue bounded in bytes
-//! (`queue_bytes`), which pushes back on the sender through QUIC flow control. At most
-//! [`MAX_STREAMS`] lanes per connection. Keep-alives keep a quiet connection up; the
-//! application-level idle timeout still drops a peer that sends no frames.
+//! `recv` polls every inbound lane itself, round robin (no reader tasks, no queue):
+//! bytes are read only while the application asks for frames, so a slow application
+//! pushes back on the peer through QUIC flow control, and each lane holds at most one
+//! partial frame. At most [`MAX_STREAMS`] lanes per connection. Keep-alives keep a
+//! quiet connection up; the application-level idle timeout still drops a peer that
+//! sends no frames, and a lane stalled mid-frame is cut by the frame timeout.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,18 +17,19 @@ use bytes::{Bytes, BytesMut};
 use por_protocol::{Keypair, NodeId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
-use tokio::io::AsyncReadExt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
+use tokio_util::io::poll_read_buf;
 use tracing::debug;
 
 use crate::frame::{self, FrameDecoder};
 use crate::tls::{self, Identity};
-use crate::{
-    check_stream, ByteBudget, Connection, Listener, Queued, Transport, TransportConfig, TransportError,
-    MAX_STREAMS,
-};
+use crate::{check_stream, Connection, Listener, Transport, TransportConfig, TransportError, MAX_STREAMS};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -220,6 +223,117 @@ impl Listener for QuicListener {
 }
 
 type Lane = Arc<Mutex<quinn::SendStream>>;
+type AcceptUni = Pin<Box<dyn Future<Output = Result<quinn::RecvStream, quinn::ConnectionError>> + Send>>;
+
+/// One inbound lane: its stream, its decoder, and when its current frame started.
+struct LaneIn {
+    recv: quinn::RecvStream,
+    dec: FrameDecoder,
+    started: Option<Instant>,
+}
+
+/// Everything `recv` polls: the lanes, the acceptor of new ones, and the deadline.
+struct Inbound {
+    conn: quinn::Connection,
+    accept: AcceptUni,
+    lanes: Vec<LaneIn>,
+    next: usize,
+    last_frame: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Inbound({} lanes)", self.lanes.len())
+    }
+}
+
+fn accept_uni(conn: &quinn::Connection) -> AcceptUni {
+    let conn = conn.clone();
+    Box::pin(async move { conn.accept_uni().await })
+}
+
+impl Inbound {
+    /// Polls every lane (round robin, so no lane starves another) and the acceptor.
+    /// Bytes are read only while the application asks for frames, so a slow reader
+    /// pushes back on the peer through QUIC flow control, and each lane holds at most
+    /// one partial frame.
+    fn poll_frame(&mut self, cx: &mut Context<'_>, config: &TransportConfig) -> Poll<Result<(u32, Bytes), TransportError>> {
+        loop {
+            let mut progressed = false;
+            let n = self.lanes.len();
+            let mut i = 0;
+            while i < n.min(self.lanes.len()) {
+                let idx = (self.next + i) % self.lanes.len();
+                let lane = &mut self.lanes[idx];
+                match lane.dec.next_frame() {
+                    Err(e) => return Poll::Ready(Err(e)),
+                    Ok(Some(frame)) => {
+                        let now = Instant::now();
+                        lane.started = lane.dec.in_frame().then_some(now);
+                        self.next = idx.wrapping_add(1);
+                        self.last_frame = now;
+                        return Poll::Ready(Ok(frame));
+                    }
+                    Ok(None) => {}
+                }
+                let want = lane.dec.want(READ_CHUNK);
+                let buf = lane.dec.buffer();
+                buf.reserve(want);
+                match poll_read_buf(Pin::new(&mut lane.recv), cx, buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        // The peer finished or reset this lane.
+                        self.lanes.swap_remove(idx);
+                        progressed = true;
+                        continue;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        if lane.started.is_none() {
+                            lane.started = Some(Instant::now());
+                        }
+                        progressed = true;
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+                i += 1;
+            }
+            match self.accept.as_mut().poll(cx) {
+                Poll::Ready(Ok(recv)) => {
+                    if self.lanes.len() >= MAX_STREAMS as usize {
+                        return Poll::Ready(Err(TransportError::BadStream(MAX_STREAMS)));
+                    }
+                    self.lanes.push(LaneIn {
+                        recv,
+                        dec: FrameDecoder::new(config.max_frame_len),
+                        started: None,
+                    });
+                    self.accept = accept_uni(&self.conn);
+                    progressed = true;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(TransportError::Closed)),
+                Poll::Pending => {}
+            }
+            if !progressed {
+                break;
+            }
+        }
+        // Deadlines: the idle timeout, and the frame timeout of any lane mid-frame.
+        let idle_at = self.last_frame + config.idle_timeout;
+        let stalled_at = self.lanes.iter().filter_map(|l| l.started).min().map(|t| t + config.frame_timeout);
+        let (at, what) = match stalled_at {
+            Some(s) if s < idle_at => (s, "frame"),
+            _ => (idle_at, "idle"),
+        };
+        if self.timer.deadline() != at {
+            self.timer.as_mut().reset(at);
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(TransportError::Timeout(what)));
+        }
+        Poll::Pending
+    }
+}
 
 /// One authenticated QUIC connection.
 #[derive(Debug)]
@@ -227,23 +341,27 @@ pub struct QuicConnection {
     peer: NodeId,
     conn: quinn::Connection,
     lanes: StdMutex<HashMap<u32, Lane>>,
-    incoming: Mutex<mpsc::Receiver<Result<Queued, TransportError>>>,
+    inbound: Mutex<Inbound>,
     config: Arc<TransportConfig>,
-    reader: JoinHandle<()>,
 }
 
 impl QuicConnection {
     fn new(conn: quinn::Connection, peer: NodeId, config: Arc<TransportConfig>) -> QuicConnection {
-        let (tx, rx) = mpsc::channel(4096);
-        let budget = ByteBudget::new(config.queue_bytes);
-        let reader = tokio::spawn(accept_lanes(conn.clone(), config.clone(), budget, tx));
+        let now = Instant::now();
+        let inbound = Inbound {
+            conn: conn.clone(),
+            accept: accept_uni(&conn),
+            lanes: Vec::new(),
+            next: 0,
+            last_frame: now,
+            timer: Box::pin(tokio::time::sleep_until(now + config.idle_timeout)),
+        };
         QuicConnection {
             peer,
             conn,
             lanes: StdMutex::new(HashMap::new()),
-            incoming: Mutex::new(rx),
+            inbound: Mutex::new(inbound),
             config,
-            reader,
         }
     }
 
@@ -262,82 +380,8 @@ impl QuicConnection {
     }
 }
 
-/// Accepts the peer's lanes and reads each in its own task.
-async fn accept_lanes(
-    conn: quinn::Connection,
-    config: Arc<TransportConfig>,
-    budget: ByteBudget,
-    tx: mpsc::Sender<Result<Queued, TransportError>>,
-) {
-    loop {
-        match conn.accept_uni().await {
-            Ok(recv) => {
-                tokio::spawn(read_lane(recv, conn.clone(), config.clone(), budget.clone(), tx.clone()));
-            }
-            Err(_) => {
-                let _ = tx.send(Err(TransportError::Closed)).await;
-                return;
-            }
-        }
-    }
-}
-
-async fn read_lane(
-    mut recv: quinn::RecvStream,
-    conn: quinn::Connection,
-    config: Arc<TransportConfig>,
-    budget: ByteBudget,
-    tx: mpsc::Sender<Result<Queued, TransportError>>,
-) {
-    let mut dec = FrameDecoder::new(config.max_frame_len);
-    loop {
-        loop {
-            match dec.next_frame() {
-                Ok(Some((stream, frame))) => {
-                    let Ok(permit) = budget.take(frame.len()).await else {
-                        return;
-                    };
-                    if tx.send(Ok((stream, frame, permit))).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // Report first: closing wakes the lane acceptor, whose `Closed`
-                    // must not overtake the reason.
-                    let _ = tx.send(Err(e)).await;
-                    conn.close(2u32.into(), b"bad frame");
-                    return;
-                }
-            }
-        }
-        let want = dec.want(READ_CHUNK);
-        let buf: &mut BytesMut = dec.buffer();
-        buf.reserve(want);
-        // A lane may sit idle between frames for as long as it likes; once a frame has
-        // started it must finish within the frame timeout.
-        let read = if dec.in_frame() {
-            match timeout(config.frame_timeout, recv.read_buf(dec.buffer())).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let _ = tx.send(Err(TransportError::Timeout("frame"))).await;
-                    conn.close(3u32.into(), b"frame timeout");
-                    return;
-                }
-            }
-        } else {
-            recv.read_buf(dec.buffer()).await
-        };
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
 impl Drop for QuicConnection {
     fn drop(&mut self) {
-        self.reader.abort();
         self.conn.close(0u32.into(), b"dropped");
     }
 }
@@ -367,19 +411,12 @@ impl Connection for QuicConnection {
     }
 
     async fn recv(&self) -> Result<(u32, Bytes), TransportError> {
-        let mut rx = self.incoming.lock().await;
-        match timeout(self.config.idle_timeout, rx.recv()).await {
-            Err(_) => {
-                self.close();
-                Err(TransportError::Timeout("idle"))
-            }
-            Ok(None) => Err(TransportError::Closed),
-            Ok(Some(Err(e))) => {
-                self.close();
-                Err(e)
-            }
-            Ok(Some(Ok((s, f, _permit)))) => Ok((s, f)),
+        let mut inbound = self.inbound.lock().await;
+        let r = std::future::poll_fn(|cx| inbound.poll_frame(cx, &self.config)).await;
+        if r.is_err() {
+            self.close();
         }
+        r
     }
 
     fn close(&self) {
