@@ -64,7 +64,9 @@ impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin + Send + 'stat
     }
 }
 
-impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin + Send + 'static> Wire for Plain<R, W> {
+impl<R: AsyncRead + Unpin + Send + 'static, W: AsyncWrite + Unpin + Send + 'static> Wire
+    for Plain<R, W>
+{
     async fn send(&self, b: Bytes) -> bool {
         self.wr.lock().await.send(b).await.is_ok()
     }
@@ -245,10 +247,16 @@ async fn por_tcp() -> Case {
         let t = TcpTransport::new(&ks, config()).unwrap();
         let mut l = t.listen("127.0.0.1:0").await.unwrap();
         tx.send(l.local_addr()).unwrap();
-        echo(Por(l.accept().await.unwrap())).await
+        if let Ok(c) = l.accept().await {
+            echo(Por(c)).await
+        }
     });
     let ks = Keypair::from_seed([1; 32]);
-    let c = TcpTransport::new(&kc, config()).unwrap().dial(&addr, ks.id()).await.unwrap();
+    let c = TcpTransport::new(&kc, config())
+        .unwrap()
+        .dial(&addr, ks.id())
+        .await
+        .unwrap();
     case("por-transport TCP (TLS)", Por(c))
 }
 
@@ -256,7 +264,7 @@ async fn plain_tcp() -> Case {
     let addr = server(|tx| async move {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         tx.send(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().await.unwrap();
+        let Ok((s, _)) = l.accept().await else { return };
         s.set_nodelay(true).unwrap();
         let (r, w) = s.into_split();
         echo(Plain::new(r, w)).await
@@ -276,9 +284,11 @@ async fn plain_tls() -> Case {
     let addr = server(move |tx| async move {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         tx.send(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().await.unwrap();
+        let Ok((s, _)) = l.accept().await else { return };
         s.set_nodelay(true).unwrap();
-        let t = acceptor.accept(s).await.unwrap();
+        let Ok(t) = acceptor.accept(s).await else {
+            return;
+        };
         let (r, w) = tokio::io::split(t);
         echo(Plain::new(r, w)).await
     });
@@ -296,17 +306,24 @@ async fn por_quic() -> Case {
         let t = QuicTransport::new(&ks, config()).unwrap();
         let mut l = t.listen("127.0.0.1:0").await.unwrap();
         tx.send(l.local_addr()).unwrap();
-        echo(Por(l.accept().await.unwrap())).await
+        if let Ok(c) = l.accept().await {
+            echo(Por(c)).await
+        }
     });
     let ks = Keypair::from_seed([1; 32]);
-    let c = QuicTransport::new(&kc, config()).unwrap().dial(&addr, ks.id()).await.unwrap();
+    let c = QuicTransport::new(&kc, config())
+        .unwrap()
+        .dial(&addr, ks.id())
+        .await
+        .unwrap();
     case("por-transport QUIC", Por(c))
 }
 
 async fn plain_quic() -> Case {
     let (ks, kc) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
     let (is, ic) = (Identity::new(&ks).unwrap(), Identity::new(&kc).unwrap());
-    let scfg = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&is).unwrap()).unwrap();
+    let scfg = quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&is).unwrap())
+        .unwrap();
     let addr = server(move |tx| async move {
         let ep = quinn::Endpoint::server(
             quinn::ServerConfig::with_crypto(Arc::new(scfg)),
@@ -314,8 +331,13 @@ async fn plain_quic() -> Case {
         )
         .unwrap();
         tx.send(ep.local_addr().unwrap()).unwrap();
-        let conn = ep.accept().await.unwrap().await.unwrap();
-        let (w, r) = conn.accept_bi().await.unwrap();
+        let Some(incoming) = ep.accept().await else {
+            return;
+        };
+        let Ok(conn) = incoming.await else { return };
+        let Ok((w, r)) = conn.accept_bi().await else {
+            return;
+        };
         echo(Plain::new(r, w)).await
     });
     let (ccfg, _) = tls::client_config(&ic, ks.id()).unwrap();
@@ -346,6 +368,16 @@ fn main() {
             n * 4 / ROUNDS
         );
         let mut cases = vec![plain_tcp().await, plain_tls().await, por_tcp().await, plain_quic().await, por_quic().await];
+        // POR_RTT_ONLY=<text> measures only the cases whose name contains it (for
+        // profilers: callgrind counts instructions per case, repeatably).
+        if let Ok(only) = std::env::var("POR_RTT_ONLY") {
+            cases.retain(|c| c.name.contains(only.as_str()));
+            for c in &mut cases {
+                let r = (c.run)(n).await;
+                println!("{}: {} sequential + {} pipelined requests", c.name, r.seq.len(), r.pipe.len());
+            }
+            return;
+        }
         for c in &mut cases {
             (c.run)(20).await; // warm up
         }

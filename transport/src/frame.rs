@@ -12,7 +12,12 @@ use crate::TransportError;
 pub const HEADER_LEN: usize = 8;
 
 /// Encodes one frame (header and payload) into `out`.
-pub fn encode(stream: u32, payload: &[u8], max: usize, out: &mut BytesMut) -> Result<(), TransportError> {
+pub fn encode(
+    stream: u32,
+    payload: &[u8],
+    max: usize,
+    out: &mut BytesMut,
+) -> Result<(), TransportError> {
     if payload.len() > max {
         return Err(TransportError::Oversized {
             len: payload.len(),
@@ -46,11 +51,6 @@ impl FrameDecoder {
         }
     }
 
-    /// The buffer to read more bytes into.
-    pub fn buffer(&mut self) -> &mut BytesMut {
-        &mut self.buf
-    }
-
     /// Appends received bytes.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
@@ -62,16 +62,16 @@ impl FrameDecoder {
         !self.buf.is_empty()
     }
 
-    /// How many more bytes the current frame needs (at least 1), capped at `chunk`:
-    /// the amount to reserve before the next read, so memory follows what arrives.
-    pub fn want(&self, chunk: usize) -> usize {
-        let need = if self.buf.len() < HEADER_LEN {
-            HEADER_LEN - self.buf.len()
-        } else {
-            let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-            HEADER_LEN.saturating_add(len).saturating_sub(self.buf.len())
-        };
-        need.clamp(1, chunk.max(1))
+    /// Makes room for the next read: at least `chunk` bytes of spare capacity (reading
+    /// in chunks rather than frame by frame keeps reads few), never more than one chunk
+    /// beyond what the buffer holds. The buffer thus stays under one maximal frame plus
+    /// one chunk.
+    pub fn reserve(&mut self, chunk: usize) -> &mut BytesMut {
+        let chunk = chunk.max(HEADER_LEN);
+        if self.buf.capacity().saturating_sub(self.buf.len()) < chunk {
+            self.buf.reserve(chunk);
+        }
+        &mut self.buf
     }
 
     /// The next complete frame, if one has arrived.

@@ -141,7 +141,11 @@ pub trait Connection: Send + Sync + std::fmt::Debug + 'static {
     /// Sends one frame on `stream`. Frames on one stream arrive in order; frames on
     /// different streams may overtake each other. Waits while the peer is slow
     /// (backpressure) rather than buffering without bound.
-    fn send(&self, stream: u32, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn send(
+        &self,
+        stream: u32,
+        frame: Bytes,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
 
     /// The next frame from the peer, with its stream. [`TransportError::Closed`] once
     /// the peer is gone; a timeout error if it went idle or stalled mid-frame.
@@ -171,10 +175,17 @@ pub trait Transport: Send + Sync + 'static {
     type Listener: Listener<Conn = Self::Conn>;
 
     /// Starts listening on `addr` (`127.0.0.1:0` picks a port; `mem` names are free text).
-    fn listen(&self, addr: &str) -> impl Future<Output = Result<Self::Listener, TransportError>> + Send;
+    fn listen(
+        &self,
+        addr: &str,
+    ) -> impl Future<Output = Result<Self::Listener, TransportError>> + Send;
 
     /// Connects to `addr`, which must prove it is `expected`.
-    fn dial(&self, addr: &str, expected: NodeId) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send;
+    fn dial(
+        &self,
+        addr: &str,
+        expected: NodeId,
+    ) -> impl Future<Output = Result<Self::Conn, TransportError>> + Send;
 }
 
 /// Which transport, chosen at runtime.
@@ -219,7 +230,11 @@ impl Connection for AnyConnection {
         }
     }
 
-    fn send(&self, stream: u32, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send {
+    fn send(
+        &self,
+        stream: u32,
+        frame: Bytes,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
         async move {
             match self {
                 AnyConnection::Tcp(c) => c.send(stream, frame).await,
@@ -274,7 +289,10 @@ impl Transport for AnyTransport {
     type Conn = AnyConnection;
     type Listener = AnyListener;
 
-    fn listen(&self, addr: &str) -> impl Future<Output = Result<AnyListener, TransportError>> + Send {
+    fn listen(
+        &self,
+        addr: &str,
+    ) -> impl Future<Output = Result<AnyListener, TransportError>> + Send {
         let addr = addr.to_string();
         async move {
             Ok(match self {
@@ -285,7 +303,11 @@ impl Transport for AnyTransport {
         }
     }
 
-    fn dial(&self, addr: &str, expected: NodeId) -> impl Future<Output = Result<AnyConnection, TransportError>> + Send {
+    fn dial(
+        &self,
+        addr: &str,
+        expected: NodeId,
+    ) -> impl Future<Output = Result<AnyConnection, TransportError>> + Send {
         let addr = addr.to_string();
         async move {
             Ok(match self {
@@ -305,7 +327,10 @@ struct ByteBudget(std::sync::Arc<tokio::sync::Semaphore>, usize);
 impl ByteBudget {
     fn new(bytes: usize) -> ByteBudget {
         let bytes = bytes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
-        ByteBudget(std::sync::Arc::new(tokio::sync::Semaphore::new(bytes)), bytes)
+        ByteBudget(
+            std::sync::Arc::new(tokio::sync::Semaphore::new(bytes)),
+            bytes,
+        )
     }
 
     /// Waits until `len` bytes fit (a frame larger than the whole budget takes it all).

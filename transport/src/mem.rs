@@ -13,7 +13,10 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::{check_stream, ByteBudget, Connection, Listener, Queued, Transport, TransportConfig, TransportError};
+use crate::{
+    check_stream, ByteBudget, Connection, Listener, Queued, Transport, TransportConfig,
+    TransportError,
+};
 
 type Registry = HashMap<String, (NodeId, mpsc::Sender<MemConnection>)>;
 
@@ -63,7 +66,11 @@ impl Transport for MemTransport {
             addr.to_string()
         };
         let (tx, rx) = mpsc::channel(64);
-        let mut reg = self.net.listeners.lock().map_err(|_| TransportError::Closed)?;
+        let mut reg = self
+            .net
+            .listeners
+            .lock()
+            .map_err(|_| TransportError::Closed)?;
         if reg.contains_key(&name) {
             return Err(TransportError::Address {
                 addr: name,
@@ -97,8 +104,18 @@ impl Transport for MemTransport {
         let (a_tx, a_rx) = mpsc::channel(4096);
         let (b_tx, b_rx) = mpsc::channel(4096);
         // Each direction's queue has its own byte budget, drawn on by the sender.
-        let (to_us, to_them) = (ByteBudget::new(self.config.queue_bytes), ByteBudget::new(self.config.queue_bytes));
-        let ours = MemConnection::new(expected, b_tx, a_rx, to_them, link.clone(), self.config.clone());
+        let (to_us, to_them) = (
+            ByteBudget::new(self.config.queue_bytes),
+            ByteBudget::new(self.config.queue_bytes),
+        );
+        let ours = MemConnection::new(
+            expected,
+            b_tx,
+            a_rx,
+            to_them,
+            link.clone(),
+            self.config.clone(),
+        );
         let theirs = MemConnection::new(self.id, a_tx, b_rx, to_us, link, self.config.clone());
         let accepted = timeout(self.config.handshake_timeout, tx.send(theirs)).await;
         match accepted {

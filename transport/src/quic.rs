@@ -29,9 +29,11 @@ use tracing::debug;
 
 use crate::frame::{self, FrameDecoder};
 use crate::tls::{self, Identity};
-use crate::{check_stream, Connection, Listener, Transport, TransportConfig, TransportError, MAX_STREAMS};
+use crate::{
+    check_stream, Connection, Listener, Transport, TransportConfig, TransportError, MAX_STREAMS,
+};
 
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The QUIC transport of one node. Listening and dialling share one UDP endpoint.
 #[derive(Clone, Debug)]
@@ -42,7 +44,9 @@ pub struct QuicTransport {
     endpoint: Arc<StdMutex<Option<quinn::Endpoint>>>,
 }
 
-fn quic_transport_config(cfg: &TransportConfig) -> Result<Arc<quinn::TransportConfig>, TransportError> {
+fn quic_transport_config(
+    cfg: &TransportConfig,
+) -> Result<Arc<quinn::TransportConfig>, TransportError> {
     let mut t = quinn::TransportConfig::default();
     // Dead peers (no packets at all, keep-alives included) are dropped after three
     // missed keep-alives.
@@ -54,7 +58,12 @@ fn quic_transport_config(cfg: &TransportConfig) -> Result<Arc<quinn::TransportCo
     t.keep_alive_interval(Some(cfg.keep_alive));
     t.max_concurrent_uni_streams(MAX_STREAMS.into());
     t.max_concurrent_bidi_streams(0u32.into());
-    let window = u32::try_from(cfg.max_frame_len.saturating_add(frame::HEADER_LEN).saturating_mul(2)).unwrap_or(u32::MAX);
+    let window = u32::try_from(
+        cfg.max_frame_len
+            .saturating_add(frame::HEADER_LEN)
+            .saturating_mul(2),
+    )
+    .unwrap_or(u32::MAX);
     t.stream_receive_window(window.into());
     Ok(Arc::new(t))
 }
@@ -117,9 +126,11 @@ impl Transport for QuicTransport {
 
     async fn listen(&self, addr: &str) -> Result<QuicListener, TransportError> {
         let sa = parse_addr(addr)?;
-        let ep = quinn::Endpoint::server(self.server.clone(), sa).map_err(|e| TransportError::Address {
-            addr: addr.to_string(),
-            detail: e.to_string(),
+        let ep = quinn::Endpoint::server(self.server.clone(), sa).map_err(|e| {
+            TransportError::Address {
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            }
         })?;
         let local = ep.local_addr()?;
         if let Ok(mut slot) = self.endpoint.lock() {
@@ -134,15 +145,16 @@ impl Transport for QuicTransport {
         let sa = parse_addr(addr)?;
         let ep = self.client_endpoint(sa)?;
         let (rcfg, seen) = tls::client_config(&self.identity, expected)?;
-        let crypto = QuicClientConfig::try_from(rcfg).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let crypto =
+            QuicClientConfig::try_from(rcfg).map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         cfg.transport_config(quic_transport_config(&self.config)?);
-        let connecting = ep
-            .connect_with(cfg, sa, tls::SERVER_NAME)
-            .map_err(|e| TransportError::Dial {
-                addr: addr.to_string(),
-                detail: e.to_string(),
-            })?;
+        let connecting =
+            ep.connect_with(cfg, sa, tls::SERVER_NAME)
+                .map_err(|e| TransportError::Dial {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                })?;
         let conn = match timeout(self.config.handshake_timeout, connecting).await {
             Err(_) => return Err(TransportError::Timeout("handshake")),
             Ok(Err(e)) => return Err(tls::dial_error(expected, &seen, e)),
@@ -223,7 +235,8 @@ impl Listener for QuicListener {
 }
 
 type Lane = Arc<Mutex<quinn::SendStream>>;
-type AcceptUni = Pin<Box<dyn Future<Output = Result<quinn::RecvStream, quinn::ConnectionError>> + Send>>;
+type AcceptUni =
+    Pin<Box<dyn Future<Output = Result<quinn::RecvStream, quinn::ConnectionError>> + Send>>;
 
 /// One inbound lane: its stream, its decoder, and when its current frame started.
 struct LaneIn {
@@ -258,7 +271,11 @@ impl Inbound {
     /// Bytes are read only while the application asks for frames, so a slow reader
     /// pushes back on the peer through QUIC flow control, and each lane holds at most
     /// one partial frame.
-    fn poll_frame(&mut self, cx: &mut Context<'_>, config: &TransportConfig) -> Poll<Result<(u32, Bytes), TransportError>> {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        config: &TransportConfig,
+    ) -> Poll<Result<(u32, Bytes), TransportError>> {
         loop {
             let mut progressed = false;
             let n = self.lanes.len();
@@ -277,9 +294,7 @@ impl Inbound {
                     }
                     Ok(None) => {}
                 }
-                let want = lane.dec.want(READ_CHUNK);
-                let buf = lane.dec.buffer();
-                buf.reserve(want);
+                let buf = lane.dec.reserve(READ_CHUNK);
                 match poll_read_buf(Pin::new(&mut lane.recv), cx, buf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         // The peer finished or reset this lane.
@@ -320,7 +335,12 @@ impl Inbound {
         }
         // Deadlines: the idle timeout, and the frame timeout of any lane mid-frame.
         let idle_at = self.last_frame + config.idle_timeout;
-        let stalled_at = self.lanes.iter().filter_map(|l| l.started).min().map(|t| t + config.frame_timeout);
+        let stalled_at = self
+            .lanes
+            .iter()
+            .filter_map(|l| l.started)
+            .min()
+            .map(|t| t + config.frame_timeout);
         let (at, what) = match stalled_at {
             Some(s) if s < idle_at => (s, "frame"),
             _ => (idle_at, "idle"),
@@ -366,10 +386,19 @@ impl QuicConnection {
     }
 
     async fn lane(&self, stream: u32) -> Result<Lane, TransportError> {
-        if let Some(l) = self.lanes.lock().map_err(|_| TransportError::Closed)?.get(&stream) {
+        if let Some(l) = self
+            .lanes
+            .lock()
+            .map_err(|_| TransportError::Closed)?
+            .get(&stream)
+        {
             return Ok(l.clone());
         }
-        let opened = self.conn.open_uni().await.map_err(|_| TransportError::Closed)?;
+        let opened = self
+            .conn
+            .open_uni()
+            .await
+            .map_err(|_| TransportError::Closed)?;
         let mut lanes = self.lanes.lock().map_err(|_| TransportError::Closed)?;
         // Another sender may have opened the lane meanwhile: use theirs (ours stays unused
         // and is dropped, which resets it harmlessly).

@@ -25,8 +25,8 @@ use crate::frame::{self, FrameDecoder};
 use crate::tls::{self, Identity};
 use crate::{check_stream, Connection, Listener, Transport, TransportConfig, TransportError};
 
-/// Read at most this much per syscall.
-const READ_CHUNK: usize = 64 * 1024;
+/// Room made for each read.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The TCP transport of one node.
 #[derive(Clone)]
@@ -75,7 +75,12 @@ impl Transport for TcpTransport {
             })?;
         let local = sock.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(accept_loop(sock, self.acceptor.clone(), self.config.clone(), tx));
+        let task = tokio::spawn(accept_loop(
+            sock,
+            self.acceptor.clone(),
+            self.config.clone(),
+            tx,
+        ));
         Ok(TcpListener { local, rx, task })
     }
 
@@ -83,12 +88,15 @@ impl Transport for TcpTransport {
         let sa = parse_addr(addr)?;
         let (cfg, seen) = tls::client_config(&self.identity, expected)?;
         let connector = TlsConnector::from(Arc::new(cfg));
-        let name = ServerName::try_from(tls::SERVER_NAME).map_err(|e| TransportError::Tls(e.to_string()))?;
+        let name = ServerName::try_from(tls::SERVER_NAME)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
         let handshake = async {
-            let sock = TcpStream::connect(sa).await.map_err(|e| TransportError::Dial {
-                addr: addr.to_string(),
-                detail: e.to_string(),
-            })?;
+            let sock = TcpStream::connect(sa)
+                .await
+                .map_err(|e| TransportError::Dial {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                })?;
             sock.set_nodelay(true)?;
             connector
                 .connect(name, sock)
@@ -98,7 +106,11 @@ impl Transport for TcpTransport {
         let stream = timeout(self.config.handshake_timeout, handshake)
             .await
             .map_err(|_| TransportError::Timeout("handshake"))??;
-        Ok(TcpConnection::new(TlsStream::from(stream), expected, self.config.clone()))
+        Ok(TcpConnection::new(
+            TlsStream::from(stream),
+            expected,
+            self.config.clone(),
+        ))
     }
 }
 
@@ -219,9 +231,7 @@ impl TcpConnection {
             } else {
                 (self.config.idle_timeout, "idle")
             };
-            let want = dec.want(READ_CHUNK);
-            let buf = dec.buffer();
-            buf.reserve(want);
+            let buf = dec.reserve(READ_CHUNK);
             let read = tokio::select! {
                 r = timeout(limit, rd.read_buf(buf)) => r,
                 () = self.closed.cancelled() => return Err(TransportError::Closed),
@@ -241,7 +251,11 @@ fn is_disconnect(e: &std::io::Error) -> bool {
     use std::io::ErrorKind as K;
     matches!(
         e.kind(),
-        K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::NotConnected
+        K::UnexpectedEof
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::BrokenPipe
+            | K::NotConnected
     )
 }
 

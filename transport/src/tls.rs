@@ -36,8 +36,8 @@ impl Identity {
     pub fn new(key: &Keypair) -> Result<Identity, TransportError> {
         // PKCS#8 v1 wrapping of an ed25519 seed (RFC 8410).
         let mut der = vec![
-            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-            0x20,
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
         ];
         der.extend_from_slice(&key.seed());
         let pkcs8 = PrivatePkcs8KeyDer::from(der);
@@ -51,7 +51,9 @@ impl Identity {
         let cert = cert.der().clone();
         // Paranoia: the certificate must carry exactly our key.
         if node_id_of(&cert)? != key.id() {
-            return Err(TransportError::Tls("certificate key differs from node key".into()));
+            return Err(TransportError::Tls(
+                "certificate key differs from node key".into(),
+            ));
         }
         Ok(Identity {
             id: key.id(),
@@ -76,7 +78,9 @@ pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, TransportError> {
         .map_err(|e| TransportError::Tls(format!("peer certificate: {e}")))?;
     let spki = parsed.public_key();
     if spki.algorithm.algorithm != x509_parser::oid_registry::OID_SIG_ED25519 {
-        return Err(TransportError::Tls("peer certificate key is not ed25519".into()));
+        return Err(TransportError::Tls(
+            "peer certificate key is not ed25519".into(),
+        ));
     }
     let bytes: [u8; 32] = spki
         .subject_public_key
@@ -140,7 +144,12 @@ impl ServerCertVerifier for DialledNode {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -188,7 +197,12 @@ impl ClientCertVerifier for AnyNode {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -238,7 +252,11 @@ pub fn client_config(
 
 /// Turns a failed dial handshake into the most precise error: a wrong identity if the
 /// server presented another node's certificate.
-pub fn dial_error(expected: NodeId, seen: &Mutex<Option<NodeId>>, e: impl std::fmt::Display) -> TransportError {
+pub fn dial_error(
+    expected: NodeId,
+    seen: &Mutex<Option<NodeId>>,
+    e: impl std::fmt::Display,
+) -> TransportError {
     match seen.lock().ok().and_then(|s| *s) {
         Some(got) if got != expected => TransportError::WrongIdentity { expected, got },
         _ => TransportError::Handshake(e.to_string()),

@@ -90,7 +90,8 @@ impl Fixture for Tcp {
         let (cfg, _) = por_transport::tls::client_config(&id, server).unwrap();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
         let sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from(por_transport::tls::SERVER_NAME).unwrap();
+        let name =
+            rustls::pki_types::ServerName::try_from(por_transport::tls::SERVER_NAME).unwrap();
         let mut tls = connector.connect(name, sock).await.unwrap();
         tls.write_all(&bytes).await.unwrap();
         tls.flush().await.unwrap();
@@ -164,7 +165,13 @@ impl Fixture for Mem {
     fn listen_addr(&self) -> &'static str {
         ""
     }
-    async fn raw_session(&self, _: String, _: Keypair, _: NodeId, _: Vec<u8>) -> Option<Box<dyn std::any::Any + Send>> {
+    async fn raw_session(
+        &self,
+        _: String,
+        _: Keypair,
+        _: NodeId,
+        _: Vec<u8>,
+    ) -> Option<Box<dyn std::any::Any + Send>> {
         None
     }
     async fn slowloris(&self, _: String, _: Duration) -> Option<Slow> {
@@ -194,8 +201,16 @@ fn payload(stream: u32, n: usize, len: usize) -> Bytes {
 
 async fn frames_arrive_intact_and_in_order<F: Fixture>(f: F) {
     let (_t, _l, client, server) = pair(&f).await;
-    assert_eq!(client.peer(), key(1).id(), "client sees the verified server");
-    assert_eq!(server.peer(), key(2).id(), "server sees the verified client");
+    assert_eq!(
+        client.peer(),
+        key(1).id(),
+        "client sees the verified server"
+    );
+    assert_eq!(
+        server.peer(),
+        key(2).id(),
+        "server sees the verified client"
+    );
     let client = Arc::new(client);
     let sizes = [0usize, 1, 7, 255, 4096, MAX - 1, MAX];
     let mut senders = Vec::new();
@@ -210,7 +225,10 @@ async fn frames_arrive_intact_and_in_order<F: Fixture>(f: F) {
     }
     let mut next = [0usize; 3];
     for _ in 0..180 {
-        let (stream, frame) = timeout(Duration::from_secs(10), server.recv()).await.unwrap().unwrap();
+        let (stream, frame) = timeout(Duration::from_secs(10), server.recv())
+            .await
+            .unwrap()
+            .unwrap();
         let n = next[stream as usize];
         let len = sizes[n % sizes.len()];
         assert_eq!(frame, payload(stream, n, len), "stream {stream} frame {n}");
@@ -225,10 +243,19 @@ async fn frames_arrive_intact_and_in_order<F: Fixture>(f: F) {
 async fn oversized_frames_are_refused<F: Fixture>(f: F) {
     let (_t, mut listener, client, server) = pair(&f).await;
     // Locally: refused, and the connection goes on.
-    let err = client.send(0, Bytes::from(vec![0u8; MAX + 1])).await.unwrap_err();
+    let err = client
+        .send(0, Bytes::from(vec![0u8; MAX + 1]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, TransportError::Oversized { len, max } if len == MAX + 1 && max == MAX));
-    client.send(0, Bytes::from_static(b"still here")).await.unwrap();
-    assert_eq!(server.recv().await.unwrap().1, Bytes::from_static(b"still here"));
+    client
+        .send(0, Bytes::from_static(b"still here"))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.recv().await.unwrap().1,
+        Bytes::from_static(b"still here")
+    );
     // From a peer that bypasses the check: its connection is dropped, ours is not.
     let mut header = ((MAX + 1) as u32).to_be_bytes().to_vec();
     header.extend_from_slice(&0u32.to_be_bytes());
@@ -237,12 +264,24 @@ async fn oversized_frames_are_refused<F: Fixture>(f: F) {
         eprintln!("in-memory transport: no byte stream, only the local size check applies");
         return;
     };
-    let bad = timeout(Duration::from_secs(5), listener.accept()).await.unwrap().unwrap();
+    let bad = timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(bad.peer(), key(3).id());
-    let err = timeout(Duration::from_secs(5), bad.recv()).await.unwrap().unwrap_err();
+    let err = timeout(Duration::from_secs(5), bad.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, TransportError::Oversized { .. }), "{err}");
-    client.send(0, Bytes::from_static(b"unaffected")).await.unwrap();
-    assert_eq!(server.recv().await.unwrap().1, Bytes::from_static(b"unaffected"));
+    client
+        .send(0, Bytes::from_static(b"unaffected"))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.recv().await.unwrap().1,
+        Bytes::from_static(b"unaffected")
+    );
 }
 
 async fn garbage_is_dropped_without_disturbing_others<F: Fixture>(f: F) {
@@ -254,7 +293,9 @@ async fn garbage_is_dropped_without_disturbing_others<F: Fixture>(f: F) {
         return;
     };
     // Garbage never becomes a connection.
-    assert!(timeout(Duration::from_millis(300), listener.accept()).await.is_err());
+    assert!(timeout(Duration::from_millis(300), listener.accept())
+        .await
+        .is_err());
     client.send(0, Bytes::from_static(b"fine")).await.unwrap();
     assert_eq!(server.recv().await.unwrap().1, Bytes::from_static(b"fine"));
 }
@@ -266,7 +307,9 @@ async fn hundreds_of_concurrent_requests_and_many_connections<F: Fixture>(f: F) 
     // Echo server: every accepted connection answers each frame on its stream.
     let echo = tokio::spawn(async move {
         loop {
-            let Ok(conn) = listener.accept().await else { return };
+            let Ok(conn) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let conn = Arc::new(conn);
                 while let Ok((s, f)) = conn.recv().await {
@@ -290,7 +333,10 @@ async fn hundreds_of_concurrent_requests_and_many_connections<F: Fixture>(f: F) 
                 tokio::spawn(async move {
                     let mut seen = std::collections::BTreeSet::new();
                     while seen.len() < per_conn {
-                        let (_, f) = timeout(Duration::from_secs(20), conn.recv()).await.unwrap().unwrap();
+                        let (_, f) = timeout(Duration::from_secs(20), conn.recv())
+                            .await
+                            .unwrap()
+                            .unwrap();
                         let id = u32::from_be_bytes(f[..4].try_into().unwrap());
                         assert!(seen.insert(id), "duplicate echo {id}");
                     }
@@ -323,9 +369,15 @@ async fn hundreds_of_concurrent_requests_and_many_connections<F: Fixture>(f: F) 
 async fn a_disconnect_is_seen_on_both_sides<F: Fixture>(f: F) {
     let (t, mut listener, client, server) = pair(&f).await;
     client.close();
-    let err = timeout(Duration::from_secs(5), server.recv()).await.unwrap().unwrap_err();
+    let err = timeout(Duration::from_secs(5), server.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, TransportError::Closed), "{err}");
-    let err = timeout(Duration::from_secs(5), client.recv()).await.unwrap().unwrap_err();
+    let err = timeout(Duration::from_secs(5), client.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, TransportError::Closed), "{err}");
     // And the other way round, by dropping the connection.
     let c2 = f.transport(&key(4));
@@ -333,7 +385,10 @@ async fn a_disconnect_is_seen_on_both_sides<F: Fixture>(f: F) {
     let (c, s) = tokio::join!(c2.dial(&addr, key(1).id()), listener.accept());
     let (c, s) = (c.unwrap(), s.unwrap());
     drop(s);
-    let err = timeout(Duration::from_secs(5), c.recv()).await.unwrap().unwrap_err();
+    let err = timeout(Duration::from_secs(5), c.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, TransportError::Closed), "{err}");
     let mut failed = false;
     for _ in 0..50 {
@@ -351,7 +406,8 @@ async fn a_wrong_identity_is_refused<F: Fixture>(f: F) {
     let server = f.transport(&key(1));
     let mut listener = server.listen(f.listen_addr()).await.unwrap();
     let addr = listener.local_addr();
-    let accept = tokio::spawn(async move { timeout(Duration::from_millis(1500), listener.accept()).await });
+    let accept =
+        tokio::spawn(async move { timeout(Duration::from_millis(1500), listener.accept()).await });
     let client = f.transport(&key(2));
     let err = client.dial(&addr, key(9).id()).await.unwrap_err();
     match err {
@@ -373,7 +429,9 @@ async fn slow_and_idle_peers_are_cut_off<F: Fixture>(f: F) {
         Some(Slow::CutOff) => {}
         Some(Slow::StillOpen) => panic!("slowloris socket still open after the handshake timeout"),
         Some(Slow::Stateless) => {
-            assert!(timeout(Duration::from_millis(300), listener.accept()).await.is_err());
+            assert!(timeout(Duration::from_millis(300), listener.accept())
+                .await
+                .is_err());
         }
         None => eprintln!("in-memory transport: no unauthenticated byte stream"),
     }
@@ -382,15 +440,24 @@ async fn slow_and_idle_peers_are_cut_off<F: Fixture>(f: F) {
     header.extend_from_slice(&0u32.to_be_bytes());
     header.extend_from_slice(&[1, 2, 3]);
     if let Some(_guard) = f.raw_session(addr, key(5), key(1).id(), header).await {
-        let stalled = timeout(Duration::from_secs(5), listener.accept()).await.unwrap().unwrap();
+        let stalled = timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
         let t0 = Instant::now();
-        let err = timeout(Duration::from_secs(5), stalled.recv()).await.unwrap().unwrap_err();
+        let err = timeout(Duration::from_secs(5), stalled.recv())
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(matches!(err, TransportError::Timeout("frame")), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(3));
     }
     // Authenticated and silent: the idle timeout.
     let _keep = client;
-    let err = timeout(Duration::from_secs(5), server.recv()).await.unwrap().unwrap_err();
+    let err = timeout(Duration::from_secs(5), server.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, TransportError::Timeout("idle")), "{err}");
 }
 

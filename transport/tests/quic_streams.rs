@@ -34,7 +34,11 @@ async fn a_stalled_lane_does_not_block_the_others() {
     let ccfg = quinn::crypto::rustls::QuicClientConfig::try_from(ccfg).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(ccfg)));
-    let conn = ep.connect(addr.parse().unwrap(), tls::SERVER_NAME).unwrap().await.unwrap();
+    let conn = ep
+        .connect(addr.parse().unwrap(), tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
     let accepted = l.accept().await.unwrap();
 
     // Lane 1: a 1000-byte frame of which only 10 bytes ever arrive.
@@ -48,10 +52,16 @@ async fn a_stalled_lane_does_not_block_the_others() {
         flowing.write_all(&frame(2, &[i; 100])).await.unwrap();
     }
     for i in 0..20u8 {
-        let (s, f) = timeout(Duration::from_secs(1), accepted.recv()).await.unwrap().unwrap();
+        let (s, f) = timeout(Duration::from_secs(1), accepted.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((s, f), (2, Bytes::from(vec![i; 100])));
     }
     // The stalled lane is then cut off by the frame timeout.
-    let err = timeout(Duration::from_secs(5), accepted.recv()).await.unwrap().unwrap_err();
+    let err = timeout(Duration::from_secs(5), accepted.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
     assert!(matches!(err, TransportError::Timeout("frame")), "{err}");
 }

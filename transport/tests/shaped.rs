@@ -18,7 +18,10 @@ async fn every_frame_arrives_exactly_the_delay_later_in_order() {
         idle_timeout: Duration::from_secs(3600),
         ..TransportConfig::default()
     };
-    let mut l = MemTransport::new(&ka, &net, cfg.clone()).listen("a").await.unwrap();
+    let mut l = MemTransport::new(&ka, &net, cfg.clone())
+        .listen("a")
+        .await
+        .unwrap();
     let tb = MemTransport::new(&kb, &net, cfg.clone());
     let (c, s) = tokio::join!(tb.dial("a", ka.id()), l.accept());
     let delay = Duration::from_millis(200);
@@ -48,7 +51,10 @@ async fn every_frame_arrives_exactly_the_delay_later_in_order() {
         .collect();
     assert_eq!(receiver.await.unwrap(), expected);
     // The size limit is checked at once, not after the delay.
-    let err = c.send(0, Bytes::from(vec![0; cfg.max_frame_len + 1])).await.unwrap_err();
+    let err = c
+        .send(0, Bytes::from(vec![0; cfg.max_frame_len + 1]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, TransportError::Oversized { .. }));
     // Replies are not delayed unless that side is shaped too.
     let t1 = Instant::now();
