@@ -487,6 +487,40 @@ async fn the_server_keeps_serving_under_a_slowloris_crowd<F: Fixture>(f: F) {
     }
 }
 
+async fn dialling_nothing_fails_with_a_typed_error<F: Fixture>(f: F) {
+    // An address where nobody listens (a listener opened, then closed).
+    let t = f.transport(&key(1));
+    let l = t.listen(f.listen_addr()).await.unwrap();
+    let addr = l.local_addr();
+    drop(l);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let client = f.transport(&key(2));
+    let err = timeout(Duration::from_secs(5), client.dial(&addr, key(1).id()))
+        .await
+        .expect("a dial must not hang")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Dial { .. }
+                | TransportError::Timeout("handshake")
+                | TransportError::Handshake(_)
+        ),
+        "{err}"
+    );
+    let err = client
+        .dial("not an address", key(1).id())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Address { .. } | TransportError::Dial { .. }
+        ),
+        "{err}"
+    );
+}
+
 macro_rules! suite {
     ($name:ident, $fixture:expr) => {
         mod $name {
@@ -525,6 +559,11 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn slow_and_idle_peers_are_cut_off() {
                 super::slow_and_idle_peers_are_cut_off($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dialling_nothing_fails_with_a_typed_error() {
+                super::dialling_nothing_fails_with_a_typed_error($fixture).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
