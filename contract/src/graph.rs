@@ -1,0 +1,218 @@
+//! The live topology as one compact value, so that connectivity questions cost one
+//! storage read and run in wasm memory: a 1,000-node graph with a few edges per node
+//! is a few tens of kilobytes.
+
+use std::collections::VecDeque;
+
+use near_sdk::near;
+
+/// One node: its stake and its live edges `(peer index, channel id)`.
+#[near(serializers = [borsh])]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GNode {
+    /// Stake counted for partition decisions and the center.
+    pub stake: u128,
+    /// Live edges.
+    pub edges: Vec<(u32, u64)>,
+}
+
+/// Every registered node by index, with its live edges.
+#[near(serializers = [borsh])]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Graph {
+    /// Nodes by registration index.
+    pub nodes: Vec<GNode>,
+}
+
+/// The result of checking whether severing an edge split the graph.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// The two endpoints are still connected.
+    Connected,
+    /// They are not: the two components, each with its total stake.
+    Partitioned {
+        /// The component of the first endpoint.
+        a: (Vec<u32>, u128),
+        /// The component of the second endpoint.
+        b: (Vec<u32>, u128),
+    },
+}
+
+impl Graph {
+    /// Adds a node; returns its index.
+    pub fn add_node(&mut self, stake: u128) -> u32 {
+        self.nodes.push(GNode {
+            stake,
+            edges: Vec::new(),
+        });
+        u32::try_from(self.nodes.len().saturating_sub(1)).unwrap_or(u32::MAX)
+    }
+
+    fn node_mut(&mut self, i: u32) -> Option<&mut GNode> {
+        self.nodes.get_mut(i as usize)
+    }
+
+    /// Sets a node's stake.
+    pub fn set_stake(&mut self, i: u32, stake: u128) {
+        if let Some(n) = self.node_mut(i) {
+            n.stake = stake;
+        }
+    }
+
+    /// Adds a live edge.
+    pub fn add_edge(&mut self, a: u32, b: u32, channel: u64) {
+        if let Some(n) = self.node_mut(a) {
+            n.edges.push((b, channel));
+        }
+        if let Some(n) = self.node_mut(b) {
+            n.edges.push((a, channel));
+        }
+    }
+
+    /// Removes a live edge (both directions). Returns whether it was there.
+    pub fn remove_edge(&mut self, a: u32, b: u32, channel: u64) -> bool {
+        let mut found = false;
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(n) = self.node_mut(x) {
+                let before = n.edges.len();
+                n.edges.retain(|e| *e != (y, channel));
+                found |= n.edges.len() != before;
+            }
+        }
+        found
+    }
+
+    /// Number of live edges at a node.
+    pub fn degree(&self, i: u32) -> usize {
+        self.nodes.get(i as usize).map_or(0, |n| n.edges.len())
+    }
+
+    /// Whether `a` and `b` are connected, by a search that grows the two sides in turn
+    /// (the smaller frontier first) and stops as soon as they meet; if they do not, the
+    /// two whole components with their stakes.
+    pub fn split(&self, a: u32, b: u32) -> Split {
+        let n = self.nodes.len();
+        // 0 = unseen, 1 = reached from a, 2 = reached from b.
+        let mut side = vec![0u8; n];
+        let (ai, bi) = (a as usize, b as usize);
+        if ai >= n || bi >= n {
+            return Split::Connected;
+        }
+        side[ai] = 1;
+        side[bi] = 2;
+        let mut fronts = [VecDeque::from([a]), VecDeque::from([b])];
+        let mut members: [Vec<u32>; 2] = [vec![a], vec![b]];
+        loop {
+            let pick = match (fronts[0].is_empty(), fronts[1].is_empty()) {
+                (true, true) => break,
+                (false, true) => 0,
+                (true, false) => 1,
+                (false, false) => usize::from(fronts[1].len() < fronts[0].len()),
+            };
+            let mine = u8::try_from(pick.saturating_add(1)).unwrap_or(1);
+            let Some(u) = fronts[pick].pop_front() else {
+                continue;
+            };
+            for &(v, _) in &self.nodes[u as usize].edges {
+                let vi = v as usize;
+                match side.get(vi).copied() {
+                    Some(0) => {
+                        side[vi] = mine;
+                        fronts[pick].push_back(v);
+                        members[pick].push(v);
+                    }
+                    Some(s) if s != mine => return Split::Connected,
+                    _ => {}
+                }
+            }
+        }
+        let stake = |m: &Vec<u32>| {
+            m.iter()
+                .map(|i| self.nodes[*i as usize].stake)
+                .fold(0u128, u128::saturating_add)
+        };
+        let [ma, mb] = members;
+        let (sa, sb) = (stake(&ma), stake(&mb));
+        Split::Partitioned {
+            a: (ma, sa),
+            b: (mb, sb),
+        }
+    }
+
+    /// Hop distances from `src` (`u32::MAX` = unreachable).
+    fn distances(&self, src: u32) -> Vec<u32> {
+        let mut d = vec![u32::MAX; self.nodes.len()];
+        let mut q = VecDeque::from([src]);
+        if let Some(x) = d.get_mut(src as usize) {
+            *x = 0;
+        }
+        while let Some(u) = q.pop_front() {
+            let du = d[u as usize];
+            for &(v, _) in &self.nodes[u as usize].edges {
+                if d[v as usize] == u32::MAX {
+                    d[v as usize] = du.saturating_add(1);
+                    q.push_back(v);
+                }
+            }
+        }
+        d
+    }
+
+    /// The stake-weighted center `argmin_u Σ_v stake(v) · d(u, v)`, with unreachable
+    /// nodes at distance `|V|`, as `por_protocol::topology::Topology` computes it. Ties
+    /// go to `tie_key`'s smallest value (nodes use their ed25519 key).
+    pub fn center<K: Ord>(&self, tie_key: impl Fn(u32) -> K) -> Option<u32> {
+        let n = u128::try_from(self.nodes.len()).unwrap_or(u128::MAX);
+        (0..self.nodes.len())
+            .filter_map(|u| u32::try_from(u).ok())
+            .map(|u| {
+                let d = self.distances(u);
+                let score = self.nodes.iter().zip(&d).fold(0u128, |acc, (node, dv)| {
+                    let dist = if *dv == u32::MAX { n } else { u128::from(*dv) };
+                    acc.saturating_add(node.stake.saturating_mul(dist))
+                });
+                (score, tie_key(u), u)
+            })
+            .min()
+            .map(|(_, _, u)| u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(n: u32) -> Graph {
+        let mut g = Graph::default();
+        for _ in 0..n {
+            g.add_node(10);
+        }
+        for i in 1..n {
+            g.add_edge(i - 1, i, u64::from(i));
+        }
+        g
+    }
+
+    #[test]
+    fn split_detects_connection_and_partition() {
+        let mut g = line(5);
+        g.add_edge(0, 4, 99); // a ring: removing one edge leaves it connected
+        assert!(g.remove_edge(1, 2, 2));
+        assert_eq!(g.split(1, 2), Split::Connected);
+        assert!(g.remove_edge(0, 4, 99));
+        match g.split(1, 2) {
+            Split::Partitioned { a, b } => {
+                assert_eq!((a.0.len(), a.1), (2, 20));
+                assert_eq!((b.0.len(), b.1), (3, 30));
+            }
+            Split::Connected => panic!("should be split"),
+        }
+        assert!(!g.remove_edge(1, 2, 2), "already gone");
+    }
+
+    #[test]
+    fn center_of_a_line_is_its_middle() {
+        let g = line(5);
+        assert_eq!(g.center(|u| u), Some(2));
+    }
+}

@@ -1,0 +1,605 @@
+//! Unit tests of every method, on near-sdk's mocked blockchain.
+#![allow(clippy::unwrap_used)]
+
+use near_sdk::json_types::{Base64VecU8, U128, U64};
+use near_sdk::test_utils::{get_logs, VMContextBuilder};
+use near_sdk::{testing_env, AccountId, NearToken};
+use por_protocol::types::{
+    ChannelId, ChannelUpdate, Memo, RequestId, SeverNotice, SeverReason, SignedSeverNotice,
+    SignedUpdate,
+};
+use por_protocol::{wire, Amount, Keypair, NodeId};
+
+use super::*;
+
+const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
+const SEC: u64 = 1_000_000_000;
+
+fn config() -> Config {
+    Config {
+        min_stake: U128(10 * NEAR),
+        min_deposit: U128(NEAR),
+        unbonding_ns: U64(100 * SEC),
+        challenge_ns: U64(60 * SEC),
+        sever_penalty: U128(NEAR / 10),
+        partition_slash_bps: 1_000,
+    }
+}
+
+fn acc(name: &str) -> AccountId {
+    format!("{name}.test").parse().unwrap()
+}
+
+fn key(name: &str) -> Keypair {
+    let mut seed = [0u8; 32];
+    seed[..name.len()].copy_from_slice(name.as_bytes());
+    Keypair::from_seed(seed)
+}
+
+fn hex(id: NodeId) -> String {
+    id.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn at(now: u64) {
+    testing_env!(VMContextBuilder::new().block_timestamp(now).build());
+}
+
+fn terms() -> Terms {
+    Terms {
+        latency_ms: 100,
+        base_cost: U128(10),
+        byte_cost: U128(1),
+        sync_interval_ms: 1000,
+        sync_phase_ms: 0,
+        max_late_fee_rate: U128(1_000),
+    }
+}
+
+/// A contract with nodes `names` registered with 100 NEAR each.
+fn setup(names: &[&str]) -> PorContract {
+    at(0);
+    let mut c = PorContract::new(config());
+    for n in names {
+        c.do_register(
+            acc(n),
+            100 * NEAR,
+            hex(key(n).id()),
+            vec![format!("{n}:9000")],
+        )
+        .unwrap();
+    }
+    c
+}
+
+/// Opens a channel x -> y with 5 NEAR each side.
+fn open(c: &mut PorContract, x: &str, y: &str) -> u64 {
+    let id = c.do_propose(acc(x), 5 * NEAR, acc(y), terms()).unwrap();
+    c.do_confirm(acc(y), 5 * NEAR, id).unwrap();
+    id
+}
+
+fn update(payer: &str, payee: &str, channel: u64, seq: u64, cumulative: u128) -> Base64VecU8 {
+    let u = ChannelUpdate {
+        channel: ChannelId(channel),
+        payer: key(payer).id(),
+        payee: key(payee).id(),
+        seq,
+        cumulative: Amount(cumulative),
+        memo: Memo::Refund {
+            request: RequestId([0; 16]),
+            amount: Amount(1),
+        },
+    };
+    let sig = key(payer).sign(&u).unwrap();
+    Base64VecU8(wire::encode(&SignedUpdate { update: u, sig }).unwrap())
+}
+
+fn notice(severer: &str, peer: &str, channel: u64) -> Base64VecU8 {
+    let n = SeverNotice {
+        channel: ChannelId(channel),
+        severer: key(severer).id(),
+        peer: key(peer).id(),
+        reason: SeverReason::Unresponsive,
+        at_ms: 0,
+    };
+    let sig = key(severer).sign(&n).unwrap();
+    Base64VecU8(wire::encode(&SignedSeverNotice { notice: n, sig }).unwrap())
+}
+
+fn stake(c: &PorContract, n: &str) -> u128 {
+    c.get_node(acc(n)).unwrap().stake.0
+}
+
+fn events() -> Vec<String> {
+    get_logs()
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("EVENT_JSON:").map(str::to_string))
+        .map(|j| {
+            near_sdk::serde_json::from_str::<near_sdk::serde_json::Value>(&j).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn register_and_its_refusals() {
+    let mut c = setup(&["alice"]);
+    assert!(events().contains(&"node_registered".to_string()));
+    let n = c.get_node(acc("alice")).unwrap();
+    assert_eq!(
+        (n.stake.0, n.addresses.len(), n.key.clone()),
+        (100 * NEAR, 1, hex(key("alice").id()))
+    );
+    assert_eq!(
+        c.get_account_of_key(hex(key("alice").id()).to_uppercase()),
+        Some(acc("alice"))
+    );
+    assert_eq!(
+        c.do_register(acc("bob"), NEAR, hex(key("bob").id()), vec![]),
+        Err(ContractError::InsufficientDeposit {
+            attached: NEAR,
+            needed: 10 * NEAR
+        })
+    );
+    assert!(matches!(
+        c.do_register(acc("alice"), 100 * NEAR, hex(key("x").id()), vec![]),
+        Err(ContractError::AlreadyRegistered(_))
+    ));
+    assert!(matches!(
+        c.do_register(acc("bob"), 100 * NEAR, hex(key("alice").id()), vec![]),
+        Err(ContractError::AlreadyRegistered(_))
+    ));
+    assert!(matches!(
+        c.do_register(acc("bob"), 100 * NEAR, "zz".into(), vec![]),
+        Err(ContractError::Invalid(_))
+    ));
+    assert_eq!(c.get_nodes(0, 10).len(), 1);
+}
+
+#[test]
+fn stake_unstake_withdraw() {
+    let mut c = setup(&["alice", "bob"]);
+    c.do_add_stake(acc("alice"), 5 * NEAR).unwrap();
+    assert_eq!(stake(&c, "alice"), 105 * NEAR);
+    assert!(matches!(
+        c.do_add_stake(acc("nobody"), 1),
+        Err(ContractError::UnknownNode(_))
+    ));
+    assert_eq!(
+        c.do_add_stake(acc("alice"), u128::MAX),
+        Err(ContractError::Overflow)
+    );
+    // With a live edge, stake may not drop under the minimum.
+    open(&mut c, "alice", "bob");
+    assert!(matches!(
+        c.do_unstake(acc("alice"), 100 * NEAR, 0),
+        Err(ContractError::InsufficientStake(_))
+    ));
+    assert!(matches!(
+        c.do_unstake(acc("alice"), 1000 * NEAR, 0),
+        Err(ContractError::InsufficientStake(_))
+    ));
+    c.do_unstake(acc("alice"), 50 * NEAR, 10).unwrap();
+    assert_eq!(stake(&c, "alice"), 55 * NEAR);
+    assert!(matches!(
+        c.do_unstake(acc("alice"), NEAR, 10),
+        Err(ContractError::Invalid(_))
+    ));
+    assert_eq!(
+        c.do_withdraw(acc("alice"), 50),
+        Err(ContractError::TooEarly {
+            what: "unbonding",
+            at_ns: 10 + 100 * SEC
+        })
+    );
+    assert_eq!(c.do_withdraw(acc("alice"), 10 + 100 * SEC), Ok(50 * NEAR));
+    assert!(
+        matches!(
+            c.do_withdraw(acc("alice"), 10 + 100 * SEC),
+            Err(ContractError::Invalid(_))
+        ),
+        "withdrawn once only"
+    );
+    c.do_update_addresses(acc("bob"), vec!["b:1".into(), "b:2".into()])
+        .unwrap();
+    assert_eq!(c.get_node(acc("bob")).unwrap().addresses.len(), 2);
+}
+
+#[test]
+fn open_with_confirmation_and_cancel() {
+    let mut c = setup(&["alice", "bob", "carol"]);
+    assert!(matches!(
+        c.do_propose(acc("alice"), NEAR / 2, acc("bob"), terms()),
+        Err(ContractError::InsufficientDeposit { .. })
+    ));
+    assert!(matches!(
+        c.do_propose(acc("alice"), NEAR, acc("alice"), terms()),
+        Err(ContractError::Invalid(_))
+    ));
+    assert!(matches!(
+        c.do_propose(acc("alice"), NEAR, acc("zed"), terms()),
+        Err(ContractError::UnknownNode(_))
+    ));
+    let id = c
+        .do_propose(acc("alice"), 2 * NEAR, acc("bob"), terms())
+        .unwrap();
+    assert!(
+        matches!(
+            c.do_propose(acc("bob"), NEAR, acc("alice"), terms()),
+            Err(ContractError::Invalid(_))
+        ),
+        "one channel per pair"
+    );
+    assert_eq!(
+        c.do_confirm(acc("carol"), NEAR, id),
+        Err(ContractError::Unauthorized(
+            "only the proposed peer confirms"
+        ))
+    );
+    assert!(matches!(
+        c.do_confirm(acc("bob"), 1, id),
+        Err(ContractError::InsufficientDeposit { .. })
+    ));
+    assert!(c.get_edges(0, 10).is_empty(), "not an edge until confirmed");
+    c.do_confirm(acc("bob"), 3 * NEAR, id).unwrap();
+    let ch = c.get_channel(U64(id)).unwrap();
+    assert_eq!(
+        (ch.state.clone(), ch.deposit_a.0, ch.deposit_b.0),
+        (ChannelState::Open, 2 * NEAR, 3 * NEAR)
+    );
+    assert_eq!(c.get_edges(0, 10).len(), 1);
+    assert!(matches!(
+        c.do_confirm(acc("bob"), NEAR, id),
+        Err(ContractError::WrongState { .. })
+    ));
+    assert!(matches!(
+        c.do_cancel(acc("alice"), id),
+        Err(ContractError::WrongState { .. })
+    ));
+    // Cancel a proposal: the proposer is refunded, the pair is free again.
+    let id2 = c
+        .do_propose(acc("alice"), 4 * NEAR, acc("carol"), terms())
+        .unwrap();
+    assert_eq!(
+        c.do_cancel(acc("bob"), id2),
+        Err(ContractError::Unauthorized("only an endpoint cancels"))
+    );
+    assert_eq!(c.do_cancel(acc("carol"), id2), Ok((acc("alice"), 4 * NEAR)));
+    assert_eq!(
+        c.get_channel(U64(id2)).unwrap().state,
+        ChannelState::Cancelled
+    );
+    assert!(
+        c.do_propose(acc("alice"), NEAR, acc("carol"), terms())
+            .unwrap()
+            > id2,
+        "ids are never reused"
+    );
+    let ev = events();
+    for e in ["channel_proposed", "channel_opened", "channel_cancelled"] {
+        assert!(ev.contains(&e.to_string()), "{e} not emitted: {ev:?}");
+    }
+}
+
+#[test]
+fn cooperative_close_pays_out_at_once() {
+    let mut c = setup(&["alice", "bob"]);
+    let id = open(&mut c, "alice", "bob");
+    // Alice paid Bob 3 NEAR in total, Bob paid Alice 1 NEAR.
+    let states = vec![
+        update("alice", "bob", id, 7, 3 * NEAR),
+        update("bob", "alice", id, 2, NEAR),
+    ];
+    c.do_propose_close(acc("alice"), id, states).unwrap();
+    assert!(
+        c.get_edges(0, 10).is_empty(),
+        "a closing channel no longer routes"
+    );
+    assert_eq!(
+        c.do_confirm_close(acc("alice"), id, vec![]),
+        Err(ContractError::Unauthorized("the other endpoint confirms"))
+    );
+    let (a, pa, b, pb) = c.do_confirm_close(acc("bob"), id, vec![]).unwrap();
+    assert_eq!(
+        (a, pa, b, pb),
+        (acc("alice"), 3 * NEAR, acc("bob"), 7 * NEAR)
+    );
+    assert!(
+        matches!(
+            c.do_confirm_close(acc("bob"), id, vec![]),
+            Err(ContractError::WrongState { .. })
+        ),
+        "double close"
+    );
+    assert!(matches!(
+        c.do_start_close(acc("bob"), id, vec![], 0),
+        Err(ContractError::WrongState { .. })
+    ));
+}
+
+#[test]
+fn adversarial_close_newer_state_wins() {
+    let mut c = setup(&["alice", "bob"]);
+    let id = open(&mut c, "alice", "bob");
+    // Alice submits an old state of Bob's payments to her (seq 3) and none of hers.
+    let until = c
+        .do_start_close(
+            acc("alice"),
+            id,
+            vec![update("bob", "alice", id, 3, 2 * NEAR)],
+            1_000,
+        )
+        .unwrap();
+    assert_eq!(until, 1_000 + 60 * SEC);
+    // Bob shows Alice's latest payment to him.
+    c.do_challenge(
+        acc("bob"),
+        id,
+        vec![update("alice", "bob", id, 9, 4 * NEAR)],
+        2_000,
+    )
+    .unwrap();
+    // A stale state always loses.
+    assert_eq!(
+        c.do_challenge(
+            acc("bob"),
+            id,
+            vec![update("alice", "bob", id, 8, 5 * NEAR)],
+            3_000
+        ),
+        Err(ContractError::StaleState {
+            direction: "a->b",
+            have: 9,
+            got: 8
+        })
+    );
+    // Forged: Bob signs "Alice paid Bob" himself.
+    let mut forged: SignedUpdate =
+        wire::decode(&update("alice", "bob", id, 10, 5 * NEAR).0).unwrap();
+    forged.sig = key("bob").sign(&forged.update).unwrap();
+    let forged = Base64VecU8(wire::encode(&forged).unwrap());
+    assert_eq!(
+        c.do_challenge(acc("bob"), id, vec![forged], 3_000),
+        Err(ContractError::BadSignature("channel update"))
+    );
+    assert_eq!(
+        c.do_challenge(
+            acc("bob"),
+            id,
+            vec![update("alice", "bob", 999, 10, 5 * NEAR)],
+            3_000
+        ),
+        Err(ContractError::ForeignState(id))
+    );
+    assert_eq!(
+        c.do_challenge(
+            acc("bob"),
+            id,
+            vec![update("alice", "carol", id, 10, 5 * NEAR)],
+            3_000
+        ),
+        Err(ContractError::ForeignState(id))
+    );
+    assert!(matches!(
+        c.do_challenge(acc("bob"), id, vec![Base64VecU8(vec![1, 2, 3])], 3_000),
+        Err(ContractError::Malformed { .. })
+    ));
+    assert!(matches!(
+        c.do_challenge(acc("carol"), id, vec![], 3_000),
+        Err(ContractError::Unauthorized(_))
+    ));
+    assert_eq!(
+        c.do_finalize_close(id, until - 1),
+        Err(ContractError::TooEarly {
+            what: "challenge period",
+            at_ns: until
+        })
+    );
+    assert!(matches!(
+        c.do_challenge(
+            acc("alice"),
+            id,
+            vec![update("bob", "alice", id, 4, 3 * NEAR)],
+            until
+        ),
+        Err(ContractError::WrongState { .. })
+    ));
+    let (_, pa, _, pb) = c.do_finalize_close(id, until).unwrap();
+    // Alice: 5 + 2 - 4 = 3; Bob: 5 + 4 - 2 = 7.
+    assert_eq!((pa, pb), (3 * NEAR, 7 * NEAR));
+    assert!(
+        matches!(
+            c.do_finalize_close(id, until),
+            Err(ContractError::WrongState { .. })
+        ),
+        "double finalize"
+    );
+}
+
+#[test]
+fn payout_is_clamped_to_the_channel() {
+    let mut c = setup(&["alice", "bob"]);
+    let id = open(&mut c, "alice", "bob");
+    // Alice signed away more than she had (cannot happen with honest nodes).
+    let until = c
+        .do_start_close(
+            acc("bob"),
+            id,
+            vec![update("alice", "bob", id, 1, 50 * NEAR)],
+            0,
+        )
+        .unwrap();
+    let (_, pa, _, pb) = c.do_finalize_close(id, until).unwrap();
+    assert_eq!((pa, pb), (0, 10 * NEAR));
+}
+
+#[test]
+fn sever_charges_both_and_is_submittable_by_anyone() {
+    let mut c = setup(&["alice", "bob", "carol"]);
+    let ab = open(&mut c, "alice", "bob");
+    let bc = open(&mut c, "bob", "carol");
+    let ca = open(&mut c, "carol", "alice");
+    // A notice not signed by its severer.
+    let mut bad: SignedSeverNotice = wire::decode(&notice("bob", "carol", bc).0).unwrap();
+    bad.sig = key("alice").sign(&bad.notice).unwrap();
+    assert_eq!(
+        c.do_sever(Base64VecU8(wire::encode(&bad).unwrap()), 0),
+        Err(ContractError::BadSignature("sever notice"))
+    );
+    // Signed by a node that is not an endpoint of the edge.
+    assert_eq!(
+        c.do_sever(notice("alice", "carol", bc), 0),
+        Err(ContractError::ForeignState(bc))
+    );
+    // An unregistered key.
+    assert!(matches!(
+        c.do_sever(notice("zed", "carol", bc), 0),
+        Err(ContractError::UnknownNode(_))
+    ));
+    assert_eq!(
+        c.do_sever(notice("bob", "carol", 77), 0),
+        Err(ContractError::UnknownChannel(77))
+    );
+    // Bob's notice, submitted by Alice's transaction (the contract does not care who).
+    let split = c.do_sever(notice("bob", "carol", bc), 5 * SEC).unwrap();
+    assert_eq!(
+        split,
+        Split::Connected,
+        "carol still reaches bob through alice"
+    );
+    assert_eq!(
+        (stake(&c, "bob"), stake(&c, "carol")),
+        (100 * NEAR - NEAR / 10, 100 * NEAR - NEAR / 10)
+    );
+    assert_eq!(c.get_pool().0, 2 * (NEAR / 10));
+    let ch = c.get_channel(U64(bc)).unwrap();
+    let rec = ch.severed.clone().unwrap();
+    assert_eq!(
+        (rec.by, rec.at_ns.0, rec.reason.as_str()),
+        (acc("bob"), 5 * SEC, "Unresponsive")
+    );
+    assert_eq!(
+        ch.state,
+        ChannelState::Closing {
+            until_ns: U64(65 * SEC)
+        }
+    );
+    assert!(
+        matches!(
+            c.do_sever(notice("bob", "carol", bc), 6 * SEC),
+            Err(ContractError::WrongState { .. })
+        ),
+        "twice"
+    );
+    // Its states still settle after the challenge period.
+    c.do_challenge(
+        acc("carol"),
+        bc,
+        vec![update("bob", "carol", bc, 1, NEAR)],
+        6 * SEC,
+    )
+    .unwrap();
+    let (_, pb, _, pc) = c.do_finalize_close(bc, 65 * SEC).unwrap();
+    assert_eq!((pb, pc), (4 * NEAR, 6 * NEAR));
+    let ev = events();
+    assert!(
+        ev.contains(&"edge_severed".to_string()) && ev.contains(&"partition_checked".to_string()),
+        "{ev:?}"
+    );
+    let _ = (ab, ca);
+}
+
+#[test]
+fn partition_slashes_the_lighter_side_and_the_isolated_node_reimburses() {
+    // alice - bob - carol, carol with little stake.
+    let mut c = setup(&["alice", "bob"]);
+    c.do_register(acc("carol"), 20 * NEAR, hex(key("carol").id()), vec![])
+        .unwrap();
+    open(&mut c, "alice", "bob");
+    let bc = open(&mut c, "bob", "carol");
+    let split = c.do_sever(notice("bob", "carol", bc), 0).unwrap();
+    let Split::Partitioned { a, b } = split else {
+        panic!("should split")
+    };
+    assert_eq!((a.0.len(), b.0.len()), (2, 1));
+    // Carol (20 NEAR, alone) is disconnected: she pays her 0.1 penalty, 10% of the rest,
+    // and reimburses Bob's 0.1 penalty.
+    let after_penalty = 20 * NEAR - NEAR / 10;
+    let slashed = after_penalty / 10;
+    assert_eq!(stake(&c, "carol"), after_penalty - slashed - NEAR / 10);
+    assert_eq!(stake(&c, "bob"), 100 * NEAR, "bob made whole");
+    assert!(c.get_node(acc("carol")).unwrap().disconnected);
+    assert!(!c.get_node(acc("bob")).unwrap().disconnected);
+    assert_eq!(c.get_pool().0, 2 * (NEAR / 10) + slashed);
+    let ev = events();
+    for e in ["node_disconnected", "penalty_reimbursed"] {
+        assert!(ev.contains(&e.to_string()), "{e}: {ev:?}");
+    }
+}
+
+#[test]
+fn center_matches_the_protocol_crate() {
+    // The paper's topology with equal stakes: Bob.
+    let names = ["alex", "alice", "bob", "carol", "dave", "eve"];
+    let mut c = setup(&names);
+    for (x, y) in [
+        ("alex", "alice"),
+        ("alice", "bob"),
+        ("bob", "carol"),
+        ("bob", "eve"),
+        ("eve", "dave"),
+    ] {
+        open(&mut c, x, y);
+    }
+    assert_eq!(c.get_center(), Some(acc("bob")));
+    let mut t = por_protocol::topology::Topology::new();
+    for e in c.get_edges(0, 100) {
+        let k = |a: &AccountId| NodeId(hex32(&c.get_node(a.clone()).unwrap().key).unwrap());
+        t.insert_edge(por_protocol::types::EdgeInfo {
+            id: ChannelId(e.id.0),
+            a: k(&e.a),
+            b: k(&e.b),
+            terms: (&e.terms).into(),
+            deposit_a: Amount(e.deposit_a.0),
+            deposit_b: Amount(e.deposit_b.0),
+        });
+    }
+    for n in c.get_nodes(0, 100) {
+        t.set_stake(NodeId(hex32(&n.key).unwrap()), Amount(n.stake.0));
+    }
+    assert_eq!(
+        t.stake_weighted_center().map(hex),
+        Some(c.get_node(acc("bob")).unwrap().key)
+    );
+    assert_eq!(c.get_channels(0, 2).len(), 2, "paged");
+    assert_eq!(c.get_edges(3, 10).len(), 2);
+}
+
+#[test]
+fn bindings_take_deposits_from_the_environment() {
+    at(0);
+    let mut c = PorContract::new(config());
+    testing_env!(VMContextBuilder::new()
+        .predecessor_account_id(acc("alice"))
+        .attached_deposit(NearToken::from_yoctonear(12 * NEAR))
+        .build());
+    c.register(hex(key("alice").id()), vec![]);
+    assert_eq!(stake(&c, "alice"), 12 * NEAR);
+    assert_eq!(c.get_config(), config());
+}
+
+#[test]
+#[should_panic(
+    expected = "insufficient deposit: attached 1, need at least 10000000000000000000000000"
+)]
+fn bindings_panic_with_the_error_message() {
+    at(0);
+    let mut c = PorContract::new(config());
+    testing_env!(VMContextBuilder::new()
+        .predecessor_account_id(acc("alice"))
+        .attached_deposit(NearToken::from_yoctonear(1))
+        .build());
+    c.register(hex(key("alice").id()), vec![]);
+}
