@@ -294,6 +294,19 @@ pub struct PorContract {
     pool: u128,
 }
 
+/// Sends both sides their payout. Two independent transfers: NEAR does not allow a
+/// method to return a joint promise, so they are scheduled and the amounts returned.
+fn pay_out(a: AccountId, pa: u128, b: AccountId, pb: u128) -> [U128; 2] {
+    for (to, amount) in [(a, pa), (b, pb)] {
+        if amount > 0 {
+            Promise::new(to)
+                .transfer(NearToken::from_yoctonear(amount))
+                .detach();
+        }
+    }
+    [U128(pa), U128(pb)]
+}
+
 fn emit(event: &str, data: serde_json::Value) {
     let body = json!({"standard": "por", "version": "1.0.0", "event": event, "data": [data]});
     env::log_str(&format!("EVENT_JSON:{body}"));
@@ -1139,12 +1152,10 @@ impl PorContract {
         ));
     }
 
-    /// Pays out a channel whose challenge period is over.
-    pub fn finalize_close(&mut self, id: U64) -> Promise {
+    /// Pays out a channel whose challenge period is over. Returns the payouts `[a, b]`.
+    pub fn finalize_close(&mut self, id: U64) -> [U128; 2] {
         let (a, pa, b, pb) = ok(self.do_finalize_close(id.0, env::block_timestamp()));
-        Promise::new(a)
-            .transfer(NearToken::from_yoctonear(pa))
-            .and(Promise::new(b).transfer(NearToken::from_yoctonear(pb)))
+        pay_out(a, pa, b, pb)
     }
 
     /// Severs an edge with a notice signed by one of its endpoints (anyone may submit).

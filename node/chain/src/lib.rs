@@ -1,0 +1,56 @@
+//! # por-chain
+//!
+//! The chain behind a por node. Today: [`local::LocalChain`], an embedded chain that
+//! executes the compiled `por-contract` wasm on near-vm-runner (wasmtime) with NEAR's
+//! host functions and gas metering, persisted in redb.
+// The embedded chain reads the wall clock for block times (`Clock::Wall`).
+#![allow(clippy::disallowed_methods)]
+
+pub mod local;
+pub mod wasm;
+
+/// Everything the chain can refuse or fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The embedded database failed.
+    #[error("chain database: {0}")]
+    Db(String),
+    /// The VM could not run the contract at all (not a contract panic).
+    #[error("vm: {0}")]
+    Vm(String),
+    /// The contract refused the call (it panicked): its message and logs.
+    #[error("{method} refused: {message}")]
+    Aborted {
+        /// The method called.
+        method: String,
+        /// The contract's panic message.
+        message: String,
+        /// Logs emitted before the panic.
+        logs: Vec<String>,
+    },
+    /// The account id is not valid.
+    #[error("invalid account id {0}")]
+    BadAccount(String),
+    /// The signer has no account on this chain.
+    #[error("unknown account {0}")]
+    UnknownAccount(String),
+    /// The signer cannot cover the deposit.
+    #[error("{account} has {have} yoctoNEAR, needs {need}")]
+    InsufficientBalance {
+        /// The signer.
+        account: String,
+        /// Its balance.
+        have: u128,
+        /// What the call needs.
+        need: u128,
+    },
+    /// A return value could not be decoded.
+    #[error("cannot decode the return value: {0}")]
+    Decode(String),
+    /// Balance arithmetic overflowed.
+    #[error("balance overflow")]
+    Overflow,
+    /// The contract wasm could not be built.
+    #[error("building the contract: {0}")]
+    Build(String),
+}

@@ -1,0 +1,477 @@
+//! The embedded local chain: the compiled contract wasm, executed by near-vm-runner
+//! (wasmtime) with NEAR's real host functions and gas metering, around a small ledger
+//! of accounts, balances, a block height and a clock, persisted in redb.
+//!
+//! Every call is one block. The contract's storage lives in memory as the VM's
+//! external storage; after each successful call the changed keys, the balances and the
+//! block height are committed to redb in one transaction, so a killed process loses
+//! nothing that was reported as done. A call that aborts changes nothing but the block
+//! height (its deposit returns to the signer).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use near_parameters::{RuntimeConfig, RuntimeConfigStore};
+use near_primitives_core::account::AccountContract;
+use near_primitives_core::hash::{hash, CryptoHash};
+use near_primitives_core::types::{AccountId, Balance, Gas};
+use near_vm_runner::logic::mocks::mock_external::{MockAction, MockedExternal};
+use near_vm_runner::logic::types::ReturnData;
+use near_vm_runner::logic::VMContext;
+use near_vm_runner::{ContractCode, ContractRuntimeCache, MockContractRuntimeCache};
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::ChainError;
+
+const STORAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contract_storage");
+const ACCOUNTS: TableDefinition<&str, u128> = TableDefinition::new("accounts");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The NEAR protocol version whose runtime configuration (gas costs, limits, wasm
+/// features) the local chain applies.
+pub const PROTOCOL_VERSION: u32 = 88;
+
+/// The oldest protocol version whose wasm rules the contract must satisfy (bulk
+/// memory, reference types and the other features recent Rust emits are accepted
+/// from protocol 84 on).
+pub const MIN_PROTOCOL_VERSION: u32 = 84;
+
+/// Gas attached to calls by default: 300 Tgas, NEAR's per-transaction maximum.
+pub const DEFAULT_GAS: u64 = 300_000_000_000_000;
+
+/// Where block time comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// The machine's clock (several processes sharing one chain see real time).
+    Wall,
+    /// Starts at the given ns and moves only by one second per block and by
+    /// [`LocalChain::advance`] (deterministic tests).
+    Manual(u64),
+}
+
+/// What a call did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The method's return value (JSON for near-sdk contracts).
+    pub value: Vec<u8>,
+    /// Logs, including NEP-297 `EVENT_JSON:` lines.
+    pub logs: Vec<String>,
+    /// Gas burnt by the call.
+    pub gas_burnt: u64,
+    /// Transfers out of the contract, applied to the receivers' balances.
+    pub transfers: Vec<(String, u128)>,
+    /// The block the call was in.
+    pub height: u64,
+    /// Its block time.
+    pub timestamp_ns: u64,
+}
+
+impl Outcome {
+    /// The return value parsed as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ChainError> {
+        serde_json::from_slice(&self.value).map_err(|e| ChainError::Decode(e.to_string()))
+    }
+
+    /// The NEP-297 events logged, as JSON values.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .iter()
+            .filter_map(|l| l.strip_prefix("EVENT_JSON:"))
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect()
+    }
+}
+
+/// The embedded chain.
+pub struct LocalChain {
+    db: Database,
+    code: ContractCode,
+    contract: AccountId,
+    config: Arc<RuntimeConfig>,
+    state: HashMap<Vec<u8>, Vec<u8>>,
+    accounts: BTreeMap<String, u128>,
+    height: u64,
+    now_ns: u64,
+    clock: Clock,
+    /// Compiled machine code of the contract, so that it is compiled once per process.
+    cache: MockContractRuntimeCache,
+}
+
+impl std::fmt::Debug for LocalChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalChain({} at height {})", self.contract, self.height)
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> ChainError {
+    ChainError::Db(e.to_string())
+}
+
+fn account(id: &str) -> Result<AccountId, ChainError> {
+    id.parse()
+        .map_err(|e| ChainError::BadAccount(format!("{id}: {e}")))
+}
+
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl LocalChain {
+    /// Opens (or creates) the chain stored at `path`, running `wasm` as `contract`.
+    /// An existing chain keeps its state; if the wasm differs from the one it ran
+    /// before, the new code is used on the old state (a redeploy).
+    pub fn open(
+        path: &Path,
+        wasm: &[u8],
+        contract: &str,
+        clock: Clock,
+    ) -> Result<LocalChain, ChainError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let mut state = HashMap::new();
+        let mut accounts = BTreeMap::new();
+        let (mut height, mut now_ns) = (0, 0);
+        {
+            let w = db.begin_write().map_err(db_err)?;
+            // Create the tables on first open.
+            w.open_table(STORAGE).map_err(db_err)?;
+            w.open_table(ACCOUNTS).map_err(db_err)?;
+            w.open_table(META).map_err(db_err)?;
+            w.commit().map_err(db_err)?;
+        }
+        {
+            let r = db.begin_read().map_err(db_err)?;
+            for item in r
+                .open_table(STORAGE)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                let (k, v) = item.map_err(db_err)?;
+                state.insert(k.value().to_vec(), v.value().to_vec());
+            }
+            for item in r
+                .open_table(ACCOUNTS)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                let (k, v) = item.map_err(db_err)?;
+                accounts.insert(k.value().to_string(), v.value());
+            }
+            let meta = r.open_table(META).map_err(db_err)?;
+            if let Some(h) = meta.get("height").map_err(db_err)? {
+                height = h.value();
+            }
+            if let Some(t) = meta.get("now_ns").map_err(db_err)? {
+                now_ns = t.value();
+            }
+        }
+        if let Clock::Manual(start) = clock {
+            now_ns = now_ns.max(start);
+        }
+        let store = RuntimeConfigStore::new(None);
+        let config = store.get_config(PROTOCOL_VERSION).clone();
+        let contract_id = account(contract)?;
+        accounts.entry(contract.to_string()).or_insert(0);
+        Ok(LocalChain {
+            db,
+            code: ContractCode::new(wasm.to_vec(), None),
+            contract: contract_id,
+            config,
+            state,
+            accounts,
+            height,
+            now_ns,
+            clock,
+            cache: MockContractRuntimeCache::default(),
+        })
+    }
+
+    /// The contract account.
+    pub fn contract(&self) -> &str {
+        self.contract.as_str()
+    }
+
+    /// Current block height.
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// Current block time.
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
+    /// Whether the contract's state exists (it has been initialised).
+    pub fn initialised(&self) -> bool {
+        self.state.contains_key(b"STATE".as_slice())
+    }
+
+    /// An account's balance.
+    pub fn balance(&self, id: &str) -> Option<u128> {
+        self.accounts.get(id).copied()
+    }
+
+    /// Creates an account with `balance` (or tops it up): the faucet of a local chain.
+    pub fn fund(&mut self, id: &str, balance: u128) -> Result<(), ChainError> {
+        account(id)?;
+        let slot = self.accounts.entry(id.to_string()).or_insert(0);
+        *slot = slot.checked_add(balance).ok_or(ChainError::Overflow)?;
+        let total = *slot;
+        let w = self.db.begin_write().map_err(db_err)?;
+        w.open_table(ACCOUNTS)
+            .map_err(db_err)?
+            .insert(id, total)
+            .map_err(db_err)?;
+        w.commit().map_err(db_err)
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&mut self, ns: u64) {
+        self.now_ns = self.now_ns.saturating_add(ns);
+    }
+
+    fn next_block(&mut self) {
+        self.height = self.height.saturating_add(1);
+        self.now_ns = match self.clock {
+            Clock::Wall => wall_ns().max(self.now_ns.saturating_add(1)),
+            Clock::Manual(_) => self.now_ns.saturating_add(1_000_000_000),
+        };
+    }
+
+    fn context(
+        &self,
+        signer: &AccountId,
+        args: &[u8],
+        deposit: u128,
+        gas: u64,
+        view: bool,
+    ) -> VMContext {
+        let contract_balance = self
+            .accounts
+            .get(self.contract.as_str())
+            .copied()
+            .unwrap_or(0);
+        let storage_usage = self
+            .state
+            .iter()
+            .map(|(k, v)| (k.len() + v.len() + 40) as u64)
+            .sum::<u64>();
+        VMContext {
+            current_account_id: self.contract.clone(),
+            signer_account_id: signer.clone(),
+            signer_account_pk: vec![0; 33],
+            predecessor_account_id: signer.clone(),
+            refund_to_account_id: signer.clone(),
+            input: Rc::from(args.to_vec()),
+            promise_results: Vec::new().into(),
+            block_height: self.height,
+            block_timestamp: self.now_ns,
+            epoch_height: self.height / 43_200,
+            account_balance: Balance::from_yoctonear(contract_balance),
+            account_locked_balance: Balance::ZERO,
+            storage_usage,
+            account_contract: AccountContract::Local(*self.code.hash()),
+            attached_deposit: Balance::from_yoctonear(deposit),
+            prepaid_gas: Gas::from_gas(gas),
+            random_seed: hash(&self.height.to_le_bytes()).as_ref().to_vec(),
+            view_config: view.then_some(near_primitives_core::config::ViewConfig {
+                max_gas_burnt: Gas::from_gas(gas),
+            }),
+            output_data_receivers: vec![],
+        }
+    }
+
+    /// Runs `method` with `state` as storage. Returns the outcome and the external.
+    fn execute(
+        &self,
+        state: HashMap<Vec<u8>, Vec<u8>>,
+        context: &VMContext,
+        method: &str,
+    ) -> Result<(near_vm_runner::logic::VMOutcome, MockedExternal), ChainError> {
+        let mut ext = MockedExternal::with_code(self.code.clone());
+        ext.fake_trie = state;
+        let wasm_config = self.config.wasm_config.clone();
+        let gas_counter = context.make_gas_counter(&wasm_config);
+        let cache: &dyn ContractRuntimeCache = &self.cache;
+        let prepared = near_vm_runner::prepare(&ext, wasm_config, Some(cache), gas_counter, method);
+        let outcome = near_vm_runner::run(prepared, &mut ext, context, self.config.fees.clone())
+            .map_err(|e| ChainError::Vm(e.to_string()))?;
+        Ok((outcome, ext))
+    }
+
+    /// A read-only call: nothing changes, whatever the method tries.
+    pub fn view(&self, method: &str, args: &[u8]) -> Result<Vec<u8>, ChainError> {
+        let ctx = self.context(&self.contract, args, 0, DEFAULT_GAS, true);
+        let (outcome, _) = self.execute(self.state.clone(), &ctx, method)?;
+        if let Some(err) = outcome.aborted {
+            return Err(ChainError::Aborted {
+                method: method.to_string(),
+                message: err.to_string(),
+                logs: outcome.logs,
+            });
+        }
+        Ok(match outcome.return_data {
+            ReturnData::Value(v) => v,
+            _ => Vec::new(),
+        })
+    }
+
+    /// A view returning JSON.
+    pub fn view_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        args: serde_json::Value,
+    ) -> Result<T, ChainError> {
+        let out = self.view(method, args.to_string().as_bytes())?;
+        serde_json::from_slice(&out).map_err(|e| ChainError::Decode(e.to_string()))
+    }
+
+    /// A transaction from `signer` calling `method` with `args` and `deposit` attached,
+    /// in a block of its own. Committed durably before it returns.
+    pub fn call(
+        &mut self,
+        signer: &str,
+        method: &str,
+        args: &[u8],
+        deposit: u128,
+        gas: u64,
+    ) -> Result<Outcome, ChainError> {
+        let signer_id = account(signer)?;
+        let have = self
+            .balance(signer)
+            .ok_or_else(|| ChainError::UnknownAccount(signer.to_string()))?;
+        if have < deposit {
+            return Err(ChainError::InsufficientBalance {
+                account: signer.to_string(),
+                have,
+                need: deposit,
+            });
+        }
+        self.next_block();
+        let ctx = self.context(&signer_id, args, deposit, gas, false);
+        let before = self.state.clone();
+        let (outcome, ext) = self.execute(self.state.clone(), &ctx, method)?;
+        if let Some(err) = outcome.aborted {
+            self.persist_meta()?;
+            return Err(ChainError::Aborted {
+                method: method.to_string(),
+                message: err.to_string(),
+                logs: outcome.logs,
+            });
+        }
+        // Balances: the deposit moved to the contract, whose balance after the call is
+        // the VM's; transfers it made go to their receivers.
+        let mut accounts = self.accounts.clone();
+        let signer_balance = have.checked_sub(deposit).ok_or(ChainError::Overflow)?;
+        accounts.insert(signer.to_string(), signer_balance);
+        accounts.insert(self.contract.to_string(), outcome.balance.as_yoctonear());
+        let mut receivers: HashMap<u64, String> = HashMap::new();
+        let mut transfers = Vec::new();
+        for (i, action) in ext.action_log.iter().enumerate() {
+            match action {
+                MockAction::CreateReceipt { receiver_id, .. } => {
+                    receivers.insert(i as u64, receiver_id.to_string());
+                }
+                MockAction::Transfer {
+                    receipt_index,
+                    deposit,
+                } => {
+                    let to = receivers.get(receipt_index).cloned().ok_or_else(|| {
+                        ChainError::Vm(format!("transfer on unknown receipt {receipt_index}"))
+                    })?;
+                    let amount = deposit.as_yoctonear();
+                    let slot = accounts.entry(to.clone()).or_insert(0);
+                    *slot = slot.checked_add(amount).ok_or(ChainError::Overflow)?;
+                    transfers.push((to, amount));
+                }
+                _ => {}
+            }
+        }
+        let state = ext.fake_trie;
+        self.commit(&before, &state, &accounts)?;
+        self.state = state;
+        self.accounts = accounts;
+        Ok(Outcome {
+            value: match outcome.return_data {
+                ReturnData::Value(v) => v,
+                _ => Vec::new(),
+            },
+            logs: outcome.logs,
+            gas_burnt: outcome.burnt_gas.as_gas(),
+            transfers,
+            height: self.height,
+            timestamp_ns: self.now_ns,
+        })
+    }
+
+    /// A call with JSON arguments.
+    pub fn call_json(
+        &mut self,
+        signer: &str,
+        method: &str,
+        args: serde_json::Value,
+        deposit: u128,
+    ) -> Result<Outcome, ChainError> {
+        self.call(
+            signer,
+            method,
+            args.to_string().as_bytes(),
+            deposit,
+            DEFAULT_GAS,
+        )
+    }
+
+    fn persist_meta(&self) -> Result<(), ChainError> {
+        let w = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = w.open_table(META).map_err(db_err)?;
+            meta.insert("height", self.height).map_err(db_err)?;
+            meta.insert("now_ns", self.now_ns).map_err(db_err)?;
+        }
+        w.commit().map_err(db_err)
+    }
+
+    /// Writes the changed storage keys, the balances and the block in one transaction.
+    fn commit(
+        &self,
+        before: &HashMap<Vec<u8>, Vec<u8>>,
+        after: &HashMap<Vec<u8>, Vec<u8>>,
+        accounts: &BTreeMap<String, u128>,
+    ) -> Result<(), ChainError> {
+        let w = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = w.open_table(STORAGE).map_err(db_err)?;
+            for (k, v) in after {
+                if before.get(k) != Some(v) {
+                    t.insert(k.as_slice(), v.as_slice()).map_err(db_err)?;
+                }
+            }
+            for k in before.keys() {
+                if !after.contains_key(k) {
+                    t.remove(k.as_slice()).map_err(db_err)?;
+                }
+            }
+            let mut a = w.open_table(ACCOUNTS).map_err(db_err)?;
+            for (id, bal) in accounts {
+                if self.accounts.get(id) != Some(bal) {
+                    a.insert(id.as_str(), *bal).map_err(db_err)?;
+                }
+            }
+            let mut meta = w.open_table(META).map_err(db_err)?;
+            meta.insert("height", self.height).map_err(db_err)?;
+            meta.insert("now_ns", self.now_ns).map_err(db_err)?;
+        }
+        w.commit().map_err(db_err)
+    }
+
+    /// The hash of the code being run.
+    pub fn code_hash(&self) -> CryptoHash {
+        *self.code.hash()
+    }
+}

@@ -1,0 +1,54 @@
+//! Building the contract wasm from the workspace, the way cargo-near does
+//! (`--cfg near -C link-arg=-s`, profile `contract`). The embedded chain always runs
+//! what this builds from the current sources: nothing is downloaded or checked in.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::ChainError;
+
+/// Builds `por-contract` for `wasm32-unknown-unknown` (installing the target with
+/// rustup if needed) and returns the path of the wasm.
+pub fn build_contract(workspace: &Path) -> Result<PathBuf, ChainError> {
+    let build = |what: &str, e: String| ChainError::Build(format!("{what}: {e}"));
+    let status = Command::new("rustup")
+        .args(["target", "add", "wasm32-unknown-unknown"])
+        .output()
+        .map_err(|e| build("running rustup", e.to_string()))?;
+    if !status.status.success() {
+        return Err(build(
+            "rustup target add wasm32-unknown-unknown",
+            String::from_utf8_lossy(&status.stderr).into_owned(),
+        ));
+    }
+    let target_dir = workspace.join("target").join("contract-wasm");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace)
+        .env("RUSTFLAGS", "--cfg near -C link-arg=-s")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "por-contract",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "contract",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .output()
+        .map_err(|e| build("running cargo", e.to_string()))?;
+    if !out.status.success() {
+        return Err(build(
+            "cargo build of por-contract",
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(target_dir
+        .join("wasm32-unknown-unknown")
+        .join("contract")
+        .join("por_contract.wasm"))
+}
