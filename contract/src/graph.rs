@@ -4,16 +4,33 @@
 
 use std::collections::VecDeque;
 
-use near_sdk::near;
+use near_sdk::{near, AccountId};
 
-/// One node: its stake and its live edges `(peer index, channel id)`.
+/// One node: its account, its stake (this is where stakes live), whether a partition
+/// check disconnected it, and its live edges `(peer index, channel id)`.
 #[near(serializers = [borsh])]
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GNode {
-    /// Stake counted for partition decisions and the center.
+    /// The node's account.
+    pub account: AccountId,
+    /// Its stake.
     pub stake: u128,
+    /// Set once a partition check found it on the disconnected side; its stake then
+    /// no longer counts towards partition decisions or the center.
+    pub disconnected: bool,
     /// Live edges.
     pub edges: Vec<(u32, u64)>,
+}
+
+impl GNode {
+    /// The stake that counts for partitions and the center.
+    pub fn counted(&self) -> u128 {
+        if self.disconnected {
+            0
+        } else {
+            self.stake
+        }
+    }
 }
 
 /// Every registered node by index, with its live edges.
@@ -40,23 +57,24 @@ pub enum Split {
 
 impl Graph {
     /// Adds a node; returns its index.
-    pub fn add_node(&mut self, stake: u128) -> u32 {
+    pub fn add_node(&mut self, account: AccountId, stake: u128) -> u32 {
         self.nodes.push(GNode {
+            account,
             stake,
+            disconnected: false,
             edges: Vec::new(),
         });
         u32::try_from(self.nodes.len().saturating_sub(1)).unwrap_or(u32::MAX)
     }
 
-    fn node_mut(&mut self, i: u32) -> Option<&mut GNode> {
-        self.nodes.get_mut(i as usize)
+    /// A node by index.
+    pub fn node(&self, i: u32) -> Option<&GNode> {
+        self.nodes.get(i as usize)
     }
 
-    /// Sets a node's stake.
-    pub fn set_stake(&mut self, i: u32, stake: u128) {
-        if let Some(n) = self.node_mut(i) {
-            n.stake = stake;
-        }
+    /// A node by index, mutably.
+    pub fn node_mut(&mut self, i: u32) -> Option<&mut GNode> {
+        self.nodes.get_mut(i as usize)
     }
 
     /// Adds a live edge.
@@ -128,7 +146,7 @@ impl Graph {
         }
         let stake = |m: &Vec<u32>| {
             m.iter()
-                .map(|i| self.nodes[*i as usize].stake)
+                .map(|i| self.nodes[*i as usize].counted())
                 .fold(0u128, u128::saturating_add)
         };
         let [ma, mb] = members;
@@ -169,7 +187,7 @@ impl Graph {
                 let d = self.distances(u);
                 let score = self.nodes.iter().zip(&d).fold(0u128, |acc, (node, dv)| {
                     let dist = if *dv == u32::MAX { n } else { u128::from(*dv) };
-                    acc.saturating_add(node.stake.saturating_mul(dist))
+                    acc.saturating_add(node.counted().saturating_mul(dist))
                 });
                 (score, tie_key(u), u)
             })
@@ -184,8 +202,8 @@ mod tests {
 
     fn line(n: u32) -> Graph {
         let mut g = Graph::default();
-        for _ in 0..n {
-            g.add_node(10);
+        for i in 0..n {
+            g.add_node(format!("n{i}.test").parse().unwrap(), 10);
         }
         for i in 1..n {
             g.add_edge(i - 1, i, u64::from(i));

@@ -165,10 +165,28 @@ impl From<&Terms> for EdgeTerms {
     }
 }
 
-/// A registered node.
-#[near(serializers = [borsh, json])]
+/// A registered node as stored (its stake lives in the graph).
+#[near(serializers = [borsh])]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
+    /// Its NEAR account.
+    pub account: AccountId,
+    /// Its ed25519 node key, hex.
+    pub key: String,
+    /// Network addresses peers dial.
+    pub addresses: Vec<String>,
+    /// Amount unbonding and when it can be withdrawn.
+    pub unbonding: Option<(U128, U64)>,
+    /// Index in the graph.
+    pub index: u32,
+    /// Severed channels it was an endpoint of.
+    pub severed: Vec<u64>,
+}
+
+/// A node as the views show it.
+#[near(serializers = [json])]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
     /// Its NEAR account.
     pub account: AccountId,
     /// Its ed25519 node key, hex.
@@ -179,12 +197,12 @@ pub struct Node {
     pub addresses: Vec<String>,
     /// Amount unbonding and when it can be withdrawn.
     pub unbonding: Option<(U128, U64)>,
-    /// Index in the graph.
-    pub index: u32,
     /// Set once a partition check found it on the disconnected side.
     pub disconnected: bool,
+    /// Live edges.
+    pub degree: u32,
     /// Severed channels it was an endpoint of.
-    pub severed: Vec<u64>,
+    pub severed: Vec<U64>,
 }
 
 /// Where a channel is in its life.
@@ -307,6 +325,9 @@ fn pay_out(a: AccountId, pa: u128, b: AccountId, pb: u128) -> [U128; 2] {
     [U128(pa), U128(pb)]
 }
 
+/// Most accounts a `node_disconnected` event lists (the log budget is 16 KiB a call).
+const MAX_LISTED: usize = 64;
+
 fn emit(event: &str, data: serde_json::Value) {
     let body = json!({"standard": "por", "version": "1.0.0", "event": event, "data": [data]});
     env::log_str(&format!("EVENT_JSON:{body}"));
@@ -376,15 +397,35 @@ impl PorContract {
         self.graph.get_or_insert_with(Graph::default)
     }
 
+    fn gnode(&mut self, index: u32) -> R<&mut graph::GNode> {
+        self.graph_mut()
+            .node_mut(index)
+            .ok_or_else(|| ContractError::UnknownNode(format!("index {index}")))
+    }
+
+    fn stake_of(&mut self, account: &AccountId) -> R<u128> {
+        let index = self.node(account)?.index;
+        Ok(self.gnode(index)?.stake)
+    }
+
     fn set_stake(&mut self, account: &AccountId, stake: u128) -> R<()> {
-        let node = self
-            .nodes
-            .get_mut(account)
-            .ok_or_else(|| ContractError::UnknownNode(account.to_string()))?;
-        node.stake = U128(stake);
-        let (index, counted) = (node.index, if node.disconnected { 0 } else { stake });
-        self.graph_mut().set_stake(index, counted);
+        let index = self.node(account)?.index;
+        self.gnode(index)?.stake = stake;
         Ok(())
+    }
+
+    fn view(&self, n: &Node) -> NodeView {
+        let g = self.graph.get().as_ref().and_then(|g| g.node(n.index));
+        NodeView {
+            account: n.account.clone(),
+            key: n.key.clone(),
+            stake: U128(g.map_or(0, |g| g.stake)),
+            addresses: n.addresses.clone(),
+            unbonding: n.unbonding,
+            disconnected: g.is_some_and(|g| g.disconnected),
+            degree: g.map_or(0, |g| u32::try_from(g.edges.len()).unwrap_or(u32::MAX)),
+            severed: n.severed.iter().map(|c| U64(*c)).collect(),
+        }
     }
 
     // ------------------------------------------------------------------ nodes
@@ -411,7 +452,7 @@ impl PorContract {
         if self.keys.contains_key(&key) {
             return Err(ContractError::AlreadyRegistered(format!("key {key}")));
         }
-        let index = self.graph_mut().add_node(deposit);
+        let index = self.graph_mut().add_node(caller.clone(), deposit);
         self.keys.insert(key.clone(), caller.clone());
         emit(
             "node_registered",
@@ -422,11 +463,9 @@ impl PorContract {
             Node {
                 account: caller,
                 key,
-                stake: U128(deposit),
                 addresses,
                 unbonding: None,
                 index,
-                disconnected: false,
                 severed: Vec::new(),
             },
         );
@@ -435,7 +474,7 @@ impl PorContract {
 
     /// Adds `deposit` to the caller's stake.
     pub fn do_add_stake(&mut self, caller: AccountId, deposit: u128) -> R<()> {
-        let stake = add(self.node(&caller)?.stake.0, deposit)?;
+        let stake = add(self.stake_of(&caller)?, deposit)?;
         self.set_stake(&caller, stake)?;
         emit(
             "stake_added",
@@ -452,8 +491,9 @@ impl PorContract {
                 "an unbonding is already in progress".into(),
             ));
         }
-        let left = sub(node.stake.0, amount)
-            .map_err(|_| ContractError::InsufficientStake(format!("stake is {}", node.stake.0)))?;
+        let stake = self.stake_of(&caller)?;
+        let left = sub(stake, amount)
+            .map_err(|_| ContractError::InsufficientStake(format!("stake is {stake}")))?;
         let live = self
             .graph
             .get()
@@ -923,7 +963,7 @@ impl PorContract {
         let penalty = self.config.sever_penalty.0;
         let mut paid = [0u128; 2];
         for (slot, account) in paid.iter_mut().zip([&ch.a, &ch.b]) {
-            let stake = self.node(account)?.stake.0;
+            let stake = self.stake_of(account)?;
             *slot = penalty.min(stake);
             self.set_stake(account, sub(stake, *slot)?)?;
             self.pool = add(self.pool, *slot)?;
@@ -966,28 +1006,30 @@ impl PorContract {
             } else {
                 &b.0
             };
-            let accounts: Vec<AccountId> = self
-                .nodes
-                .values()
-                .filter(|n| small.contains(&n.index))
-                .map(|n| n.account.clone())
-                .collect();
             let bps = u128::from(self.config.partition_slash_bps);
-            for account in &accounts {
-                let stake = self.node(account)?.stake.0;
-                let slash = stake.saturating_mul(bps) / 10_000;
-                self.set_stake(account, sub(stake, slash)?)?;
-                self.pool = add(self.pool, slash)?;
-                if let Some(n) = self.nodes.get_mut(account) {
-                    n.disconnected = true;
+            // All in the graph value: one read, one write, however many nodes.
+            let mut listed = Vec::new();
+            let mut total = 0u128;
+            let g = self.graph_mut();
+            for &i in small {
+                let Some(n) = g.node_mut(i) else { continue };
+                let slash = n.stake.saturating_mul(bps) / 10_000;
+                n.stake = n.stake.saturating_sub(slash);
+                n.disconnected = true;
+                total = total.saturating_add(slash);
+                if listed.len() < MAX_LISTED {
+                    listed.push(n.account.clone());
                 }
-                let index = self.node(account)?.index;
-                self.graph_mut().set_stake(index, 0);
-                emit(
-                    "node_disconnected",
-                    json!({"account": account, "slashed": U128(slash)}),
-                );
             }
+            self.pool = add(self.pool, total)?;
+            // NEAR allows 16 KiB of logs per call: the event names at most MAX_LISTED
+            // accounts; every node's `disconnected` flag is in the paged views.
+            emit(
+                "node_disconnected",
+                json!({"channel": ch.id, "count": small.len(), "slashed_total": U128(total),
+                       "bps": self.config.partition_slash_bps, "accounts": listed,
+                       "truncated": small.len() > MAX_LISTED}),
+            );
         }
         for account in [&ch.a, &ch.b] {
             let index = self.node(account)?.index;
@@ -1019,10 +1061,10 @@ impl PorContract {
             } else {
                 (ch.a.clone(), rec.penalty_a.0)
             };
-            let stake = self.node(isolated)?.stake.0;
+            let stake = self.stake_of(isolated)?;
             let pay = owed.min(stake);
             self.set_stake(isolated, sub(stake, pay)?)?;
-            let peer_stake = self.node(&peer)?.stake.0;
+            let peer_stake = self.stake_of(&peer)?;
             self.set_stake(&peer, add(peer_stake, pay)?)?;
             if let Some(c) = self.channels.get_mut(&id) {
                 if let Some(r) = c.severed.as_mut() {
@@ -1175,8 +1217,8 @@ impl PorContract {
     }
 
     /// One node.
-    pub fn get_node(&self, account: AccountId) -> Option<Node> {
-        self.nodes.get(&account).cloned()
+    pub fn get_node(&self, account: AccountId) -> Option<NodeView> {
+        self.nodes.get(&account).map(|n| self.view(n))
     }
 
     /// The account of a node key (hex).
@@ -1185,12 +1227,12 @@ impl PorContract {
     }
 
     /// Nodes, paged.
-    pub fn get_nodes(&self, from: u32, limit: u32) -> Vec<Node> {
+    pub fn get_nodes(&self, from: u32, limit: u32) -> Vec<NodeView> {
         self.nodes
             .values()
             .skip(from as usize)
             .take(limit as usize)
-            .cloned()
+            .map(|n| self.view(n))
             .collect()
     }
 
