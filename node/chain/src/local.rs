@@ -28,6 +28,8 @@ use crate::ChainError;
 const STORAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contract_storage");
 const ACCOUNTS: TableDefinition<&str, u128> = TableDefinition::new("accounts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// NEP-297 events by (block height, index in block), as JSON.
+const EVENTS: TableDefinition<(u64, u32), &str> = TableDefinition::new("events");
 
 /// The NEAR protocol version whose runtime configuration (gas costs, limits, wasm
 /// features) the local chain applies.
@@ -141,6 +143,7 @@ impl LocalChain {
             w.open_table(STORAGE).map_err(db_err)?;
             w.open_table(ACCOUNTS).map_err(db_err)?;
             w.open_table(META).map_err(db_err)?;
+            w.open_table(EVENTS).map_err(db_err)?;
             w.commit().map_err(db_err)?;
         }
         {
@@ -394,7 +397,12 @@ impl LocalChain {
             }
         }
         let state = ext.fake_trie;
-        self.commit(&before, &state, &accounts)?;
+        let events: Vec<&str> = outcome
+            .logs
+            .iter()
+            .filter_map(|l| l.strip_prefix("EVENT_JSON:"))
+            .collect();
+        self.commit(&before, &state, &accounts, &events)?;
         self.state = state;
         self.accounts = accounts;
         Ok(Outcome {
@@ -443,9 +451,15 @@ impl LocalChain {
         before: &HashMap<Vec<u8>, Vec<u8>>,
         after: &HashMap<Vec<u8>, Vec<u8>>,
         accounts: &BTreeMap<String, u128>,
+        events: &[&str],
     ) -> Result<(), ChainError> {
         let w = self.db.begin_write().map_err(db_err)?;
         {
+            let mut ev = w.open_table(EVENTS).map_err(db_err)?;
+            for (i, e) in events.iter().enumerate() {
+                let i = u32::try_from(i).unwrap_or(u32::MAX);
+                ev.insert((self.height, i), *e).map_err(db_err)?;
+            }
             let mut t = w.open_table(STORAGE).map_err(db_err)?;
             for (k, v) in after {
                 if before.get(k) != Some(v) {
@@ -468,6 +482,23 @@ impl LocalChain {
             meta.insert("now_ns", self.now_ns).map_err(db_err)?;
         }
         w.commit().map_err(db_err)
+    }
+
+    /// The NEP-297 events of blocks after `height` (oldest first), at most `limit`, as
+    /// `(height, event)`. Nodes follow the chain by asking again from the last height.
+    pub fn events_since(&self, height: u64, limit: usize) -> Result<Vec<(u64, serde_json::Value)>, ChainError> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(EVENTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in t.range((height.saturating_add(1), 0)..).map_err(db_err)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(db_err)?;
+            let value = serde_json::from_str(v.value()).map_err(|e| ChainError::Decode(e.to_string()))?;
+            out.push((k.value().0, value));
+        }
+        Ok(out)
     }
 
     /// The hash of the code being run.

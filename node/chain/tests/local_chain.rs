@@ -353,4 +353,12 @@ fn state_survives_a_restart() {
     );
     let center: Option<String> = chain.view_json("get_center", json!({})).unwrap();
     assert!(center.is_some());
+    // The events are durable too, in block order, and can be followed from a height.
+    let all = chain.events_since(0, 100).unwrap();
+    let names: Vec<&str> = all.iter().map(|(_, e)| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names, ["node_registered", "node_registered", "channel_proposed", "channel_opened"]);
+    assert!(all.windows(2).all(|w| w[0].0 <= w[1].0));
+    let later = chain.events_since(all[2].0, 100).unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].1["event"], "channel_opened");
 }
