@@ -1,13 +1,17 @@
 //! # por-chain
 //!
-//! The chain behind a por node. Today: [`local::LocalChain`], an embedded chain that
-//! executes the compiled `por-contract` wasm on near-vm-runner (wasmtime) with NEAR's
-//! host functions and gas metering, persisted in redb.
+//! The chain behind a por node: the [`Chain`] trait a node uses, and
+//! [`local::LocalChain`], an embedded chain that executes the compiled `por-contract`
+//! wasm on near-vm-runner (wasmtime) with NEAR's host functions and gas metering,
+//! persisted in redb ([`LocalClient`] implements [`Chain`] on it).
 // The embedded chain reads the wall clock for block times (`Clock::Wall`).
 #![allow(clippy::disallowed_methods)]
 
+pub mod api;
 pub mod local;
 pub mod wasm;
+
+pub use api::{Chain, ChainNode, LocalClient, Snapshot};
 
 /// Everything the chain can refuse or fail at.
 #[derive(Debug, thiserror::Error)]

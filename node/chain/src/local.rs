@@ -486,7 +486,11 @@ impl LocalChain {
 
     /// The NEP-297 events of blocks after `height` (oldest first), at most `limit`, as
     /// `(height, event)`. Nodes follow the chain by asking again from the last height.
-    pub fn events_since(&self, height: u64, limit: usize) -> Result<Vec<(u64, serde_json::Value)>, ChainError> {
+    pub fn events_since(
+        &self,
+        height: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, serde_json::Value)>, ChainError> {
         let r = self.db.begin_read().map_err(db_err)?;
         let t = r.open_table(EVENTS).map_err(db_err)?;
         let mut out = Vec::new();
@@ -495,7 +499,8 @@ impl LocalChain {
                 break;
             }
             let (k, v) = item.map_err(db_err)?;
-            let value = serde_json::from_str(v.value()).map_err(|e| ChainError::Decode(e.to_string()))?;
+            let value =
+                serde_json::from_str(v.value()).map_err(|e| ChainError::Decode(e.to_string()))?;
             out.push((k.value().0, value));
         }
         Ok(out)

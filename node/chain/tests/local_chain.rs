@@ -49,25 +49,7 @@ fn acc(n: &str) -> String {
 }
 
 fn b64(bytes: &[u8]) -> String {
-    // A tiny base64 encoder (standard alphabet, padded) for the tests' arguments.
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    por_chain::api::base64(bytes)
 }
 
 fn new_chain(path: &std::path::Path) -> LocalChain {
@@ -355,8 +337,19 @@ fn state_survives_a_restart() {
     assert!(center.is_some());
     // The events are durable too, in block order, and can be followed from a height.
     let all = chain.events_since(0, 100).unwrap();
-    let names: Vec<&str> = all.iter().map(|(_, e)| e["event"].as_str().unwrap()).collect();
-    assert_eq!(names, ["node_registered", "node_registered", "channel_proposed", "channel_opened"]);
+    let names: Vec<&str> = all
+        .iter()
+        .map(|(_, e)| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "node_registered",
+            "node_registered",
+            "channel_proposed",
+            "channel_opened"
+        ]
+    );
     assert!(all.windows(2).all(|w| w[0].0 <= w[1].0));
     let later = chain.events_since(all[2].0, 100).unwrap();
     assert_eq!(later.len(), 1);

@@ -1,0 +1,174 @@
+//! What the engine signs, the contract settles: a real exchange between two engines,
+//! then the channel closed adversarially and an engine's severing notice submitted,
+//! all through the `Chain` trait on the embedded chain running the contract wasm.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use por_chain::local::{Clock, LocalChain};
+use por_chain::{Chain, LocalClient};
+use por_protocol::types::{EdgeTerms, Route, SeverReason};
+use por_protocol::{Amount, ChainAction, ChainEvent, Engine, EngineConfig, Event, Keypair, Time};
+use serde_json::json;
+
+const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
+const SEC: u64 = 1_000_000_000;
+
+fn chain(name: &str) -> Arc<Mutex<LocalChain>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("por-chain-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = LocalChain::open(
+        &dir.join("chain.redb"),
+        &wasm,
+        "por.local",
+        Clock::Manual(0),
+    )
+    .unwrap();
+    c.fund("por.local", NEAR).unwrap();
+    c.call_json("por.local", "new", json!({"config": {"min_stake": NEAR.to_string(), "min_deposit": "1",
+        "unbonding_ns": "1", "challenge_ns": (60 * SEC).to_string(), "sever_penalty": (NEAR / 100).to_string(),
+        "partition_slash_bps": 100}}), 0).unwrap();
+    for who in ["alice.local", "bob.local"] {
+        c.fund(who, 100 * NEAR).unwrap();
+    }
+    Arc::new(Mutex::new(c))
+}
+
+fn pump(engines: &mut [Engine; 2], now: Time) {
+    loop {
+        let mut moved = false;
+        for i in 0..2 {
+            while let Some(b) = engines[i].poll_writes() {
+                engines[i].writes_durable(b.up_to);
+            }
+            let out: Vec<_> = std::iter::from_fn(|| engines[i].poll_transmit()).collect();
+            for t in out {
+                moved = true;
+                let from = engines[i].id();
+                engines[1 - i].handle_message(from, t.message, now).unwrap();
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn engine_payments_and_notices_settle_on_the_contract() {
+    let c = chain("engine");
+    let (alice, bob) = (
+        LocalClient::new(c.clone(), "alice.local"),
+        LocalClient::new(c.clone(), "bob.local"),
+    );
+    let (ka, kb) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
+    alice
+        .register(ka.id(), vec!["127.0.0.1:7001".into()], Amount(10 * NEAR))
+        .await
+        .unwrap();
+    bob.register(kb.id(), vec!["127.0.0.1:7002".into()], Amount(10 * NEAR))
+        .await
+        .unwrap();
+    let terms = EdgeTerms {
+        latency_ms: 10,
+        base_cost: Amount(1_000),
+        byte_cost: Amount(1),
+        sync_interval_ms: 1000,
+        sync_phase_ms: 0,
+        max_late_fee_rate: Amount(10),
+    };
+    let id = alice
+        .propose_channel("bob.local", &terms, Amount(5 * NEAR))
+        .await
+        .unwrap();
+    bob.confirm_channel(id, Amount(5 * NEAR)).await.unwrap();
+
+    // The engines learn the topology from the chain.
+    let snap = alice.snapshot().await.unwrap();
+    assert_eq!(snap.edges.len(), 1);
+    assert_eq!((snap.edges[0].a, snap.edges[0].b), (ka.id(), kb.id()));
+    let mut engines =
+        [ka.clone(), kb.clone()].map(|k| Engine::new(EngineConfig::default(), k, Time::ZERO));
+    for e in &mut engines {
+        for edge in &snap.edges {
+            e.handle_chain_event(ChainEvent::EdgeOpened(edge.clone()), Time::ZERO);
+        }
+    }
+    // Alice pays Bob for three requests; Bob answers them.
+    for n in 0..3u64 {
+        let route = Route {
+            nodes: vec![ka.id(), kb.id()],
+            channels: vec![id],
+        };
+        engines[0]
+            .send_request(route, vec![7; 10], Amount(1), Time(n))
+            .unwrap();
+        pump(&mut engines, Time(n));
+        let req = std::iter::from_fn(|| engines[1].poll_event())
+            .find_map(|e| match e {
+                Event::RequestReceived { request, .. } => Some(request),
+                _ => None,
+            })
+            .unwrap();
+        engines[1].respond(req, b"ok".to_vec(), Time(n)).unwrap();
+        pump(&mut engines, Time(n));
+    }
+    let paid = engines[0].channel(id).unwrap().outgoing.cumulative;
+    assert_eq!(paid, Amount(3 * 1_010));
+    // Bob closes adversarially with the latest state Alice signed to him.
+    let held = engines[1]
+        .channel(id)
+        .unwrap()
+        .incoming
+        .latest
+        .clone()
+        .unwrap();
+    let until = bob.start_close(id, &[held]).await.unwrap();
+    assert_eq!(until, c.lock().unwrap().now_ns() + 60 * SEC);
+    let err = alice.finalize_close(id).await.unwrap_err();
+    assert!(err.to_string().contains("too early"), "{err}");
+    c.lock().unwrap().advance(61 * SEC);
+    let (pa, pb) = alice.finalize_close(id).await.unwrap();
+    assert_eq!(
+        (pa, pb),
+        (Amount(5 * NEAR - paid.0), Amount(5 * NEAR + paid.0))
+    );
+
+    // A second edge, severed by the engine: its notice is accepted as signed.
+    let id2 = bob
+        .propose_channel("alice.local", &terms, Amount(NEAR))
+        .await
+        .unwrap();
+    alice.confirm_channel(id2, Amount(NEAR)).await.unwrap();
+    let edge = alice
+        .snapshot()
+        .await
+        .unwrap()
+        .edges
+        .into_iter()
+        .find(|e| e.id == id2)
+        .unwrap();
+    engines[1].handle_chain_event(ChainEvent::EdgeOpened(edge), Time(10));
+    engines[1]
+        .sever(id2, SeverReason::Operator, Time(10))
+        .unwrap();
+    let Some(ChainAction::Sever(notice)) = engines[1].poll_chain_action() else {
+        panic!("the engine asks for its notice to be submitted")
+    };
+    // Anyone may submit it: here Alice does.
+    let split = alice.sever(&notice).await.unwrap();
+    assert!(split, "two nodes, one edge: severing it splits them");
+    let events: Vec<String> = alice
+        .events_since(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e["event"].as_str().unwrap().to_string())
+        .collect();
+    assert!(events.contains(&"edge_severed".to_string()), "{events:?}");
+    assert_eq!(alice.snapshot().await.unwrap().edges.len(), 0);
+}
