@@ -1,0 +1,165 @@
+//! The contract wasm on a real NEAR sandbox node, through near-workspaces: open → pay →
+//! adversarial close → sever → partition.
+//!
+//! Runs only when `NEAR_SANDBOX_BIN_PATH` points to a `neard` sandbox binary (it cannot
+//! be downloaded on this machine); otherwise it is reported as ignored, with the reason.
+//! It always compiles.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use near_workspaces::types::NearToken;
+use por_protocol::types::{
+    ChannelId, ChannelUpdate, Memo, RequestId, SeverNotice, SeverReason, SignedSeverNotice,
+    SignedUpdate,
+};
+use por_protocol::{wire, Amount, Keypair};
+use serde_json::{json, Value};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(near_sandbox),
+    ignore = "NEAR_SANDBOX_BIN_PATH is not set: no NEAR sandbox binary on this machine (it cannot be downloaded here)"
+)]
+async fn open_pay_close_sever_partition_on_a_near_sandbox() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
+    let worker = near_workspaces::sandbox().await.unwrap();
+    let contract = worker.dev_deploy(&wasm).await.unwrap();
+    let near = NearToken::from_near(1).as_yoctonear();
+    contract
+        .call("new")
+        .args_json(
+            json!({"config": {"min_stake": near.to_string(), "min_deposit": "1",
+            "unbonding_ns": "1", "challenge_ns": "1", "sever_penalty": (near / 100).to_string(),
+            "partition_slash_bps": 1000}}),
+        )
+        .transact()
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let (alice, bob) = (
+        worker.dev_create_account().await.unwrap(),
+        worker.dev_create_account().await.unwrap(),
+    );
+    let (ka, kb) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
+    for (acc, k) in [(&alice, &ka), (&bob, &kb)] {
+        acc.call(contract.id(), "register")
+            .args_json(json!({"key": hex(&k.id().0), "addresses": []}))
+            .deposit(NearToken::from_near(2))
+            .transact()
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap();
+    }
+    let terms = json!({"latency_ms": 10, "base_cost": "1", "byte_cost": "0", "sync_interval_ms": 1000, "sync_phase_ms": 0, "max_late_fee_rate": "1"});
+    let id: String = alice
+        .call(contract.id(), "propose_channel")
+        .args_json(json!({"peer": bob.id(), "terms": terms}))
+        .deposit(NearToken::from_near(1))
+        .transact()
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    bob.call(contract.id(), "confirm_channel")
+        .args_json(json!({"id": id}))
+        .deposit(NearToken::from_near(1))
+        .transact()
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let channel: u64 = id.parse().unwrap();
+    // Alice paid Bob 0.25 NEAR (seq 3): Bob closes with it.
+    let u = ChannelUpdate {
+        channel: ChannelId(channel),
+        payer: ka.id(),
+        payee: kb.id(),
+        seq: 3,
+        cumulative: Amount(near / 4),
+        memo: Memo::Refund {
+            request: RequestId([0; 16]),
+            amount: Amount(1),
+        },
+    };
+    let su = SignedUpdate {
+        sig: ka.sign(&u).unwrap(),
+        update: u,
+    };
+    let b64 = por_chain::api::base64(&wire::encode(&su).unwrap());
+    bob.call(contract.id(), "start_close")
+        .args_json(json!({"id": id, "updates": [b64]}))
+        .transact()
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    worker.fast_forward(5).await.unwrap();
+    let payouts: Value = alice
+        .call(contract.id(), "finalize_close")
+        .args_json(json!({"id": id}))
+        .transact()
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        payouts,
+        json!([(near - near / 4).to_string(), (near + near / 4).to_string()])
+    );
+    // A new edge, severed by Bob's notice submitted by Alice: the two are split.
+    let id2: String = bob
+        .call(contract.id(), "propose_channel")
+        .args_json(json!({"peer": alice.id(), "terms": terms}))
+        .deposit(NearToken::from_near(1))
+        .transact()
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    alice
+        .call(contract.id(), "confirm_channel")
+        .args_json(json!({"id": id2}))
+        .deposit(NearToken::from_near(1))
+        .transact()
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let n = SeverNotice {
+        channel: ChannelId(id2.parse().unwrap()),
+        severer: kb.id(),
+        peer: ka.id(),
+        reason: SeverReason::Unresponsive,
+        at_ms: 0,
+    };
+    let notice = SignedSeverNotice {
+        sig: kb.sign(&n).unwrap(),
+        notice: n,
+    };
+    let split: bool = alice
+        .call(contract.id(), "sever")
+        .args_json(json!({"notice": por_chain::api::base64(&wire::encode(&notice).unwrap())}))
+        .max_gas()
+        .transact()
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(split);
+    let node: Value = contract
+        .view("get_node")
+        .args_json(json!({"account": alice.id()}))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(node["stake"].as_str().unwrap().parse::<u128>().unwrap() < 2 * near);
+}
