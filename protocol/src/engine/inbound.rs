@@ -577,11 +577,7 @@ impl Engine {
         fee: Option<FeePayment>,
         now: Time,
     ) -> Result<(), ProtocolError> {
-        let p = self
-            .pending
-            .get(&request)
-            .filter(|p| p.down.as_ref().is_some_and(|d| d.peer == from))
-            .ok_or(ProtocolError::UnknownRequest(request))?;
+        let p = self.forwarded_to(from, request)?;
         if response.body.request != request || response.body.body_hash != Hash::of(&body) {
             return Err(ProtocolError::BadResponse(request));
         }
@@ -631,6 +627,14 @@ impl Engine {
         Ok(())
     }
 
+    /// The request we sent `from` (as our downstream), or `UnknownRequest`.
+    fn forwarded_to(&self, from: NodeId, request: RequestId) -> Result<&Pending, ProtocolError> {
+        self.pending
+            .get(&request)
+            .filter(|p| p.down.as_ref().is_some_and(|d| d.peer == from))
+            .ok_or(ProtocolError::UnknownRequest(request))
+    }
+
     pub(super) fn on_proof(
         &mut self,
         from: NodeId,
@@ -638,11 +642,7 @@ impl Engine {
         notice: SignedSeverNotice,
         now: Time,
     ) -> Result<(), ProtocolError> {
-        let p = self
-            .pending
-            .get(&request)
-            .filter(|p| p.down.as_ref().is_some_and(|d| d.peer == from))
-            .ok_or(ProtocolError::UnknownRequest(request))?;
+        let p = self.forwarded_to(from, request)?;
         self.check_proof(p, &notice)?;
         if p.down.as_ref().is_some_and(|d| d.resolved.is_some()) {
             return Ok(());
