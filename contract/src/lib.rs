@@ -35,6 +35,9 @@ pub enum ContractError {
     /// The account is already registered, or the key is taken.
     #[error("already registered: {0}")]
     AlreadyRegistered(String),
+    /// The address list is too long, or an address is.
+    #[error("addresses: at most {MAX_ADDRESSES} of at most {MAX_ADDRESS_LEN} bytes each")]
+    BadAddresses,
     /// No such node.
     #[error("unknown node {0}")]
     UnknownNode(String),
@@ -341,6 +344,18 @@ fn pair(x: &AccountId, y: &AccountId) -> (AccountId, AccountId) {
     }
 }
 
+/// Most network addresses a node may publish (each costs the contract storage).
+pub const MAX_ADDRESSES: usize = 8;
+/// Longest network address a node may publish, in bytes.
+pub const MAX_ADDRESS_LEN: usize = 128;
+
+fn check_addresses(addresses: &[String]) -> R<()> {
+    if addresses.len() > MAX_ADDRESSES || addresses.iter().any(|a| a.len() > MAX_ADDRESS_LEN) {
+        return Err(ContractError::BadAddresses);
+    }
+    Ok(())
+}
+
 fn hex32(s: &str) -> R<[u8; 32]> {
     let s = s.strip_prefix("0x").unwrap_or(s);
     if s.len() != 64 {
@@ -445,6 +460,7 @@ impl PorContract {
                 needed: min,
             });
         }
+        check_addresses(&addresses)?;
         let key = to_hex(&hex32(&key)?);
         if self.nodes.contains_key(&caller) {
             return Err(ContractError::AlreadyRegistered(caller.to_string()));
@@ -541,6 +557,7 @@ impl PorContract {
 
     /// Replaces the caller's addresses.
     pub fn do_update_addresses(&mut self, caller: AccountId, addresses: Vec<String>) -> R<()> {
+        check_addresses(&addresses)?;
         let node = self
             .nodes
             .get_mut(&caller)

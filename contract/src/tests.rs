@@ -205,6 +205,24 @@ fn stake_unstake_withdraw() {
     c.do_update_addresses(acc("bob"), vec!["b:1".into(), "b:2".into()])
         .unwrap();
     assert_eq!(c.get_node(acc("bob")).unwrap().addresses.len(), 2);
+    // Addresses cost the contract storage: the list and each address are bounded.
+    let many: Vec<String> = (0..=crate::MAX_ADDRESSES)
+        .map(|i| format!("b:{i}"))
+        .collect();
+    assert_eq!(
+        c.do_update_addresses(acc("bob"), many),
+        Err(ContractError::BadAddresses)
+    );
+    let long = vec!["x".repeat(crate::MAX_ADDRESS_LEN + 1)];
+    assert_eq!(
+        c.do_update_addresses(acc("bob"), long.clone()),
+        Err(ContractError::BadAddresses)
+    );
+    assert_eq!(
+        c.do_register(acc("zed"), 10 * NEAR, hex(NodeId([9; 32])), long),
+        Err(ContractError::BadAddresses)
+    );
+    assert_eq!(c.get_node(acc("bob")).unwrap().addresses.len(), 2);
 }
 
 #[test]

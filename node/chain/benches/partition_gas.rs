@@ -33,7 +33,7 @@ fn run(n: usize, wasm: &[u8]) {
     std::fs::create_dir_all(&dir).unwrap();
     let mut chain =
         LocalChain::open(&dir.join("chain.redb"), wasm, "por.local", Clock::Manual(0)).unwrap();
-    chain.fund("por.local", NEAR).unwrap();
+    chain.fund("por.local", 10 * NEAR).unwrap();
     let config = json!({"config": {"min_stake": NEAR.to_string(), "min_deposit": "1",
         "unbonding_ns": "1", "challenge_ns": "1", "sever_penalty": (NEAR / 100).to_string(),
         "partition_slash_bps": 100}});

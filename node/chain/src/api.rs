@@ -55,71 +55,271 @@ impl Snapshot {
     }
 }
 
+/// Events of a run of blocks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventPage {
+    /// `(height, NEP-297 event)`, oldest first.
+    pub events: Vec<(u64, Value)>,
+    /// Every event up to this height is in this page or an earlier one.
+    pub through: u64,
+}
+
 /// Everything a node does on chain.
+///
+/// An implementation supplies four primitives: who it signs as, a signed call with a
+/// deposit, a view, and the event feed. Every contract method a node uses is built on
+/// them here, once, so the embedded chain, a served embedded chain and NEAR over RPC
+/// send the contract exactly the same arguments.
 pub trait Chain: Send + Sync + 'static {
+    /// The account this client signs as.
+    fn account(&self) -> &str;
+
+    /// Calls `method` with JSON `args` and `deposit` yoctoNEAR attached, signed as
+    /// [`Chain::account`]; returns the method's JSON value (`null` if it returns none).
+    fn call(
+        &self,
+        method: &str,
+        args: Value,
+        deposit: u128,
+    ) -> impl Future<Output = Result<Value, ChainError>> + Send;
+
+    /// A read-only call.
+    fn view(
+        &self,
+        method: &str,
+        args: Value,
+    ) -> impl Future<Output = Result<Value, ChainError>> + Send;
+
+    /// Events of the blocks after `height`, oldest first. Ask again from
+    /// [`EventPage::through`] to follow the chain.
+    fn events_since(
+        &self,
+        height: u64,
+    ) -> impl Future<Output = Result<EventPage, ChainError>> + Send;
+
     /// Registers this node with its key, addresses and stake.
     fn register(
         &self,
         key: NodeId,
         addresses: Vec<String>,
         stake: Amount,
-    ) -> impl Future<Output = Result<(), ChainError>> + Send;
+    ) -> impl Future<Output = Result<(), ChainError>> + Send {
+        async move {
+            self.call(
+                "register",
+                json!({"key": hex(&key.0), "addresses": addresses}),
+                stake.0,
+            )
+            .await
+            .map(|_| ())
+        }
+    }
+
     /// Proposes an edge to `peer` (an account) with our deposit.
     fn propose_channel(
         &self,
         peer: &str,
         terms: &EdgeTerms,
         deposit: Amount,
-    ) -> impl Future<Output = Result<ChannelId, ChainError>> + Send;
+    ) -> impl Future<Output = Result<ChannelId, ChainError>> + Send {
+        let args = json!({"peer": peer, "terms": terms_json(terms)});
+        async move {
+            let v = self.call("propose_channel", args, deposit.0).await?;
+            channel_id(&v)
+        }
+    }
+
     /// Confirms an edge proposed to us, with our deposit.
     fn confirm_channel(
         &self,
         id: ChannelId,
         deposit: Amount,
-    ) -> impl Future<Output = Result<(), ChainError>> + Send;
+    ) -> impl Future<Output = Result<(), ChainError>> + Send {
+        async move {
+            self.call(
+                "confirm_channel",
+                json!({"id": id.0.to_string()}),
+                deposit.0,
+            )
+            .await
+            .map(|_| ())
+        }
+    }
+
     /// Cancels a proposal.
-    fn cancel_channel(&self, id: ChannelId) -> impl Future<Output = Result<(), ChainError>> + Send;
+    fn cancel_channel(&self, id: ChannelId) -> impl Future<Output = Result<(), ChainError>> + Send {
+        async move {
+            self.call("cancel_channel", json!({"id": id.0.to_string()}), 0)
+                .await
+                .map(|_| ())
+        }
+    }
+
     /// Proposes a cooperative close with the states we hold.
     fn propose_close(
         &self,
         id: ChannelId,
-        states: &[SignedUpdate],
-    ) -> impl Future<Output = Result<(), ChainError>> + Send;
+        list: &[SignedUpdate],
+    ) -> impl Future<Output = Result<(), ChainError>> + Send {
+        let args = states(list).map(|u| json!({"id": id.0.to_string(), "updates": u}));
+        async move { self.call("propose_close", args?, 0).await.map(|_| ()) }
+    }
+
     /// Confirms the peer's cooperative close; returns the payouts `(a, b)`.
     fn confirm_close(
         &self,
         id: ChannelId,
-        states: &[SignedUpdate],
-    ) -> impl Future<Output = Result<(Amount, Amount), ChainError>> + Send;
+        list: &[SignedUpdate],
+    ) -> impl Future<Output = Result<(Amount, Amount), ChainError>> + Send {
+        let args = states(list).map(|u| json!({"id": id.0.to_string(), "updates": u}));
+        async move { payouts(&self.call("confirm_close", args?, 0).await?) }
+    }
+
     /// Starts an adversarial close; returns the end of the challenge period (ns).
     fn start_close(
         &self,
         id: ChannelId,
-        states: &[SignedUpdate],
-    ) -> impl Future<Output = Result<u64, ChainError>> + Send;
+        list: &[SignedUpdate],
+    ) -> impl Future<Output = Result<u64, ChainError>> + Send {
+        let args = states(list).map(|u| json!({"id": id.0.to_string(), "updates": u}));
+        async move {
+            let v = self.call("start_close", args?, 0).await?;
+            v.as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| ChainError::Decode(format!("challenge end {v}")))
+        }
+    }
+
     /// Answers a close with newer states.
     fn challenge(
         &self,
         id: ChannelId,
-        states: &[SignedUpdate],
-    ) -> impl Future<Output = Result<(), ChainError>> + Send;
+        list: &[SignedUpdate],
+    ) -> impl Future<Output = Result<(), ChainError>> + Send {
+        let args = states(list).map(|u| json!({"id": id.0.to_string(), "updates": u}));
+        async move { self.call("challenge", args?, 0).await.map(|_| ()) }
+    }
+
     /// Pays out a channel whose challenge period is over; returns `(a, b)`.
     fn finalize_close(
         &self,
         id: ChannelId,
-    ) -> impl Future<Output = Result<(Amount, Amount), ChainError>> + Send;
+    ) -> impl Future<Output = Result<(Amount, Amount), ChainError>> + Send {
+        async move {
+            payouts(
+                &self
+                    .call("finalize_close", json!({"id": id.0.to_string()}), 0)
+                    .await?,
+            )
+        }
+    }
+
     /// Submits a severing notice (ours or one we were given); returns whether the graph split.
     fn sever(
         &self,
         notice: &SignedSeverNotice,
-    ) -> impl Future<Output = Result<bool, ChainError>> + Send;
+    ) -> impl Future<Output = Result<bool, ChainError>> + Send {
+        let args = encoded(notice).map(|n| json!({ "notice": n }));
+        async move {
+            let v = self.call("sever", args?, 0).await?;
+            v.as_bool()
+                .ok_or_else(|| ChainError::Decode(format!("sever result {v}")))
+        }
+    }
+
     /// Nodes and live edges now.
-    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, ChainError>> + Send;
-    /// Events after `height`, oldest first, as `(height, NEP-297 event)`.
-    fn events_since(
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, ChainError>> + Send {
+        async move {
+            let nodes = paged(self, "get_nodes").await?;
+            let edges = paged(self, "get_edges").await?;
+            Snapshot::from_views(&nodes, &edges)
+        }
+    }
+
+    /// Channels (proposed, open or closing) that `account` is an endpoint of, as the
+    /// contract's JSON views.
+    fn channels_of(
         &self,
-        height: u64,
-    ) -> impl Future<Output = Result<Vec<(u64, Value)>, ChainError>> + Send;
+        account: &str,
+    ) -> impl Future<Output = Result<Vec<Value>, ChainError>> + Send {
+        let account = account.to_string();
+        async move {
+            Ok(paged(self, "get_channels")
+                .await?
+                .into_iter()
+                .filter(|c| c["a"] == account.as_str() || c["b"] == account.as_str())
+                .collect())
+        }
+    }
+}
+
+async fn paged<C: Chain + ?Sized>(chain: &C, method: &str) -> Result<Vec<Value>, ChainError> {
+    const PAGE: usize = 200;
+    let mut out = Vec::new();
+    loop {
+        let page = chain
+            .view(method, json!({"from": out.len(), "limit": PAGE}))
+            .await?;
+        let items = match page {
+            Value::Array(items) => items,
+            other => return Err(ChainError::Decode(format!("{method}: {other}"))),
+        };
+        let n = items.len();
+        out.extend(items);
+        if n < PAGE {
+            return Ok(out);
+        }
+    }
+}
+
+fn channel_id(v: &Value) -> Result<ChannelId, ChainError> {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .map(ChannelId)
+        .ok_or_else(|| ChainError::Decode(format!("channel id {v}")))
+}
+
+impl Snapshot {
+    /// Builds a snapshot from the contract's `get_nodes` and `get_edges` views.
+    pub fn from_views(nodes: &[Value], edges: &[Value]) -> Result<Snapshot, ChainError> {
+        let mut snap = Snapshot::default();
+        for n in nodes {
+            let field = |k: &str| {
+                n[k].as_str()
+                    .ok_or_else(|| ChainError::Decode(format!("node.{k} in {n}")))
+            };
+            snap.nodes.push(ChainNode {
+                account: field("account")?.to_string(),
+                key: key_of(field("key")?)?,
+                stake: amount(&n["stake"])?,
+                addresses: serde_json::from_value(n["addresses"].clone())
+                    .map_err(|e| ChainError::Decode(format!("node.addresses: {e}")))?,
+                disconnected: n["disconnected"].as_bool().unwrap_or(false),
+            });
+        }
+        for e in edges {
+            let key = |field: &str| {
+                let account = e[field].as_str().unwrap_or_default();
+                snap.nodes
+                    .iter()
+                    .find(|n| n.account == account)
+                    .map(|n| n.key)
+                    .ok_or_else(|| {
+                        ChainError::Decode(format!("edge endpoint {account:?} is not a node"))
+                    })
+            };
+            let edge = EdgeInfo {
+                id: channel_id(&e["id"])?,
+                a: key("a")?,
+                b: key("b")?,
+                terms: terms_of(&e["terms"])?,
+                deposit_a: amount(&e["deposit_a"])?,
+                deposit_b: amount(&e["deposit_b"])?,
+            };
+            snap.edges.push(edge);
+        }
+        Ok(snap)
+    }
 }
 
 /// Standard base64 (padded), as near-sdk's `Base64VecU8` expects.
@@ -222,12 +422,25 @@ impl LocalClient {
         }
     }
 
-    fn call(&self, method: &str, args: Value, deposit: u128) -> Result<Value, ChainError> {
-        let mut chain = self
-            .chain
+    /// The shared chain.
+    pub fn chain(&self) -> &Arc<Mutex<LocalChain>> {
+        &self.chain
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, LocalChain>, ChainError> {
+        self.chain
             .lock()
-            .map_err(|_| ChainError::Db("chain lock poisoned".into()))?;
-        let out = chain.call(
+            .map_err(|_| ChainError::Db("chain lock poisoned".into()))
+    }
+}
+
+impl Chain for LocalClient {
+    fn account(&self) -> &str {
+        &self.signer
+    }
+
+    async fn call(&self, method: &str, args: Value, deposit: u128) -> Result<Value, ChainError> {
+        let out = self.lock()?.call(
             &self.signer,
             method,
             args.to_string().as_bytes(),
@@ -240,168 +453,14 @@ impl LocalClient {
         out.json()
     }
 
-    fn view(&self, method: &str, args: Value) -> Result<Value, ChainError> {
-        let chain = self
-            .chain
-            .lock()
-            .map_err(|_| ChainError::Db("chain lock poisoned".into()))?;
-        chain.view_json(method, args)
+    async fn view(&self, method: &str, args: Value) -> Result<Value, ChainError> {
+        self.lock()?.view_json(method, args)
     }
 
-    fn paged(&self, method: &str) -> Result<Vec<Value>, ChainError> {
-        let mut out = Vec::new();
-        loop {
-            let page = self.view(method, json!({"from": out.len(), "limit": 200}))?;
-            let items = page.as_array().cloned().unwrap_or_default();
-            let n = items.len();
-            out.extend(items);
-            if n < 200 {
-                return Ok(out);
-            }
-        }
+    async fn events_since(&self, height: u64) -> Result<EventPage, ChainError> {
+        self.lock()?.event_page(height, EVENT_PAGE)
     }
 }
 
-impl Chain for LocalClient {
-    async fn register(
-        &self,
-        key: NodeId,
-        addresses: Vec<String>,
-        stake: Amount,
-    ) -> Result<(), ChainError> {
-        self.call(
-            "register",
-            json!({"key": hex(&key.0), "addresses": addresses}),
-            stake.0,
-        )
-        .map(|_| ())
-    }
-
-    async fn propose_channel(
-        &self,
-        peer: &str,
-        terms: &EdgeTerms,
-        deposit: Amount,
-    ) -> Result<ChannelId, ChainError> {
-        let v = self.call(
-            "propose_channel",
-            json!({"peer": peer, "terms": terms_json(terms)}),
-            deposit.0,
-        )?;
-        v.as_str()
-            .and_then(|s| s.parse().ok())
-            .map(ChannelId)
-            .ok_or_else(|| ChainError::Decode(format!("channel id {v}")))
-    }
-
-    async fn confirm_channel(&self, id: ChannelId, deposit: Amount) -> Result<(), ChainError> {
-        self.call(
-            "confirm_channel",
-            json!({"id": id.0.to_string()}),
-            deposit.0,
-        )
-        .map(|_| ())
-    }
-
-    async fn cancel_channel(&self, id: ChannelId) -> Result<(), ChainError> {
-        self.call("cancel_channel", json!({"id": id.0.to_string()}), 0)
-            .map(|_| ())
-    }
-
-    async fn propose_close(&self, id: ChannelId, list: &[SignedUpdate]) -> Result<(), ChainError> {
-        self.call(
-            "propose_close",
-            json!({"id": id.0.to_string(), "updates": states(list)?}),
-            0,
-        )
-        .map(|_| ())
-    }
-
-    async fn confirm_close(
-        &self,
-        id: ChannelId,
-        list: &[SignedUpdate],
-    ) -> Result<(Amount, Amount), ChainError> {
-        payouts(&self.call(
-            "confirm_close",
-            json!({"id": id.0.to_string(), "updates": states(list)?}),
-            0,
-        )?)
-    }
-
-    async fn start_close(&self, id: ChannelId, list: &[SignedUpdate]) -> Result<u64, ChainError> {
-        let v = self.call(
-            "start_close",
-            json!({"id": id.0.to_string(), "updates": states(list)?}),
-            0,
-        )?;
-        v.as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ChainError::Decode(format!("challenge end {v}")))
-    }
-
-    async fn challenge(&self, id: ChannelId, list: &[SignedUpdate]) -> Result<(), ChainError> {
-        self.call(
-            "challenge",
-            json!({"id": id.0.to_string(), "updates": states(list)?}),
-            0,
-        )
-        .map(|_| ())
-    }
-
-    async fn finalize_close(&self, id: ChannelId) -> Result<(Amount, Amount), ChainError> {
-        payouts(&self.call("finalize_close", json!({"id": id.0.to_string()}), 0)?)
-    }
-
-    async fn sever(&self, notice: &SignedSeverNotice) -> Result<bool, ChainError> {
-        let v = self.call("sever", json!({"notice": encoded(notice)?}), 0)?;
-        v.as_bool()
-            .ok_or_else(|| ChainError::Decode(format!("sever result {v}")))
-    }
-
-    async fn snapshot(&self) -> Result<Snapshot, ChainError> {
-        let mut snap = Snapshot::default();
-        for n in self.paged("get_nodes")? {
-            snap.nodes.push(ChainNode {
-                account: n["account"].as_str().unwrap_or_default().to_string(),
-                key: key_of(n["key"].as_str().unwrap_or_default())?,
-                stake: amount(&n["stake"])?,
-                addresses: serde_json::from_value(n["addresses"].clone()).unwrap_or_default(),
-                disconnected: n["disconnected"].as_bool().unwrap_or(false),
-            });
-        }
-        for e in self.paged("get_edges")? {
-            let key = |field: &str| {
-                let account = e[field].as_str().unwrap_or_default();
-                snap.nodes
-                    .iter()
-                    .find(|n| n.account == account)
-                    .map(|n| n.key)
-                    .ok_or_else(|| {
-                        ChainError::Decode(format!("edge endpoint {account} is not a node"))
-                    })
-            };
-            let id = e["id"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| ChainError::Decode("edge id".into()))?;
-            snap.edges.push(EdgeInfo {
-                id: ChannelId(id),
-                a: key("a")?,
-                b: key("b")?,
-                terms: terms_of(&e["terms"])?,
-                deposit_a: amount(&e["deposit_a"])?,
-                deposit_b: amount(&e["deposit_b"])?,
-            });
-        }
-        Ok(snap)
-    }
-
-    async fn events_since(&self, height: u64) -> Result<Vec<(u64, Value)>, ChainError> {
-        let chain = self
-            .chain
-            .lock()
-            .map_err(|_| ChainError::Db("chain lock poisoned".into()))?;
-        chain.events_since(height, 10_000)
-    }
-}
+/// Most events one `events_since` answer carries; ask again from the last height.
+pub const EVENT_PAGE: usize = 10_000;

@@ -9,9 +9,13 @@
 
 pub mod api;
 pub mod local;
+pub mod near;
+pub mod serve;
 pub mod wasm;
 
-pub use api::{Chain, ChainNode, LocalClient, Snapshot};
+pub use api::{Chain, ChainNode, EventPage, LocalClient, Snapshot};
+pub use near::{NearClient, NearConfig};
+pub use serve::RemoteClient;
 
 /// Everything the chain can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
@@ -48,12 +52,30 @@ pub enum ChainError {
         /// What the call needs.
         need: u128,
     },
+    /// The call would leave the contract without the balance its storage needs
+    /// (NEAR's storage staking).
+    #[error("{account} would hold {have} yoctoNEAR, its storage needs {need}")]
+    LackBalanceForState {
+        /// The contract account.
+        account: String,
+        /// Its balance after the call.
+        have: u128,
+        /// What its storage costs.
+        need: u128,
+    },
     /// A return value could not be decoded.
     #[error("cannot decode the return value: {0}")]
     Decode(String),
     /// Balance arithmetic overflowed.
     #[error("balance overflow")]
     Overflow,
+    /// A served chain could not be reached, or answered something that is not the
+    /// protocol (its message).
+    #[error("chain server: {0}")]
+    Remote(String),
+    /// A NEAR account key file could not be read (its path and the reason).
+    #[error("key file {0}")]
+    Key(String),
     /// The contract wasm could not be built.
     #[error("building the contract: {0}")]
     Build(String),

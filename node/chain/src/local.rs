@@ -43,6 +43,22 @@ pub const MIN_PROTOCOL_VERSION: u32 = 84;
 /// Gas attached to calls by default: 300 Tgas, NEAR's per-transaction maximum.
 pub const DEFAULT_GAS: u64 = 300_000_000_000_000;
 
+/// One NEAR in yoctoNEAR.
+pub const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
+
+/// What [`LocalChain::ensure_initialised`] gives the contract account for its storage
+/// (NEAR charges 1 NEAR per 100 kB; the code alone is about 4).
+pub const CONTRACT_BALANCE: u128 = 20 * NEAR;
+
+/// The contract configuration of a development chain: small stakes and deposits, a
+/// one-minute challenge period and unbonding delay.
+pub fn dev_config() -> serde_json::Value {
+    serde_json::json!({
+        "min_stake": NEAR.to_string(), "min_deposit": (NEAR / 1000).to_string(),
+        "unbonding_ns": "60000000000", "challenge_ns": "60000000000",
+        "sever_penalty": (NEAR / 100).to_string(), "partition_slash_bps": 1000})
+}
+
 /// Where block time comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Clock {
@@ -195,6 +211,21 @@ impl LocalChain {
         })
     }
 
+    /// Initialises the contract with `config` (the contract's `Config` as JSON) unless
+    /// it already is, first giving the contract account [`CONTRACT_BALANCE`] for its
+    /// storage; returns whether it did.
+    pub fn ensure_initialised(&mut self, config: serde_json::Value) -> Result<bool, ChainError> {
+        if self.initialised() {
+            return Ok(false);
+        }
+        let contract = self.contract.to_string();
+        if self.balance(&contract).unwrap_or(0) < CONTRACT_BALANCE {
+            self.fund(&contract, CONTRACT_BALANCE)?;
+        }
+        self.call_json(&contract, "new", serde_json::json!({ "config": config }), 0)?;
+        Ok(true)
+    }
+
     /// The contract account.
     pub fn contract(&self) -> &str {
         self.contract.as_str()
@@ -260,11 +291,7 @@ impl LocalChain {
             .get(self.contract.as_str())
             .copied()
             .unwrap_or(0);
-        let storage_usage = self
-            .state
-            .iter()
-            .map(|(k, v)| (k.len() + v.len() + 40) as u64)
-            .sum::<u64>();
+        let storage_usage = self.storage_usage(&self.state);
         VMContext {
             current_account_id: self.contract.clone(),
             signer_account_id: signer.clone(),
@@ -288,6 +315,19 @@ impl LocalChain {
             }),
             output_data_receivers: vec![],
         }
+    }
+
+    /// Bytes the contract account occupies, counted as NEAR does: the account record,
+    /// the code, and per storage entry its key, its value and a fixed overhead.
+    fn storage_usage(&self, state: &HashMap<Vec<u8>, Vec<u8>>) -> u64 {
+        let fees = &self.config.fees.storage_usage_config;
+        let entries = state.iter().fold(0u64, |acc, (k, v)| {
+            acc.saturating_add((k.len() + v.len()) as u64)
+                .saturating_add(fees.num_extra_bytes_record)
+        });
+        entries
+            .saturating_add(fees.num_bytes_account)
+            .saturating_add(self.code.code().len() as u64)
     }
 
     /// Runs `method` with `state` as storage. Returns the outcome and the external.
@@ -397,6 +437,25 @@ impl LocalChain {
             }
         }
         let state = ext.fake_trie;
+        // Storage staking: like NEAR, refuse a call that leaves the contract holding
+        // less than the cost of the bytes it stores.
+        let usage = self.storage_usage(&state);
+        let need = self
+            .config
+            .fees
+            .storage_usage_config
+            .storage_amount_per_byte
+            .as_yoctonear()
+            .saturating_mul(u128::from(usage));
+        let have_after = outcome.balance.as_yoctonear();
+        if have_after < need {
+            self.persist_meta()?;
+            return Err(ChainError::LackBalanceForState {
+                account: self.contract.to_string(),
+                have: have_after,
+                need,
+            });
+        }
         let events: Vec<&str> = outcome
             .logs
             .iter()
@@ -484,8 +543,8 @@ impl LocalChain {
         w.commit().map_err(db_err)
     }
 
-    /// The NEP-297 events of blocks after `height` (oldest first), at most `limit`, as
-    /// `(height, event)`. Nodes follow the chain by asking again from the last height.
+    /// The NEP-297 events of blocks after `height` (oldest first), as `(height, event)`:
+    /// whole blocks, stopping at the first block boundary after `limit` events. Nodes follow the chain by asking again from the last height.
     pub fn events_since(
         &self,
         height: u64,
@@ -495,15 +554,27 @@ impl LocalChain {
         let t = r.open_table(EVENTS).map_err(db_err)?;
         let mut out = Vec::new();
         for item in t.range((height.saturating_add(1), 0)..).map_err(db_err)? {
-            if out.len() >= limit {
+            let (k, v) = item.map_err(db_err)?;
+            // Whole blocks only, so that asking again from the last height misses nothing.
+            if out.len() >= limit && out.last().map(|(h, _)| *h) != Some(k.value().0) {
                 break;
             }
-            let (k, v) = item.map_err(db_err)?;
             let value =
                 serde_json::from_str(v.value()).map_err(|e| ChainError::Decode(e.to_string()))?;
             out.push((k.value().0, value));
         }
         Ok(out)
+    }
+
+    /// [`LocalChain::events_since`] with the height it is complete through.
+    pub fn event_page(&self, height: u64, limit: usize) -> Result<crate::EventPage, ChainError> {
+        let events = self.events_since(height, limit)?;
+        let through = if events.len() >= limit {
+            events.last().map_or(self.height, |(h, _)| *h)
+        } else {
+            self.height.max(height)
+        };
+        Ok(crate::EventPage { events, through })
     }
 
     /// The hash of the code being run.

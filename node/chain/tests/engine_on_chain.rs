@@ -28,7 +28,7 @@ fn chain(name: &str) -> Arc<Mutex<LocalChain>> {
         Clock::Manual(0),
     )
     .unwrap();
-    c.fund("por.local", NEAR).unwrap();
+    c.fund("por.local", 10 * NEAR).unwrap();
     c.call_json("por.local", "new", json!({"config": {"min_stake": NEAR.to_string(), "min_deposit": "1",
         "unbonding_ns": "1", "challenge_ns": (60 * SEC).to_string(), "sever_penalty": (NEAR / 100).to_string(),
         "partition_slash_bps": 100}}), 0).unwrap();
@@ -166,6 +166,7 @@ async fn engine_payments_and_notices_settle_on_the_contract() {
         .events_since(0)
         .await
         .unwrap()
+        .events
         .into_iter()
         .map(|(_, e)| e["event"].as_str().unwrap().to_string())
         .collect();

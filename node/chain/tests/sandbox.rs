@@ -163,3 +163,102 @@ async fn open_pay_close_sever_partition_on_a_near_sandbox() {
         .unwrap();
     assert!(node["stake"].as_str().unwrap().parse::<u128>().unwrap() < 2 * near);
 }
+
+/// The node's own NEAR client ([`por_chain::NearClient`], key files, nonces, views and
+/// the event scan) against the same sandbox: register, open a channel, read it back.
+#[tokio::test]
+#[cfg_attr(
+    not(near_sandbox),
+    ignore = "NEAR_SANDBOX_BIN_PATH is not set: no NEAR sandbox binary on this machine (it cannot be downloaded here)"
+)]
+async fn near_rpc_client_opens_a_channel_on_a_near_sandbox() {
+    use por_chain::{Chain, NearClient, NearConfig};
+    use por_protocol::types::EdgeTerms;
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
+    let worker = near_workspaces::sandbox().await.unwrap();
+    let contract = worker.dev_deploy(&wasm).await.unwrap();
+    let near = NearToken::from_near(1).as_yoctonear();
+    contract
+        .call("new")
+        .args_json(
+            json!({"config": {"min_stake": near.to_string(), "min_deposit": "1",
+            "unbonding_ns": "1", "challenge_ns": "1", "sever_penalty": (near / 100).to_string(),
+            "partition_slash_bps": 1000}}),
+        )
+        .transact()
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("por-sandbox-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = NearConfig {
+        rpc_url: worker.rpc_addr(),
+        contract: contract.id().to_string(),
+    };
+    let mut clients = Vec::new();
+    for name in ["alice", "bob"] {
+        let acc = worker.dev_create_account().await.unwrap();
+        let sk = acc.secret_key().to_string();
+        let pk: near_crypto::SecretKey = sk.parse().unwrap();
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(
+            &file,
+            json!({"account_id": acc.id(), "public_key": pk.public_key().to_string(),
+                   "private_key": sk})
+            .to_string(),
+        )
+        .unwrap();
+        clients.push(NearClient::new(&config, &file).unwrap());
+    }
+    let (alice, bob) = (&clients[0], &clients[1]);
+    let (ka, kb) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
+    alice
+        .register(ka.id(), vec!["127.0.0.1:1".into()], Amount(2 * near))
+        .await
+        .unwrap();
+    bob.register(kb.id(), vec![], Amount(2 * near))
+        .await
+        .unwrap();
+    let terms = EdgeTerms {
+        latency_ms: 10,
+        base_cost: Amount(1),
+        byte_cost: Amount(0),
+        sync_interval_ms: 1000,
+        sync_phase_ms: 0,
+        max_late_fee_rate: Amount(1),
+    };
+    let id = alice
+        .propose_channel(bob.account(), &terms, Amount(near))
+        .await
+        .unwrap();
+    bob.confirm_channel(id, Amount(near)).await.unwrap();
+    // A stale or unauthorised call is refused with the contract's message.
+    let err = alice.confirm_channel(id, Amount(near)).await.unwrap_err();
+    assert!(
+        matches!(err, por_chain::ChainError::Aborted { .. }),
+        "{err}"
+    );
+    let snap = alice.snapshot().await.unwrap();
+    assert_eq!(snap.edges.len(), 1);
+    assert_eq!(snap.edges[0].id, id);
+    assert_eq!(snap.edges[0].terms, terms);
+    assert_eq!(snap.node(&ka.id()).unwrap().addresses, vec!["127.0.0.1:1"]);
+    let mut events = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = alice.events_since(from).await.unwrap();
+        events.extend(page.events);
+        if page.through == from {
+            break;
+        }
+        from = page.through;
+    }
+    assert!(
+        events.iter().any(|(_, e)| e["event"] == "channel_opened"),
+        "{events:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,376 @@
+//! [`NearClient`]: the [`Chain`] on a real NEAR network (sandbox, testnet or mainnet)
+//! over JSON-RPC (near-jsonrpc-client), signing transactions with a NEAR account key
+//! read from a key file (the JSON that `near-cli` writes: `account_id`, `public_key`,
+//! `private_key`).
+
+use std::path::Path;
+
+use near_crypto::{InMemorySigner, Signer};
+use near_jsonrpc_client::{methods, JsonRpcClient};
+use near_jsonrpc_primitives::types::query::QueryResponseKind;
+use near_jsonrpc_primitives::types::transactions::TransactionInfo;
+use near_primitives::gas::Gas;
+use near_primitives::hash::CryptoHash;
+use near_primitives::transaction::{
+    Action, FunctionCallAction, SignedTransaction, Transaction, TransactionV0,
+};
+use near_primitives::types::{AccountId, Balance, BlockId, BlockReference, Finality};
+use near_primitives::views::{FinalExecutionStatus, QueryRequest, TxExecutionStatus};
+use serde_json::Value;
+
+use crate::api::{Chain, EventPage};
+use crate::local::DEFAULT_GAS;
+use crate::ChainError;
+
+/// Most blocks one [`Chain::events_since`] call scans; ask again from the last height.
+pub const SCAN_BLOCKS: u64 = 20;
+
+/// Where a [`NearClient`] points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NearConfig {
+    /// The JSON-RPC endpoint.
+    pub rpc_url: String,
+    /// The por contract's account.
+    pub contract: String,
+}
+
+impl NearConfig {
+    /// The public RPC endpoint of a named network: `sandbox` (a local `neard` on its
+    /// default port), `testnet` or `mainnet`; anything else is taken as a URL.
+    pub fn endpoint(network: &str) -> String {
+        match network {
+            "sandbox" | "localnet" => "http://127.0.0.1:3030".to_string(),
+            "testnet" => "https://rpc.testnet.near.org".to_string(),
+            "mainnet" => "https://rpc.mainnet.near.org".to_string(),
+            url => url.to_string(),
+        }
+    }
+}
+
+fn rpc_err(what: &str, e: impl std::fmt::Display) -> ChainError {
+    ChainError::Remote(format!("{what}: {e}"))
+}
+
+fn account_id(s: &str) -> Result<AccountId, ChainError> {
+    s.parse()
+        .map_err(|e| ChainError::BadAccount(format!("{s}: {e}")))
+}
+
+/// Reads a NEAR key file (`{"account_id", "public_key", "private_key"}`).
+pub fn read_key_file(path: &Path) -> Result<Signer, ChainError> {
+    InMemorySigner::from_file(path).map_err(|e| ChainError::Key(format!("{}: {e}", path.display())))
+}
+
+/// Builds and signs a function call transaction.
+pub fn function_call(
+    signer: &Signer,
+    contract: &AccountId,
+    nonce: u64,
+    block_hash: CryptoHash,
+    method: &str,
+    args: &Value,
+    deposit: u128,
+) -> SignedTransaction {
+    let tx = Transaction::V0(TransactionV0 {
+        signer_id: signer.get_account_id(),
+        public_key: signer.public_key(),
+        nonce,
+        receiver_id: contract.clone(),
+        block_hash,
+        actions: vec![Action::FunctionCall(Box::new(FunctionCallAction {
+            method_name: method.to_string(),
+            args: args.to_string().into_bytes(),
+            gas: Gas::from_gas(DEFAULT_GAS),
+            deposit: Balance::from_yoctonear(deposit),
+        }))],
+    });
+    let (hash, _) = tx.get_hash_and_size();
+    SignedTransaction::new(signer.sign(hash.as_ref()), tx)
+}
+
+fn parse_value(bytes: &[u8]) -> Result<Value, ChainError> {
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(bytes).map_err(|e| ChainError::Decode(e.to_string()))
+}
+
+/// The chain on NEAR.
+pub struct NearClient {
+    rpc: JsonRpcClient,
+    signer: Signer,
+    account: String,
+    contract: AccountId,
+    /// The access key's last nonce, once read.
+    nonce: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl std::fmt::Debug for NearClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NearClient({} → {})", self.account, self.contract)
+    }
+}
+
+impl NearClient {
+    /// A client of `config`, signing with the key in `key_file`.
+    pub fn new(config: &NearConfig, key_file: &Path) -> Result<NearClient, ChainError> {
+        let signer = read_key_file(key_file)?;
+        Self::with_signer(config, signer)
+    }
+
+    /// A client of `config` signing with `signer`.
+    pub fn with_signer(config: &NearConfig, signer: Signer) -> Result<NearClient, ChainError> {
+        Ok(NearClient {
+            rpc: JsonRpcClient::connect(&config.rpc_url),
+            account: signer.get_account_id().to_string(),
+            signer,
+            contract: account_id(&config.contract)?,
+            nonce: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The access key's current nonce and a recent final block hash.
+    async fn access_key(&self) -> Result<(u64, CryptoHash), ChainError> {
+        let resp = self
+            .rpc
+            .call(methods::query::RpcQueryRequest {
+                block_reference: BlockReference::Finality(Finality::Final),
+                request: QueryRequest::ViewAccessKey {
+                    account_id: self.signer.get_account_id(),
+                    public_key: self.signer.public_key(),
+                },
+            })
+            .await
+            .map_err(|e| rpc_err("reading the access key", e))?;
+        match resp.kind {
+            QueryResponseKind::AccessKey(key) => Ok((key.nonce, resp.block_hash)),
+            other => Err(ChainError::Decode(format!("access key: {other:?}"))),
+        }
+    }
+
+    async fn final_height(&self) -> Result<u64, ChainError> {
+        let block = self
+            .rpc
+            .call(methods::block::RpcBlockRequest {
+                block_reference: BlockReference::Finality(Finality::Final),
+            })
+            .await
+            .map_err(|e| rpc_err("reading the final block", e))?;
+        Ok(block.header.height)
+    }
+
+    /// Events of the transactions to the contract included in block `height`.
+    async fn block_events(&self, height: u64) -> Result<Vec<Value>, ChainError> {
+        let block = match self
+            .rpc
+            .call(methods::block::RpcBlockRequest {
+                block_reference: BlockReference::BlockId(BlockId::Height(height)),
+            })
+            .await
+        {
+            Ok(b) => b,
+            // A height with no block (skipped) has no events.
+            Err(e) if e.to_string().contains("UNKNOWN_BLOCK") => return Ok(Vec::new()),
+            Err(e) => return Err(rpc_err("reading a block", e)),
+        };
+        let mut out = Vec::new();
+        for header in block.chunks {
+            let chunk = self
+                .rpc
+                .call(methods::chunk::RpcChunkRequest {
+                    chunk_reference:
+                        near_jsonrpc_primitives::types::chunks::ChunkReference::ChunkHash {
+                            chunk_id: header.chunk_hash,
+                        },
+                })
+                .await
+                .map_err(|e| rpc_err("reading a chunk", e))?;
+            for tx in chunk.transactions {
+                if tx.receiver_id != self.contract {
+                    continue;
+                }
+                let status = self
+                    .rpc
+                    .call(methods::tx::RpcTransactionStatusRequest {
+                        transaction_info: TransactionInfo::TransactionId {
+                            tx_hash: tx.hash,
+                            sender_account_id: tx.signer_id.clone(),
+                        },
+                        wait_until: TxExecutionStatus::Final,
+                    })
+                    .await
+                    .map_err(|e| rpc_err("reading a transaction", e))?;
+                let Some(outcome) = status.final_execution_outcome else {
+                    continue;
+                };
+                let outcome = outcome.into_outcome();
+                for r in outcome.receipts_outcome {
+                    if r.outcome.executor_id != self.contract {
+                        continue;
+                    }
+                    out.extend(
+                        r.outcome
+                            .logs
+                            .iter()
+                            .filter_map(|l| l.strip_prefix("EVENT_JSON:"))
+                            .filter_map(|j| serde_json::from_str(j).ok()),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn send(&self, method: &str, args: &Value, deposit: u128) -> Result<Value, ChainError> {
+        let mut nonce = self.nonce.lock().await;
+        let (last, block_hash) = match *nonce {
+            Some(n) => (n, self.access_key().await?.1),
+            None => self.access_key().await?,
+        };
+        let next = last.saturating_add(1);
+        let tx = function_call(
+            &self.signer,
+            &self.contract,
+            next,
+            block_hash,
+            method,
+            args,
+            deposit,
+        );
+        let sent = self
+            .rpc
+            .call(methods::send_tx::RpcSendTransactionRequest {
+                signed_transaction: tx,
+                wait_until: TxExecutionStatus::Final,
+            })
+            .await;
+        let resp = match sent {
+            Ok(r) => {
+                *nonce = Some(next);
+                r
+            }
+            Err(e) => {
+                // The nonce may have moved (another client of the same key): read it
+                // again next time.
+                *nonce = None;
+                return Err(rpc_err(method, e));
+            }
+        };
+        drop(nonce);
+        let outcome = resp
+            .final_execution_outcome
+            .ok_or_else(|| ChainError::Remote(format!("{method}: no outcome")))?
+            .into_outcome();
+        match outcome.status {
+            FinalExecutionStatus::SuccessValue(bytes) => parse_value(&bytes),
+            FinalExecutionStatus::Failure(err) => Err(ChainError::Aborted {
+                method: method.to_string(),
+                message: err.to_string(),
+                logs: outcome
+                    .receipts_outcome
+                    .into_iter()
+                    .flat_map(|r| r.outcome.logs)
+                    .collect(),
+            }),
+            other => Err(ChainError::Remote(format!("{method}: {other:?}"))),
+        }
+    }
+}
+
+impl Chain for NearClient {
+    fn account(&self) -> &str {
+        &self.account
+    }
+
+    async fn call(&self, method: &str, args: Value, deposit: u128) -> Result<Value, ChainError> {
+        self.send(method, &args, deposit).await
+    }
+
+    async fn view(&self, method: &str, args: Value) -> Result<Value, ChainError> {
+        let resp = self
+            .rpc
+            .call(methods::query::RpcQueryRequest {
+                block_reference: BlockReference::Finality(Finality::Final),
+                request: QueryRequest::CallFunction {
+                    account_id: self.contract.clone(),
+                    method_name: method.to_string(),
+                    args: args.to_string().into_bytes().into(),
+                },
+            })
+            .await
+            .map_err(|e| ChainError::Aborted {
+                method: method.to_string(),
+                message: e.to_string(),
+                logs: Vec::new(),
+            })?;
+        match resp.kind {
+            QueryResponseKind::CallResult(r) => parse_value(&r.result),
+            other => Err(ChainError::Decode(format!("{method}: {other:?}"))),
+        }
+    }
+
+    async fn events_since(&self, height: u64) -> Result<EventPage, ChainError> {
+        let through = self
+            .final_height()
+            .await?
+            .min(height.saturating_add(SCAN_BLOCKS))
+            .max(height);
+        let mut events = Vec::new();
+        for h in height.saturating_add(1)..=through {
+            events.extend(self.block_events(h).await?.into_iter().map(|e| (h, e)));
+        }
+        Ok(EventPage { events, through })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use near_crypto::{KeyType, SecretKey};
+
+    #[test]
+    fn reads_a_near_cli_key_file_and_signs_verifiable_calls() {
+        let dir = std::env::temp_dir().join(format!("por-near-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = SecretKey::from_seed(KeyType::ED25519, "alice");
+        let file = dir.join("alice.json");
+        std::fs::write(
+            &file,
+            serde_json::json!({"account_id": "alice.test.near",
+                "public_key": secret.public_key().to_string(),
+                "private_key": secret.to_string()})
+            .to_string(),
+        )
+        .unwrap();
+        let signer = read_key_file(&file).unwrap();
+        assert_eq!(signer.get_account_id().as_str(), "alice.test.near");
+        let contract: AccountId = "por.test.near".parse().unwrap();
+        let args = serde_json::json!({"id": "7"});
+        let tx = function_call(
+            &signer,
+            &contract,
+            42,
+            CryptoHash::default(),
+            "confirm_channel",
+            &args,
+            5,
+        );
+        let (hash, _) = tx.transaction.get_hash_and_size();
+        assert!(tx.signature.verify(hash.as_ref(), &secret.public_key()));
+        assert_eq!(tx.transaction.nonce().nonce(), 42);
+        assert_eq!(tx.transaction.receiver_id(), &contract);
+        let Action::FunctionCall(call) = &tx.transaction.actions()[0] else {
+            panic!("not a function call");
+        };
+        assert_eq!(call.args, args.to_string().into_bytes());
+        assert_eq!(call.deposit, Balance::from_yoctonear(5));
+
+        // Missing or malformed key files name the file.
+        let err = read_key_file(&dir.join("missing.json")).unwrap_err();
+        assert!(err.to_string().contains("missing.json"), "{err}");
+        std::fs::write(dir.join("bad.json"), "{}").unwrap();
+        let err = read_key_file(&dir.join("bad.json")).unwrap_err();
+        assert!(err.to_string().contains("bad.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
