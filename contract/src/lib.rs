@@ -1005,7 +1005,8 @@ impl PorContract {
         }
         emit(
             "edge_severed",
-            json!({"id": U64(id), "by": by, "record": record, "until_ns": U64(until)}),
+            json!({"id": U64(id), "by": by, "record": record, "until_ns": U64(until),
+                   "notice": notice}),
         );
         self.partition_check(&ch)
     }

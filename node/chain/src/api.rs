@@ -464,3 +464,107 @@ impl Chain for LocalClient {
 
 /// Most events one `events_since` answer carries; ask again from the last height.
 pub const EVENT_PAGE: usize = 10_000;
+
+/// A [`Chain`] chosen at run time: the embedded chain in this process, one served by
+/// another process, or NEAR.
+#[derive(Debug)]
+pub enum AnyChain {
+    /// The embedded chain, in process.
+    Local(LocalClient),
+    /// An embedded chain served by `por chain serve`.
+    Remote(crate::RemoteClient),
+    /// NEAR over RPC.
+    Near(crate::NearClient),
+}
+
+impl Chain for AnyChain {
+    fn account(&self) -> &str {
+        match self {
+            AnyChain::Local(c) => c.account(),
+            AnyChain::Remote(c) => c.account(),
+            AnyChain::Near(c) => c.account(),
+        }
+    }
+
+    async fn call(&self, method: &str, args: Value, deposit: u128) -> Result<Value, ChainError> {
+        match self {
+            AnyChain::Local(c) => c.call(method, args, deposit).await,
+            AnyChain::Remote(c) => c.call(method, args, deposit).await,
+            AnyChain::Near(c) => c.call(method, args, deposit).await,
+        }
+    }
+
+    async fn view(&self, method: &str, args: Value) -> Result<Value, ChainError> {
+        match self {
+            AnyChain::Local(c) => c.view(method, args).await,
+            AnyChain::Remote(c) => c.view(method, args).await,
+            AnyChain::Near(c) => c.view(method, args).await,
+        }
+    }
+
+    async fn events_since(&self, height: u64) -> Result<EventPage, ChainError> {
+        match self {
+            AnyChain::Local(c) => c.events_since(height).await,
+            AnyChain::Remote(c) => c.events_since(height).await,
+            AnyChain::Near(c) => c.events_since(height).await,
+        }
+    }
+}
+
+/// Decodes the severing notice carried by an `edge_severed` event.
+pub fn sever_notice_of(event: &Value) -> Option<SignedSeverNotice> {
+    if event["event"] != "edge_severed" {
+        return None;
+    }
+    let text = event["data"][0]["notice"].as_str()?;
+    wire::decode(&unbase64(text)?).ok()
+}
+
+/// Decodes standard padded base64; `None` if malformed.
+pub fn unbase64(text: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        })
+    };
+    let bytes = text.as_bytes();
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for chunk in bytes.chunks(4) {
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut v = 0u32;
+        for &c in &chunk[..4 - pad] {
+            v = (v << 6) | val(c)?;
+        }
+        v <<= 6 * pad as u32;
+        let b = v.to_be_bytes();
+        out.extend_from_slice(&b[1..4 - pad]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for n in 0..40u8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(unbase64(&base64(&bytes)).as_deref(), Some(bytes.as_slice()));
+        }
+        assert_eq!(unbase64("abc"), None);
+        assert_eq!(unbase64("a==="), None);
+        assert_eq!(unbase64("ab!="), None);
+    }
+}

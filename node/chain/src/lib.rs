@@ -13,7 +13,7 @@ pub mod near;
 pub mod serve;
 pub mod wasm;
 
-pub use api::{Chain, ChainNode, EventPage, LocalClient, Snapshot};
+pub use api::{AnyChain, Chain, ChainNode, EventPage, LocalClient, Snapshot};
 pub use near::{NearClient, NearConfig};
 pub use serve::RemoteClient;
 

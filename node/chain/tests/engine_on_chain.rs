@@ -162,10 +162,15 @@ async fn engine_payments_and_notices_settle_on_the_contract() {
     // Anyone may submit it: here Alice does.
     let split = alice.sever(&notice).await.unwrap();
     assert!(split, "two nodes, one edge: severing it splits them");
-    let events: Vec<String> = alice
-        .events_since(0)
-        .await
-        .unwrap()
+    let page = alice.events_since(0).await.unwrap();
+    // The event carries the notice itself, so nodes following the chain get the proof.
+    let carried: Vec<_> = page
+        .events
+        .iter()
+        .filter_map(|(_, e)| por_chain::api::sever_notice_of(e))
+        .collect();
+    assert_eq!(carried, vec![notice.clone()]);
+    let events: Vec<String> = page
         .events
         .into_iter()
         .map(|(_, e)| e["event"].as_str().unwrap().to_string())
