@@ -9,12 +9,49 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "por", version, about)]
 struct Cli {
+    /// Log format on stderr. The filter comes from RUST_LOG (e.g. `info`,
+    /// `por_node=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "POR_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+/// How logs are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logs(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the paper's section 5 network as real nodes on loopback: the embedded chain,
+    /// Alex, Alice, Bob, Carol, Dave and Eve over real sockets with shaped links; the
+    /// happy case (Alex → Carol), then Eve offline (Alex → Dave). Prints the timelines
+    /// and the balances.
+    Demo {
+        /// Transport between nodes.
+        #[arg(long, value_enum, default_value_t = TransportArg::Tcp, env = "POR_TRANSPORT")]
+        transport: TransportArg,
+        /// Where to keep the chain and node files (default: a fresh temp directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run scenario files in the deterministic simulator and print the timeline as JSON
     /// lines (`t_ms`, `node`, `kind`, ...), ending with `{"kind":"final","balances":...}`.
     ///
@@ -31,6 +68,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
     },
+}
+
+/// Transport choice on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TransportArg {
+    /// TLS 1.3 over TCP.
+    Tcp,
+    /// QUIC.
+    Quic,
+}
+
+impl From<TransportArg> for por_node::TransportKind {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Tcp => por_node::TransportKind::Tcp,
+            TransportArg::Quic => por_node::TransportKind::Quic,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,13 +222,31 @@ fn serde_json_line(name: &str, path: &Path) -> String {
     )
 }
 
+fn transport_name(t: TransportArg) -> &'static str {
+    match t {
+        TransportArg::Tcp => "TCP",
+        TransportArg::Quic => "QUIC",
+    }
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. });
+    init_logs(cli.log_format, if quiet { "error" } else { "info" });
     match cli.command {
+        Command::Demo { transport, dir } => {
+            // The demo narrates; logs only for errors unless RUST_LOG asks for more.
+            let mut options = por_node::demo::DemoOptions::new(transport.into());
+            if let Some(dir) = dir {
+                options.dir = dir;
+            }
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let report = runtime.block_on(por_node::demo::run(&options))?;
+            print!(
+                "{}",
+                por_node::demo::render(&report, transport_name(transport))
+            );
+        }
         Command::Simulate {
             paths,
             strict,

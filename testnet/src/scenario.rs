@@ -101,6 +101,27 @@ pub struct NodeSpec {
     pub response_delay_ms: u64,
 }
 
+impl NodeSpec {
+    /// The engine configuration this node's policies describe (no fee tolerance: the
+    /// simulator's clock is exact; a real network adds some).
+    pub fn engine_config(&self) -> por_protocol::EngineConfig {
+        por_protocol::EngineConfig {
+            sever_policy: self.sever,
+            proof_forwarding: self.forward_proofs,
+            heuristic: self
+                .heuristic_window_ms
+                .map(|window_ms| por_protocol::Heuristic { window_ms }),
+            fee_tolerance_ms: 0,
+            max_in_flight: 1_000_000,
+            silence_syncs: 3,
+            closing_retention_ms: 600_000,
+            misbehaviour: por_protocol::Misbehaviour {
+                withhold_late_fees: self.withhold_late_fees,
+            },
+        }
+    }
+}
+
 fn default_sever() -> SeverPolicy {
     SeverPolicy::Never
 }

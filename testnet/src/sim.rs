@@ -18,8 +18,7 @@ use por_protocol::store::Store;
 use por_protocol::topology::Topology;
 use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, RequestId, Route, SeverReason};
 use por_protocol::{
-    wire, Amount, ChainAction, ChainEvent, Engine, EngineConfig, Heuristic, Keypair, Misbehaviour,
-    NodeId, Time,
+    wire, Amount, ChainAction, ChainEvent, Engine, EngineConfig, Keypair, NodeId, Time,
 };
 
 use crate::scenario::{FaultSpec, Scenario};
@@ -209,20 +208,7 @@ impl Sim {
             }
             let key = key_for(scenario.seed, &n.name);
             index.insert(key.id(), i);
-            let config = EngineConfig {
-                sever_policy: n.sever,
-                proof_forwarding: n.forward_proofs,
-                heuristic: n
-                    .heuristic_window_ms
-                    .map(|window_ms| Heuristic { window_ms }),
-                fee_tolerance_ms: 0,
-                max_in_flight: 1_000_000,
-                silence_syncs: 3,
-                closing_retention_ms: 600_000,
-                misbehaviour: Misbehaviour {
-                    withhold_late_fees: n.withhold_late_fees,
-                },
-            };
+            let config = n.engine_config();
             nodes.push(NodeRt {
                 name: n.name.clone(),
                 engine: Engine::new(config.clone(), key.clone(), Time::ZERO),

@@ -90,6 +90,9 @@ pub trait Chain: Send + Sync + 'static {
         args: Value,
     ) -> impl Future<Output = Result<Value, ChainError>> + Send;
 
+    /// The latest height whose events [`Chain::events_since`] can report.
+    fn height(&self) -> impl Future<Output = Result<u64, ChainError>> + Send;
+
     /// Events of the blocks after `height`, oldest first. Ask again from
     /// [`EventPage::through`] to follow the chain.
     fn events_since(
@@ -457,6 +460,10 @@ impl Chain for LocalClient {
         self.lock()?.view_json(method, args)
     }
 
+    async fn height(&self) -> Result<u64, ChainError> {
+        Ok(self.lock()?.height())
+    }
+
     async fn events_since(&self, height: u64) -> Result<EventPage, ChainError> {
         self.lock()?.event_page(height, EVENT_PAGE)
     }
@@ -502,6 +509,14 @@ impl Chain for AnyChain {
         }
     }
 
+    async fn height(&self) -> Result<u64, ChainError> {
+        match self {
+            AnyChain::Local(c) => c.height().await,
+            AnyChain::Remote(c) => c.height().await,
+            AnyChain::Near(c) => c.height().await,
+        }
+    }
+
     async fn events_since(&self, height: u64) -> Result<EventPage, ChainError> {
         match self {
             AnyChain::Local(c) => c.events_since(height).await,
@@ -533,7 +548,7 @@ pub fn unbase64(text: &str) -> Option<Vec<u8>> {
         })
     };
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);

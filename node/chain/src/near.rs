@@ -309,6 +309,10 @@ impl Chain for NearClient {
         }
     }
 
+    async fn height(&self) -> Result<u64, ChainError> {
+        self.final_height().await
+    }
+
     async fn events_since(&self, height: u64) -> Result<EventPage, ChainError> {
         let through = self
             .final_height()

@@ -256,6 +256,13 @@ impl Chain for RemoteClient {
             .await
     }
 
+    async fn height(&self) -> Result<u64, ChainError> {
+        let v = self.status().await?;
+        v["height"]
+            .as_u64()
+            .ok_or_else(|| ChainError::Decode(format!("status {v}")))
+    }
+
     async fn events_since(&self, height: u64) -> Result<EventPage, ChainError> {
         let v = self
             .request(json!({"op": "events", "since": height}))

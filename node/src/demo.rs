@@ -1,0 +1,539 @@
+//! `por demo`: the paper's section 5 network as real nodes on loopback.
+//!
+//! It starts the embedded chain (running the contract wasm), registers Alex, Alice,
+//! Bob, Carol, Dave and Eve, opens the paper's channels on chain, starts one node per
+//! name over real TCP or QUIC sockets with each link's latency shaped in user space,
+//! then runs the happy case (Alex → Carol, paper §5.1) and, with Eve offline, Alex →
+//! Dave (§5.2: Bob severs Bob–Eve and the proof reaches Alex). It returns a timeline
+//! and the balances.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
+use por_chain::{AnyChain, Chain, LocalClient};
+use por_protocol::engine::Event;
+use por_protocol::types::{EdgeTerms, Route};
+use por_protocol::{Amount, Keypair, NodeId, Time};
+use por_testnet::scenario::Scenario;
+use tokio::sync::broadcast;
+
+use crate::sdk::{handler_fn, NodeBuilder, NodeEvent, NodeHandle, Outcome, RequestOptions};
+use crate::{NodeError, TransportKind};
+
+/// The paper's topology (with its §5.1 request), as the simulator's scenario.
+pub const PAPER_TOPOLOGY: &str = include_str!("../../testnet/scenarios/paper-5.1-happy.toml");
+
+/// Demo settings.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// TCP or QUIC.
+    pub transport: TransportKind,
+    /// Where the chain and the nodes keep their files.
+    pub dir: PathBuf,
+    /// Links are shaped to this share of each edge's promised latency (percent): a
+    /// real operator promises a little more than the link's latency.
+    pub link_percent: u64,
+    /// The workspace, to build the contract wasm from.
+    pub workspace: PathBuf,
+}
+
+impl DemoOptions {
+    /// Defaults: TCP, links at 95 % of their promise, files under the temp dir.
+    pub fn new(transport: TransportKind) -> DemoOptions {
+        DemoOptions {
+            transport,
+            dir: std::env::temp_dir().join(format!("por-demo-{}", std::process::id())),
+            link_percent: 95,
+            workspace: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
+        }
+    }
+}
+
+/// One line of the timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// Ms since the scenario's request was sent.
+    pub t_ms: i64,
+    /// The node.
+    pub node: String,
+    /// What happened.
+    pub what: String,
+}
+
+/// What the demo did.
+#[derive(Clone, Debug)]
+pub struct DemoReport {
+    /// Alex → Carol.
+    pub happy: Outcome,
+    /// Its timeline.
+    pub happy_timeline: Vec<Line>,
+    /// Alex → Dave with Eve offline.
+    pub offline: Outcome,
+    /// Its timeline.
+    pub offline_timeline: Vec<Line>,
+    /// Per node, after both requests.
+    pub balances: Vec<Balance>,
+}
+
+/// One node's money after the demo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Balance {
+    /// The node.
+    pub name: String,
+    /// Received minus acknowledged payments, over its channels (yocto).
+    pub net: i128,
+    /// Signed payments its peers have not acknowledged (yocto).
+    pub unacked: u128,
+    /// Stake on chain, after severing penalties and partition slashing (yocto).
+    pub stake: u128,
+}
+
+/// A running network of named nodes on one embedded chain.
+pub struct Network {
+    /// The shared chain.
+    pub chain: Arc<Mutex<LocalChain>>,
+    /// Nodes by name.
+    pub nodes: HashMap<String, NodeHandle>,
+    /// Names by key.
+    pub names: HashMap<NodeId, String>,
+    /// The scenario it was built from.
+    pub scenario: Scenario,
+}
+
+fn account(name: &str) -> String {
+    format!("{}.local", name.to_lowercase())
+}
+
+fn key(name: &str) -> Keypair {
+    let mut seed = [7u8; 32];
+    for (slot, b) in seed.iter_mut().zip(name.bytes()) {
+        *slot = b;
+    }
+    Keypair::from_seed(seed)
+}
+
+impl Network {
+    /// Starts `scenario`'s nodes and channels on a fresh embedded chain in `dir`.
+    pub async fn start(
+        scenario: Scenario,
+        dir: &Path,
+        transport: TransportKind,
+        link_percent: u64,
+        workspace: &Path,
+    ) -> Result<Network, NodeError> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| NodeError::File {
+            path: dir.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let wasm_path = por_chain::wasm::build_contract(workspace)?;
+        let wasm = std::fs::read(&wasm_path).map_err(|e| NodeError::File {
+            path: wasm_path.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut local = LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall)?;
+        let mut config = dev_config();
+        config["min_deposit"] = "1".into();
+        local.ensure_initialised(config)?;
+        for n in &scenario.nodes {
+            local.fund(&account(&n.name), 100 * NEAR)?;
+        }
+        let chain = Arc::new(Mutex::new(local));
+        let names: HashMap<NodeId, String> = scenario
+            .nodes
+            .iter()
+            .map(|n| (key(&n.name).id(), n.name.clone()))
+            .collect();
+        // One-way delay of each link, both directions.
+        let mut delay: HashMap<(NodeId, NodeId), Duration> = HashMap::new();
+        for e in &scenario.edges {
+            let d = Duration::from_millis(e.latency_ms * link_percent / 100);
+            let (a, b) = (key(&e.a).id(), key(&e.b).id());
+            delay.insert((a, b), d);
+            delay.insert((b, a), d);
+        }
+        let delay = Arc::new(delay);
+        let mut nodes = HashMap::new();
+        for n in &scenario.nodes {
+            let k = key(&n.name);
+            let me = k.id();
+            let mut engine = n.engine_config();
+            engine.fee_tolerance_ms = 50;
+            let name = n.name.clone();
+            let delay = delay.clone();
+            let client = LocalClient::new(chain.clone(), &account(&n.name));
+            let node = NodeBuilder::new(k, AnyChain::Local(client), dir.join(&n.name))
+                .transport(transport)
+                .engine_config(engine)
+                .register(Amount(10 * NEAR))
+                .chain_poll(Duration::from_millis(100))
+                .shutdown_grace(Duration::from_secs(2))
+                .shape(move |peer| delay.get(&(me, peer)).copied())
+                .handler(handler_fn(move |req| {
+                    let name = name.clone();
+                    async move {
+                        let mut out = format!("{name} says: ").into_bytes();
+                        out.extend_from_slice(&req.body);
+                        out
+                    }
+                }))
+                .start()
+                .await?;
+            nodes.insert(n.name.clone(), node);
+        }
+        for e in &scenario.edges {
+            let a = LocalClient::new(chain.clone(), &account(&e.a));
+            let b = LocalClient::new(chain.clone(), &account(&e.b));
+            let terms = EdgeTerms {
+                latency_ms: e.latency_ms,
+                base_cost: Amount(e.base_cost.0),
+                byte_cost: Amount(e.byte_cost.0),
+                sync_interval_ms: e.sync_interval_ms,
+                sync_phase_ms: e.sync_phase_ms,
+                max_late_fee_rate: Amount(e.max_late_fee_rate.0),
+            };
+            let id = a
+                .propose_channel(&account(&e.b), &terms, Amount(e.deposit_a.0))
+                .await?;
+            b.confirm_channel(id, Amount(e.deposit_b.0)).await?;
+        }
+        let net = Network {
+            chain,
+            nodes,
+            names,
+            scenario,
+        };
+        net.wait_connected(Duration::from_secs(30)).await?;
+        Ok(net)
+    }
+
+    /// Waits until every node holds all its channels, connected.
+    pub async fn wait_connected(&self, limit: Duration) -> Result<(), NodeError> {
+        let want: HashMap<String, usize> = self
+            .scenario
+            .nodes
+            .iter()
+            .map(|n| {
+                let k = self
+                    .scenario
+                    .edges
+                    .iter()
+                    .filter(|e| e.a == n.name || e.b == n.name)
+                    .count();
+                (n.name.clone(), k)
+            })
+            .collect();
+        let start = tokio::time::Instant::now();
+        loop {
+            let mut ready = true;
+            for (name, node) in &self.nodes {
+                let s = node.status().await?;
+                let connected = s.channels.iter().filter(|c| c.connected).count();
+                if connected < want.get(name).copied().unwrap_or(0) {
+                    ready = false;
+                }
+            }
+            if ready {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(NodeError::Config {
+                    source_name: "demo".into(),
+                    key: "network".into(),
+                    detail: format!("nodes not connected after {limit:?}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Result<&NodeHandle, NodeError> {
+        self.nodes.get(name).ok_or_else(|| NodeError::Config {
+            source_name: "demo".into(),
+            key: "node".into(),
+            detail: format!("no node named {name}"),
+        })
+    }
+
+    /// The route through the named nodes, over the edges the chain lists.
+    pub async fn route(&self, names: &[&str]) -> Result<Route, NodeError> {
+        let nodes: Vec<NodeId> = names.iter().map(|n| key(n).id()).collect();
+        let snap = LocalClient::new(self.chain.clone(), "por.local")
+            .snapshot()
+            .await?;
+        let mut channels = Vec::new();
+        for w in nodes.windows(2) {
+            let e = snap
+                .edges
+                .iter()
+                .find(|e| (e.a == w[0] && e.b == w[1]) || (e.a == w[1] && e.b == w[0]))
+                .ok_or_else(|| NodeError::Config {
+                    source_name: "demo".into(),
+                    key: "route".into(),
+                    detail: format!("no open edge along {names:?}"),
+                })?;
+            channels.push(e.id);
+        }
+        Ok(Route { nodes, channels })
+    }
+
+    /// Sends a request along `route` and collects every node's events until the
+    /// outcome and `settle` after it.
+    pub async fn run_request(
+        &self,
+        route: &[&str],
+        body: &str,
+        late_fee_rate: Amount,
+        settle: Duration,
+    ) -> Result<(Outcome, Vec<Line>), NodeError> {
+        let client = self.node(route[0])?;
+        let server = key(route[route.len() - 1]).id();
+        let mut subs: Vec<(String, broadcast::Receiver<NodeEvent>)> = self
+            .nodes
+            .iter()
+            .map(|(n, h)| (n.clone(), h.events()))
+            .collect();
+        let options = RequestOptions {
+            late_fee_rate,
+            route: Some(self.route(route).await?),
+            max_reroutes: 0,
+            ..RequestOptions::default()
+        };
+        let t0 = crate::now();
+        let outcome = client
+            .request(server, body.as_bytes().to_vec(), options)
+            .await?;
+        tokio::time::sleep(settle).await;
+        let mut lines = Vec::new();
+        for (name, sub) in &mut subs {
+            while let Ok(ev) = sub.try_recv() {
+                if let Some(what) = describe(&ev.event, &self.names) {
+                    lines.push(Line {
+                        t_ms: ms_since(t0, ev.at),
+                        node: name.clone(),
+                        what,
+                    });
+                }
+            }
+        }
+        lines.sort_by(|a, b| a.t_ms.cmp(&b.t_ms).then(a.node.cmp(&b.node)));
+        Ok((outcome, lines))
+    }
+
+    /// Each node's channel money (from its last status) and stake on chain.
+    pub async fn balances(
+        &self,
+        last_seen: &HashMap<String, crate::Status>,
+    ) -> Result<Vec<Balance>, NodeError> {
+        let client = LocalClient::new(self.chain.clone(), "por.local");
+        let snap = client.snapshot().await?;
+        let mut out = Vec::new();
+        for n in &self.scenario.nodes {
+            let status = match self.node(&n.name)?.status().await {
+                Ok(s) => Some(s),
+                Err(_) => last_seen.get(&n.name).cloned(),
+            };
+            let (mut net, mut unacked) = (0i128, 0u128);
+            for c in status.iter().flat_map(|s| &s.channels) {
+                let acked = c.paid.0.saturating_sub(c.unacked.0);
+                net += i128::try_from(c.received.0).unwrap_or(i128::MAX)
+                    - i128::try_from(acked).unwrap_or(i128::MAX);
+                unacked = unacked.saturating_add(c.unacked.0);
+            }
+            let stake = snap.node(&key(&n.name).id()).map_or(0, |c| c.stake.0);
+            out.push(Balance {
+                name: n.name.clone(),
+                net,
+                unacked,
+                stake,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stops every node gracefully.
+    pub async fn shutdown(&self) {
+        for node in self.nodes.values() {
+            let _ = node.shutdown().await;
+        }
+    }
+}
+
+fn ms_since(t0: Time, t: Time) -> i64 {
+    i64::try_from(t.ms()).unwrap_or(i64::MAX) - i64::try_from(t0.ms()).unwrap_or(i64::MAX)
+}
+
+fn describe(e: &Event, names: &HashMap<NodeId, String>) -> Option<String> {
+    let n = |id: &NodeId| names.get(id).cloned().unwrap_or_else(|| id.to_string());
+    Some(match e {
+        Event::RequestSent {
+            first_hop,
+            amount,
+            deadline: _,
+            ..
+        } => format!("sends the request to {}, paying {amount}", n(first_hop)),
+        Event::RequestAcked { .. } => "request acknowledged by the first hop".into(),
+        Event::RequestForwarded {
+            downstream,
+            budget_ms,
+            kept,
+            ..
+        } => format!(
+            "forwards to {} (budget {budget_ms} ms, keeps {kept})",
+            n(downstream)
+        ),
+        Event::RequestReceived { client, .. } => {
+            format!("receives the request from {} and answers", n(client))
+        }
+        Event::ResponseForwarded { to, .. } => format!("passes the response to {}", n(to)),
+        Event::ResponseDelivered {
+            latency_ms,
+            on_time,
+            body,
+            ..
+        } => format!(
+            "gets the signed response {:?} after {latency_ms} ms ({})",
+            String::from_utf8_lossy(body),
+            if *on_time { "on time" } else { "late" }
+        ),
+        Event::SeverInitiated { peer, reason, .. } => {
+            format!("severs its edge with {} ({reason:?})", n(peer))
+        }
+        Event::SeverProofForwarded { to, .. } => {
+            format!("passes the proof of severance to {}", n(to))
+        }
+        Event::SeverProofDelivered {
+            severer,
+            latency_ms,
+            ..
+        } => format!(
+            "holds a proof that {} severed an edge, after {latency_ms} ms",
+            n(severer)
+        ),
+        Event::LateFeePaid { peer, amount, .. } => {
+            format!("pays {} a late fee of {amount}", n(peer))
+        }
+        Event::LateFeeReceived { peer, amount, .. } => {
+            format!("receives a late fee of {amount} from {}", n(peer))
+        }
+        Event::RequestRejected { reason, .. } => format!("request refused: {reason:?}"),
+        Event::LossRecorded { peer, amount, .. } => {
+            format!("records a loss of {amount} on {}", n(peer))
+        }
+        _ => return None,
+    })
+}
+
+/// Runs the whole demo.
+pub async fn run(options: &DemoOptions) -> Result<DemoReport, NodeError> {
+    let scenario = Scenario::from_toml(PAPER_TOPOLOGY).map_err(|e| NodeError::Config {
+        source_name: "paper-5.1-happy.toml".into(),
+        key: "scenario".into(),
+        detail: e.to_string(),
+    })?;
+    let net = Network::start(
+        scenario,
+        &options.dir,
+        options.transport,
+        options.link_percent,
+        &options.workspace,
+    )
+    .await?;
+    let rate = Amount(1_000);
+    let (happy, happy_timeline) = net
+        .run_request(
+            &["Alex", "Alice", "Bob", "Carol"],
+            "ping",
+            rate,
+            Duration::from_millis(300),
+        )
+        .await?;
+    // Eve goes offline (her last status is kept for the balances).
+    let mut last_seen = HashMap::new();
+    last_seen.insert("Eve".to_string(), net.node("Eve")?.status().await?);
+    net.node("Eve")?.shutdown().await?;
+    let (offline, offline_timeline) = net
+        .run_request(
+            &["Alex", "Alice", "Bob", "Eve", "Dave"],
+            "ping",
+            rate,
+            Duration::from_millis(1500),
+        )
+        .await?;
+    let balances = net.balances(&last_seen).await?;
+    net.shutdown().await;
+    Ok(DemoReport {
+        happy,
+        happy_timeline,
+        offline,
+        offline_timeline,
+        balances,
+    })
+}
+
+fn outcome_line(o: &Outcome) -> String {
+    match o {
+        Outcome::Response {
+            body,
+            latency_ms,
+            on_time,
+            ..
+        } => format!(
+            "response {:?} after {latency_ms} ms ({})",
+            String::from_utf8_lossy(body),
+            if *on_time { "on time" } else { "late" }
+        ),
+        Outcome::Proof {
+            channel,
+            latency_ms,
+            ..
+        } => format!("proof that edge {channel} was severed, after {latency_ms} ms"),
+        Outcome::Rejected { reason, .. } => format!("refused: {reason}"),
+        Outcome::Late {
+            overdue_ms,
+            fees_received,
+            ..
+        } => format!("late by {overdue_ms} ms, {fees_received} in fees so far"),
+    }
+}
+
+/// The report as text.
+pub fn render(report: &DemoReport, transport: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut part = |title: &str, lines: &[Line], outcome: &Outcome| {
+        let _ = writeln!(out, "== {title}");
+        for l in lines {
+            let _ = writeln!(out, "{:>7} ms  {:<6} {}", l.t_ms, l.node, l.what);
+        }
+        let _ = writeln!(out, "   outcome at Alex: {}\n", outcome_line(outcome));
+    };
+    part(
+        &format!("paper 5.1 over {transport}: Alex -> Alice -> Bob -> Carol (promised round trip 800 ms)"),
+        &report.happy_timeline,
+        &report.happy,
+    );
+    part(
+        &format!("paper 5.2 over {transport}: Eve offline, Alex -> Alice -> Bob -> Eve -> Dave (bound 1000 ms)"),
+        &report.offline_timeline,
+        &report.offline,
+    );
+    let _ = writeln!(
+        out,
+        "== balances in yoctoNEAR: channels (received - paid and acknowledged), unacknowledged, stake on chain"
+    );
+    for b in &report.balances {
+        let _ = writeln!(
+            out,
+            "   {:<6} {:>+10}  unacked {:>6}  stake {}",
+            b.name, b.net, b.unacked, b.stake
+        );
+    }
+    let total: i128 = report.balances.iter().map(|b| b.net).sum();
+    let _ = writeln!(out, "   channel nets sum to {total} (money is conserved)");
+    out
+}

@@ -1,0 +1,375 @@
+//! Connections to neighbours: one per edge, dialled by the endpoint with the smaller
+//! key (with backoff) and accepted by the other; a reader and a writer task per
+//! connection. Everything received goes to the engine task as [`LinkEvent`]s; the
+//! engine task decides who is connected.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use por_chain::Snapshot;
+use por_protocol::{Engine, NodeId};
+use por_transport::shaped::Shaped;
+use por_transport::{AnyConnection, AnyListener, AnyTransport, Connection, Listener, Transport};
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument, Span};
+
+use crate::metrics::Metrics;
+
+/// Frames a connection's writer may have queued before the peer counts as too slow
+/// (it is dropped; the engine retransmits on reconnection).
+const WRITE_QUEUE: usize = 8192;
+/// The stream all protocol frames use: one ordered stream per peer.
+const STREAM: u32 = 0;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What connection tasks tell the engine task.
+pub(crate) enum LinkEvent {
+    /// A connection to `peer` is up.
+    Up {
+        peer: NodeId,
+        conn: u64,
+        tx: mpsc::Sender<Bytes>,
+    },
+    /// A frame arrived.
+    Frame {
+        peer: NodeId,
+        conn: u64,
+        frame: Bytes,
+    },
+    /// The connection ended.
+    Down { peer: NodeId, conn: u64 },
+}
+
+type Shape = Arc<dyn Fn(NodeId) -> Option<Duration> + Send + Sync>;
+
+/// What the accept loop and the dialers share with the engine task.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    me: NodeId,
+    transport: AnyTransport,
+    events: mpsc::Sender<LinkEvent>,
+    neighbours: Arc<RwLock<HashSet<NodeId>>>,
+    addresses: Arc<RwLock<HashMap<NodeId, Vec<String>>>>,
+    shape: Option<Shape>,
+    next_conn: Arc<AtomicU64>,
+    accepting: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    span: Span,
+}
+
+/// The engine task's view of the connections.
+pub(crate) struct Links {
+    shared: Shared,
+    current: HashMap<NodeId, (u64, mpsc::Sender<Bytes>)>,
+    dialing: HashMap<NodeId, tokio::task::JoinHandle<()>>,
+}
+
+/// A connection, shaped or not.
+enum Link {
+    Plain(AnyConnection),
+    Shaped(Shaped<AnyConnection>),
+}
+
+impl Link {
+    async fn send(&self, frame: Bytes) -> Result<(), por_transport::TransportError> {
+        match self {
+            Link::Plain(c) => c.send(STREAM, frame).await,
+            Link::Shaped(c) => c.send(STREAM, frame).await,
+        }
+    }
+
+    async fn recv(&self) -> Result<(u32, Bytes), por_transport::TransportError> {
+        match self {
+            Link::Plain(c) => c.recv().await,
+            Link::Shaped(c) => c.recv().await,
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Link::Plain(c) => c.close(),
+            Link::Shaped(c) => c.close(),
+        }
+    }
+}
+
+impl Links {
+    pub(crate) fn new(
+        me: NodeId,
+        transport: AnyTransport,
+        events: mpsc::Sender<LinkEvent>,
+        shape: Option<Shape>,
+        metrics: Arc<Metrics>,
+        span: Span,
+    ) -> Links {
+        Links {
+            shared: Shared {
+                me,
+                transport,
+                events,
+                neighbours: Arc::default(),
+                addresses: Arc::default(),
+                shape,
+                next_conn: Arc::new(AtomicU64::new(1)),
+                accepting: Arc::new(AtomicBool::new(true)),
+                metrics,
+                span,
+            },
+            current: HashMap::new(),
+            dialing: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn acceptor(&self) -> Shared {
+        self.shared.clone()
+    }
+
+    /// Records where nodes can be reached.
+    pub(crate) fn set_addresses(&mut self, snapshot: &Snapshot) {
+        if let Ok(mut a) = self.shared.addresses.write() {
+            for n in &snapshot.nodes {
+                a.insert(n.key, n.addresses.clone());
+            }
+        }
+    }
+
+    /// Shared address book, for the chain follower to update.
+    pub(crate) fn addresses(&self) -> Arc<RwLock<HashMap<NodeId, Vec<String>>>> {
+        self.shared.addresses.clone()
+    }
+
+    /// Brings the neighbour set in line with the engine's live channels; starts
+    /// dialling the new neighbours we dial.
+    pub(crate) fn update_neighbours(&mut self, engine: &Engine) {
+        let live: HashSet<NodeId> = engine
+            .channels()
+            .filter(|c| c.severed.is_none())
+            .map(|c| c.peer)
+            .collect();
+        if let Ok(mut n) = self.shared.neighbours.write() {
+            n.clone_from(&live);
+        }
+        for peer in &live {
+            if self.shared.me < *peer && !self.dialing.contains_key(peer) {
+                let shared = self.shared.clone();
+                let peer = *peer;
+                let span = info_span!(parent: &self.shared.span, "peer", peer = %peer);
+                let task = tokio::spawn(dial_loop(shared, peer).instrument(span));
+                self.dialing.insert(peer, task);
+            }
+        }
+        let gone: Vec<NodeId> = self
+            .dialing
+            .keys()
+            .filter(|p| !live.contains(p))
+            .copied()
+            .collect();
+        for p in gone {
+            if let Some(t) = self.dialing.remove(&p) {
+                t.abort();
+            }
+            self.drop_peer(p);
+        }
+    }
+
+    /// A connection came up; returns whether it replaced another.
+    pub(crate) fn up(&mut self, peer: NodeId, conn: u64, tx: mpsc::Sender<Bytes>) -> bool {
+        self.shared.metrics.peers_connected.inc();
+        self.current.insert(peer, (conn, tx)).is_some()
+    }
+
+    /// A connection went down; returns whether it was the current one.
+    pub(crate) fn down(&mut self, peer: NodeId, conn: u64) -> bool {
+        if self.is_current(peer, conn) {
+            self.current.remove(&peer);
+            self.shared.metrics.peers_connected.dec();
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn is_current(&self, peer: NodeId, conn: u64) -> bool {
+        self.current.get(&peer).is_some_and(|(c, _)| *c == conn)
+    }
+
+    pub(crate) fn is_connected(&self, peer: &NodeId) -> bool {
+        self.current.contains_key(peer)
+    }
+
+    /// Drops the connection to `peer` (its writer ends and closes it).
+    pub(crate) fn drop_peer(&mut self, peer: NodeId) {
+        if self.current.remove(&peer).is_some() {
+            self.shared.metrics.peers_connected.dec();
+        }
+    }
+
+    /// Queues a frame for `peer`. A peer that is not connected gets nothing (the engine
+    /// resends what matters after reconnection); one too slow to drain its queue is
+    /// dropped.
+    pub(crate) fn send(&mut self, peer: NodeId, frame: Bytes) {
+        let Some((_, tx)) = self.current.get(&peer) else {
+            debug!(%peer, "not connected: frame dropped");
+            return;
+        };
+        if let Err(e) = tx.try_send(frame) {
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                warn!(%peer, "peer is not draining its frames: dropping it");
+            }
+            self.drop_peer(peer);
+        }
+    }
+
+    pub(crate) fn stop_accepting(&self) {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        for t in self.dialing.values() {
+            t.abort();
+        }
+    }
+
+    pub(crate) fn close_all(&mut self) {
+        for (_, t) in self.dialing.drain() {
+            t.abort();
+        }
+        self.current.clear();
+    }
+}
+
+/// Accepts connections from neighbours; others are refused.
+pub(crate) async fn accept_loop(mut listener: AnyListener, shared: Shared) {
+    info!(address = %listener.local_addr(), "listening");
+    loop {
+        let conn = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!("handshake failed: {e}");
+                continue;
+            }
+        };
+        if !shared.accepting.load(Ordering::SeqCst) {
+            conn.close();
+            continue;
+        }
+        let peer = conn.peer();
+        let known = shared
+            .neighbours
+            .read()
+            .map(|n| n.contains(&peer))
+            .unwrap_or(false);
+        if !known {
+            shared.metrics.peers_refused.inc();
+            warn!(%peer, "refusing a connection from a node we have no channel with");
+            conn.close();
+            continue;
+        }
+        let span = info_span!(parent: &shared.span, "peer", peer = %peer);
+        tokio::spawn(run_link(shared.clone(), conn).instrument(span));
+    }
+}
+
+async fn dial_loop(shared: Shared, peer: NodeId) {
+    let mut backoff = Duration::from_millis(50);
+    let mut attempt: u32 = 0;
+    loop {
+        let addrs = shared
+            .addresses
+            .read()
+            .ok()
+            .and_then(|a| a.get(&peer).cloned())
+            .unwrap_or_default();
+        let mut connected = false;
+        for addr in &addrs {
+            match shared.transport.dial(addr, peer).await {
+                Ok(conn) => {
+                    connected = true;
+                    attempt = 0;
+                    backoff = Duration::from_millis(50);
+                    run_link(shared.clone(), conn).await;
+                    break;
+                }
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    // Loud once, then quietly: a neighbour that is down is normal.
+                    if attempt == 1 || attempt.is_multiple_of(20) {
+                        info!(%addr, attempt, "cannot reach peer: {e}");
+                    } else {
+                        debug!(%addr, attempt, "cannot reach peer: {e}");
+                    }
+                }
+            }
+        }
+        if addrs.is_empty() {
+            debug!("no address known for peer");
+        }
+        if !shared.accepting.load(Ordering::SeqCst) {
+            return;
+        }
+        if !connected {
+            // Jitter from the key and attempt, so that restarts do not dial in lockstep.
+            let jitter = u64::from(peer.0[0] ^ (attempt as u8)) % 50;
+            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs one connection until it fails or the engine task drops it.
+async fn run_link(shared: Shared, conn: AnyConnection) {
+    let peer = conn.peer();
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let link = Arc::new(match shared.shape.as_ref().and_then(|f| f(peer)) {
+        Some(delay) => Link::Shaped(Shaped::new(
+            conn,
+            delay,
+            por_protocol::wire::MAX_FRAME_LEN,
+            WRITE_QUEUE,
+        )),
+        None => Link::Plain(conn),
+    });
+    let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    if shared
+        .events
+        .send(LinkEvent::Up { peer, conn: id, tx })
+        .await
+        .is_err()
+    {
+        link.close();
+        return;
+    }
+    let writer_link = link.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if let Err(e) = writer_link.send(frame).await {
+                debug!("send failed: {e}");
+                break;
+            }
+        }
+        // The engine task dropped us, or the connection failed.
+        writer_link.close();
+    });
+    loop {
+        match link.recv().await {
+            Ok((_, frame)) => {
+                let ev = LinkEvent::Frame {
+                    peer,
+                    conn: id,
+                    frame,
+                };
+                if shared.events.send(ev).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                debug!("connection ended: {e}");
+                break;
+            }
+        }
+    }
+    writer.abort();
+    link.close();
+    let _ = shared.events.send(LinkEvent::Down { peer, conn: id }).await;
+}
