@@ -1,33 +1,517 @@
-//! Node configuration: a TOML file, every key also a flag and a `POR_*` variable.
+//! Node configuration: a TOML file (`por init` writes a commented one), and every key
+//! also a `--flag` and a `POR_*` environment variable. Flags win over the
+//! environment, which wins over the file, which wins over the defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use por_chain::{AnyChain, LocalClient, NearClient, NearConfig, RemoteClient};
+use por_protocol::{Amount, EngineConfig, Keypair, SeverPolicy};
+use serde::Deserialize;
+
+use crate::NodeError;
 
 /// Which transport carries frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Deserialize, clap::ValueEnum, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// TLS 1.3 over TCP.
+    #[default]
     Tcp,
     /// QUIC.
     Quic,
 }
 
 /// Which chain a node uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
 pub enum ChainChoice {
-    /// The embedded chain in this process, stored at this path.
-    Embedded(std::path::PathBuf),
-    /// An embedded chain served by `por chain serve` at this address.
-    Served(String),
-    /// NEAR over RPC.
+    /// The embedded chain, in this process (`chain_path`).
+    #[default]
+    Embedded,
+    /// An embedded chain served by `por chain serve` (`chain_addr`).
+    Served,
+    /// NEAR over RPC (`near_rpc`, `near_contract`, `near_key_file`).
+    Near,
+}
+
+/// Every setting of `por node run`. In the file, keys are written as here; as flags,
+/// with dashes (`--data-dir`); in the environment, upper case with `POR_`
+/// (`POR_DATA_DIR`).
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// NEAR account the node signs chain calls as.
+    #[arg(long, env = "POR_ACCOUNT")]
+    pub account: Option<String>,
+    /// File holding the node's ed25519 key (64 hex digits), written by `por init`.
+    #[arg(long, env = "POR_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Directory for the node's database.
+    #[arg(long, env = "POR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on for peers.
+    #[arg(long, env = "POR_LISTEN")]
+    pub listen: Option<String>,
+    /// Address to publish on chain (default: the listen address).
+    #[arg(long, env = "POR_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Transport: tcp or quic.
+    #[arg(long, env = "POR_TRANSPORT", value_enum)]
+    pub transport: Option<TransportKind>,
+    /// Loopback address of the control endpoint `por status`/`request`/`quote` use.
+    #[arg(long, env = "POR_CONTROL")]
+    pub control: Option<String>,
+    /// Address to serve Prometheus metrics on (`/metrics`); none if unset.
+    #[arg(long, env = "POR_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Stake (yoctoNEAR) to register with if the node is not registered.
+    #[arg(long, env = "POR_STAKE")]
+    pub stake: Option<String>,
+    /// When to sever an overdue downstream: immediate, never, wait_syncs:N, wait_ms:N.
+    #[arg(long, env = "POR_SEVER_POLICY")]
+    pub sever_policy: Option<String>,
+    /// Slack (ms) granted to a downstream's late-fee payments.
+    #[arg(long, env = "POR_FEE_TOLERANCE_MS")]
+    pub fee_tolerance_ms: Option<u64>,
+    /// Most requests in flight at once.
+    #[arg(long, env = "POR_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// Which chain: embedded, served or near.
+    #[arg(long, env = "POR_CHAIN", value_enum)]
+    pub chain: Option<ChainChoice>,
+    /// Embedded chain database file.
+    #[arg(long, env = "POR_CHAIN_PATH")]
+    pub chain_path: Option<PathBuf>,
+    /// Address of a served embedded chain.
+    #[arg(long, env = "POR_CHAIN_ADDR")]
+    pub chain_addr: Option<String>,
+    /// NEAR RPC endpoint or network name (sandbox, testnet, mainnet).
+    #[arg(long, env = "POR_NEAR_RPC")]
+    pub near_rpc: Option<String>,
+    /// The por contract's NEAR account.
+    #[arg(long, env = "POR_NEAR_CONTRACT")]
+    pub near_contract: Option<String>,
+    /// NEAR account key file (near-cli JSON).
+    #[arg(long, env = "POR_NEAR_KEY_FILE")]
+    pub near_key_file: Option<PathBuf>,
+    /// How often to poll the chain for events (ms).
+    #[arg(long, env = "POR_CHAIN_POLL_MS")]
+    pub chain_poll_ms: Option<u64>,
+    /// How long a graceful shutdown waits for requests in flight (ms).
+    #[arg(long, env = "POR_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+macro_rules! overlay {
+    ($base:ident, $top:ident, $($f:ident),*) => { $( if $top.$f.is_some() { $base.$f = $top.$f.clone(); } )* };
+}
+
+impl Settings {
+    /// Reads a config file; unknown keys and bad values name the file and key.
+    pub fn from_file(path: &Path) -> Result<Settings, NodeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodeError::File {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let mut s: Settings = toml::from_str(&text).map_err(|e| NodeError::Config {
+            source_name: path.display().to_string(),
+            key: e
+                .span()
+                .and_then(|r| text.get(r))
+                .unwrap_or("?")
+                .lines()
+                .next()
+                .unwrap_or("?")
+                .to_string(),
+            detail: e.message().to_string(),
+        })?;
+        // Relative paths in a file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut s.key_file,
+            &mut s.data_dir,
+            &mut s.chain_path,
+            &mut s.near_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(s)
+    }
+
+    /// `self` with every setting `top` has replacing ours.
+    pub fn overlay(mut self, top: &Settings) -> Settings {
+        overlay!(
+            self,
+            top,
+            account,
+            key_file,
+            data_dir,
+            listen,
+            advertise,
+            transport,
+            control,
+            metrics_listen,
+            stake,
+            sever_policy,
+            fee_tolerance_ms,
+            max_in_flight,
+            chain,
+            chain_path,
+            chain_addr,
+            near_rpc,
+            near_contract,
+            near_key_file,
+            chain_poll_ms,
+            shutdown_grace_ms
+        );
+        self
+    }
+
+    fn need<T: Clone>(&self, v: &Option<T>, key: &str) -> Result<T, NodeError> {
+        v.clone().ok_or_else(|| NodeError::Config {
+            source_name: "settings".into(),
+            key: key.into(),
+            detail: format!(
+                "missing: set `{key}` in the config file, --{} or POR_{}",
+                key.replace('_', "-"),
+                key.to_uppercase()
+            ),
+        })
+    }
+
+    /// The validated configuration.
+    pub fn resolve(&self) -> Result<NodeConfig, NodeError> {
+        let bad = |key: &str, detail: String| NodeError::Config {
+            source_name: "settings".into(),
+            key: key.into(),
+            detail,
+        };
+        let account = self.need(&self.account, "account")?;
+        let key_file = self.need(&self.key_file, "key_file")?;
+        let stake = match &self.stake {
+            Some(s) => Some(Amount(s.parse().map_err(|_| {
+                bad("stake", format!("{s:?} is not an amount in yoctoNEAR"))
+            })?)),
+            None => None,
+        };
+        let mut engine = EngineConfig::default();
+        if let Some(p) = &self.sever_policy {
+            engine.sever_policy = parse_policy(p).ok_or_else(|| {
+                bad(
+                    "sever_policy",
+                    format!("{p:?}: expected immediate, never, wait_syncs:N or wait_ms:N"),
+                )
+            })?;
+        }
+        if let Some(t) = self.fee_tolerance_ms {
+            engine.fee_tolerance_ms = t;
+        }
+        if let Some(m) = self.max_in_flight {
+            engine.max_in_flight = m;
+        }
+        let chain = match self.chain.unwrap_or_default() {
+            ChainChoice::Embedded => ChainTarget::Embedded(
+                self.chain_path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("chain.redb")),
+            ),
+            ChainChoice::Served => {
+                let addr = self.need(&self.chain_addr, "chain_addr")?;
+                ChainTarget::Served(
+                    addr.parse()
+                        .map_err(|e| bad("chain_addr", format!("{addr:?}: {e}")))?,
+                )
+            }
+            ChainChoice::Near => ChainTarget::Near {
+                config: NearConfig {
+                    rpc_url: NearConfig::endpoint(&self.need(&self.near_rpc, "near_rpc")?),
+                    contract: self.need(&self.near_contract, "near_contract")?,
+                },
+                key_file: self.need(&self.near_key_file, "near_key_file")?,
+            },
+        };
+        Ok(NodeConfig {
+            account,
+            key_file,
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("data")),
+            listen: self
+                .listen
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:7000".into()),
+            advertise: self.advertise.clone(),
+            transport: self.transport.unwrap_or_default(),
+            control: self
+                .control
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:7100".into()),
+            metrics_listen: self.metrics_listen.clone(),
+            stake,
+            engine,
+            chain,
+            chain_poll: Duration::from_millis(self.chain_poll_ms.unwrap_or(250)),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms.unwrap_or(10_000)),
+        })
+    }
+}
+
+fn parse_policy(text: &str) -> Option<SeverPolicy> {
+    match text.split_once(':') {
+        None if text == "immediate" => Some(SeverPolicy::Immediate),
+        None if text == "never" => Some(SeverPolicy::Never),
+        Some(("wait_syncs", n)) => n.parse().ok().map(SeverPolicy::WaitSyncs),
+        Some(("wait_ms", n)) => n.parse().ok().map(SeverPolicy::WaitMs),
+        _ => None,
+    }
+}
+
+/// Where the chain is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChainTarget {
+    /// The embedded chain in this process, stored here.
+    Embedded(PathBuf),
+    /// A served embedded chain.
+    Served(std::net::SocketAddr),
+    /// NEAR.
     Near {
-        /// RPC endpoint or network name.
-        rpc: String,
-        /// The por contract.
-        contract: String,
-        /// NEAR key file.
-        key_file: std::path::PathBuf,
+        /// Endpoint and contract.
+        config: NearConfig,
+        /// NEAR account key.
+        key_file: PathBuf,
     },
 }
 
-/// Node configuration.
+/// A validated node configuration.
 #[derive(Clone, Debug)]
-pub struct NodeConfig;
+pub struct NodeConfig {
+    /// NEAR account.
+    pub account: String,
+    /// Node key file.
+    pub key_file: PathBuf,
+    /// Database directory.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: String,
+    /// Published address.
+    pub advertise: Option<String>,
+    /// Transport.
+    pub transport: TransportKind,
+    /// Control endpoint.
+    pub control: String,
+    /// Metrics endpoint.
+    pub metrics_listen: Option<String>,
+    /// Stake to register with.
+    pub stake: Option<Amount>,
+    /// Engine policies.
+    pub engine: EngineConfig,
+    /// The chain.
+    pub chain: ChainTarget,
+    /// Chain poll interval.
+    pub chain_poll: Duration,
+    /// Shutdown grace.
+    pub shutdown_grace: Duration,
+}
+
+impl NodeConfig {
+    /// The chain client this configuration names, signing as `account`.
+    pub fn chain_client(&self, workspace: &Path) -> Result<AnyChain, NodeError> {
+        Ok(match &self.chain {
+            ChainTarget::Embedded(path) => {
+                let chain = open_embedded(path, workspace)?;
+                AnyChain::Local(LocalClient::new(chain, &self.account))
+            }
+            ChainTarget::Served(addr) => AnyChain::Remote(RemoteClient::new(*addr, &self.account)),
+            ChainTarget::Near { config, key_file } => {
+                AnyChain::Near(NearClient::new(config, key_file)?)
+            }
+        })
+    }
+}
+
+/// Opens (creating and initialising if new) the embedded chain at `path`, with the
+/// contract built from `workspace`.
+pub fn open_embedded(
+    path: &Path,
+    workspace: &Path,
+) -> Result<std::sync::Arc<std::sync::Mutex<por_chain::local::LocalChain>>, NodeError> {
+    let wasm_path = por_chain::wasm::build_contract(workspace)?;
+    let wasm = std::fs::read(&wasm_path).map_err(|e| NodeError::File {
+        path: wasm_path.clone(),
+        detail: e.to_string(),
+    })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| NodeError::File {
+            path: dir.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    }
+    let mut chain = por_chain::local::LocalChain::open(
+        path,
+        &wasm,
+        "por.local",
+        por_chain::local::Clock::Wall,
+    )?;
+    chain.ensure_initialised(por_chain::local::dev_config())?;
+    Ok(std::sync::Arc::new(std::sync::Mutex::new(chain)))
+}
+
+/// Reads a node key file (64 hex digits: the ed25519 seed).
+pub fn read_key(path: &Path) -> Result<Keypair, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| NodeError::File {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let seed = crate::parse_key(text.trim()).ok_or_else(|| NodeError::File {
+        path: path.to_path_buf(),
+        detail: "expected 64 hex digits (an ed25519 seed)".into(),
+    })?;
+    Ok(Keypair::from_seed(seed.0))
+}
+
+/// Writes a fresh node key (mode 0600) to `path`; refuses to overwrite.
+pub fn write_new_key(path: &Path, seed: [u8; 32]) -> Result<Keypair, NodeError> {
+    use std::io::Write as _;
+    let err = |e: std::io::Error| NodeError::File {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).map_err(err)?;
+    writeln!(f, "{}", crate::key_hex(&por_protocol::NodeId(seed))).map_err(err)?;
+    Ok(Keypair::from_seed(seed))
+}
+
+/// The commented config file `por init` writes.
+pub fn template(account: &str, listen: &str, control: &str) -> String {
+    format!(
+        r#"# por node configuration. Every key is also a flag (--data-dir) and an environment
+# variable (POR_DATA_DIR); flags win over the environment, which wins over this file.
+
+# NEAR account the node signs chain calls as.
+account = "{account}"
+# The node's ed25519 key (written by `por init`; keep it private).
+key_file = "node.key"
+# Channel states, acknowledgements and requests in flight (redb).
+data_dir = "data"
+
+# Peers connect here; "advertise" is what goes on chain if it differs.
+listen = "{listen}"
+# advertise = "203.0.113.7:7000"
+# tcp (TLS 1.3) or quic.
+transport = "tcp"
+# Loopback endpoint for `por status`, `por request`, `por quote`.
+control = "{control}"
+# Prometheus metrics (/metrics).
+# metrics_listen = "127.0.0.1:9100"
+
+# Stake (yoctoNEAR) to register with on first start.
+stake = "1000000000000000000000000"
+# Reaction to an overdue downstream: immediate, never, wait_syncs:N, wait_ms:N.
+sever_policy = "wait_syncs:3"
+# fee_tolerance_ms = 50
+# max_in_flight = 100000
+
+# The chain: embedded (this process), served (`por chain serve`), or near.
+chain = "embedded"
+chain_path = "chain.redb"
+# chain = "served"
+# chain_addr = "127.0.0.1:3031"
+# chain = "near"
+# near_rpc = "testnet"
+# near_contract = "por.testnet"
+# near_key_file = "~/.near-credentials/testnet/me.testnet.json"
+# chain_poll_ms = 250
+# shutdown_grace_ms = 10000
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("por-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("por.toml");
+        std::fs::write(
+            &file,
+            template("alice.local", "127.0.0.1:7000", "127.0.0.1:7100"),
+        )
+        .unwrap();
+        let from_file = Settings::from_file(&file).unwrap();
+        assert_eq!(from_file.key_file, Some(dir.join("node.key")));
+        let flags = Settings {
+            listen: Some("127.0.0.1:7999".into()),
+            sever_policy: Some("wait_ms:250".into()),
+            ..Settings::default()
+        };
+        let c = from_file.overlay(&flags).resolve().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7999");
+        assert_eq!(c.engine.sever_policy, SeverPolicy::WaitMs(250));
+        assert_eq!(c.account, "alice.local");
+        assert_eq!(c.chain, ChainTarget::Embedded(dir.join("chain.redb")));
+
+        // Errors name the file and key.
+        std::fs::write(&file, "acount = \"x\"\n").unwrap();
+        let err = Settings::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("por.toml") && err.contains("acount"), "{err}");
+        std::fs::write(&file, "max_in_flight = \"many\"\n").unwrap();
+        let err = Settings::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("por.toml"), "{err}");
+        let err = Settings {
+            sever_policy: Some("sometimes".into()),
+            ..from_file_ok()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("sever_policy"), "{err}");
+        let err = Settings::default().resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("account") && err.contains("POR_ACCOUNT"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn from_file_ok() -> Settings {
+        Settings {
+            account: Some("a.local".into()),
+            key_file: Some("k".into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_are_not_overwritten() {
+        let dir = std::env::temp_dir().join(format!("por-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.key");
+        let _ = std::fs::remove_file(&path);
+        let k = write_new_key(&path, [5; 32]).unwrap();
+        assert_eq!(read_key(&path).unwrap().id(), k.id());
+        assert!(write_new_key(&path, [6; 32]).is_err());
+        std::fs::write(&path, "zz").unwrap();
+        let err = read_key(&path).unwrap_err().to_string();
+        assert!(err.contains("node.key"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -11,6 +11,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod config;
+pub mod control;
 pub mod db;
 pub mod demo;
 mod links;
@@ -19,7 +20,7 @@ mod runtime;
 pub mod sdk;
 mod sync;
 
-pub use config::{ChainChoice, NodeConfig, TransportKind};
+pub use config::{ChainChoice, NodeConfig, Settings, TransportKind};
 pub use sdk::{
     handler_fn, Handler, IncomingRequest, NodeBuilder, NodeEvent, NodeHandle, Outcome,
     RequestOptions, Status,
@@ -81,6 +82,9 @@ pub enum NodeError {
         /// What failed.
         detail: String,
     },
+    /// A running node refused a control request (its message).
+    #[error("node: {0}")]
+    Remote(String),
     /// The node is shutting down or has stopped.
     #[error("the node has stopped")]
     Stopped,

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod commands;
+
 /// Proof of Response node and tools.
 #[derive(Parser, Debug)]
 #[command(name = "por", version, about)]
@@ -40,6 +42,79 @@ fn init_logs(format: LogFormat, default_filter: &str) {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Write a fresh node key and a commented config file into a directory.
+    Init {
+        /// Directory to write `node.key` and `por.toml` into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// NEAR account the node will sign chain calls as.
+        #[arg(long)]
+        account: String,
+        /// Address to listen on for peers.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: String,
+        /// Control endpoint (loopback).
+        #[arg(long, default_value = "127.0.0.1:7100")]
+        control: String,
+    },
+    /// Run a node.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Send a request through a running node and print its outcome as JSON.
+    Request {
+        /// The node's control endpoint.
+        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
+        control: String,
+        /// The server: node key (64 hex digits) or NEAR account.
+        #[arg(long)]
+        server: String,
+        /// Late-fee rate (yoctoNEAR per ms late).
+        #[arg(long, default_value = "1")]
+        late_fee_rate: String,
+        /// Only routes whose round trip fits this (ms).
+        #[arg(long, default_value_t = 60_000)]
+        max_rtt_ms: u64,
+        /// The body (text).
+        body: String,
+    },
+    /// Price routes to a server through a running node.
+    Quote {
+        /// The node's control endpoint.
+        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
+        control: String,
+        /// The server: node key or NEAR account.
+        #[arg(long)]
+        server: String,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 0)]
+        body_len: u64,
+        /// Only routes whose round trip fits this (ms).
+        #[arg(long, default_value_t = 60_000)]
+        max_rtt_ms: u64,
+    },
+    /// A running node's channels, balances and requests in flight.
+    Status {
+        /// The node's control endpoint.
+        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
+        control: String,
+    },
+    /// Open, confirm, cancel, close or list channels on chain.
+    Channel {
+        #[command(subcommand)]
+        command: ChannelCommand,
+    },
+    /// Nodes and open edges on chain, and the stake-weighted center.
+    Topology {
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// The embedded chain.
+    Chain {
+        #[command(subcommand)]
+        command: ChainCommand,
+    },
     /// Run the paper's section 5 network as real nodes on loopback: the embedded chain,
     /// Alex, Alice, Bob, Carol, Dave and Eve over real sockets with shaped links; the
     /// happy case (Alex → Carol), then Eve offline (Alex → Dave). Prints the timelines
@@ -67,6 +142,140 @@ enum Command {
         /// Output format: JSON lines, or a table for reading.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Run the node until SIGINT or SIGTERM (then shut down gracefully).
+    Run {
+        /// Config file (see `por init`); flags and POR_* variables override it.
+        #[arg(long, env = "POR_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Box<por_node::Settings>,
+    },
+    /// Ask a running node to shut down gracefully.
+    Stop {
+        /// The node's control endpoint.
+        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
+        control: String,
+    },
+}
+
+/// How channel and topology commands reach the chain: a node's config file, with
+/// any setting overridden by flags or POR_* variables.
+#[derive(clap::Args, Debug)]
+struct ChainArgs {
+    /// Config file (see `por init`).
+    #[arg(long, env = "POR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Box<por_node::Settings>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ChannelCommand {
+    /// Propose a channel to a peer account, with our deposit and the terms.
+    Open {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The peer's NEAR account.
+        #[arg(long)]
+        peer: String,
+        /// Our deposit (yoctoNEAR).
+        #[arg(long)]
+        deposit: String,
+        /// Promised one-way latency (ms).
+        #[arg(long)]
+        latency_ms: u64,
+        /// Cost per message (yoctoNEAR).
+        #[arg(long, default_value = "10000")]
+        base_cost: String,
+        /// Cost per body byte (yoctoNEAR).
+        #[arg(long, default_value = "10")]
+        byte_cost: String,
+        /// Sync interval (ms).
+        #[arg(long, default_value_t = 1000)]
+        sync_interval_ms: u64,
+        /// Sync phase (ms).
+        #[arg(long, default_value_t = 0)]
+        sync_phase_ms: u64,
+        /// Highest late-fee rate accepted (yoctoNEAR per ms).
+        #[arg(long, default_value = "1000000")]
+        max_late_fee_rate: String,
+    },
+    /// Confirm a channel proposed to us, with our deposit.
+    Confirm {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The channel.
+        #[arg(long)]
+        id: u64,
+        /// Our deposit (yoctoNEAR).
+        #[arg(long)]
+        deposit: String,
+    },
+    /// Cancel a proposal (deposits are returned).
+    Cancel {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The channel.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Close a channel with the latest state the peer signed to us (asked from the
+    /// running node): cooperatively (propose, or confirm the peer's proposal), or with
+    /// --force adversarially; --finalize pays out once the challenge period is over.
+    Close {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The channel.
+        #[arg(long)]
+        id: u64,
+        /// The running node's control endpoint.
+        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
+        control: String,
+        /// Close adversarially (start the challenge period).
+        #[arg(long)]
+        force: bool,
+        /// Confirm the peer's cooperative close.
+        #[arg(long)]
+        confirm: bool,
+        /// Pay out after the challenge period.
+        #[arg(long)]
+        finalize: bool,
+    },
+    /// Channels of our account.
+    List {
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ChainCommand {
+    /// Serve the embedded chain on loopback so that several nodes share it.
+    Serve {
+        /// The chain's database file (created and initialised if new).
+        #[arg(long, env = "POR_CHAIN_PATH", default_value = "chain.redb")]
+        path: PathBuf,
+        /// Address to serve on.
+        #[arg(long, env = "POR_CHAIN_ADDR", default_value = "127.0.0.1:3031")]
+        listen: String,
+        /// Serve on a non-loopback address (a served chain trusts its clients).
+        #[arg(long)]
+        allow_remote: bool,
+    },
+    /// Credit an account from a served chain's faucet.
+    Fund {
+        /// The served chain.
+        #[arg(long, env = "POR_CHAIN_ADDR", default_value = "127.0.0.1:3031")]
+        chain_addr: String,
+        /// The account.
+        account: String,
+        /// yoctoNEAR.
+        amount: String,
     },
 }
 
@@ -222,6 +431,10 @@ fn serde_json_line(name: &str, path: &Path) -> String {
     )
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the runtime")
+}
+
 fn transport_name(t: TransportArg) -> &'static str {
     match t {
         TransportArg::Tcp => "TCP",
@@ -247,6 +460,52 @@ fn main() -> Result<()> {
                 por_node::demo::render(&report, transport_name(transport))
             );
         }
+        Command::Init {
+            dir,
+            account,
+            listen,
+            control,
+        } => commands::init(&dir, &account, &listen, &control)?,
+        Command::Node { command } => {
+            let rt = runtime()?;
+            match command {
+                NodeCommand::Run { config, settings } => {
+                    rt.block_on(commands::node_run(config.as_deref(), &settings))?
+                }
+                NodeCommand::Stop { control } => rt.block_on(commands::control(
+                    &control,
+                    serde_json::json!({"op": "shutdown"}),
+                ))?,
+            }
+        }
+        Command::Request {
+            control,
+            server,
+            late_fee_rate,
+            max_rtt_ms,
+            body,
+        } => runtime()?.block_on(commands::control(
+            &control,
+            serde_json::json!({"op": "request", "server": server, "body": body,
+                "late_fee_rate": late_fee_rate, "max_rtt_ms": max_rtt_ms}),
+        ))?,
+        Command::Quote {
+            control,
+            server,
+            body_len,
+            max_rtt_ms,
+        } => runtime()?.block_on(commands::control(
+            &control,
+            serde_json::json!({"op": "quote", "server": server, "body_len": body_len,
+                "max_rtt_ms": max_rtt_ms}),
+        ))?,
+        Command::Status { control } => runtime()?.block_on(commands::control(
+            &control,
+            serde_json::json!({"op": "status"}),
+        ))?,
+        Command::Channel { command } => runtime()?.block_on(commands::channel(command))?,
+        Command::Topology { chain } => runtime()?.block_on(commands::topology(&chain))?,
+        Command::Chain { command } => runtime()?.block_on(commands::chain(command))?,
         Command::Simulate {
             paths,
             strict,

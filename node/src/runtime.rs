@@ -53,6 +53,10 @@ pub(crate) enum Command {
         request: RequestId,
         body: Vec<u8>,
     },
+    CloseStates {
+        channel: ChannelId,
+        reply: oneshot::Sender<Result<Vec<por_protocol::types::SignedUpdate>, NodeError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -415,6 +419,15 @@ impl EngineTask {
                     .engine
                     .sever(channel, SeverReason::Operator, t)
                     .map_err(NodeError::from);
+                let _ = reply.send(r);
+            }
+            Command::CloseStates { channel, reply } => {
+                let r = match self.engine.channel(channel) {
+                    Some(c) => Ok(c.incoming.latest.iter().cloned().collect()),
+                    None => Err(NodeError::Protocol(
+                        por_protocol::ProtocolError::InvalidCall(format!("{channel} is not ours")),
+                    )),
+                };
                 let _ = reply.send(r);
             }
             Command::Respond { request, body } => {

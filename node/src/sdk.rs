@@ -439,6 +439,15 @@ impl NodeHandle {
         self.ask(|reply| Command::Sever { channel, reply }).await?
     }
 
+    /// The states to close `channel` with: the latest update the peer signed to us.
+    pub async fn close_states(
+        &self,
+        channel: ChannelId,
+    ) -> Result<Vec<por_protocol::types::SignedUpdate>, NodeError> {
+        self.ask(|reply| Command::CloseStates { channel, reply })
+            .await?
+    }
+
     /// Every engine event from now on.
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()

@@ -1,0 +1,308 @@
+//! The `por` subcommands that run a node or talk to one or to the chain.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use por_chain::Chain;
+use por_node::{config, NodeBuilder, Settings};
+use por_protocol::types::{ChannelId, EdgeTerms, SignedUpdate};
+use por_protocol::{wire, Amount};
+use serde_json::{json, Value};
+
+use crate::{ChainArgs, ChainCommand, ChannelCommand};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn amount(text: &str, what: &str) -> Result<Amount> {
+    text.parse()
+        .map(Amount)
+        .with_context(|| format!("--{what}: {text:?} is not an amount in yoctoNEAR"))
+}
+
+/// `por init`.
+pub fn init(dir: &Path, account: &str, listen: &str, control: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let conf = dir.join("por.toml");
+    if conf.exists() {
+        bail!("{} exists: not overwriting it", conf.display());
+    }
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let key = config::write_new_key(&dir.join("node.key"), seed)?;
+    std::fs::write(&conf, config::template(account, listen, control))
+        .with_context(|| format!("writing {}", conf.display()))?;
+    println!(
+        "node key {} written to {}\nconfig written to {}",
+        por_node::key_hex(&key.id()),
+        dir.join("node.key").display(),
+        conf.display()
+    );
+    Ok(())
+}
+
+fn settings(file: Option<&Path>, flags: &Settings) -> Result<Settings> {
+    let base = match file {
+        Some(f) => Settings::from_file(f)?,
+        None => Settings::default(),
+    };
+    Ok(base.overlay(flags))
+}
+
+/// `por node run`.
+pub async fn node_run(file: Option<&Path>, flags: &Settings) -> Result<()> {
+    let cfg = settings(file, flags)?.resolve()?;
+    let key = config::read_key(&cfg.key_file)?;
+    let chain = cfg.chain_client(&workspace())?;
+    let mut b = NodeBuilder::new(key, chain, &cfg.data_dir)
+        .listen(&cfg.listen)
+        .transport(cfg.transport)
+        .engine_config(cfg.engine.clone())
+        .chain_poll(cfg.chain_poll)
+        .shutdown_grace(cfg.shutdown_grace)
+        .handler(por_node::handler_fn(|req| async move { req.body }));
+    if let Some(a) = &cfg.advertise {
+        b = b.advertise(a);
+    }
+    if let Some(m) = &cfg.metrics_listen {
+        b = b.metrics(m);
+    }
+    if let Some(s) = cfg.stake {
+        b = b.register(s);
+    }
+    let node = b.start().await?;
+    let control = por_node::control::serve(&cfg.control, node.clone()).await?;
+    tracing::info!(
+        id = %por_node::key_hex(&node.id()),
+        address = node.address(),
+        %control,
+        metrics = node.metrics_address().unwrap_or("-"),
+        "node running"
+    );
+    println!(
+        "{}",
+        json!({"event": "ready", "id": por_node::key_hex(&node.id()), "address": node.address(),
+               "control": control.to_string(), "metrics": node.metrics_address()})
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        () = node.stopped() => return Ok(()),
+    }
+    node.shutdown().await?;
+    Ok(())
+}
+
+/// Sends one control request and prints the answer.
+pub async fn control(addr: &str, request: Value) -> Result<()> {
+    let v = por_node::control::call(addr, request).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+async fn chain_of(args: &ChainArgs) -> Result<por_chain::AnyChain> {
+    let cfg = settings(args.config.as_deref(), &args.settings)?.resolve()?;
+    Ok(cfg.chain_client(&workspace())?)
+}
+
+fn terms(
+    latency_ms: u64,
+    base_cost: &str,
+    byte_cost: &str,
+    sync_interval_ms: u64,
+    sync_phase_ms: u64,
+    max_late_fee_rate: &str,
+) -> Result<EdgeTerms> {
+    Ok(EdgeTerms {
+        latency_ms,
+        base_cost: amount(base_cost, "base-cost")?,
+        byte_cost: amount(byte_cost, "byte-cost")?,
+        sync_interval_ms,
+        sync_phase_ms,
+        max_late_fee_rate: amount(max_late_fee_rate, "max-late-fee-rate")?,
+    })
+}
+
+async fn held_states(control: &str, id: u64) -> Result<Vec<SignedUpdate>> {
+    let v = por_node::control::call(control, json!({"op": "close_states", "channel": id}))
+        .await
+        .context("asking the running node for the states it holds")?;
+    let mut out = Vec::new();
+    for s in v.as_array().into_iter().flatten() {
+        let bytes = s
+            .as_str()
+            .and_then(por_chain::api::unbase64)
+            .context("the node sent a malformed state")?;
+        out.push(wire::decode(&bytes).context("the node sent a malformed state")?);
+    }
+    Ok(out)
+}
+
+/// `por channel ...`.
+pub async fn channel(command: ChannelCommand) -> Result<()> {
+    match command {
+        ChannelCommand::Open {
+            chain,
+            peer,
+            deposit,
+            latency_ms,
+            base_cost,
+            byte_cost,
+            sync_interval_ms,
+            sync_phase_ms,
+            max_late_fee_rate,
+        } => {
+            let c = chain_of(&chain).await?;
+            let t = terms(
+                latency_ms,
+                &base_cost,
+                &byte_cost,
+                sync_interval_ms,
+                sync_phase_ms,
+                &max_late_fee_rate,
+            )?;
+            let id = c
+                .propose_channel(&peer, &t, amount(&deposit, "deposit")?)
+                .await?;
+            println!("{}", json!({"proposed": id.0, "peer": peer}));
+        }
+        ChannelCommand::Confirm { chain, id, deposit } => {
+            let c = chain_of(&chain).await?;
+            c.confirm_channel(ChannelId(id), amount(&deposit, "deposit")?)
+                .await?;
+            println!("{}", json!({"confirmed": id}));
+        }
+        ChannelCommand::Cancel { chain, id } => {
+            chain_of(&chain)
+                .await?
+                .cancel_channel(ChannelId(id))
+                .await?;
+            println!("{}", json!({"cancelled": id}));
+        }
+        ChannelCommand::Close {
+            chain,
+            id,
+            control,
+            force,
+            confirm,
+            finalize,
+        } => {
+            let c = chain_of(&chain).await?;
+            let ch = ChannelId(id);
+            if finalize {
+                let (a, b) = c.finalize_close(ch).await?;
+                println!(
+                    "{}",
+                    json!({"finalized": id, "paid_a": a.0.to_string(), "paid_b": b.0.to_string()})
+                );
+                return Ok(());
+            }
+            let states = held_states(&control, id).await?;
+            if force {
+                let until = c.start_close(ch, &states).await?;
+                println!(
+                    "{}",
+                    json!({"closing": id, "challenge_ends_ns": until.to_string()})
+                );
+            } else if confirm {
+                let (a, b) = c.confirm_close(ch, &states).await?;
+                println!(
+                    "{}",
+                    json!({"closed": id, "paid_a": a.0.to_string(), "paid_b": b.0.to_string()})
+                );
+            } else {
+                c.propose_close(ch, &states).await?;
+                println!("{}", json!({"close_proposed": id}));
+            }
+        }
+        ChannelCommand::List { chain } => {
+            let c = chain_of(&chain).await?;
+            let list = c.channels_of(c.account()).await?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+    }
+    Ok(())
+}
+
+/// `por topology`.
+pub async fn topology(args: &ChainArgs) -> Result<()> {
+    let c = chain_of(args).await?;
+    let snap = c.snapshot().await?;
+    let center = c.view("get_center", json!({})).await?;
+    let nodes: Vec<Value> = snap
+        .nodes
+        .iter()
+        .map(|n| json!({"account": n.account, "key": por_node::key_hex(&n.key),
+            "stake": n.stake.0.to_string(), "addresses": n.addresses, "disconnected": n.disconnected}))
+        .collect();
+    let edges: Vec<Value> = snap
+        .edges
+        .iter()
+        .map(|e| {
+            json!({"id": e.id.0, "a": por_node::key_hex(&e.a), "b": por_node::key_hex(&e.b),
+            "latency_ms": e.terms.latency_ms, "base_cost": e.terms.base_cost.0.to_string(),
+            "byte_cost": e.terms.byte_cost.0.to_string()})
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({"nodes": nodes, "edges": edges, "center": center}))?
+    );
+    Ok(())
+}
+
+/// `por chain ...`.
+pub async fn chain(command: ChainCommand) -> Result<()> {
+    match command {
+        ChainCommand::Serve {
+            path,
+            listen,
+            allow_remote,
+        } => {
+            let addr: std::net::SocketAddr = listen
+                .parse()
+                .with_context(|| format!("--listen {listen:?}"))?;
+            if !addr.ip().is_loopback() && !allow_remote {
+                bail!("--listen {listen}: not loopback; a served chain trusts its clients (pass --allow-remote to serve anyway)");
+            }
+            let chain = config::open_embedded(&path, &workspace())?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            let bound = listener.local_addr()?;
+            println!(
+                "{}",
+                json!({"event": "ready", "chain": bound.to_string(), "path": path.display().to_string()})
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
+            por_chain::serve::serve(chain, listener, async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            })
+            .await?;
+        }
+        ChainCommand::Fund {
+            chain_addr,
+            account,
+            amount: a,
+        } => {
+            let addr = chain_addr
+                .parse()
+                .with_context(|| format!("--chain-addr {chain_addr:?}"))?;
+            let client = por_chain::RemoteClient::new(addr, &account);
+            let balance = client.fund(&account, amount(&a, "amount")?.0).await?;
+            println!(
+                "{}",
+                json!({"account": account, "balance": balance.to_string()})
+            );
+        }
+    }
+    Ok(())
+}
