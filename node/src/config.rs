@@ -73,6 +73,10 @@ pub struct Settings {
     /// When to sever an overdue downstream: immediate, never, wait_syncs:N, wait_ms:N.
     #[arg(long, env = "POR_SEVER_POLICY")]
     pub sever_policy: Option<String>,
+    /// Window (ms) of the §5.4 heuristic that severs an edge whose losses exceed its
+    /// earnings; 0 turns it off.
+    #[arg(long, env = "POR_HEURISTIC_WINDOW_MS")]
+    pub heuristic_window_ms: Option<u64>,
     /// Slack (ms) granted to a downstream's late-fee payments.
     #[arg(long, env = "POR_FEE_TOLERANCE_MS")]
     pub fee_tolerance_ms: Option<u64>,
@@ -161,6 +165,7 @@ impl Settings {
             metrics_listen,
             stake,
             sever_policy,
+            heuristic_window_ms,
             fee_tolerance_ms,
             max_in_flight,
             chain,
@@ -210,6 +215,9 @@ impl Settings {
                     format!("{p:?}: expected immediate, never, wait_syncs:N or wait_ms:N"),
                 )
             })?;
+        }
+        if let Some(w) = self.heuristic_window_ms {
+            engine.heuristic = (w > 0).then_some(por_protocol::Heuristic { window_ms: w });
         }
         if let Some(t) = self.fee_tolerance_ms {
             engine.fee_tolerance_ms = t;
@@ -424,6 +432,9 @@ control = "{control}"
 stake = "1000000000000000000000000"
 # Reaction to an overdue downstream: immediate, never, wait_syncs:N, wait_ms:N.
 sever_policy = "wait_syncs:3"
+# Sever an edge whose unpaid late fees exceed what it earned over this window (ms);
+# 0 turns the heuristic off.
+# heuristic_window_ms = 3600000
 # fee_tolerance_ms = 50
 # max_in_flight = 100000
 
