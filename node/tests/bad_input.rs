@@ -1,0 +1,285 @@
+//! Bad input at a running node: a neighbour (Mallory, driven by hand over a real TCP
+//! connection) sends a forged payment, a replayed state, garbage and an oversized
+//! frame. The forgery, the garbage and the oversized frame cost her the connection;
+//! the replay is refused and pays nothing twice. Alice, another neighbour, is served
+//! throughout.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
+use por_chain::{AnyChain, Chain, LocalClient};
+use por_node::{handler_fn, NodeBuilder, NodeHandle, Outcome, RequestOptions};
+use por_protocol::engine::Event;
+use por_protocol::messages::Message;
+use por_protocol::types::{EdgeTerms, Route};
+use por_protocol::{wire, Amount, ChainEvent, Engine, EngineConfig, Keypair, Time};
+use por_transport::tcp::TcpTransport;
+use por_transport::{Connection, Transport, TransportConfig};
+
+fn terms() -> EdgeTerms {
+    EdgeTerms {
+        latency_ms: 50,
+        base_cost: Amount(100),
+        byte_cost: Amount(1),
+        sync_interval_ms: 500,
+        sync_phase_ms: 0,
+        max_late_fee_rate: Amount(10),
+    }
+}
+
+async fn alice_is_served(alice: &NodeHandle, bob: &NodeHandle) {
+    let out = alice
+        .request(
+            bob.id(),
+            b"still there?".to_vec(),
+            RequestOptions::default(),
+        )
+        .await
+        .unwrap();
+    let Outcome::Response { body, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(body, b"still there?");
+}
+
+async fn received_from(bob: &NodeHandle, peer: por_protocol::NodeId) -> Amount {
+    let s = bob.status().await.unwrap();
+    s.channels.iter().find(|c| c.peer == peer).unwrap().received
+}
+
+/// Waits until the connection is closed by the other side.
+async fn closed_by_peer(conn: &impl Connection) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, conn.recv()).await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn now() -> Time {
+    por_node::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
+    let dir = std::env::temp_dir().join(format!("por-bad-input-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = std::fs::read(por_chain::wasm::build_contract(&workspace).unwrap()).unwrap();
+    let mut local =
+        LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall).unwrap();
+    let mut config = dev_config();
+    config["min_deposit"] = "1".into();
+    local.ensure_initialised(config).unwrap();
+    for a in ["alice.local", "bob.local", "mallory.local"] {
+        local.fund(a, 100 * NEAR).unwrap();
+    }
+    let chain = std::sync::Arc::new(std::sync::Mutex::new(local));
+    let client = |a: &str| AnyChain::Local(LocalClient::new(chain.clone(), a));
+    let start = |name: &str, seed: u8| {
+        NodeBuilder::new(
+            Keypair::from_seed([seed; 32]),
+            client(&format!("{name}.local")),
+            dir.join(name),
+        )
+        .register(Amount(10 * NEAR))
+        .chain_poll(Duration::from_millis(50))
+        .handler(handler_fn(|req| async move { req.body }))
+        .start()
+    };
+    let bob = start("bob", 2).await.unwrap();
+    let alice = start("alice", 1).await.unwrap();
+    let mkey = Keypair::from_seed([3; 32]);
+    let mallory = LocalClient::new(chain.clone(), "mallory.local");
+    mallory
+        .register(mkey.id(), vec![], Amount(10 * NEAR))
+        .await
+        .unwrap();
+    for c in [client("alice.local"), client("mallory.local")] {
+        let id = c
+            .propose_channel("bob.local", &terms(), Amount(NEAR))
+            .await
+            .unwrap();
+        client("bob.local")
+            .confirm_channel(id, Amount(NEAR))
+            .await
+            .unwrap();
+    }
+    // Mallory's own engine, knowing the edges.
+    let snap = mallory.snapshot().await.unwrap();
+    let mut engine = Engine::new(EngineConfig::default(), mkey.clone(), now());
+    for e in &snap.edges {
+        engine.handle_chain_event(ChainEvent::EdgeOpened(e.clone()), now());
+    }
+    let to_bob = snap
+        .edges
+        .iter()
+        .find(|e| e.a == mkey.id() || e.b == mkey.id())
+        .unwrap()
+        .id;
+    // Wait for Alice and Bob to connect, then check Alice is served.
+    for _ in 0..100 {
+        if alice
+            .status()
+            .await
+            .unwrap()
+            .channels
+            .iter()
+            .any(|c| c.connected)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    alice_is_served(&alice, &bob).await;
+
+    let big = TransportConfig {
+        max_frame_len: 4 << 20,
+        ..TransportConfig::default()
+    };
+    let transport = TcpTransport::new(&mkey, big).unwrap();
+    let dial = || async {
+        let mut conn = None;
+        for _ in 0..100 {
+            // Bob accepts Mallory once he has seen the channel on chain.
+            if let Ok(c) = transport.dial(bob.address(), bob.id()).await {
+                conn = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        conn.unwrap()
+    };
+    // Pumps Mallory's engine over `conn` until `done` sees an event it wants.
+    async fn pump(
+        engine: &mut Engine,
+        conn: &impl Connection,
+        mut done: impl FnMut(&Event) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            while let Some(b) = engine.poll_writes() {
+                engine.writes_durable(b.up_to);
+            }
+            while let Some(t) = engine.poll_transmit() {
+                conn.send(0, Bytes::from(wire::encode_frame(&t.message).unwrap()))
+                    .await
+                    .unwrap();
+            }
+            while let Some(e) = engine.poll_event() {
+                if done(&e) {
+                    return true;
+                }
+            }
+            match tokio::time::timeout_at(deadline, conn.recv()).await {
+                Ok(Ok((_, frame))) => {
+                    let _ = engine.handle_frame(conn.peer(), &frame, por_node::now());
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    // 1. An honest request from Mallory is served and paid once.
+    let conn = dial().await;
+    engine.peer_connected(bob.id(), now());
+    let route = Route {
+        nodes: vec![mkey.id(), bob.id()],
+        channels: vec![to_bob],
+    };
+    engine
+        .send_request(route.clone(), b"hello".to_vec(), Amount(1), now())
+        .unwrap();
+    while let Some(b) = engine.poll_writes() {
+        engine.writes_durable(b.up_to);
+    }
+    let mut frames = Vec::new();
+    while let Some(t) = engine.poll_transmit() {
+        frames.push(t.message);
+    }
+    let valid = frames
+        .iter()
+        .find(|m| matches!(m, Message::Request(_)))
+        .unwrap()
+        .clone();
+    for m in &frames {
+        conn.send(0, Bytes::from(wire::encode_frame(m).unwrap()))
+            .await
+            .unwrap();
+    }
+    assert!(
+        pump(&mut engine, &conn, |e| matches!(
+            e,
+            Event::ResponseDelivered { .. }
+        ))
+        .await
+    );
+    let paid_once = received_from(&bob, mkey.id()).await;
+    assert_eq!(paid_once, Amount(105));
+
+    // 2. Replaying that payment: refused, nothing paid twice, the connection stays.
+    conn.send(0, Bytes::from(wire::encode_frame(&valid).unwrap()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received_from(&bob, mkey.id()).await, paid_once);
+    alice_is_served(&alice, &bob).await;
+
+    // 3. A forged payment (signature altered): Mallory is dropped.
+    engine
+        .send_request(route.clone(), b"forged".to_vec(), Amount(1), now())
+        .unwrap();
+    while let Some(b) = engine.poll_writes() {
+        engine.writes_durable(b.up_to);
+    }
+    let mut forged = None;
+    while let Some(t) = engine.poll_transmit() {
+        if let Message::Request(mut r) = t.message {
+            r.payment.sig.0[7] ^= 0x40;
+            forged = Some(Message::Request(r));
+        }
+    }
+    let dropped_before = bob.metrics().peers_dropped.get();
+    conn.send(
+        0,
+        Bytes::from(wire::encode_frame(&forged.unwrap()).unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(closed_by_peer(&conn).await, "Bob drops a forger");
+    assert_eq!(bob.metrics().peers_dropped.get(), dropped_before + 1);
+    assert_eq!(received_from(&bob, mkey.id()).await, paid_once);
+    alice_is_served(&alice, &bob).await;
+
+    // 4. Garbage: dropped.
+    let conn = dial().await;
+    conn.send(0, Bytes::from_static(b"\x00\x01not a por frame at all"))
+        .await
+        .unwrap();
+    assert!(
+        closed_by_peer(&conn).await,
+        "Bob drops a peer sending garbage"
+    );
+    alice_is_served(&alice, &bob).await;
+
+    // 5. An oversized frame (Mallory's transport allows 4 MiB; Bob's does not).
+    let conn = dial().await;
+    let _ = conn.send(0, Bytes::from(vec![0u8; 2 << 20])).await;
+    assert!(
+        closed_by_peer(&conn).await,
+        "Bob drops a peer sending oversized frames"
+    );
+    alice_is_served(&alice, &bob).await;
+    assert_eq!(received_from(&bob, mkey.id()).await, paid_once);
+
+    alice.shutdown().await.unwrap();
+    bob.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
