@@ -185,11 +185,13 @@ pub async fn channel(command: ChannelCommand) -> Result<()> {
         ChannelCommand::Close {
             chain,
             id,
-            control,
             force,
             confirm,
             finalize,
         } => {
+            let control = settings(chain.config.as_deref(), &chain.settings)?
+                .resolve()?
+                .control;
             let c = chain_of(&chain).await?;
             let ch = ChannelId(id);
             if finalize {

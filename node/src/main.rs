@@ -225,7 +225,7 @@ enum ChannelCommand {
         id: u64,
     },
     /// Close a channel with the latest state the peer signed to us (asked from the
-    /// running node): cooperatively (propose, or confirm the peer's proposal), or with
+    /// running node at the config's `control` endpoint): cooperatively (propose, or confirm the peer's proposal), or with
     /// --force adversarially; --finalize pays out once the challenge period is over.
     Close {
         #[command(flatten)]
@@ -233,9 +233,6 @@ enum ChannelCommand {
         /// The channel.
         #[arg(long)]
         id: u64,
-        /// The running node's control endpoint.
-        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
-        control: String,
         /// Close adversarially (start the challenge period).
         #[arg(long)]
         force: bool,

@@ -87,3 +87,91 @@ fn errors_name_the_file_and_the_fault() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn demo_runs_the_paper_network_on_real_sockets() {
+    let dir = std::env::temp_dir().join(format!("por-cli-demo-{}", std::process::id()));
+    let out = por(&["demo", "--dir", dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("outcome at Alex: response \"Carol says: ping\""),
+        "{text}"
+    );
+    assert!(text.contains("outcome at Alex: proof that edge"), "{text}");
+    assert!(text.contains("Bob    severs its edge with Eve"), "{text}");
+    assert!(text.contains("channel nets sum to 0"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["demo", "--help"],
+        &["init", "--help"],
+        &["node", "run", "--help"],
+        &["node", "stop", "--help"],
+        &["request", "--help"],
+        &["quote", "--help"],
+        &["status", "--help"],
+        &["channel", "open", "--help"],
+        &["channel", "confirm", "--help"],
+        &["channel", "close", "--help"],
+        &["channel", "list", "--help"],
+        &["topology", "--help"],
+        &["chain", "serve", "--help"],
+    ] {
+        let out = por(args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+    let out = por(&["node", "run", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--sever-policy") && help.contains("POR_SEVER_POLICY"),
+        "{help}"
+    );
+}
+
+#[test]
+fn init_then_run_errors_name_what_is_wrong() {
+    let dir = std::env::temp_dir().join(format!("por-cli-init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let out = por(&["init", "--dir", d, "--account", "me.local"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("node.key").exists() && dir.join("por.toml").exists());
+    // Never overwrites.
+    let out = por(&["init", "--dir", d, "--account", "me.local"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not overwriting"));
+    // A missing setting names its key, flag and variable.
+    let out = por(&["node", "run", "--key-file", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("account") && err.contains("POR_ACCOUNT"),
+        "{err}"
+    );
+    // A bad key in the file names the file and key.
+    let conf = dir.join("por.toml");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, format!("{text}\nlisen = \"x\"\n")).unwrap();
+    let out = por(&["node", "run", "--config", conf.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("por.toml") && err.contains("lisen"), "{err}");
+    // No node answering: the endpoint is named.
+    let out = por(&["status", "--control", "127.0.0.1:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -188,12 +188,20 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         wait_connected(p, if i == 0 || i == 3 { 1 } else { 2 }).await;
     }
     let server = procs[3].ready["id"].as_str().unwrap().to_string();
-    let quote = control(
-        &procs[0],
-        json!({"op": "quote", "server": server, "body_len": 4}),
-    )
-    .await
-    .unwrap();
+    // The client learns the far edges from the chain shortly after they open.
+    let mut quote = Value::Null;
+    for _ in 0..100 {
+        quote = control(
+            &procs[0],
+            json!({"op": "quote", "server": server, "body_len": 4}),
+        )
+        .await
+        .unwrap();
+        if quote.as_array().is_some_and(|q| !q.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let cost = amount(&quote[0]["cost"]);
     assert_eq!(cost, 3 * 10_040);
 
@@ -298,6 +306,33 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         responses.load(Ordering::SeqCst),
         other.load(Ordering::SeqCst)
     );
+    // The command line sees the same network.
+    let conf = dir.join("client/por.toml");
+    let por = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_por"))
+            .args(args)
+            .args([
+                "--config",
+                conf.to_str().unwrap(),
+                "--chain",
+                "served",
+                "--chain-addr",
+                &chain_addr,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let topo = por(&["topology"]);
+    assert_eq!(topo["nodes"].as_array().unwrap().len(), 4);
+    assert_eq!(topo["edges"].as_array().unwrap().len(), 3);
+    let mine = por(&["channel", "list"]);
+    assert_eq!(mine.as_array().unwrap().len(), 1);
     drop(procs);
     drop(chain);
     let _ = std::fs::remove_dir_all(&dir);
