@@ -6,7 +6,7 @@
 //! returns does the node tell the engine the writes are durable, releasing the frames
 //! (acks, signed updates) that depend on them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use por_protocol::store::{Store, Write};
@@ -16,7 +16,13 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::NodeError;
 
+/// Channel records without their unacknowledged updates (which are kept apart, so
+/// that a commit writes each update once instead of every record re-writing all of
+/// them).
 const CHANNELS: TableDefinition<u64, &[u8]> = TableDefinition::new("channels");
+/// Our signed, not yet acknowledged updates, by (channel, seq): the update and the
+/// message that carries it.
+const UNACKED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("unacked");
 const PENDING: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("pending");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -47,6 +53,7 @@ impl NodeDb {
         let db = Database::create(path).map_err(|e| err(&e))?;
         let w = db.begin_write().map_err(|e| err(&e))?;
         w.open_table(CHANNELS).map_err(|e| err(&e))?;
+        w.open_table(UNACKED).map_err(|e| err(&e))?;
         w.open_table(PENDING).map_err(|e| err(&e))?;
         w.open_table(META).map_err(|e| err(&e))?;
         w.commit().map_err(|e| err(&e))?;
@@ -63,6 +70,23 @@ impl NodeDb {
                 let rec: por_protocol::channel::ChannelRecord = wire::decode(v.value())
                     .map_err(|e| err(&format!("channel {}: {e}", k.value())))?;
                 store.channels.insert(rec.id(), rec);
+            }
+            for item in r
+                .open_table(UNACKED)
+                .map_err(|e| err(&e))?
+                .iter()
+                .map_err(|e| err(&e))?
+            {
+                let (k, v) = item.map_err(|e| err(&e))?;
+                let (channel, seq) = k.value();
+                let entry = wire::decode(v.value())
+                    .map_err(|e| err(&format!("update {seq} of channel {channel}: {e}")))?;
+                match store.channels.get_mut(&ChannelId(channel)) {
+                    Some(rec) => {
+                        rec.outgoing.unacked.insert(seq, entry);
+                    }
+                    None => return Err(err(&format!("update {seq} of unknown channel {channel}"))),
+                }
             }
             for item in r
                 .open_table(PENDING)
@@ -97,16 +121,27 @@ impl NodeDb {
         let next = &mut self.store;
         let mut channels: BTreeSet<ChannelId> = BTreeSet::new();
         let mut pending: BTreeSet<RequestId> = BTreeSet::new();
+        // Unacknowledged updates added, and acknowledged up to, per channel.
+        let mut added: BTreeSet<(u64, u64)> = BTreeSet::new();
+        let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
         for w in writes {
             next.apply(w).map_err(NodeError::Store)?;
             match w {
                 Write::Channel(rec) => {
                     channels.insert(rec.id());
                 }
-                Write::Outgoing { channel, .. }
-                | Write::Acked { channel, .. }
-                | Write::Incoming { channel, .. }
-                | Write::Severed { channel, .. } => {
+                Write::Outgoing {
+                    channel, update, ..
+                } => {
+                    channels.insert(*channel);
+                    added.insert((channel.0, update.update.seq));
+                }
+                Write::Acked { channel, seq, .. } => {
+                    channels.insert(*channel);
+                    let slot = acked.entry(channel.0).or_default();
+                    *slot = (*slot).max(*seq);
+                }
+                Write::Incoming { channel, .. } | Write::Severed { channel, .. } => {
                     channels.insert(*channel);
                 }
                 Write::Pending(p) => {
@@ -121,11 +156,28 @@ impl NodeDb {
         let tx = self.db.begin_write().map_err(|e| err(&e))?;
         {
             let mut t = tx.open_table(CHANNELS).map_err(|e| err(&e))?;
+            let mut u = tx.open_table(UNACKED).map_err(|e| err(&e))?;
             for id in &channels {
-                if let Some(rec) = next.channels.get(id) {
-                    let bytes = wire::encode(rec).map_err(|e| err(&e))?;
+                if let Some(rec) = next.channels.get_mut(id) {
+                    // The record's head: its unacknowledged updates live in UNACKED.
+                    let unacked = std::mem::take(&mut rec.outgoing.unacked);
+                    let bytes = wire::encode(&*rec);
+                    rec.outgoing.unacked = unacked;
+                    let bytes = bytes.map_err(|e| err(&e))?;
                     t.insert(id.0, bytes.as_slice()).map_err(|e| err(&e))?;
+                    // Updates added in this batch and still unacknowledged.
+                    for &(_, seq) in added.range((id.0, 0)..=(id.0, u64::MAX)) {
+                        if let Some(entry) = rec.outgoing.unacked.get(&seq) {
+                            let bytes = wire::encode(entry).map_err(|e| err(&e))?;
+                            u.insert((id.0, seq), bytes.as_slice())
+                                .map_err(|e| err(&e))?;
+                        }
+                    }
                 }
+            }
+            for (channel, up_to) in acked {
+                u.retain_in((channel, 0)..=(channel, up_to), |_, _| false)
+                    .map_err(|e| err(&e))?;
             }
             let mut t = tx.open_table(PENDING).map_err(|e| err(&e))?;
             for id in &pending {

@@ -299,7 +299,7 @@ impl EngineTask {
         let Some((until, _)) = &self.shutting_down else {
             return false;
         };
-        let in_flight = self.engine.pending().count();
+        let in_flight = self.engine.in_flight();
         let idle = in_flight == 0 && self.engine.transmits_waiting() == 0;
         if idle || now() >= *until {
             if !idle {
@@ -517,7 +517,7 @@ impl EngineTask {
             id: self.engine.id(),
             address: self.address.clone(),
             channels,
-            in_flight: self.engine.pending().count(),
+            in_flight: self.engine.in_flight(),
             transmits_waiting: self.engine.transmits_waiting(),
         }
     }
@@ -546,9 +546,7 @@ impl EngineTask {
             self.on_event(&event);
             let _ = self.events.send(NodeEvent { at: now(), event });
         }
-        self.metrics
-            .in_flight
-            .set(self.engine.pending().count() as u64);
+        self.metrics.in_flight.set(self.engine.in_flight() as u64);
         self.metrics
             .transmits_waiting
             .set(self.engine.transmits_waiting() as u64);

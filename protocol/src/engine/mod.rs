@@ -206,6 +206,11 @@ impl Engine {
         self.pending.values()
     }
 
+    /// How many requests are in flight here.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Up to `k` priced routes to `server` for a body of `body_len` bytes whose round
     /// trip fits `max_rtt_ms`, cheapest first.
     pub fn quote(&self, server: &NodeId, body_len: u64, max_rtt_ms: u64, k: usize) -> Vec<Quote> {

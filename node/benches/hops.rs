@@ -1,0 +1,256 @@
+//! Throughput and latency through a 3-hop path (client, two relays, server) of real
+//! por nodes on loopback TCP, against plain forwarding over the same topology (the
+//! same authenticated transport, no PoR), and the added latency per relay.
+//!
+//! `cargo bench -p por-node --bench hops` prints the figures (recorded in
+//! docs/benchmarks.md). `POR_BENCH_N` sets the requests per measurement (default
+//! 20000), `POR_BENCH_CONCURRENCY` the requests in flight (default 256).
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
+use por_chain::{AnyChain, Chain, LocalClient};
+use por_node::{handler_fn, NodeBuilder, NodeHandle, Outcome, RequestOptions};
+use por_protocol::types::EdgeTerms;
+use por_protocol::{Amount, EngineConfig, Keypair, SeverPolicy};
+use por_transport::tcp::TcpTransport;
+use por_transport::{Connection, Listener, Transport, TransportConfig};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn summary(name: &str, n: usize, elapsed: Duration, mut lat: Vec<Duration>) -> (f64, f64) {
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    let rps = n as f64 / elapsed.as_secs_f64();
+    println!(
+        "{name:<34} {rps:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+        p(0.5),
+        p(0.99)
+    );
+    (rps, p(0.5))
+}
+
+async fn por_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
+    let dir = std::env::temp_dir().join(format!("por-bench-hops-{}-{hops}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ws = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = std::fs::read(por_chain::wasm::build_contract(&ws).unwrap()).unwrap();
+    let mut local =
+        LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall).unwrap();
+    let mut cfg = dev_config();
+    cfg["min_deposit"] = "1".into();
+    local.ensure_initialised(cfg).unwrap();
+    let names: Vec<String> = (0..=hops).map(|i| format!("n{i}.local")).collect();
+    for a in &names {
+        local.fund(a, 1_000 * NEAR).unwrap();
+    }
+    let chain = Arc::new(std::sync::Mutex::new(local));
+    let engine = EngineConfig {
+        sever_policy: SeverPolicy::Never,
+        heuristic: None,
+        ..EngineConfig::default()
+    };
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for (i, a) in names.iter().enumerate() {
+        let node = NodeBuilder::new(
+            Keypair::from_seed([i as u8 + 1; 32]),
+            AnyChain::Local(LocalClient::new(chain.clone(), a)),
+            dir.join(a),
+        )
+        .engine_config(engine.clone())
+        .register(Amount(10 * NEAR))
+        .chain_poll(Duration::from_millis(50))
+        .handler(handler_fn(|req| async move { req.body }))
+        .start()
+        .await
+        .unwrap();
+        nodes.push(node);
+    }
+    let terms = EdgeTerms {
+        latency_ms: 1_000,
+        base_cost: Amount(1),
+        byte_cost: Amount(0),
+        sync_interval_ms: 1_000,
+        sync_phase_ms: 0,
+        max_late_fee_rate: Amount(1),
+    };
+    for w in names.windows(2) {
+        let a = LocalClient::new(chain.clone(), &w[0]);
+        let id = a
+            .propose_channel(&w[1], &terms, Amount(100 * NEAR))
+            .await
+            .unwrap();
+        LocalClient::new(chain.clone(), &w[1])
+            .confirm_channel(id, Amount(100 * NEAR))
+            .await
+            .unwrap();
+    }
+    let (client, server) = (nodes[0].clone(), nodes[hops].id());
+    loop {
+        if !client
+            .quote(server, 64, 60_000, 1)
+            .await
+            .unwrap()
+            .is_empty()
+            && client
+                .status()
+                .await
+                .unwrap()
+                .channels
+                .iter()
+                .all(|c| c.connected)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Warm up, then measure.
+    let run = |count: usize| {
+        let client = client.clone();
+        async move {
+            let bodies = futures::stream::iter((0..count).map(|_| vec![7u8; 64]));
+            let started = Instant::now();
+            let mut lat = Vec::with_capacity(count);
+            let mut s =
+                Box::pin(client.request_stream(server, bodies, conc, RequestOptions::default()));
+            while let Some((_, r)) = s.next().await {
+                match r.unwrap() {
+                    Outcome::Response { latency_ms, .. } => {
+                        lat.push(Duration::from_millis(latency_ms))
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            (started.elapsed(), lat)
+        }
+    };
+    let _ = run(n / 10).await;
+    let (elapsed, lat) = run(n).await;
+    let out = summary(&format!("por, {hops} hop(s), TCP"), n, elapsed, lat);
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// The same path with plain forwarding: each relay passes frames on over the same
+/// authenticated TCP transport; no payments, no signatures, no persistence.
+async fn plain_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
+    let keys: Vec<Keypair> = (0..=hops)
+        .map(|i| Keypair::from_seed([100 + i as u8; 32]))
+        .collect();
+    let t: Vec<TcpTransport> = keys
+        .iter()
+        .map(|k| TcpTransport::new(k, TransportConfig::default()).unwrap())
+        .collect();
+    // Server: echo.
+    let mut l = t[hops].listen("127.0.0.1:0").await.unwrap();
+    let mut next_addr = l.local_addr();
+    tokio::spawn(async move {
+        while let Ok(c) = l.accept().await {
+            tokio::spawn(async move {
+                while let Ok((s, f)) = c.recv().await {
+                    if c.send(s, f).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // Relays, from the server back to the client.
+    for i in (1..hops).rev() {
+        let mut l = t[i].listen("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr();
+        let down = Arc::new(t[i].dial(&next_addr, keys[i + 1].id()).await.unwrap());
+        tokio::spawn(async move {
+            if let Ok(up) = l.accept().await {
+                let up = Arc::new(up);
+                let (u, d) = (up.clone(), down.clone());
+                tokio::spawn(async move {
+                    while let Ok((s, f)) = d.recv().await {
+                        if u.send(s, f).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Ok((s, f)) = up.recv().await {
+                    if down.send(s, f).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        next_addr = addr;
+    }
+    let conn = Arc::new(t[0].dial(&next_addr, keys[1].id()).await.unwrap());
+    // Requests carry their index; responses are matched to send times.
+    let sent: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; n]));
+    let sem = Arc::new(tokio::sync::Semaphore::new(conc));
+    let reader = {
+        let (conn, sent, sem) = (conn.clone(), sent.clone(), sem.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(n);
+            while lat.len() < n {
+                let (_, f) = conn.recv().await.unwrap();
+                let i = u64::from_le_bytes(f[..8].try_into().unwrap()) as usize;
+                let t0 = sent.lock().unwrap()[i].unwrap();
+                lat.push(t0.elapsed());
+                sem.add_permits(1);
+            }
+            lat
+        })
+    };
+    let started = Instant::now();
+    for i in 0..n {
+        sem.acquire().await.unwrap().forget();
+        let mut frame = vec![7u8; 64];
+        frame[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        sent.lock().unwrap()[i] = Some(Instant::now());
+        conn.send(0, Bytes::from(frame)).await.unwrap();
+    }
+    let lat = reader.await.unwrap();
+    summary(
+        &format!("plain forwarding, {hops} hop(s), TCP"),
+        n,
+        started.elapsed(),
+        lat,
+    )
+}
+
+fn main() {
+    let n = env("POR_BENCH_N", 20_000);
+    let conc = env("POR_BENCH_CONCURRENCY", 256);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!(
+            "{n} requests of 64 bytes, {conc} in flight, loopback, {} cores",
+            std::thread::available_parallelism().map_or(0, |p| p.get())
+        );
+        let (plain3, plain3_p50) = plain_path(3, n, conc).await;
+        let (_, plain1_p50) = plain_path(1, n, conc).await;
+        let (por3, por3_p50) = por_path(3, n, conc).await;
+        let (_, por1_p50) = por_path(1, n, conc).await;
+        println!("por / plain throughput, 3 hops: {:.2}", por3 / plain3);
+        println!(
+            "added latency per relay at p50: por {:.2} ms, plain {:.2} ms",
+            (por3_p50 - por1_p50) / 2.0,
+            (plain3_p50 - plain1_p50) / 2.0
+        );
+    });
+}
