@@ -62,6 +62,17 @@ async fn closed_by_peer(conn: &impl Connection) -> bool {
     }
 }
 
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 fn now() -> Time {
     por_node::now()
 }
@@ -91,10 +102,12 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
         )
         .register(Amount(10 * NEAR))
         .chain_poll(Duration::from_millis(50))
+        .metrics("127.0.0.1:0")
         .handler(handler_fn(|req| async move { req.body }))
         .start()
     };
     let bob = start("bob", 2).await.unwrap();
+
     let alice = start("alice", 1).await.unwrap();
     let mkey = Keypair::from_seed([3; 32]);
     let mallory = LocalClient::new(chain.clone(), "mallory.local");
@@ -278,6 +291,18 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     );
     alice_is_served(&alice, &bob).await;
     assert_eq!(received_from(&bob, mkey.id()).await, paid_once);
+
+    // The metrics endpoint tells the operator what happened.
+    let metrics = http_get(bob.metrics_address().unwrap(), "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    // The forgery and the garbage (the transport refuses the oversized frame before
+    // the engine sees it); five requests from Alice and one from Mallory.
+    assert!(metrics.contains("por_peers_dropped_total 2"), "{metrics}");
+    assert!(metrics.contains("por_requests_served_total 6"), "{metrics}");
+    assert!(metrics.contains("por_edge_promised_rtt_ms"), "{metrics}");
+    assert!(http_get(bob.metrics_address().unwrap(), "/nope")
+        .await
+        .starts_with("HTTP/1.1 404"));
 
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();
