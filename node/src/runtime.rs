@@ -631,41 +631,30 @@ impl EngineTask {
                 if let Some(mut w) = self.waiters.remove(request) {
                     m.outcome("proof");
                     w.proofs.push(*channel);
+                    let proof = Outcome::Proof {
+                        request: *request,
+                        channel: *channel,
+                        severer: *severer,
+                        latency_ms: *latency_ms,
+                        fees_received: *fees_received,
+                        proofs: w.proofs.clone(),
+                    };
                     if w.reply.is_some() && w.reroutes < w.options.max_reroutes {
                         w.reroutes += 1;
                         info!(%request, %channel, "proof received: re-routing");
-                        let t = now();
-                        let proof = Outcome::Proof {
-                            request: *request,
-                            channel: *channel,
-                            severer: *severer,
-                            latency_ms: *latency_ms,
-                            fees_received: *fees_received,
-                            proofs: w.proofs.clone(),
-                        };
                         let reply = w.reply.take();
                         let (tx, rx) = oneshot::channel();
                         w.reply = Some(tx);
-                        self.send_attempt(w, t);
+                        self.send_attempt(w, now());
                         // If no new route could be sent, the proof is the outcome.
                         tokio::spawn(async move {
-                            let outcome = match rx.await {
-                                Ok(o) => o,
-                                Err(_) => Ok(proof),
-                            };
+                            let outcome = rx.await.unwrap_or(Ok(proof));
                             if let Some(reply) = reply {
                                 let _ = reply.send(outcome);
                             }
                         });
                     } else {
-                        w.answer(Ok(Outcome::Proof {
-                            request: *request,
-                            channel: *channel,
-                            severer: *severer,
-                            latency_ms: *latency_ms,
-                            fees_received: *fees_received,
-                            proofs: w.proofs.clone(),
-                        }));
+                        w.answer(Ok(proof));
                     }
                 }
             }

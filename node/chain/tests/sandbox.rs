@@ -20,12 +20,11 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[tokio::test]
-#[cfg_attr(
-    not(near_sandbox),
-    ignore = "NEAR_SANDBOX_BIN_PATH is not set: no NEAR sandbox binary on this machine (it cannot be downloaded here)"
-)]
-async fn open_pay_close_sever_partition_on_a_near_sandbox() {
+/// A sandbox with the workspace's contract deployed and initialised.
+async fn deploy() -> (
+    near_workspaces::Worker<near_workspaces::network::Sandbox>,
+    near_workspaces::Contract,
+) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
     let worker = near_workspaces::sandbox().await.unwrap();
@@ -43,6 +42,17 @@ async fn open_pay_close_sever_partition_on_a_near_sandbox() {
         .unwrap()
         .into_result()
         .unwrap();
+    (worker, contract)
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(near_sandbox),
+    ignore = "NEAR_SANDBOX_BIN_PATH is not set: no NEAR sandbox binary on this machine (it cannot be downloaded here)"
+)]
+async fn open_pay_close_sever_partition_on_a_near_sandbox() {
+    let (worker, contract) = deploy().await;
+    let near = NearToken::from_near(1).as_yoctonear();
     let (alice, bob) = (
         worker.dev_create_account().await.unwrap(),
         worker.dev_create_account().await.unwrap(),
@@ -175,23 +185,8 @@ async fn near_rpc_client_opens_a_channel_on_a_near_sandbox() {
     use por_chain::{Chain, NearClient, NearConfig};
     use por_protocol::types::EdgeTerms;
 
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
-    let worker = near_workspaces::sandbox().await.unwrap();
-    let contract = worker.dev_deploy(&wasm).await.unwrap();
+    let (worker, contract) = deploy().await;
     let near = NearToken::from_near(1).as_yoctonear();
-    contract
-        .call("new")
-        .args_json(
-            json!({"config": {"min_stake": near.to_string(), "min_deposit": "1",
-            "unbonding_ns": "1", "challenge_ns": "1", "sever_penalty": (near / 100).to_string(),
-            "partition_slash_bps": 1000}}),
-        )
-        .transact()
-        .await
-        .unwrap()
-        .into_result()
-        .unwrap();
     let dir = std::env::temp_dir().join(format!("por-sandbox-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = NearConfig {
