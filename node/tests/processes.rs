@@ -333,6 +333,27 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     assert_eq!(topo["edges"].as_array().unwrap().len(), 3);
     let mine = por(&["channel", "list"]);
     assert_eq!(mine.as_array().unwrap().len(), 1);
+    // And `por request` through the client's control endpoint.
+    let out = Command::new(env!("CARGO_BIN_EXE_por"))
+        .args([
+            "request",
+            "--control",
+            &client_control,
+            "--server",
+            "server.local",
+            "over the CLI",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["kind"], "response", "{answer}");
+    assert_eq!(answer["body"], "over the CLI");
+    assert_eq!(answer["hops"], 3);
     drop(procs);
     drop(chain);
     let _ = std::fs::remove_dir_all(&dir);
