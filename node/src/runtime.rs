@@ -153,8 +153,13 @@ pub(crate) async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
     let stopped = Arc::new(AtomicBool::new(false));
     let span = info_span!("node", id = %id);
 
-    let persister =
-        crate::sync::spawn_persister(db.clone(), writes_rx, durable_tx, metrics.clone());
+    let persister = crate::sync::spawn_persister(
+        db.clone(),
+        writes_rx,
+        durable_tx,
+        metrics.clone(),
+        b.commit_interval,
+    );
     let mut links = Links::new(
         id,
         transport,

@@ -219,6 +219,7 @@ pub struct NodeBuilder {
     pub(crate) register_stake: Option<Amount>,
     pub(crate) chain_poll: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) commit_interval: Duration,
 }
 
 impl NodeBuilder {
@@ -239,6 +240,7 @@ impl NodeBuilder {
             register_stake: None,
             chain_poll: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(10),
+            commit_interval: Duration::from_millis(2),
         }
     }
 
@@ -307,6 +309,14 @@ impl NodeBuilder {
     /// How long a graceful shutdown waits for requests in flight (default 10 s).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// The least time between the starts of two group commits (default 2 ms). A node
+    /// that is not busy commits at once; under load, each commit carries more writes,
+    /// which costs each request up to this much latency per durable step and saves CPU.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
         self
     }
 

@@ -183,10 +183,35 @@ mod keys {
         }
     }
 
+    /// Most decompressed keys kept; the cache starts afresh when full.
+    const KEY_CACHE: usize = 4096;
+
+    /// The decompressed key of `id`. Decompressing a point costs a field inversion, a
+    /// fifth of a verification; nodes see the same few keys over and over, so the
+    /// decompressed forms are memoised (a pure function: results are identical with or
+    /// without the cache).
+    fn verifying_key(id: &NodeId) -> Result<VerifyingKey, CryptoError> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static CACHE: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some(k) = cache.lock().ok().and_then(|c| c.get(&id.0).copied()) {
+            return Ok(k);
+        }
+        let key = VerifyingKey::from_bytes(&id.0).map_err(|_| CryptoError::BadKey)?;
+        if let Ok(mut c) = cache.lock() {
+            if c.len() >= KEY_CACHE {
+                c.clear();
+            }
+            c.insert(id.0, key);
+        }
+        Ok(key)
+    }
+
     /// Verifies `sig` by `signer` over raw (already domain-tagged) bytes, strictly
     /// (no malleable or small-order encodings).
     pub fn verify_bytes(signer: &NodeId, bytes: &[u8], sig: &Signature) -> Result<(), CryptoError> {
-        let key = VerifyingKey::from_bytes(&signer.0).map_err(|_| CryptoError::BadKey)?;
+        let key = verifying_key(signer)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         key.verify_strict(bytes, &sig)
             .map_err(|_| CryptoError::BadSignature)
