@@ -33,11 +33,13 @@ pub(crate) enum LinkEvent {
         conn: u64,
         tx: mpsc::Sender<Bytes>,
     },
-    /// A frame arrived.
+    /// A frame arrived, decoded, its stateless signatures checked ahead of the
+    /// engine (on this reader's thread), or left raw if it does not decode (the
+    /// engine then refuses it with the wire error).
     Frame {
         peer: NodeId,
         conn: u64,
-        frame: Bytes,
+        frame: Result<Box<por_protocol::messages::Message>, Bytes>,
     },
     /// The connection ended.
     Down { peer: NodeId, conn: u64 },
@@ -354,6 +356,15 @@ async fn run_link(shared: Shared, conn: AnyConnection) {
     loop {
         match link.recv().await {
             Ok((_, frame)) => {
+                let frame = match por_protocol::wire::decode_frame(&frame) {
+                    Ok(message) => {
+                        // Spread signature work over the cores: the engine task
+                        // finds these already checked.
+                        message.preverify();
+                        Ok(Box::new(message))
+                    }
+                    Err(_) => Err(frame),
+                };
                 let ev = LinkEvent::Frame {
                     peer,
                     conn: id,

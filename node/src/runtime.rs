@@ -364,7 +364,11 @@ impl EngineTask {
                     return;
                 }
                 self.metrics.frames_in.inc();
-                if let Err(e) = self.engine.handle_frame(peer, &frame, t) {
+                let result = match frame {
+                    Ok(message) => self.engine.handle_message(peer, *message, t),
+                    Err(raw) => self.engine.handle_frame(peer, &raw, t),
+                };
+                if let Err(e) = result {
                     if e.is_fatal() {
                         self.metrics.peers_dropped.inc();
                         warn!(%peer, "dropping peer: {e}");

@@ -211,10 +211,83 @@ mod keys {
     /// Verifies `sig` by `signer` over raw (already domain-tagged) bytes, strictly
     /// (no malleable or small-order encodings).
     pub fn verify_bytes(signer: &NodeId, bytes: &[u8], sig: &Signature) -> Result<(), CryptoError> {
+        if verified::take(signer, bytes, sig) {
+            return Ok(());
+        }
         let key = verifying_key(signer)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
         key.verify_strict(bytes, &sig)
             .map_err(|_| CryptoError::BadSignature)
+    }
+
+    /// Verifies `sig` by `signer` over `value` ahead of time, on whatever thread calls
+    /// it, so that the engine's own check of the same signature over the same bytes is
+    /// a lookup. Returns whether it verified (a failure is not remembered: the engine
+    /// checks again and refuses).
+    pub fn preverify<T: Signable>(signer: &NodeId, value: &T, sig: &Signature) -> bool {
+        let Ok(bytes) = value.signing_bytes() else {
+            return false;
+        };
+        let ok = verifying_key(signer).is_ok_and(|key| {
+            key.verify_strict(&bytes, &ed25519_dalek::Signature::from_bytes(&sig.0))
+                .is_ok()
+        });
+        if ok {
+            verified::put(signer, &bytes, sig);
+        }
+        ok
+    }
+
+    /// Signatures checked ahead of time by [`preverify`]: `sig` → (signer, SHA-256 of
+    /// the signed bytes). Each entry answers one later check of exactly that signer,
+    /// bytes and signature, then is gone; the memo starts afresh when full. It only
+    /// ever holds signatures that verified, so it changes no result, only where the
+    /// work is done.
+    mod verified {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+
+        use sha2::{Digest, Sha256};
+
+        use crate::crypto::{NodeId, Signature};
+
+        const MAX: usize = 1 << 16;
+        type Memo = HashMap<[u8; 64], ([u8; 32], [u8; 32])>;
+
+        fn memo() -> &'static Mutex<Memo> {
+            static MEMO: OnceLock<Mutex<Memo>> = OnceLock::new();
+            MEMO.get_or_init(|| Mutex::new(HashMap::new()))
+        }
+
+        fn digest(bytes: &[u8]) -> [u8; 32] {
+            Sha256::digest(bytes).into()
+        }
+
+        pub(super) fn put(signer: &NodeId, bytes: &[u8], sig: &Signature) {
+            let entry = (signer.0, digest(bytes));
+            if let Ok(mut m) = memo().lock() {
+                if m.len() >= MAX {
+                    m.clear();
+                }
+                m.insert(sig.0, entry);
+            }
+        }
+
+        pub(super) fn take(signer: &NodeId, bytes: &[u8], sig: &Signature) -> bool {
+            let Ok(mut m) = memo().lock() else {
+                return false;
+            };
+            if m.is_empty() {
+                return false;
+            }
+            match m.get(&sig.0) {
+                Some(&(who, hash)) if who == signer.0 && hash == digest(bytes) => {
+                    m.remove(&sig.0);
+                    true
+                }
+                _ => false,
+            }
+        }
     }
 
     /// Verifies `sig` by `signer` over `value` under its domain tag.
@@ -229,7 +302,7 @@ mod keys {
 }
 
 #[cfg(feature = "crypto")]
-pub use keys::{verify, verify_bytes, Keypair};
+pub use keys::{preverify, verify, verify_bytes, Keypair};
 
 #[cfg(all(test, feature = "crypto"))]
 mod tests {
@@ -244,6 +317,38 @@ mod tests {
     struct B(u64);
     impl Signable for B {
         const DOMAIN: &'static [u8] = b"test/b";
+    }
+
+    #[test]
+    fn preverification_changes_no_result() {
+        let k = Keypair::from_seed([9; 32]);
+        let other = Keypair::from_seed([10; 32]);
+        let sig = k.sign(&A(41)).unwrap();
+        assert!(preverify(&k.id(), &A(41), &sig));
+        // The memo answers only the same signer, bytes and signature.
+        assert_eq!(
+            verify(&other.id(), &A(41), &sig),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(
+            verify(&k.id(), &A(42), &sig),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(
+            verify(&k.id(), &B(41), &sig),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(verify(&k.id(), &A(41), &sig), Ok(()));
+        // A forgery is not remembered: it fails ahead of time and again later.
+        let mut forged = k.sign(&A(43)).unwrap();
+        forged.0[3] ^= 1;
+        assert!(!preverify(&k.id(), &A(43), &forged));
+        assert_eq!(
+            verify(&k.id(), &A(43), &forged),
+            Err(CryptoError::BadSignature)
+        );
+        // And a real signature still verifies after its memo entry is used.
+        assert_eq!(verify(&k.id(), &A(41), &sig), Ok(()));
     }
 
     #[test]

@@ -131,6 +131,46 @@ pub enum Message {
 }
 
 impl Message {
+    /// Checks, ahead of the engine and on the caller's thread, every signature in this
+    /// message that needs no channel state: payments, refunds and fee payments (signed
+    /// by their payer), the client's request signature, and severing notices. The
+    /// engine still checks everything; signatures verified here make its checks
+    /// lookups (see [`crate::crypto::preverify`]). This is how a node spreads signature
+    /// work over its cores. Returns how many verified.
+    #[cfg(feature = "crypto")]
+    pub fn preverify(&self) -> usize {
+        use crate::crypto::preverify;
+        let mut ok = 0usize;
+        let mut count = |verified: bool| ok = ok.saturating_add(usize::from(verified));
+        let update = |u: &SignedUpdate| preverify(&u.update.payer, &u.update, &u.sig);
+        let notice = |n: &SignedSeverNotice| preverify(&n.notice.severer, &n.notice, &n.sig);
+        let fee = |f: &Option<FeePayment>| f.as_ref().is_some_and(|f| update(&f.update));
+        match self {
+            Message::Request(r) => {
+                let core = &r.header.core;
+                count(update(&r.payment));
+                count(preverify(&core.client, core, &r.header.client_sig));
+            }
+            Message::Reject { refund, .. } => count(update(refund)),
+            Message::Response { fee: f, .. } => count(fee(f)),
+            Message::Proof {
+                notice: n, fee: f, ..
+            } => {
+                count(notice(n));
+                count(fee(f));
+            }
+            Message::Sync { fee: f, proofs, .. } => {
+                count(fee(f));
+                for (_, n) in proofs {
+                    count(notice(n));
+                }
+            }
+            Message::Severed { notice: n } => count(notice(n)),
+            Message::Ping { .. } | Message::Ack { .. } | Message::Reestablish { .. } => {}
+        }
+        ok
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
