@@ -81,6 +81,14 @@ impl Waiter {
             let _ = reply.send(outcome);
         }
     }
+
+    /// A send attempt failed. On a first attempt that is the answer; on a re-route
+    /// the waiter is dropped, and the proof that prompted it stands as the outcome.
+    fn fail(mut self, err: NodeError) {
+        if self.proofs.is_empty() {
+            self.answer(Err(err));
+        }
+    }
 }
 
 pub(crate) async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
@@ -475,12 +483,7 @@ impl EngineTask {
                 body_len: w.body.len(),
                 max_rtt_ms: w.options.max_rtt_ms,
             };
-            match w.proofs.last() {
-                // A proof came and no other route exists: the proof is the outcome.
-                Some(_) => {}
-                None => w.answer(Err(err)),
-            }
-            return;
+            return w.fail(err);
         };
         match self
             .engine
@@ -491,7 +494,7 @@ impl EngineTask {
                 self.metrics.requests_sent.inc();
                 self.waiters.insert(id, w);
             }
-            Err(e) => w.answer(Err(e.into())),
+            Err(e) => w.fail(e.into()),
         }
     }
 
