@@ -360,7 +360,7 @@ async fn run_link(shared: Shared, conn: AnyConnection) {
                     Ok(message) => {
                         // Spread signature work over the cores: the engine task
                         // finds these already checked.
-                        message.preverify();
+                        message.preverify(&shared.me);
                         Ok(Box::new(message))
                     }
                     Err(_) => Err(frame),

@@ -132,13 +132,14 @@ pub enum Message {
 
 impl Message {
     /// Checks, ahead of the engine and on the caller's thread, every signature in this
-    /// message that needs no channel state: payments, refunds and fee payments (signed
-    /// by their payer), the client's request signature, and severing notices. The
-    /// engine still checks everything; signatures verified here make its checks
-    /// lookups (see [`crate::crypto::preverify`]). This is how a node spreads signature
-    /// work over its cores. Returns how many verified.
+    /// message that needs no channel state and that the engine of node `me` will check:
+    /// payments, refunds and fee payments (signed by their payer), the client's request
+    /// signature when `me` is the server (relays do not check it), and severing
+    /// notices. The engine still checks everything; signatures verified here make its
+    /// checks lookups (see [`crate::crypto::preverify`]). This is how a node spreads
+    /// signature work over its cores. Returns how many verified.
     #[cfg(feature = "crypto")]
-    pub fn preverify(&self) -> usize {
+    pub fn preverify(&self, me: &crate::crypto::NodeId) -> usize {
         use crate::crypto::preverify;
         let mut ok = 0usize;
         let mut count = |verified: bool| ok = ok.saturating_add(usize::from(verified));
@@ -149,7 +150,9 @@ impl Message {
             Message::Request(r) => {
                 let core = &r.header.core;
                 count(update(&r.payment));
-                count(preverify(&core.client, core, &r.header.client_sig));
+                if core.server == *me {
+                    count(preverify(&core.client, core, &r.header.client_sig));
+                }
             }
             Message::Reject { refund, .. } => count(update(refund)),
             Message::Response { fee: f, .. } => count(fee(f)),
