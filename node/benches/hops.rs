@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p por-node --bench hops` prints the figures (recorded in
 //! docs/benchmarks.md). `POR_BENCH_N` sets the requests per measurement (default
-//! 20000), `POR_BENCH_CONCURRENCY` the requests in flight (default 256).
+//! 20000), `POR_BENCH_CONCURRENCY` the requests in flight (default 256);
+//! `POR_BENCH_ONLY=por3` runs only the 3-hop por path (for profiling).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -242,6 +243,11 @@ fn main() {
             "{n} requests of 64 bytes, {conc} in flight, loopback, {} cores",
             std::thread::available_parallelism().map_or(0, |p| p.get())
         );
+        if std::env::var("POR_BENCH_ONLY").is_ok_and(|v| v == "por3") {
+            // One measurement alone, for profiling.
+            por_path(3, n, conc).await;
+            return;
+        }
         let (plain3, plain3_p50) = plain_path(3, n, conc).await;
         let (_, plain1_p50) = plain_path(1, n, conc).await;
         let (por3, por3_p50) = por_path(3, n, conc).await;

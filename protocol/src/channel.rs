@@ -216,17 +216,23 @@ impl ChannelRecord {
         key: &Keypair,
         su: &SignedUpdate,
     ) -> Result<Signature, ProtocolError> {
-        self.check_incoming(su)?;
-        let ack = key
-            .sign(&AckOf(&su.update))
+        self.accept(su)?;
+        key.sign(&AckOf(&su.update))
             .map_err(|source| ProtocolError::BadSignature {
                 what: "own ack",
                 source,
-            })?;
+            })
+    }
+
+    /// Checks and applies an update from the peer without acknowledging it yet: the
+    /// engine acknowledges a run of updates with one ack of the last (an ack of `seq`
+    /// acknowledges every update up to it).
+    pub fn accept(&mut self, su: &SignedUpdate) -> Result<(), ProtocolError> {
+        self.check_incoming(su)?;
         self.incoming.seq = su.update.seq;
         self.incoming.cumulative = su.update.cumulative;
         self.incoming.latest = Some(su.clone());
-        Ok(ack)
+        Ok(())
     }
 
     /// Applies the peer's ack of our update `seq`; returns the acked update's memos in

@@ -86,6 +86,57 @@ fn nothing_leaves_before_its_writes_are_durable() {
     assert!(!rest.is_empty(), "the last write gates at least one frame");
 }
 
+#[test]
+fn one_ack_covers_every_update_made_durable_by_one_commit() {
+    let (keys, edges) = setup();
+    let mut a = engine(&keys[0], &edges);
+    let mut b = engine(&keys[1], &edges);
+    for e in [&mut a, &mut b] {
+        let open = e.poll_writes().unwrap();
+        e.writes_durable(open.up_to);
+    }
+    // A sends five requests; B receives all five before its next commit.
+    let mut requests = Vec::new();
+    for i in 0..5u64 {
+        a.send_request(route(&keys), b"x".to_vec(), Amount(1), Time(5 + i))
+            .unwrap();
+        let w = a.poll_writes().unwrap();
+        a.writes_durable(w.up_to);
+        requests.extend(std::iter::from_fn(|| a.poll_transmit()));
+    }
+    assert_eq!(requests.len(), 5);
+    for t in requests {
+        b.handle_message(keys[0].id(), t.message, Time(20)).unwrap();
+    }
+    assert!(
+        b.poll_transmit().is_none(),
+        "no ack before the updates are durable"
+    );
+    let w = b.poll_writes().unwrap();
+    b.writes_durable(w.up_to);
+    let out: Vec<_> = std::iter::from_fn(|| b.poll_transmit()).collect();
+    let acks: Vec<_> = out
+        .iter()
+        .filter_map(|t| match &t.message {
+            Message::Ack { seq, .. } => Some((t.to, *seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![(keys[0].id(), 5)], "one ack, of the last update");
+    assert_eq!(out.len(), 6, "the ack and five forwarded requests");
+    // That one ack acknowledges all five at A.
+    for t in out.into_iter().filter(|t| t.to == keys[0].id()) {
+        a.handle_message(keys[1].id(), t.message, Time(30)).unwrap();
+    }
+    let ch = a.channel(ChannelId(1)).unwrap();
+    assert_eq!(ch.outgoing.acked_seq, 5);
+    assert!(ch.outgoing.unacked.is_empty());
+    let acked = std::iter::from_fn(|| a.poll_event())
+        .filter(|e| matches!(e, Event::RequestAcked { .. }))
+        .count();
+    assert_eq!(acked, 5, "every request is reported acknowledged");
+}
+
 /// Drives three engines; B's writes go to a store, and B can be replaced by one
 /// restored from it (a crash) at any point.
 struct Harness {

@@ -166,8 +166,8 @@ impl Engine {
         }
     }
 
-    /// Accepts a peer-signed update into the channel and queues our ack (after the
-    /// state is durable).
+    /// Accepts a peer-signed update into the channel and owes the peer an ack of it,
+    /// signed once the state is durable (see [`Engine::poll_transmit`]).
     pub(super) fn accept_update(
         &mut self,
         from: NodeId,
@@ -178,19 +178,16 @@ impl Engine {
             .channels
             .get_mut(&channel)
             .ok_or(ProtocolError::UnknownPeer(from))?;
-        let sig = ch.rec.receive(&self.key, su)?;
+        ch.rec.accept(su)?;
         self.write(Write::Incoming {
             channel,
             update: Box::new(su.clone()),
         });
-        self.send(
-            from,
-            Message::Ack {
-                channel,
-                seq: su.update.seq,
-                sig,
-            },
-        );
+        let needs = self.write_seq;
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.acks_due.push_back((needs, su.update.clone()));
+            self.ack_channels.insert(channel);
+        }
         Ok(())
     }
 

@@ -80,6 +80,9 @@ struct ChannelRt {
     /// and their insertion order for pruning by age and count.
     closings: BTreeMap<RequestId, Message>,
     closing_order: VecDeque<(Time, RequestId)>,
+    /// Updates accepted from the peer and not yet acknowledged, with the write each
+    /// needs durable first, in seq order.
+    acks_due: VecDeque<(u64, crate::types::ChannelUpdate)>,
 }
 
 /// At most this many closing messages are kept per channel for resending.
@@ -103,6 +106,8 @@ pub struct Engine {
     write_seq: u64,
     durable_seq: u64,
     outbox: VecDeque<(u64, Transmit)>,
+    /// Channels with updates waiting to be acknowledged.
+    ack_channels: BTreeSet<ChannelId>,
     events: VecDeque<Event>,
     chain_actions: VecDeque<ChainAction>,
 }
@@ -136,6 +141,7 @@ impl Engine {
             write_seq: 0,
             durable_seq: 0,
             outbox: VecDeque::new(),
+            ack_channels: BTreeSet::new(),
             events: VecDeque::new(),
             chain_actions: VecDeque::new(),
         }
@@ -238,18 +244,73 @@ impl Engine {
     }
 
     /// The next frame to send, once the state it commits to is durable.
+    ///
+    /// Acknowledgements are signed here, not when the update arrives: every update of a
+    /// channel that has become durable since the last ack is acknowledged by one ack of
+    /// the latest of them. Under load a group commit makes many updates durable at
+    /// once, so a node signs (and its peer verifies) one ack per commit and channel
+    /// rather than one per request.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         match self.outbox.front() {
             Some((needs, _)) if *needs <= self.durable_seq => {
                 self.outbox.pop_front().map(|(_, t)| t)
             }
-            _ => None,
+            _ => self.next_ack(),
         }
     }
 
-    /// Frames waiting for persistence.
+    /// One ack of the latest durable update of some channel that owes its peer one.
+    fn next_ack(&mut self) -> Option<Transmit> {
+        let owing: Vec<ChannelId> = self.ack_channels.iter().copied().collect();
+        for channel in owing {
+            let Some(ch) = self.channels.get_mut(&channel) else {
+                self.ack_channels.remove(&channel);
+                continue;
+            };
+            let mut last = None;
+            while ch
+                .acks_due
+                .front()
+                .is_some_and(|(needs, _)| *needs <= self.durable_seq)
+            {
+                last = ch.acks_due.pop_front().map(|(_, u)| u);
+            }
+            if !ch.ready {
+                // The peer is away: the re-ack on its `Reestablish` covers all of it.
+                ch.acks_due.clear();
+                last = None;
+            }
+            if ch.acks_due.is_empty() {
+                self.ack_channels.remove(&channel);
+            }
+            let Some(update) = last else { continue };
+            // Signing a well-formed value cannot fail to encode; were it to, the
+            // payer would retransmit the update after a reconnect and be re-acked.
+            let Ok(sig) = self.key.sign(&crate::types::AckOf(&update)) else {
+                continue;
+            };
+            let message = Message::Ack {
+                channel,
+                seq: update.seq,
+                sig,
+            };
+            return Some(Transmit {
+                to: ch.rec.peer,
+                message,
+            });
+        }
+        None
+    }
+
+    /// Frames waiting for persistence (acks included).
     pub fn transmits_waiting(&self) -> usize {
-        self.outbox.len()
+        let acks: usize = self
+            .ack_channels
+            .iter()
+            .filter_map(|c| self.channels.get(c))
+            .map(|c| c.acks_due.len())
+            .sum();
+        self.outbox.len().saturating_add(acks)
     }
 
     /// The next application event.
@@ -347,6 +408,7 @@ impl Engine {
                 held: Vec::new(),
                 closings: BTreeMap::new(),
                 closing_order: VecDeque::new(),
+                acks_due: VecDeque::new(),
             },
         );
     }
