@@ -290,6 +290,41 @@ mod keys {
         }
     }
 
+    /// Verifies `sig` by `signer` over `value` like [`verify`], remembering success:
+    /// for signatures that several messages share (a server's signature over a batch
+    /// of responses), so that the batch's first member costs a verification and the
+    /// rest a lookup. Only verified signatures are remembered, so the result is always
+    /// the same as [`verify`]'s.
+    pub fn verify_cached<T: Signable>(
+        signer: &NodeId,
+        value: &T,
+        sig: &Signature,
+    ) -> Result<(), CryptoError> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        /// Most shared signatures remembered; the cache starts afresh when full.
+        const MAX: usize = 4096;
+        type Seen = HashMap<[u8; 64], ([u8; 32], [u8; 32])>;
+        static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
+        let seen = SEEN.get_or_init(|| Mutex::new(HashMap::new()));
+        let bytes = value.signing_bytes().map_err(|_| CryptoError::Encoding)?;
+        let entry = (signer.0, <[u8; 32]>::from(Sha256::digest(&bytes)));
+        if seen
+            .lock()
+            .is_ok_and(|s| s.get(&sig.0).is_some_and(|e| *e == entry))
+        {
+            return Ok(());
+        }
+        verify_bytes(signer, &bytes, sig)?;
+        if let Ok(mut s) = seen.lock() {
+            if s.len() >= MAX {
+                s.clear();
+            }
+            s.insert(sig.0, entry);
+        }
+        Ok(())
+    }
+
     /// Verifies `sig` by `signer` over `value` under its domain tag.
     pub fn verify<T: Signable>(
         signer: &NodeId,
@@ -302,7 +337,7 @@ mod keys {
 }
 
 #[cfg(feature = "crypto")]
-pub use keys::{preverify, verify, verify_bytes, Keypair};
+pub use keys::{preverify, verify, verify_bytes, verify_cached, Keypair};
 
 #[cfg(all(test, feature = "crypto"))]
 mod tests {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::amount::{Amount, AmountOverflow};
 use crate::crypto::{Hash, NodeId, Signable, Signature};
+use crate::merkle::MerkleProof;
 use crate::wire::{self, WireError};
 
 /// An edge (state channel) identifier, assigned by the contract when the edge opens.
@@ -301,17 +302,51 @@ pub struct ResponseBody {
     pub body_hash: Hash,
 }
 
-impl Signable for ResponseBody {
-    const DOMAIN: &'static [u8] = b"por/v1/response";
+impl ResponseBody {
+    /// This response's leaf in the server's signed batch:
+    /// `SHA-256("por/v1/response" || encode(self))`.
+    pub fn leaf(&self) -> Result<Hash, WireError> {
+        Ok(Hash::tagged(b"por/v1/response", &wire::encode(self)?))
+    }
 }
 
-/// A server's signed response (without the body bytes).
+/// What a server signs: the Merkle root over the leaves ([`ResponseBody::leaf`]) of the
+/// responses it sends at once, and how many there are. One response is a batch of
+/// one whose root is its leaf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseBatch {
+    /// The Merkle root (see [`crate::merkle`]).
+    pub root: Hash,
+    /// The number of responses under it.
+    pub leaves: u32,
+}
+
+impl Signable for ResponseBatch {
+    const DOMAIN: &'static [u8] = b"por/v1/response-batch";
+}
+
+/// A server's signed response (without the body bytes): the response, its place in
+/// the batch the server signed, and the server's signature over that batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedResponse {
-    /// What is signed.
+    /// The response.
     pub body: ResponseBody,
-    /// The server's signature.
+    /// Its place in the signed batch.
+    pub proof: MerkleProof,
+    /// The server's signature over the [`ResponseBatch`].
     pub sig: Signature,
+}
+
+impl SignedResponse {
+    /// The batch statement this response's signature must verify over, or `None` if
+    /// its proof is malformed.
+    pub fn batch(&self) -> Option<ResponseBatch> {
+        let root = self.proof.root_of(self.body.leaf().ok()?)?;
+        Some(ResponseBatch {
+            root,
+            leaves: self.proof.leaves,
+        })
+    }
 }
 
 /// Why an edge was severed.

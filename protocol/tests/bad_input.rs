@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use por_protocol::channel::ChannelRecord;
+use por_protocol::merkle::MerkleProof;
 use por_protocol::messages::{Message, RejectReason, RequestMsg};
 use por_protocol::types::{
     ChannelId, EdgeInfo, EdgeTerms, Memo, RequestCore, RequestHeader, Route, SeverNotice,
@@ -425,6 +426,56 @@ fn oversized_and_garbage_frames_do_not_disturb_others() {
 }
 
 #[test]
+fn responses_made_together_share_one_signature_and_each_verifies() {
+    let mut n = net();
+    let ids: Vec<_> = (0..5u8)
+        .map(|i| {
+            n.engines[0]
+                .send_request(n.route(), vec![i; 8], Amount(5), T0)
+                .unwrap()
+        })
+        .collect();
+    assert!(n.pump(T0).is_empty());
+    // The server answers all five before its outputs are next polled.
+    for (i, id) in ids.iter().enumerate() {
+        n.engines[2].respond(*id, vec![i as u8; 4], T0).unwrap();
+    }
+    let out = n.out(2);
+    let sigs: Vec<_> = out
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Message::Response { response, .. } => Some((response.sig, response.proof.leaves)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sigs.len(), 5);
+    assert!(
+        sigs.iter().all(|s| *s == sigs[0]),
+        "one signature, one batch of 5"
+    );
+    assert_eq!(sigs[0].1, 5);
+    // Each response verifies on its own at the relay and at the client.
+    for (_, m) in out {
+        n.engines[1].handle_message(n.id(2), m, T0).unwrap();
+    }
+    assert!(n.pump(T0).is_empty());
+    let answered: Vec<_> = n
+        .events(0)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ResponseDelivered { request, body, .. } => Some((request, body)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, vec![i as u8; 4]))
+        .collect();
+    assert_eq!(answered, expected);
+}
+
+#[test]
 fn forged_response_and_forged_proof_are_refused() {
     let mut n = net();
     let id = n.engines[0]
@@ -446,7 +497,9 @@ fn forged_response_and_forged_proof_are_refused() {
         panic!("expected a response")
     };
     // Signed by the wrong key (B pretends to be the server).
-    response.sig = n.keys[1].sign(&response.body).unwrap();
+    let batch = response.batch().unwrap();
+    let genuine = response.sig;
+    response.sig = n.keys[1].sign(&batch).unwrap();
     let err = n.engines[1]
         .handle_message(
             n.id(2),
@@ -460,8 +513,37 @@ fn forged_response_and_forged_proof_are_refused() {
         )
         .unwrap_err();
     assert_eq!(err, ProtocolError::BadResponse(id));
+    // The server's signature, but a proof that places the response in another batch.
+    response.sig = genuine;
+    for forged in [
+        MerkleProof {
+            leaves: 2,
+            index: 0,
+            siblings: vec![Hash::of(b"another")],
+        },
+        MerkleProof {
+            leaves: 1,
+            index: 0,
+            siblings: vec![Hash::of(b"trailing")],
+        },
+    ] {
+        let mut r = response.clone();
+        r.proof = forged;
+        let err = n.engines[1]
+            .handle_message(
+                n.id(2),
+                Message::Response {
+                    request,
+                    response: r,
+                    body: body.clone(),
+                    fee: fee.clone(),
+                },
+                T0,
+            )
+            .unwrap_err();
+        assert_eq!(err, ProtocolError::BadResponse(id));
+    }
     // Right signature, different body.
-    response.sig = n.keys[2].sign(&response.body).unwrap();
     let err = n.engines[1]
         .handle_message(
             n.id(2),

@@ -578,7 +578,10 @@ impl Engine {
         if response.body.request != request || response.body.body_hash != Hash::of(&body) {
             return Err(ProtocolError::BadResponse(request));
         }
-        crypto::verify(&p.core.server, &response.body, &response.sig)
+        let batch = response
+            .batch()
+            .ok_or(ProtocolError::BadResponse(request))?;
+        crypto::verify_cached(&p.core.server, &batch, &response.sig)
             .map_err(|_| ProtocolError::BadResponse(request))?;
         if let Some(f) = &fee {
             self.on_fee(from, channel, f, now)?;

@@ -20,14 +20,15 @@ use crate::channel::ChannelRecord;
 use crate::config::{EngineConfig, ProofForwarding, SeverPolicy};
 use crate::crypto::{self, Hash, Keypair, NodeId};
 use crate::error::ProtocolError;
+use crate::merkle::MerkleProof;
 use crate::messages::{Echo, Message, RejectReason, RequestMsg};
 use crate::store::{Store, Write};
 use crate::time::Time;
 use crate::topology::{Quote, Topology};
 use crate::types::{
     fee_items_hash, ChannelId, EdgeInfo, FeeItem, FeePayment, Memo, RequestCore, RequestHeader,
-    RequestId, ResponseBody, Route, SeverNotice, SeverReason, SignedResponse, SignedSeverNotice,
-    SignedUpdate,
+    RequestId, ResponseBatch, ResponseBody, Route, SeverNotice, SeverReason, SignedResponse,
+    SignedSeverNotice, SignedUpdate,
 };
 use crate::wire::{self, MAX_BODY_LEN};
 
@@ -108,6 +109,8 @@ pub struct Engine {
     outbox: VecDeque<(u64, Transmit)>,
     /// Channels with updates waiting to be acknowledged.
     ack_channels: BTreeSet<ChannelId>,
+    /// Responses made but not yet signed, with their Merkle leaves.
+    unsealed: Vec<(ResponseBody, Hash)>,
     events: VecDeque<Event>,
     chain_actions: VecDeque<ChainAction>,
 }
@@ -142,6 +145,7 @@ impl Engine {
             durable_seq: 0,
             outbox: VecDeque::new(),
             ack_channels: BTreeSet::new(),
+            unsealed: Vec::new(),
             events: VecDeque::new(),
             chain_actions: VecDeque::new(),
         }
@@ -228,6 +232,7 @@ impl Engine {
 
     /// The next batch of writes to persist, if any.
     pub fn poll_writes(&mut self) -> Option<WriteBatch> {
+        self.seal_responses();
         if self.writes.is_empty() {
             return None;
         }
@@ -251,6 +256,7 @@ impl Engine {
     /// once, so a node signs (and its peer verifies) one ack per commit and channel
     /// rather than one per request.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.seal_responses();
         match self.outbox.front() {
             Some((needs, _)) if *needs <= self.durable_seq => {
                 self.outbox.pop_front().map(|(_, t)| t)

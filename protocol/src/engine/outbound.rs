@@ -164,22 +164,82 @@ impl Engine {
             request,
             body_hash: Hash::of(&body),
         };
-        let sig = self
-            .key
-            .sign(&rb)
-            .map_err(|source| ProtocolError::BadSignature {
-                what: "own response",
-                source,
-            })?;
-        let response = SignedResponse { body: rb, sig };
+        let leaf = rb.leaf().map_err(|_| ProtocolError::BadSignature {
+            what: "own response",
+            source: crypto::CryptoError::Encoding,
+        })?;
+        // Signed when the engine's outputs are next polled, together with every other
+        // response made by then (see `seal_responses`).
+        let response = SignedResponse {
+            body: rb.clone(),
+            proof: MerkleProof {
+                leaves: 0,
+                index: 0,
+                siblings: Vec::new(),
+            },
+            sig: crypto::Signature([0; 64]),
+        };
         self.close_upstream(request, now, |fee| Message::Response {
             request,
             response,
             body,
             fee,
         })?;
+        self.unsealed.push((rb, leaf));
         self.events.push_back(Event::ResponseSent { request });
         Ok(())
+    }
+
+    /// Signs every response made since the last call with one signature over the
+    /// Merkle root of the batch, and fills the signature and each response's proof
+    /// into the frames that carry them (queued, held, or kept for resending). A burst
+    /// of requests answered between two polls costs the server one signature, and
+    /// each node on the way back one verification.
+    pub(super) fn seal_responses(&mut self) {
+        if self.unsealed.is_empty() {
+            return;
+        }
+        let made = std::mem::take(&mut self.unsealed);
+        let mut sealed: BTreeMap<RequestId, SignedResponse> = BTreeMap::new();
+        for chunk in made.chunks(crate::merkle::MAX_LEAVES as usize) {
+            let leaves: Vec<Hash> = chunk.iter().map(|(_, leaf)| *leaf).collect();
+            let Some((root, proofs)) = crate::merkle::build(&leaves) else {
+                continue;
+            };
+            let batch = ResponseBatch {
+                root,
+                leaves: proofs.first().map_or(0, |p| p.leaves),
+            };
+            // Encoding a root and a count cannot fail; were it to, the responses would
+            // stay unsigned, be refused downstream and end as late requests.
+            let Ok(sig) = self.key.sign(&batch) else {
+                continue;
+            };
+            for ((body, _), proof) in chunk.iter().zip(proofs) {
+                let response = SignedResponse {
+                    body: body.clone(),
+                    proof,
+                    sig,
+                };
+                sealed.insert(body.request, response);
+            }
+        }
+        let patch = |m: &mut Message| {
+            if let Message::Response { response, .. } = m {
+                if response.proof.leaves == 0 {
+                    if let Some(s) = sealed.get(&response.body.request) {
+                        *response = s.clone();
+                    }
+                }
+            }
+        };
+        self.outbox
+            .iter_mut()
+            .for_each(|(_, t)| patch(&mut t.message));
+        for ch in self.channels.values_mut() {
+            ch.closings.values_mut().for_each(patch);
+            ch.held.iter_mut().for_each(patch);
+        }
     }
 
     /// Severs one of our edges: signs a notice, asks for it to be submitted on chain,
