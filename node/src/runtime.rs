@@ -243,6 +243,9 @@ pub(crate) async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
     Ok(handle)
 }
 
+/// Most inputs the engine task takes between two drains of the engine's outputs.
+const INPUT_BATCH: usize = 64;
+
 struct EngineTask {
     engine: Engine,
     links: Links,
@@ -304,6 +307,20 @@ impl EngineTask {
                 }
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 () = sleep_until(next) => self.on_timer(),
+            }
+            // Take what is already waiting before draining, so that one drain seals
+            // one batch of responses, one ack per channel and one write batch for all
+            // of it (bounded, so outputs never wait long behind a flood of inputs).
+            for _ in 0..INPUT_BATCH {
+                if let Ok(d) = durable.try_recv() {
+                    self.engine.writes_durable(d?);
+                } else if let Ok(ev) = links.try_recv() {
+                    self.on_link(ev);
+                } else if let Ok(cmd) = commands.try_recv() {
+                    self.on_command(cmd);
+                } else {
+                    break;
+                }
             }
         }
     }
