@@ -109,8 +109,9 @@ pub struct Engine {
     outbox: VecDeque<(u64, Transmit)>,
     /// Channels with updates waiting to be acknowledged.
     ack_channels: BTreeSet<ChannelId>,
-    /// Responses made but not yet signed, with their Merkle leaves.
-    unsealed: Vec<(ResponseBody, Hash)>,
+    /// Responses made but not yet signed, with their Merkle leaves and the channel
+    /// they leave on.
+    unsealed: Vec<(ResponseBody, Hash, ChannelId)>,
     events: VecDeque<Event>,
     chain_actions: VecDeque<ChainAction>,
 }

@@ -179,13 +179,14 @@ impl Engine {
             },
             sig: crypto::Signature([0; 64]),
         };
+        let channel = p.up.as_ref().map(|u| u.channel).unwrap_or_default();
         self.close_upstream(request, now, |fee| Message::Response {
             request,
             response,
             body,
             fee,
         })?;
-        self.unsealed.push((rb, leaf));
+        self.unsealed.push((rb, leaf, channel));
         self.events.push_back(Event::ResponseSent { request });
         Ok(())
     }
@@ -202,7 +203,7 @@ impl Engine {
         let made = std::mem::take(&mut self.unsealed);
         let mut sealed: BTreeMap<RequestId, SignedResponse> = BTreeMap::new();
         for chunk in made.chunks(crate::merkle::MAX_LEAVES as usize) {
-            let leaves: Vec<Hash> = chunk.iter().map(|(_, leaf)| *leaf).collect();
+            let leaves: Vec<Hash> = chunk.iter().map(|(_, leaf, _)| *leaf).collect();
             let Some((root, proofs)) = crate::merkle::build(&leaves) else {
                 continue;
             };
@@ -215,7 +216,7 @@ impl Engine {
             let Ok(sig) = self.key.sign(&batch) else {
                 continue;
             };
-            for ((body, _), proof) in chunk.iter().zip(proofs) {
+            for ((body, _, _), proof) in chunk.iter().zip(proofs) {
                 let response = SignedResponse {
                     body: body.clone(),
                     proof,
@@ -236,9 +237,20 @@ impl Engine {
         self.outbox
             .iter_mut()
             .for_each(|(_, t)| patch(&mut t.message));
-        for ch in self.channels.values_mut() {
-            ch.closings.values_mut().for_each(patch);
+        // Kept copies: only those of the requests just answered, on their channels.
+        let channels: BTreeSet<ChannelId> = made.iter().map(|(_, _, c)| *c).collect();
+        for channel in channels {
+            let Some(ch) = self.channels.get_mut(&channel) else {
+                continue;
+            };
             ch.held.iter_mut().for_each(patch);
+            for (body, _, c) in &made {
+                if *c == channel {
+                    if let Some(m) = ch.closings.get_mut(&body.request) {
+                        patch(m);
+                    }
+                }
+            }
         }
     }
 
