@@ -705,6 +705,12 @@ impl PorContract {
                 what: "signed update",
                 detail: e.to_string(),
             })?;
+            // The payer signed the Merkle root of a batch of its updates; the proof
+            // places this update in it.
+            let batch = su.batch().ok_or(ContractError::Malformed {
+                what: "signed update",
+                detail: "malformed batch proof".into(),
+            })?;
             let u = su.update;
             if u.channel.0 != ch.id.0 {
                 return Err(ContractError::ForeignState(ch.id.0));
@@ -716,7 +722,7 @@ impl PorContract {
             } else {
                 return Err(ContractError::ForeignState(ch.id.0));
             };
-            verify(&u, &su.sig, &u.payer.0, "channel update")?;
+            verify(&batch, &su.sig, &u.payer.0, "channel update")?;
             out.push((a_pays, u));
         }
         Ok(out)

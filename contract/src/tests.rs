@@ -8,7 +8,7 @@ use por_protocol::types::{
     ChannelId, ChannelUpdate, Memo, RequestId, SeverNotice, SeverReason, SignedSeverNotice,
     SignedUpdate,
 };
-use por_protocol::{wire, Amount, Keypair, NodeId};
+use por_protocol::{wire, Amount, Hash, Keypair, NodeId};
 
 use super::*;
 
@@ -90,8 +90,7 @@ fn update(payer: &str, payee: &str, channel: u64, seq: u64, cumulative: u128) ->
             amount: Amount(1),
         },
     };
-    let sig = key(payer).sign(&u).unwrap();
-    Base64VecU8(wire::encode(&SignedUpdate { update: u, sig }).unwrap())
+    Base64VecU8(wire::encode(&SignedUpdate::sign_alone(&key(payer), u).unwrap()).unwrap())
 }
 
 fn notice(severer: &str, peer: &str, channel: u64) -> Base64VecU8 {
@@ -376,12 +375,37 @@ fn adversarial_close_newer_state_wins() {
     // Forged: Bob signs "Alice paid Bob" himself.
     let mut forged: SignedUpdate =
         wire::decode(&update("alice", "bob", id, 10, 5 * NEAR).0).unwrap();
-    forged.sig = key("bob").sign(&forged.update).unwrap();
+    forged.sig = key("bob").sign(&forged.batch().unwrap()).unwrap();
     let forged = Base64VecU8(wire::encode(&forged).unwrap());
     assert_eq!(
         c.do_challenge(acc("bob"), id, vec![forged], 3_000),
         Err(ContractError::BadSignature("channel update"))
     );
+    // Alice's update signed as the middle one of a batch of three: its proof is
+    // checked against the root she signed; a proof that does not fit is refused.
+    let in_batch = batch_member(id);
+    let mut misfit = in_batch.clone();
+    misfit.proof.index = 0;
+    assert_eq!(
+        c.do_challenge(
+            acc("bob"),
+            id,
+            vec![Base64VecU8(wire::encode(&misfit).unwrap())],
+            3_000
+        ),
+        Err(ContractError::BadSignature("channel update"))
+    );
+    let mut truncated = in_batch;
+    truncated.proof.siblings.pop();
+    assert!(matches!(
+        c.do_challenge(
+            acc("bob"),
+            id,
+            vec![Base64VecU8(wire::encode(&truncated).unwrap())],
+            3_000
+        ),
+        Err(ContractError::Malformed { .. })
+    ));
     assert_eq!(
         c.do_challenge(
             acc("bob"),
@@ -434,6 +458,40 @@ fn adversarial_close_newer_state_wins() {
         ),
         "double finalize"
     );
+}
+
+/// Alice's update paying Bob 5 NEAR on `channel`, signed as the middle one of a batch
+/// of three leaves.
+fn batch_member(channel: u64) -> SignedUpdate {
+    let mut su: SignedUpdate =
+        wire::decode(&update("alice", "bob", channel, 10, 5 * NEAR).0).unwrap();
+    let leaves = [
+        Hash::of(b"another update"),
+        su.update.leaf().unwrap(),
+        Hash::of(b"a response"),
+    ];
+    let (root, proofs) = por_protocol::merkle::build(&leaves).unwrap();
+    su.sig = key("alice")
+        .sign(&por_protocol::types::BatchRoot { root, leaves: 3 })
+        .unwrap();
+    su.proof = proofs[1].clone();
+    su
+}
+
+#[test]
+fn an_update_signed_in_a_batch_settles_the_channel() {
+    let mut c = setup(&["alice", "bob"]);
+    let id = open(&mut c, "alice", "bob");
+    let until = c
+        .do_start_close(
+            acc("bob"),
+            id,
+            vec![Base64VecU8(wire::encode(&batch_member(id)).unwrap())],
+            0,
+        )
+        .unwrap();
+    let (_, pa, _, pb) = c.do_finalize_close(id, until).unwrap();
+    assert_eq!((pa, pb), (0, 10 * NEAR), "Alice's 5 NEAR went to Bob");
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! `cargo bench -p por-node --bench hops` prints the figures (recorded in
 //! docs/benchmarks.md). `POR_BENCH_N` sets the requests per measurement (default
 //! 20000), `POR_BENCH_CONCURRENCY` the requests in flight (default 256);
-//! `POR_BENCH_ONLY=por3` runs only the 3-hop por path (for profiling).
+//! `POR_BENCH_ONLY=por3` runs only the 3-hop por path (for profiling);
+//! `POR_BENCH_COMMIT_MS` sets the nodes' busy commit interval (default 2).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -72,6 +73,7 @@ async fn por_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
         .engine_config(engine.clone())
         .register(Amount(10 * NEAR))
         .chain_poll(Duration::from_millis(50))
+        .commit_interval(Duration::from_millis(env("POR_BENCH_COMMIT_MS", 2) as u64))
         .handler(handler_fn(|req| async move { req.body }))
         .start()
         .await

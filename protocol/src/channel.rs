@@ -116,6 +116,36 @@ impl ChannelRecord {
         memo: Memo,
         carrier: impl FnOnce(SignedUpdate) -> Message,
     ) -> Result<SignedUpdate, ProtocolError> {
+        let update = self.next_update(memo)?;
+        let signed = SignedUpdate::sign_alone(key, update).map_err(|source| {
+            ProtocolError::BadSignature {
+                what: "own update",
+                source,
+            }
+        })?;
+        Ok(self.commit_outgoing(signed, carrier))
+    }
+
+    /// Like [`ChannelRecord::pay`], but leaves the update unsigned (see
+    /// [`crate::types::unsealed_proof`]): the engine signs every update it makes between
+    /// two polls of its outputs with one signature over their batch, and fills it in
+    /// wherever the update is held before anything is persisted or sent.
+    pub fn pay_unsealed(
+        &mut self,
+        memo: Memo,
+        carrier: impl FnOnce(SignedUpdate) -> Message,
+    ) -> Result<SignedUpdate, ProtocolError> {
+        let update = self.next_update(memo)?;
+        let signed = SignedUpdate {
+            update,
+            proof: crate::types::unsealed_proof(),
+            sig: Signature([0; 64]),
+        };
+        Ok(self.commit_outgoing(signed, carrier))
+    }
+
+    /// The next outgoing update paying `memo`, if we can afford it.
+    fn next_update(&self, memo: Memo) -> Result<ChannelUpdate, ProtocolError> {
         self.live()?;
         let cumulative = self.outgoing.cumulative.checked_add(memo.amount())?;
         let capacity = self
@@ -135,28 +165,28 @@ impl ChannelRecord {
             .seq
             .checked_add(1)
             .ok_or(ProtocolError::Overflow)?;
-        let update = ChannelUpdate {
+        Ok(ChannelUpdate {
             channel: self.id(),
             payer: self.me,
             payee: self.peer,
             seq,
             cumulative,
             memo,
-        };
-        let sig = key
-            .sign(&update)
-            .map_err(|source| ProtocolError::BadSignature {
-                what: "own update",
-                source,
-            })?;
-        let signed = SignedUpdate { update, sig };
-        self.outgoing.seq = seq;
-        self.outgoing.cumulative = cumulative;
+        })
+    }
+
+    fn commit_outgoing(
+        &mut self,
+        signed: SignedUpdate,
+        carrier: impl FnOnce(SignedUpdate) -> Message,
+    ) -> SignedUpdate {
+        self.outgoing.seq = signed.update.seq;
+        self.outgoing.cumulative = signed.update.cumulative;
         let msg = carrier(signed.clone());
         self.outgoing
             .unacked
-            .insert(seq, (signed.update.clone(), msg));
-        Ok(signed)
+            .insert(signed.update.seq, (signed.update.clone(), msg));
+        signed
     }
 
     /// Checks an update from the peer without applying it.
@@ -204,9 +234,15 @@ impl ChannelRecord {
                 capacity,
             });
         }
-        crypto::verify(&self.peer, u, &su.sig).map_err(|source| ProtocolError::BadSignature {
-            what: "channel update",
-            source,
+        let batch = su.batch().ok_or(ProtocolError::BadSignature {
+            what: "channel update proof",
+            source: crypto::CryptoError::BadSignature,
+        })?;
+        crypto::verify_cached(&self.peer, &batch, &su.sig).map_err(|source| {
+            ProtocolError::BadSignature {
+                what: "channel update",
+                source,
+            }
         })
     }
 
@@ -361,11 +397,24 @@ mod tests {
         ));
         // A signature by the wrong key (b signs as if a).
         let mut by_b = forged.clone();
-        by_b.sig = b.sign(&by_b.update).unwrap();
+        by_b.sig = b.sign(&by_b.batch().unwrap()).unwrap();
         assert!(matches!(
             cb.receive(&b, &by_b),
             Err(ProtocolError::BadSignature { .. })
         ));
+        // An unsealed update (no proof) and a proof that does not lead to the root
+        // that was signed.
+        let mut unsealed = forged.clone();
+        unsealed.proof = crate::types::unsealed_proof();
+        let mut misplaced = SignedUpdate::sign_alone(&a, forged.update.clone()).unwrap();
+        misplaced.proof.leaves = 2;
+        misplaced.proof.siblings.push(crate::crypto::Hash::of(b"x"));
+        for bad in [unsealed, misplaced] {
+            assert!(matches!(
+                cb.receive(&b, &bad),
+                Err(ProtocolError::BadSignature { .. })
+            ));
+        }
         let _u2 = ca
             .pay(&a, memo(10), |_| Message::Ping { nonce: 0 })
             .unwrap();

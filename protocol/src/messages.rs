@@ -143,7 +143,12 @@ impl Message {
         use crate::crypto::preverify;
         let mut ok = 0usize;
         let mut count = |verified: bool| ok = ok.saturating_add(usize::from(verified));
-        let update = |u: &SignedUpdate| preverify(&u.update.payer, &u.update, &u.sig);
+        // Updates are signed in batches: the first of a batch costs a verification,
+        // the rest (here or in the engine) a lookup.
+        let update = |u: &SignedUpdate| {
+            u.batch()
+                .is_some_and(|b| crate::crypto::verify_cached(&u.update.payer, &b, &u.sig).is_ok())
+        };
         let notice = |n: &SignedSeverNotice| preverify(&n.notice.severer, &n.notice, &n.sig);
         let fee = |f: &Option<FeePayment>| f.as_ref().is_some_and(|f| update(&f.update));
         match self {
@@ -172,6 +177,26 @@ impl Message {
             Message::Ping { .. } | Message::Ack { .. } | Message::Reestablish { .. } => {}
         }
         ok
+    }
+
+    /// Calls `f` on every signed channel update this message carries (a payment, a
+    /// refund or a late-fee payment).
+    pub fn for_each_update_mut(&mut self, mut f: impl FnMut(&mut SignedUpdate)) {
+        match self {
+            Message::Request(r) => f(&mut r.payment),
+            Message::Reject { refund, .. } => f(refund),
+            Message::Response { fee, .. }
+            | Message::Proof { fee, .. }
+            | Message::Sync { fee, .. } => {
+                if let Some(fee) = fee {
+                    f(&mut fee.update);
+                }
+            }
+            Message::Ping { .. }
+            | Message::Ack { .. }
+            | Message::Reestablish { .. }
+            | Message::Severed { .. } => {}
+        }
     }
 
     /// A short name for logs and metrics.

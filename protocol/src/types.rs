@@ -192,8 +192,12 @@ pub struct ChannelUpdate {
     pub memo: Memo,
 }
 
-impl Signable for ChannelUpdate {
-    const DOMAIN: &'static [u8] = b"por/v1/channel-update";
+impl ChannelUpdate {
+    /// This update's leaf in its payer's signed batch:
+    /// `SHA-256("por/v1/channel-update" || encode(self))`.
+    pub fn leaf(&self) -> Result<Hash, WireError> {
+        Ok(Hash::tagged(b"por/v1/channel-update", &wire::encode(self)?))
+    }
 }
 
 /// The payee's acknowledgement: the same update, countersigned under its own domain.
@@ -204,13 +208,44 @@ impl Signable for AckOf<'_> {
     const DOMAIN: &'static [u8] = b"por/v1/channel-ack";
 }
 
-/// A channel update with the payer's signature.
+/// A channel update with the payer's signature: the signature is over the
+/// [`BatchRoot`] of the updates the payer signed at once, and `proof` places this one
+/// in it. The contract checks exactly this (see [`SignedUpdate::batch`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedUpdate {
     /// The state.
     pub update: ChannelUpdate,
-    /// The payer's signature over it.
+    /// Its place in the payer's signed batch.
+    pub proof: MerkleProof,
+    /// The payer's signature over the batch root.
     pub sig: Signature,
+}
+
+impl SignedUpdate {
+    /// The batch this update's signature must verify over, or `None` if its proof is
+    /// malformed.
+    pub fn batch(&self) -> Option<BatchRoot> {
+        BatchRoot::of(self.update.leaf().ok()?, &self.proof)
+    }
+
+    /// `update` signed by `key` on its own: a batch of one.
+    #[cfg(feature = "crypto")]
+    pub fn sign_alone(
+        key: &crate::crypto::Keypair,
+        update: ChannelUpdate,
+    ) -> Result<SignedUpdate, crate::crypto::CryptoError> {
+        let leaf = update
+            .leaf()
+            .map_err(|_| crate::crypto::CryptoError::Encoding)?;
+        let (root, proof) = BatchRoot::single(leaf);
+        let sig = key.sign(&root)?;
+        Ok(SignedUpdate { update, proof, sig })
+    }
+
+    /// Whether the signature and proof are filled in (see [`unsealed_proof`]).
+    pub fn is_sealed(&self) -> bool {
+        self.proof.leaves != 0
+    }
 }
 
 /// A request route: `nodes[0]` is the client, the last node the server, and
@@ -310,19 +345,58 @@ impl ResponseBody {
     }
 }
 
-/// What a server signs: the Merkle root over the leaves ([`ResponseBody::leaf`]) of the
-/// responses it sends at once, and how many there are. One response is a batch of
-/// one whose root is its leaf.
+/// What a node signs: the Merkle root over the leaves of everything it signs at once
+/// (its channel updates, see [`ChannelUpdate::leaf`], and as server its responses,
+/// see [`ResponseBody::leaf`]), and how many leaves there are. Leaves are hashed under
+/// their type's own domain, so a leaf of one type never verifies as another. A single
+/// value is a batch of one whose root is its leaf (see [`BatchRoot::single`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResponseBatch {
+pub struct BatchRoot {
     /// The Merkle root (see [`crate::merkle`]).
     pub root: Hash,
-    /// The number of responses under it.
+    /// The number of leaves under it.
     pub leaves: u32,
 }
 
-impl Signable for ResponseBatch {
-    const DOMAIN: &'static [u8] = b"por/v1/response-batch";
+impl BatchRoot {
+    /// The batch of the one leaf `leaf`, and that leaf's (empty) proof.
+    pub fn single(leaf: Hash) -> (BatchRoot, MerkleProof) {
+        let proof = MerkleProof {
+            leaves: 1,
+            index: 0,
+            siblings: Vec::new(),
+        };
+        (
+            BatchRoot {
+                root: leaf,
+                leaves: 1,
+            },
+            proof,
+        )
+    }
+
+    /// The batch that `leaf` with `proof` belongs to, or `None` if the proof is
+    /// malformed.
+    pub fn of(leaf: Hash, proof: &MerkleProof) -> Option<BatchRoot> {
+        Some(BatchRoot {
+            root: proof.root_of(leaf)?,
+            leaves: proof.leaves,
+        })
+    }
+}
+
+/// A proof for a value not signed yet: the engine signs and fills it in when its
+/// outputs are next polled. No valid proof has zero leaves.
+pub fn unsealed_proof() -> MerkleProof {
+    MerkleProof {
+        leaves: 0,
+        index: 0,
+        siblings: Vec::new(),
+    }
+}
+
+impl Signable for BatchRoot {
+    const DOMAIN: &'static [u8] = b"por/v1/batch";
 }
 
 /// A server's signed response (without the body bytes): the response, its place in
@@ -333,19 +407,15 @@ pub struct SignedResponse {
     pub body: ResponseBody,
     /// Its place in the signed batch.
     pub proof: MerkleProof,
-    /// The server's signature over the [`ResponseBatch`].
+    /// The server's signature over the [`BatchRoot`].
     pub sig: Signature,
 }
 
 impl SignedResponse {
-    /// The batch statement this response's signature must verify over, or `None` if
-    /// its proof is malformed.
-    pub fn batch(&self) -> Option<ResponseBatch> {
-        let root = self.proof.root_of(self.body.leaf().ok()?)?;
-        Some(ResponseBatch {
-            root,
-            leaves: self.proof.leaves,
-        })
+    /// The batch this response's signature must verify over, or `None` if its proof
+    /// is malformed.
+    pub fn batch(&self) -> Option<BatchRoot> {
+        BatchRoot::of(self.body.leaf().ok()?, &self.proof)
     }
 }
 

@@ -137,6 +137,44 @@ fn one_ack_covers_every_update_made_durable_by_one_commit() {
     assert_eq!(acked, 5, "every request is reported acknowledged");
 }
 
+#[test]
+fn updates_made_together_share_one_signature_and_are_persisted_signed() {
+    let (keys, edges) = setup();
+    let mut a = engine(&keys[0], &edges);
+    let mut b = engine(&keys[1], &edges);
+    for e in [&mut a, &mut b] {
+        let open = e.poll_writes().unwrap();
+        e.writes_durable(open.up_to);
+    }
+    // Four requests before A's outputs are polled: four payments, one signature.
+    for i in 0..4u64 {
+        a.send_request(route(&keys), b"x".to_vec(), Amount(1), Time(5 + i))
+            .unwrap();
+    }
+    let w = a.poll_writes().unwrap();
+    let persisted: Vec<_> = w
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            por_protocol::store::Write::Outgoing { update, .. } => Some(update.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(persisted.len(), 4);
+    assert!(persisted.iter().all(|u| u.is_sealed() && u.sig == persisted[0].sig));
+    a.writes_durable(w.up_to);
+    let sent: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert_eq!(sent.len(), 4);
+    for (t, stored) in sent.into_iter().zip(&persisted) {
+        let Message::Request(r) = &t.message else {
+            panic!("{:?}", t.message)
+        };
+        assert_eq!(&r.payment, &**stored, "what is sent is what was persisted");
+        b.handle_message(keys[0].id(), t.message, Time(20)).unwrap();
+    }
+    assert_eq!(b.channel(ChannelId(1)).unwrap().incoming.seq, 4);
+}
+
 /// Drives three engines; B's writes go to a store, and B can be replaced by one
 /// restored from it (a crash) at any point.
 struct Harness {

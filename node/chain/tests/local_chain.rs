@@ -100,8 +100,7 @@ fn update(payer: &str, payee: &str, channel: u64, seq: u64, cumulative: u128) ->
             amount: Amount(1),
         },
     };
-    let sig = key(payer).sign(&u).unwrap();
-    b64(&wire::encode(&SignedUpdate { update: u, sig }).unwrap())
+    b64(&wire::encode(&SignedUpdate::sign_alone(&key(payer), u).unwrap()).unwrap())
 }
 
 fn notice(severer: &str, peer: &str, channel: u64) -> String {

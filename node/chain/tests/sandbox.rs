@@ -99,10 +99,7 @@ async fn open_pay_close_sever_partition_on_a_near_sandbox() {
             amount: Amount(1),
         },
     };
-    let su = SignedUpdate {
-        sig: ka.sign(&u).unwrap(),
-        update: u,
-    };
+    let su = SignedUpdate::sign_alone(&ka, u).unwrap();
     let b64 = por_chain::api::base64(&wire::encode(&su).unwrap());
     bob.call(contract.id(), "start_close")
         .args_json(json!({"id": id, "updates": [b64]}))

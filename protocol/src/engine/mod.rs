@@ -26,8 +26,8 @@ use crate::store::{Store, Write};
 use crate::time::Time;
 use crate::topology::{Quote, Topology};
 use crate::types::{
-    fee_items_hash, ChannelId, EdgeInfo, FeeItem, FeePayment, Memo, RequestCore, RequestHeader,
-    RequestId, ResponseBatch, ResponseBody, Route, SeverNotice, SeverReason, SignedResponse,
+    fee_items_hash, BatchRoot, ChannelId, EdgeInfo, FeeItem, FeePayment, Memo, RequestCore,
+    RequestHeader, RequestId, ResponseBody, Route, SeverNotice, SeverReason, SignedResponse,
     SignedSeverNotice, SignedUpdate,
 };
 use crate::wire::{self, MAX_BODY_LEN};
@@ -112,6 +112,8 @@ pub struct Engine {
     /// Responses made but not yet signed, with their Merkle leaves and the channel
     /// they leave on.
     unsealed: Vec<(ResponseBody, Hash, ChannelId)>,
+    /// Our updates made but not yet signed: channel, seq and Merkle leaf.
+    unsealed_updates: Vec<(ChannelId, u64, Hash)>,
     events: VecDeque<Event>,
     chain_actions: VecDeque<ChainAction>,
 }
@@ -147,6 +149,7 @@ impl Engine {
             outbox: VecDeque::new(),
             ack_channels: BTreeSet::new(),
             unsealed: Vec::new(),
+            unsealed_updates: Vec::new(),
             events: VecDeque::new(),
             chain_actions: VecDeque::new(),
         }
@@ -233,7 +236,7 @@ impl Engine {
 
     /// The next batch of writes to persist, if any.
     pub fn poll_writes(&mut self) -> Option<WriteBatch> {
-        self.seal_responses();
+        self.seal();
         if self.writes.is_empty() {
             return None;
         }
@@ -257,7 +260,7 @@ impl Engine {
     /// once, so a node signs (and its peer verifies) one ack per commit and channel
     /// rather than one per request.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.seal_responses();
+        self.seal();
         match self.outbox.front() {
             Some((needs, _)) if *needs <= self.durable_seq => {
                 self.outbox.pop_front().map(|(_, t)| t)

@@ -191,41 +191,73 @@ impl Engine {
         Ok(())
     }
 
-    /// Signs every response made since the last call with one signature over the
-    /// Merkle root of the batch, and fills the signature and each response's proof
-    /// into the frames that carry them (queued, held, or kept for resending). A burst
-    /// of requests answered between two polls costs the server one signature, and
-    /// each node on the way back one verification.
-    pub(super) fn seal_responses(&mut self) {
-        if self.unsealed.is_empty() {
+    /// Signs everything made since the last call — our channel updates and, as server,
+    /// our responses — with one signature over the Merkle root of the batch, and fills
+    /// the signature and each value's proof in wherever the value is held: writes not
+    /// yet handed out, queued and held frames, unacknowledged updates kept for
+    /// retransmission, and closing messages kept for resending. It runs before any
+    /// write or frame leaves the engine, so nothing unsigned is ever persisted or
+    /// sent. A burst of requests handled between two polls costs the node one
+    /// signature, and each peer one verification.
+    pub(super) fn seal(&mut self) {
+        if self.unsealed.is_empty() && self.unsealed_updates.is_empty() {
             return;
         }
-        let made = std::mem::take(&mut self.unsealed);
-        let mut sealed: BTreeMap<RequestId, SignedResponse> = BTreeMap::new();
-        for chunk in made.chunks(crate::merkle::MAX_LEAVES as usize) {
-            let leaves: Vec<Hash> = chunk.iter().map(|(_, leaf, _)| *leaf).collect();
-            let Some((root, proofs)) = crate::merkle::build(&leaves) else {
+        let responses = std::mem::take(&mut self.unsealed);
+        let updates = std::mem::take(&mut self.unsealed_updates);
+        let leaves: Vec<Hash> = responses
+            .iter()
+            .map(|(_, leaf, _)| *leaf)
+            .chain(updates.iter().map(|(_, _, leaf)| *leaf))
+            .collect();
+        let mut signed: Vec<(MerkleProof, crypto::Signature)> = Vec::with_capacity(leaves.len());
+        for chunk in leaves.chunks(crate::merkle::MAX_LEAVES as usize) {
+            let Some((root, proofs)) = crate::merkle::build(chunk) else {
                 continue;
             };
-            let batch = ResponseBatch {
+            let batch = BatchRoot {
                 root,
                 leaves: proofs.first().map_or(0, |p| p.leaves),
             };
-            // Encoding a root and a count cannot fail; were it to, the responses would
-            // stay unsigned, be refused downstream and end as late requests.
+            // Encoding a root and a count cannot fail; were it to, the values would
+            // stay unsigned and peers would refuse them.
             let Ok(sig) = self.key.sign(&batch) else {
                 continue;
             };
-            for ((body, _, _), proof) in chunk.iter().zip(proofs) {
+            signed.extend(proofs.into_iter().map(|p| (p, sig)));
+        }
+        if signed.len() != leaves.len() {
+            return;
+        }
+        let (for_responses, for_updates) = signed.split_at(responses.len());
+        let sealed: BTreeMap<RequestId, SignedResponse> = responses
+            .iter()
+            .zip(for_responses)
+            .map(|((body, _, _), (proof, sig))| {
                 let response = SignedResponse {
                     body: body.clone(),
-                    proof,
-                    sig,
+                    proof: proof.clone(),
+                    sig: *sig,
                 };
-                sealed.insert(body.request, response);
+                (body.request, response)
+            })
+            .collect();
+        let sealed_updates: BTreeMap<(ChannelId, u64), &(MerkleProof, crypto::Signature)> = updates
+            .iter()
+            .zip(for_updates)
+            .map(|((channel, seq, _), s)| ((*channel, *seq), s))
+            .collect();
+        let fill = |su: &mut SignedUpdate| {
+            if !su.is_sealed() {
+                if let Some((proof, sig)) = sealed_updates.get(&(su.update.channel, su.update.seq))
+                {
+                    su.proof = proof.clone();
+                    su.sig = *sig;
+                }
             }
-        }
+        };
         let patch = |m: &mut Message| {
+            m.for_each_update_mut(fill);
             if let Message::Response { response, .. } = m {
                 if response.proof.leaves == 0 {
                     if let Some(s) = sealed.get(&response.body.request) {
@@ -234,17 +266,37 @@ impl Engine {
                 }
             }
         };
+        for w in &mut self.writes {
+            if let Write::Outgoing {
+                update, message, ..
+            } = w
+            {
+                fill(update);
+                patch(message);
+            }
+        }
         self.outbox
             .iter_mut()
             .for_each(|(_, t)| patch(&mut t.message));
-        // Kept copies: only those of the requests just answered, on their channels.
-        let channels: BTreeSet<ChannelId> = made.iter().map(|(_, _, c)| *c).collect();
+        // Kept copies: only on the channels just used.
+        let channels: BTreeSet<ChannelId> = responses
+            .iter()
+            .map(|(_, _, c)| *c)
+            .chain(updates.iter().map(|(c, _, _)| *c))
+            .collect();
         for channel in channels {
             let Some(ch) = self.channels.get_mut(&channel) else {
                 continue;
             };
             ch.held.iter_mut().for_each(patch);
-            for (body, _, c) in &made {
+            for (c, seq, _) in &updates {
+                if *c == channel {
+                    if let Some((_, m)) = ch.rec.outgoing.unacked.get_mut(seq) {
+                        patch(m);
+                    }
+                }
+            }
+            for (body, _, c) in &responses {
                 if *c == channel {
                     if let Some(m) = ch.closings.get_mut(&body.request) {
                         patch(m);
@@ -510,7 +562,16 @@ impl Engine {
             .channels
             .get_mut(&channel)
             .ok_or(ProtocolError::InvalidCall(format!("{channel} is not ours")))?;
-        let signed = ch.rec.pay(&self.key, memo, make)?;
+        let signed = ch.rec.pay_unsealed(memo, make)?;
+        let leaf = signed
+            .update
+            .leaf()
+            .map_err(|_| ProtocolError::BadSignature {
+                what: "own update",
+                source: crypto::CryptoError::Encoding,
+            })?;
+        self.unsealed_updates
+            .push((channel, signed.update.seq, leaf));
         let message = ch
             .rec
             .outgoing
