@@ -156,7 +156,9 @@ impl Message {
                 let core = &r.header.core;
                 count(update(&r.payment));
                 if core.server == *me {
-                    count(preverify(&core.client, core, &r.header.client_sig));
+                    count(r.header.client_batch().is_some_and(|b| {
+                        crate::crypto::verify_cached(&core.client, &b, &r.header.client_sig).is_ok()
+                    }));
                 }
             }
             Message::Reject { refund, .. } => count(update(refund)),

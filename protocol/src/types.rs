@@ -300,11 +300,13 @@ pub struct RequestCore {
     pub route: Route,
 }
 
-impl Signable for RequestCore {
-    const DOMAIN: &'static [u8] = b"por/v1/request";
-}
-
 impl RequestCore {
+    /// This core's leaf in its client's signed batch:
+    /// `SHA-256("por/v1/request" || encode(self))`.
+    pub fn leaf(&self) -> Result<Hash, WireError> {
+        Ok(Hash::tagged(b"por/v1/request", &wire::encode(self)?))
+    }
+
     /// The request id derived from this core.
     pub fn id(&self) -> Result<RequestId, WireError> {
         let h = Hash::tagged(b"por/v1/request-id", &wire::encode(self)?);
@@ -319,13 +321,41 @@ impl RequestCore {
 pub struct RequestHeader {
     /// The client-signed part.
     pub core: RequestCore,
-    /// The client's signature over `core`.
+    /// The core's place in the client's signed batch.
+    pub client_proof: MerkleProof,
+    /// The client's signature over that batch's [`BatchRoot`].
     pub client_sig: Signature,
     /// The id (recomputed and checked by every receiver).
     pub id: RequestId,
     /// Round-trip budget in ms, counted from the sender's send time: twice the one-way
     /// latency from the sender to the server along the route.
     pub budget_ms: u64,
+}
+
+impl RequestHeader {
+    /// The batch the client's signature must verify over, or `None` if the proof is
+    /// malformed.
+    pub fn client_batch(&self) -> Option<BatchRoot> {
+        BatchRoot::of(self.core.leaf().ok()?, &self.client_proof)
+    }
+
+    /// The header of `core` signed by `key` on its own (a batch of one).
+    #[cfg(feature = "crypto")]
+    pub fn sign_alone(
+        key: &crate::crypto::Keypair,
+        core: RequestCore,
+        budget_ms: u64,
+    ) -> Result<RequestHeader, crate::crypto::CryptoError> {
+        let encoding = |_| crate::crypto::CryptoError::Encoding;
+        let (root, client_proof) = BatchRoot::single(core.leaf().map_err(encoding)?);
+        Ok(RequestHeader {
+            client_sig: key.sign(&root)?,
+            client_proof,
+            id: core.id().map_err(encoding)?,
+            core,
+            budget_ms,
+        })
+    }
 }
 
 /// What the server signs: the request id and the response body hash.
@@ -346,8 +376,9 @@ impl ResponseBody {
 }
 
 /// What a node signs: the Merkle root over the leaves of everything it signs at once
-/// (its channel updates, see [`ChannelUpdate::leaf`], and as server its responses,
-/// see [`ResponseBody::leaf`]), and how many leaves there are. Leaves are hashed under
+/// (its channel updates, see [`ChannelUpdate::leaf`]; as client its request cores, see
+/// [`RequestCore::leaf`]; as server its responses, see [`ResponseBody::leaf`]), and how
+/// many leaves there are. Leaves are hashed under
 /// their type's own domain, so a leaf of one type never verifies as another. A single
 /// value is a batch of one whose root is its leaf (see [`BatchRoot::single`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

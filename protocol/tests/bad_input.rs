@@ -139,12 +139,7 @@ impl Net {
             route: self.route(),
         };
         let id = core.id().unwrap();
-        let header = RequestHeader {
-            client_sig: self.keys[0].sign(&core).unwrap(),
-            core,
-            id,
-            budget_ms,
-        };
+        let header = RequestHeader::sign_alone(&self.keys[0], core, budget_ms).unwrap();
         let mut ch = self.channel(0, 1);
         let memo = Memo::Request {
             request: id,
@@ -238,6 +233,37 @@ fn wrong_amounts_budgets_and_rates_are_refused_and_refunded() {
         assert!(out
             .iter()
             .any(|(_, m)| matches!(m, Message::Reject { reason: r, .. } if *r == reason)));
+    }
+}
+
+#[test]
+fn the_server_refuses_a_request_whose_client_signature_fails() {
+    // B forwards the header as it came (relays do not check the client's signature);
+    // C, the server, checks it against the proof and refuses with a refund.
+    for forgery in 0..3u64 {
+        let mut n = net();
+        let Message::Request(mut r) = n.crafted_request(COST, RTT, 5, 40 + forgery) else {
+            panic!("a request")
+        };
+        match forgery {
+            0 => {
+                let batch = r.header.client_batch().unwrap();
+                r.header.client_sig = n.keys[1].sign(&batch).unwrap();
+            }
+            1 => r.header.client_proof.siblings.push(Hash::of(b"extra")),
+            _ => r.header.client_proof = por_protocol::types::unsealed_proof(),
+        }
+        n.engines[1]
+            .handle_message(n.id(0), Message::Request(r), T0)
+            .unwrap();
+        let errors = n.pump(T0);
+        assert_eq!(
+            refused(&errors),
+            vec![RejectReason::BadRequest],
+            "{errors:?}"
+        );
+        assert_eq!(n.engines[2].pending().count(), 0, "C took nothing on");
+        assert_eq!(n.channel(2, 2).net(), 0, "C refunded B in full");
     }
 }
 

@@ -146,7 +146,8 @@ fn updates_made_together_share_one_signature_and_are_persisted_signed() {
         let open = e.poll_writes().unwrap();
         e.writes_durable(open.up_to);
     }
-    // Four requests before A's outputs are polled: four payments, one signature.
+    // Four requests before A's outputs are polled: four cores and four payments, one
+    // signature.
     for i in 0..4u64 {
         a.send_request(route(&keys), b"x".to_vec(), Amount(1), Time(5 + i))
             .unwrap();
@@ -161,7 +162,9 @@ fn updates_made_together_share_one_signature_and_are_persisted_signed() {
         })
         .collect();
     assert_eq!(persisted.len(), 4);
-    assert!(persisted.iter().all(|u| u.is_sealed() && u.sig == persisted[0].sig));
+    assert!(persisted
+        .iter()
+        .all(|u| u.is_sealed() && u.sig == persisted[0].sig));
     a.writes_durable(w.up_to);
     let sent: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
     assert_eq!(sent.len(), 4);
@@ -170,6 +173,12 @@ fn updates_made_together_share_one_signature_and_are_persisted_signed() {
             panic!("{:?}", t.message)
         };
         assert_eq!(&r.payment, &**stored, "what is sent is what was persisted");
+        // The client's signature over its request core is the same one signature.
+        assert_eq!(r.header.client_sig, persisted[0].sig);
+        assert_eq!(
+            r.header.client_proof.leaves, 8,
+            "four cores and four payments"
+        );
         b.handle_message(keys[0].id(), t.message, Time(20)).unwrap();
     }
     assert_eq!(b.channel(ChannelId(1)).unwrap().incoming.seq, 4);

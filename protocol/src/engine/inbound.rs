@@ -446,7 +446,9 @@ impl Engine {
             ));
         }
         if position.saturating_add(1) == route.nodes.len()
-            && crypto::verify(&core.client, core, &header.client_sig).is_err()
+            && header.client_batch().is_none_or(|batch| {
+                crypto::verify_cached(&core.client, &batch, &header.client_sig).is_err()
+            })
         {
             return Err((R::BadRequest, "client signature does not verify".into()));
         }

@@ -86,6 +86,17 @@ struct ChannelRt {
     acks_due: VecDeque<(u64, crate::types::ChannelUpdate)>,
 }
 
+/// A value made by the engine and signed at the next poll of its outputs.
+#[derive(Clone, Debug)]
+enum Unsealed {
+    /// Our channel update with this seq (on the entry's channel).
+    Update(u64),
+    /// As client, the core of this request.
+    Core(RequestId),
+    /// As server, this response.
+    Response(ResponseBody),
+}
+
 /// At most this many closing messages are kept per channel for resending.
 const MAX_CLOSINGS: usize = 65_536;
 
@@ -109,11 +120,9 @@ pub struct Engine {
     outbox: VecDeque<(u64, Transmit)>,
     /// Channels with updates waiting to be acknowledged.
     ack_channels: BTreeSet<ChannelId>,
-    /// Responses made but not yet signed, with their Merkle leaves and the channel
-    /// they leave on.
-    unsealed: Vec<(ResponseBody, Hash, ChannelId)>,
-    /// Our updates made but not yet signed: channel, seq and Merkle leaf.
-    unsealed_updates: Vec<(ChannelId, u64, Hash)>,
+    /// What we made but have not signed yet, with its Merkle leaf and the channel it
+    /// leaves on (see `seal`).
+    unsealed: Vec<(Unsealed, Hash, ChannelId)>,
     events: VecDeque<Event>,
     chain_actions: VecDeque<ChainAction>,
 }
@@ -149,7 +158,6 @@ impl Engine {
             outbox: VecDeque::new(),
             ack_channels: BTreeSet::new(),
             unsealed: Vec::new(),
-            unsealed_updates: Vec::new(),
             events: VecDeque::new(),
             chain_actions: VecDeque::new(),
         }

@@ -51,19 +51,16 @@ impl Engine {
         if self.pending.contains_key(&id) {
             return Err(ProtocolError::InvalidCall("duplicate request id".into()));
         }
-        let client_sig = self
-            .key
-            .sign(&core)
-            .map_err(|source| ProtocolError::BadSignature {
-                what: "own request",
-                source,
-            })?;
+        let leaf = core.leaf()?;
+        // Signed at the next poll of our outputs, with the payment that carries it.
         let header = RequestHeader {
             core: core.clone(),
-            client_sig,
+            client_proof: crate::types::unsealed_proof(),
+            client_sig: crypto::Signature([0; 64]),
             id,
             budget_ms: quote.rtt_ms,
         };
+        self.unsealed.push((Unsealed::Core(id), leaf, channel));
         self.forward(
             Pending {
                 id,
@@ -186,7 +183,7 @@ impl Engine {
             body,
             fee,
         })?;
-        self.unsealed.push((rb, leaf, channel));
+        self.unsealed.push((Unsealed::Response(rb), leaf, channel));
         self.events.push_back(Event::ResponseSent { request });
         Ok(())
     }
@@ -200,16 +197,11 @@ impl Engine {
     /// sent. A burst of requests handled between two polls costs the node one
     /// signature, and each peer one verification.
     pub(super) fn seal(&mut self) {
-        if self.unsealed.is_empty() && self.unsealed_updates.is_empty() {
+        if self.unsealed.is_empty() {
             return;
         }
-        let responses = std::mem::take(&mut self.unsealed);
-        let updates = std::mem::take(&mut self.unsealed_updates);
-        let leaves: Vec<Hash> = responses
-            .iter()
-            .map(|(_, leaf, _)| *leaf)
-            .chain(updates.iter().map(|(_, _, leaf)| *leaf))
-            .collect();
+        let made = std::mem::take(&mut self.unsealed);
+        let leaves: Vec<Hash> = made.iter().map(|(_, leaf, _)| *leaf).collect();
         let mut signed: Vec<(MerkleProof, crypto::Signature)> = Vec::with_capacity(leaves.len());
         for chunk in leaves.chunks(crate::merkle::MAX_LEAVES as usize) {
             let Some((root, proofs)) = crate::merkle::build(chunk) else {
@@ -229,28 +221,31 @@ impl Engine {
         if signed.len() != leaves.len() {
             return;
         }
-        let (for_responses, for_updates) = signed.split_at(responses.len());
-        let sealed: BTreeMap<RequestId, SignedResponse> = responses
-            .iter()
-            .zip(for_responses)
-            .map(|((body, _, _), (proof, sig))| {
-                let response = SignedResponse {
-                    body: body.clone(),
-                    proof: proof.clone(),
-                    sig: *sig,
-                };
-                (body.request, response)
-            })
-            .collect();
-        let sealed_updates: BTreeMap<(ChannelId, u64), &(MerkleProof, crypto::Signature)> = updates
-            .iter()
-            .zip(for_updates)
-            .map(|((channel, seq, _), s)| ((*channel, *seq), s))
-            .collect();
+        let mut updates = BTreeMap::new();
+        let mut cores = BTreeMap::new();
+        let mut responses = BTreeMap::new();
+        for ((kind, _, channel), s) in made.iter().zip(&signed) {
+            match kind {
+                Unsealed::Update(seq) => {
+                    updates.insert((*channel, *seq), s);
+                }
+                Unsealed::Core(id) => {
+                    cores.insert(*id, s);
+                }
+                Unsealed::Response(body) => {
+                    let (proof, sig) = s.clone();
+                    let response = SignedResponse {
+                        body: body.clone(),
+                        proof,
+                        sig,
+                    };
+                    responses.insert(body.request, response);
+                }
+            }
+        }
         let fill = |su: &mut SignedUpdate| {
             if !su.is_sealed() {
-                if let Some((proof, sig)) = sealed_updates.get(&(su.update.channel, su.update.seq))
-                {
+                if let Some((proof, sig)) = updates.get(&(su.update.channel, su.update.seq)) {
                     su.proof = proof.clone();
                     su.sig = *sig;
                 }
@@ -258,12 +253,19 @@ impl Engine {
         };
         let patch = |m: &mut Message| {
             m.for_each_update_mut(fill);
-            if let Message::Response { response, .. } = m {
-                if response.proof.leaves == 0 {
-                    if let Some(s) = sealed.get(&response.body.request) {
+            match m {
+                Message::Request(r) if r.header.client_proof.leaves == 0 => {
+                    if let Some((proof, sig)) = cores.get(&r.header.id) {
+                        r.header.client_proof = proof.clone();
+                        r.header.client_sig = *sig;
+                    }
+                }
+                Message::Response { response, .. } if response.proof.leaves == 0 => {
+                    if let Some(s) = responses.get(&response.body.request) {
                         *response = s.clone();
                     }
                 }
+                _ => {}
             }
         };
         for w in &mut self.writes {
@@ -278,29 +280,30 @@ impl Engine {
         self.outbox
             .iter_mut()
             .for_each(|(_, t)| patch(&mut t.message));
-        // Kept copies: only on the channels just used.
-        let channels: BTreeSet<ChannelId> = responses
-            .iter()
-            .map(|(_, _, c)| *c)
-            .chain(updates.iter().map(|(c, _, _)| *c))
-            .collect();
+        // Kept copies: only those of what was just made, on its channels.
+        let channels: BTreeSet<ChannelId> = made.iter().map(|(_, _, c)| *c).collect();
         for channel in channels {
             let Some(ch) = self.channels.get_mut(&channel) else {
                 continue;
             };
             ch.held.iter_mut().for_each(patch);
-            for (c, seq, _) in &updates {
-                if *c == channel {
-                    if let Some((_, m)) = ch.rec.outgoing.unacked.get_mut(seq) {
-                        patch(m);
-                    }
+            for (kind, _, c) in &made {
+                if *c != channel {
+                    continue;
                 }
-            }
-            for (body, _, c) in &responses {
-                if *c == channel {
-                    if let Some(m) = ch.closings.get_mut(&body.request) {
-                        patch(m);
+                match kind {
+                    Unsealed::Update(seq) => {
+                        if let Some((_, m)) = ch.rec.outgoing.unacked.get_mut(seq) {
+                            patch(m);
+                        }
                     }
+                    Unsealed::Response(body) => {
+                        if let Some(m) = ch.closings.get_mut(&body.request) {
+                            patch(m);
+                        }
+                    }
+                    // A request core travels in the message of its payment update.
+                    Unsealed::Core(_) => {}
                 }
             }
         }
@@ -570,8 +573,8 @@ impl Engine {
                 what: "own update",
                 source: crypto::CryptoError::Encoding,
             })?;
-        self.unsealed_updates
-            .push((channel, signed.update.seq, leaf));
+        self.unsealed
+            .push((Unsealed::Update(signed.update.seq), leaf, channel));
         let message = ch
             .rec
             .outgoing
