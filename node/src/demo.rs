@@ -41,12 +41,12 @@ pub struct DemoOptions {
 }
 
 impl DemoOptions {
-    /// Defaults: TCP, links at 95 % of their promise, files under the temp dir.
+    /// Defaults: TCP, links at 90 % of their promise, files under the temp dir.
     pub fn new(transport: TransportKind) -> DemoOptions {
         DemoOptions {
             transport,
             dir: std::env::temp_dir().join(format!("por-demo-{}", std::process::id())),
-            link_percent: 95,
+            link_percent: 90,
             workspace: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
         }
     }

@@ -126,6 +126,11 @@ enum Command {
         /// Where to keep the chain and node files (default: a fresh temp directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Shape each link to this percentage of its edge's promised latency (1-100).
+        /// Operators promise a little more than their links take; the slack absorbs
+        /// scheduling and disk-sync delays on a busy machine.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=100))]
+        link_percent: u64,
     },
     /// Run scenario files in the deterministic simulator and print the timeline as JSON
     /// lines (`t_ms`, `node`, `kind`, ...), ending with `{"kind":"final","balances":...}`.
@@ -444,9 +449,14 @@ fn main() -> Result<()> {
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. });
     init_logs(cli.log_format, if quiet { "error" } else { "info" });
     match cli.command {
-        Command::Demo { transport, dir } => {
+        Command::Demo {
+            transport,
+            dir,
+            link_percent,
+        } => {
             // The demo narrates; logs only for errors unless RUST_LOG asks for more.
             let mut options = por_node::demo::DemoOptions::new(transport.into());
+            options.link_percent = link_percent;
             if let Some(dir) = dir {
                 options.dir = dir;
             }
