@@ -322,6 +322,10 @@ impl EngineTask {
                     break;
                 }
             }
+            // The select is biased towards inputs: under a steady flood the sleep arm
+            // would never be chosen, so due timers (syncs, overdue requests, late
+            // checks) are run here too. Nothing happens when none is due.
+            self.on_timer();
         }
     }
 
