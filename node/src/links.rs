@@ -21,6 +21,8 @@ use crate::metrics::Metrics;
 /// Frames a connection's writer may have queued before the peer counts as too slow
 /// (it is dropped; the engine retransmits on reconnection).
 const WRITE_QUEUE: usize = 8192;
+/// Most queued frames written to a peer at once.
+const WRITE_BURST: usize = 256;
 /// The stream all protocol frames use: one ordered stream per peer.
 const STREAM: u32 = 0;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -76,10 +78,10 @@ enum Link {
 }
 
 impl Link {
-    async fn send(&self, frame: Bytes) -> Result<(), por_transport::TransportError> {
+    async fn send_all(&self, frames: Vec<Bytes>) -> Result<(), por_transport::TransportError> {
         match self {
-            Link::Plain(c) => c.send(STREAM, frame).await,
-            Link::Shaped(c) => c.send(STREAM, frame).await,
+            Link::Plain(c) => c.send_all(STREAM, frames).await,
+            Link::Shaped(c) => c.send_all(STREAM, frames).await,
         }
     }
 
@@ -344,8 +346,11 @@ async fn run_link(shared: Shared, conn: AnyConnection) {
     }
     let writer_link = link.clone();
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if let Err(e) = writer_link.send(frame).await {
+        // Everything queued goes out in one write (one TLS record and syscall per
+        // burst rather than per frame).
+        let mut burst = Vec::with_capacity(WRITE_BURST);
+        while rx.recv_many(&mut burst, WRITE_BURST).await > 0 {
+            if let Err(e) = writer_link.send_all(std::mem::take(&mut burst)).await {
                 debug!("send failed: {e}");
                 break;
             }

@@ -151,6 +151,24 @@ pub trait Connection: Send + Sync + std::fmt::Debug + 'static {
     /// the peer is gone; a timeout error if it went idle or stalled mid-frame.
     fn recv(&self) -> impl Future<Output = Result<(u32, Bytes), TransportError>> + Send;
 
+    /// Sends `frames` on `stream`, in order, as if by [`Connection::send`] one after the
+    /// other. TCP and QUIC write them at once (one encryption and one write for the
+    /// burst instead of one per frame), checking every frame first: an oversized one
+    /// fails the call and nothing is sent. Other transports send frame by frame and
+    /// stop at the first failure.
+    fn send_all(
+        &self,
+        stream: u32,
+        frames: Vec<Bytes>,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        async move {
+            for frame in frames {
+                self.send(stream, frame).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Closes the connection; the peer's `recv` returns [`TransportError::Closed`].
     fn close(&self);
 }
@@ -240,6 +258,20 @@ impl Connection for AnyConnection {
                 AnyConnection::Tcp(c) => c.send(stream, frame).await,
                 AnyConnection::Quic(c) => c.send(stream, frame).await,
                 AnyConnection::Mem(c) => c.send(stream, frame).await,
+            }
+        }
+    }
+
+    fn send_all(
+        &self,
+        stream: u32,
+        frames: Vec<Bytes>,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        async move {
+            match self {
+                AnyConnection::Tcp(c) => c.send_all(stream, frames).await,
+                AnyConnection::Quic(c) => c.send_all(stream, frames).await,
+                AnyConnection::Mem(c) => c.send_all(stream, frames).await,
             }
         }
     }

@@ -421,9 +421,15 @@ impl Connection for QuicConnection {
     }
 
     async fn send(&self, stream: u32, frame: Bytes) -> Result<(), TransportError> {
+        self.send_all(stream, vec![frame]).await
+    }
+
+    async fn send_all(&self, stream: u32, frames: Vec<Bytes>) -> Result<(), TransportError> {
         check_stream(stream)?;
         let mut buf = BytesMut::new();
-        frame::encode(stream, &frame, self.config.max_frame_len, &mut buf)?;
+        for frame in &frames {
+            frame::encode(stream, frame, self.config.max_frame_len, &mut buf)?;
+        }
         if self.conn.close_reason().is_some() {
             return Err(TransportError::Closed);
         }

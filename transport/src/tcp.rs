@@ -265,12 +265,18 @@ impl Connection for TcpConnection {
     }
 
     async fn send(&self, stream: u32, frame: Bytes) -> Result<(), TransportError> {
+        self.send_all(stream, vec![frame]).await
+    }
+
+    async fn send_all(&self, stream: u32, frames: Vec<Bytes>) -> Result<(), TransportError> {
         check_stream(stream)?;
         if self.closed.is_cancelled() {
             return Err(TransportError::Closed);
         }
         let mut buf = BytesMut::new();
-        frame::encode(stream, &frame, self.config.max_frame_len, &mut buf)?;
+        for frame in &frames {
+            frame::encode(stream, frame, self.config.max_frame_len, &mut buf)?;
+        }
         let mut w = self.writer.lock().await;
         let write = async {
             w.write_all(&buf).await?;

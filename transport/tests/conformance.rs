@@ -240,6 +240,46 @@ async fn frames_arrive_intact_and_in_order<F: Fixture>(f: F) {
     assert_eq!(next, [60, 60, 60]);
 }
 
+async fn a_burst_arrives_as_its_frames_in_order<F: Fixture>(f: F) {
+    let (_t, _l, client, server) = pair(&f).await;
+    let client = Arc::new(client);
+    let sizes = [0usize, 3, 4096, 1, MAX];
+    let burst: Vec<Bytes> = (0..40).map(|n| payload(1, n, sizes[n % 5])).collect();
+    // The receiver reads while the burst is written: a burst larger than the
+    // transport's buffering must wait for it, not fail.
+    let c = client.clone();
+    let sent = burst.clone();
+    let sender = tokio::spawn(async move {
+        c.send_all(1, sent).await.unwrap();
+        c.send(1, Bytes::from_static(b"after")).await.unwrap();
+    });
+    for (n, want) in burst.iter().enumerate() {
+        let (stream, frame) = timeout(Duration::from_secs(10), server.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((stream, &frame), (1, want), "frame {n}");
+    }
+    assert_eq!(
+        server.recv().await.unwrap(),
+        (1, Bytes::from_static(b"after"))
+    );
+    sender.await.unwrap();
+    // A burst with an oversized frame is refused; the connection goes on.
+    let bad = vec![Bytes::from_static(b"x"), Bytes::from(vec![0u8; MAX + 1])];
+    assert!(matches!(
+        client.send_all(1, bad).await,
+        Err(TransportError::Oversized { .. })
+    ));
+    client.send(1, Bytes::from_static(b"still")).await.unwrap();
+    let mut got = server.recv().await.unwrap().1;
+    if got == Bytes::from_static(b"x") {
+        // Frame-by-frame transports sent what came before the oversized frame.
+        got = server.recv().await.unwrap().1;
+    }
+    assert_eq!(got, Bytes::from_static(b"still"));
+}
+
 async fn oversized_frames_are_refused<F: Fixture>(f: F) {
     let (_t, mut listener, client, server) = pair(&f).await;
     // Locally: refused, and the connection goes on.
@@ -529,6 +569,11 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn frames_arrive_intact_and_in_order_per_stream() {
                 super::frames_arrive_intact_and_in_order($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_burst_arrives_as_its_frames_in_order() {
+                super::a_burst_arrives_as_its_frames_in_order($fixture).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
