@@ -1,12 +1,20 @@
-//! The node's database: channel records and requests in flight, in redb.
+//! The node's database: channel records and requests in flight, in a write-ahead log
+//! in front of redb.
 //!
 //! The engine emits [`Write`]s; [`NodeDb::commit`] folds a run of them into the
-//! in-memory [`Store`] (which refuses anything that goes backwards) and writes every
-//! record they touched in one transaction, with one fsync: group commit. Only after it
-//! returns does the node tell the engine the writes are durable, releasing the frames
-//! (acks, signed updates) that depend on them.
+//! in-memory [`Store`] (which refuses anything that goes backwards) and appends them to
+//! the log as one record with one `fdatasync`: group commit. Only after it returns does
+//! the node tell the engine the writes are durable, releasing the frames (acks, signed
+//! updates) that depend on them.
+//!
+//! Once the log passes a size, a checkpoint writes every record the writes since the
+//! last checkpoint touched into redb in one transaction, together with the log's next
+//! generation number, and the log starts again under that number. Opening loads redb
+//! and replays the log of the same generation (a log of an older one was already
+//! checkpointed). A request that is forwarded and answered between two checkpoints
+//! never touches the B-tree at all.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use por_protocol::store::{Store, Write};
@@ -14,23 +22,77 @@ use por_protocol::types::{ChannelId, RequestId};
 use por_protocol::wire;
 use redb::{Database, ReadableTable, TableDefinition};
 
+use crate::wal::Wal;
 use crate::NodeError;
 
 /// Channel records without their unacknowledged updates (which are kept apart, so
-/// that a commit writes each update once instead of every record re-writing all of
-/// them).
+/// that a checkpoint writes each update once instead of every record re-writing all
+/// of them).
 const CHANNELS: TableDefinition<u64, &[u8]> = TableDefinition::new("channels");
 /// Our signed, not yet acknowledged updates, by (channel, seq): the update and the
 /// message that carries it.
 const UNACKED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("unacked");
 const PENDING: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("pending");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The generation of the write-ahead log whose records are not yet in the tables.
+const WAL_GENERATION: &str = "wal_generation";
+
+/// Checkpoint once the log holds this many bytes (about a second of a busy relay's
+/// commits; replaying it on start takes milliseconds).
+pub const DEFAULT_CHECKPOINT_BYTES: u64 = 8 << 20;
+
+/// What the writes since the last checkpoint touched.
+#[derive(Debug, Default)]
+struct Dirty {
+    channels: BTreeSet<ChannelId>,
+    pending: BTreeSet<RequestId>,
+    /// Unacknowledged updates added, by (channel, seq).
+    added: BTreeSet<(u64, u64)>,
+    /// Acknowledged up to, per channel.
+    acked: BTreeMap<u64, u64>,
+}
+
+impl Dirty {
+    fn note(&mut self, w: &Write) {
+        match w {
+            Write::Channel(rec) => {
+                self.channels.insert(rec.id());
+            }
+            Write::Outgoing {
+                channel, update, ..
+            } => {
+                self.channels.insert(*channel);
+                self.added.insert((channel.0, update.update.seq));
+            }
+            Write::Acked { channel, seq, .. } => {
+                self.channels.insert(*channel);
+                let slot = self.acked.entry(channel.0).or_default();
+                *slot = (*slot).max(*seq);
+            }
+            Write::Incoming { channel, .. } | Write::Severed { channel, .. } => {
+                self.channels.insert(*channel);
+            }
+            Write::Pending(p) => {
+                self.pending.insert(p.id);
+            }
+            Write::PendingDone(id) => {
+                self.pending.insert(*id);
+            }
+        }
+    }
+}
 
 /// The node's durable state.
 pub struct NodeDb {
     db: Database,
     path: PathBuf,
     store: Store,
+    wal: Wal,
+    generation: u64,
+    dirty: Dirty,
+    /// Requests with a row in PENDING.
+    pending_rows: HashSet<RequestId>,
+    checkpoint_bytes: u64,
 }
 
 impl std::fmt::Debug for NodeDb {
@@ -46,9 +108,47 @@ fn db_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> NodeError + '_ {
     }
 }
 
+/// A log record: each write, wire-encoded, behind its u32 LE length.
+fn encode_writes(writes: &[Write]) -> Result<Vec<u8>, wire::WireError> {
+    let mut out = Vec::new();
+    for w in writes {
+        let bytes = wire::encode(w)?;
+        let len = u32::try_from(bytes.len()).map_err(|_| wire::WireError::Oversized {
+            len: bytes.len(),
+            max: u32::MAX as usize,
+        })?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+fn decode_writes(mut bytes: &[u8]) -> Result<Vec<Write>, String> {
+    let mut writes = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| format!("write {}: truncated length", writes.len()))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(format!("write {}: truncated", writes.len()));
+        }
+        let (w, rest) = rest.split_at(len);
+        writes.push(wire::decode(w).map_err(|e| format!("write {}: {e}", writes.len()))?);
+        bytes = rest;
+    }
+    Ok(writes)
+}
+
 impl NodeDb {
-    /// Opens (or creates) the database at `path` and loads what it holds.
+    /// Opens (or creates) the database at `path` (its log beside it, with the
+    /// extension `wal`) and loads what they hold.
     pub fn open(path: &Path) -> Result<NodeDb, NodeError> {
+        NodeDb::open_with(path, DEFAULT_CHECKPOINT_BYTES)
+    }
+
+    /// [`NodeDb::open`], checkpointing whenever the log passes `checkpoint_bytes`.
+    pub fn open_with(path: &Path, checkpoint_bytes: u64) -> Result<NodeDb, NodeError> {
         let err = db_err(path);
         let db = Database::create(path).map_err(|e| err(&e))?;
         let w = db.begin_write().map_err(|e| err(&e))?;
@@ -58,6 +158,8 @@ impl NodeDb {
         w.open_table(META).map_err(|e| err(&e))?;
         w.commit().map_err(|e| err(&e))?;
         let mut store = Store::default();
+        let mut pending_rows = HashSet::new();
+        let generation;
         {
             let r = db.begin_read().map_err(|e| err(&e))?;
             for item in r
@@ -97,13 +199,46 @@ impl NodeDb {
                 let (_, v) = item.map_err(|e| err(&e))?;
                 let p: por_protocol::engine::Pending =
                     wire::decode(v.value()).map_err(|e| err(&format!("request: {e}")))?;
+                pending_rows.insert(p.id);
                 store.pending.insert(p.id, p);
             }
+            generation = r
+                .open_table(META)
+                .map_err(|e| err(&e))?
+                .get(WAL_GENERATION)
+                .map_err(|e| err(&e))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+        }
+        let log_path = path.with_extension("wal");
+        let (wal, records) = Wal::open(&log_path, generation)?;
+        let mut dirty = Dirty::default();
+        let replayed = records.len();
+        for (offset, payload) in records {
+            let damaged = |detail: String| NodeError::Log {
+                path: log_path.clone(),
+                offset,
+                detail,
+            };
+            for w in decode_writes(&payload).map_err(damaged)? {
+                store
+                    .apply(&w)
+                    .map_err(|e| damaged(format!("replay refused: {e}")))?;
+                dirty.note(&w);
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(db = %path.display(), records = replayed, "replayed the write-ahead log");
         }
         Ok(NodeDb {
             db,
             path: path.to_path_buf(),
             store,
+            wal,
+            generation,
+            dirty,
+            pending_rows,
+            checkpoint_bytes,
         })
     }
 
@@ -112,61 +247,45 @@ impl NodeDb {
         &self.store
     }
 
-    /// Folds `writes` into the store and makes every record they touch durable in one
-    /// transaction. On error nothing is written and the node must stop: the engine
-    /// asked for something the store refuses (a state going backwards).
+    /// Folds `writes` into the store and makes them durable: one log record, one
+    /// sync (and, now and then, a checkpoint). On error the node must stop: the engine
+    /// asked for something the store refuses (a state going backwards), or the disk
+    /// failed; either way nothing more may be reported durable.
     pub fn commit(&mut self, writes: &[Write]) -> Result<(), NodeError> {
-        // Applied in place: if a write is refused the node stops without writing, so a
+        // Applied in place: if a write is refused the node stops without logging, so a
         // half-applied in-memory store is never persisted or used again.
-        let next = &mut self.store;
-        let mut channels: BTreeSet<ChannelId> = BTreeSet::new();
-        let mut pending: BTreeSet<RequestId> = BTreeSet::new();
-        // Unacknowledged updates added, and acknowledged up to, per channel.
-        let mut added: BTreeSet<(u64, u64)> = BTreeSet::new();
-        let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
         for w in writes {
-            next.apply(w).map_err(NodeError::Store)?;
-            match w {
-                Write::Channel(rec) => {
-                    channels.insert(rec.id());
-                }
-                Write::Outgoing {
-                    channel, update, ..
-                } => {
-                    channels.insert(*channel);
-                    added.insert((channel.0, update.update.seq));
-                }
-                Write::Acked { channel, seq, .. } => {
-                    channels.insert(*channel);
-                    let slot = acked.entry(channel.0).or_default();
-                    *slot = (*slot).max(*seq);
-                }
-                Write::Incoming { channel, .. } | Write::Severed { channel, .. } => {
-                    channels.insert(*channel);
-                }
-                Write::Pending(p) => {
-                    pending.insert(p.id);
-                }
-                Write::PendingDone(id) => {
-                    pending.insert(*id);
-                }
-            }
+            self.store.apply(w).map_err(NodeError::Store)?;
+            self.dirty.note(w);
         }
+        let record = encode_writes(writes).map_err(|e| db_err(&self.path)(&e))?;
+        self.wal.append(&record)?;
+        if self.wal.len() >= self.checkpoint_bytes {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Writes every record touched since the last checkpoint into the tables, with the
+    /// next log generation, in one transaction; then starts the log again.
+    pub fn checkpoint(&mut self) -> Result<(), NodeError> {
         let err = db_err(&self.path);
+        let next = self.generation + 1;
+        let dirty = std::mem::take(&mut self.dirty);
         let tx = self.db.begin_write().map_err(|e| err(&e))?;
         {
             let mut t = tx.open_table(CHANNELS).map_err(|e| err(&e))?;
             let mut u = tx.open_table(UNACKED).map_err(|e| err(&e))?;
-            for id in &channels {
-                if let Some(rec) = next.channels.get_mut(id) {
+            for id in &dirty.channels {
+                if let Some(rec) = self.store.channels.get_mut(id) {
                     // The record's head: its unacknowledged updates live in UNACKED.
                     let unacked = std::mem::take(&mut rec.outgoing.unacked);
                     let bytes = wire::encode(&*rec);
                     rec.outgoing.unacked = unacked;
                     let bytes = bytes.map_err(|e| err(&e))?;
                     t.insert(id.0, bytes.as_slice()).map_err(|e| err(&e))?;
-                    // Updates added in this batch and still unacknowledged.
-                    for &(_, seq) in added.range((id.0, 0)..=(id.0, u64::MAX)) {
+                    // Updates added since the last checkpoint and still unacknowledged.
+                    for &(_, seq) in dirty.added.range((id.0, 0)..=(id.0, u64::MAX)) {
                         if let Some(entry) = rec.outgoing.unacked.get(&seq) {
                             let bytes = wire::encode(entry).map_err(|e| err(&e))?;
                             u.insert((id.0, seq), bytes.as_slice())
@@ -175,25 +294,35 @@ impl NodeDb {
                     }
                 }
             }
-            for (channel, up_to) in acked {
+            for (&channel, &up_to) in &dirty.acked {
                 u.retain_in((channel, 0)..=(channel, up_to), |_, _| false)
                     .map_err(|e| err(&e))?;
             }
             let mut t = tx.open_table(PENDING).map_err(|e| err(&e))?;
-            for id in &pending {
-                match next.pending.get(id) {
+            for id in &dirty.pending {
+                match self.store.pending.get(id) {
                     Some(p) => {
                         let bytes = wire::encode(p).map_err(|e| err(&e))?;
                         t.insert(&id.0, bytes.as_slice()).map_err(|e| err(&e))?;
+                        self.pending_rows.insert(*id);
                     }
                     None => {
-                        t.remove(&id.0).map_err(|e| err(&e))?;
+                        if self.pending_rows.remove(id) {
+                            t.remove(&id.0).map_err(|e| err(&e))?;
+                        }
                     }
                 }
             }
+            tx.open_table(META)
+                .map_err(|e| err(&e))?
+                .insert(WAL_GENERATION, next)
+                .map_err(|e| err(&e))?;
         }
         tx.commit().map_err(|e| err(&e))?;
-        Ok(())
+        // The tables now hold everything the log does: a crash from here on finds
+        // the old log's generation behind the tables' and discards it.
+        self.generation = next;
+        self.wal.restart(next)
     }
 
     /// A number kept beside the records (the chain cursor, say).
@@ -226,9 +355,9 @@ mod tests {
     /// writes go through a real database in small batches, some requests left
     /// unanswered. Reopened, the database holds exactly the store the writes fold
     /// into (unacknowledged updates included), and an engine restored from it
-    /// agrees with the live one.
-    #[test]
-    fn reopened_database_holds_what_was_committed() {
+    /// agrees with the live one. `checkpoint_bytes` decides whether that state comes
+    /// from the log alone, the tables alone, or both.
+    fn reopened_database_holds_what_was_committed(name: &str, checkpoint_bytes: u64) -> u64 {
         let keys: Vec<Keypair> = (1u8..=3).map(|i| Keypair::from_seed([i; 32])).collect();
         let terms = EdgeTerms {
             latency_ms: 10,
@@ -260,11 +389,11 @@ mod tests {
             })
             .collect();
         let ids: Vec<NodeId> = keys.iter().map(|k| k.id()).collect();
-        let dir = std::env::temp_dir().join(format!("por-db-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("por-db-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("node.redb");
-        let mut db = NodeDb::open(&path).unwrap();
+        let mut db = NodeDb::open_with(&path, checkpoint_bytes).unwrap();
         let mut mirror = Store::default();
         let route = Route {
             nodes: ids.clone(),
@@ -315,8 +444,10 @@ mod tests {
             !mirror.channels[&ChannelId(2)].outgoing.unacked.is_empty(),
             "an unacknowledged payment is held"
         );
+        let generation = db.generation;
         drop(db);
         let reopened = NodeDb::open(&path).unwrap();
+        assert_eq!(reopened.generation, generation);
         assert_eq!(reopened.store(), &mirror);
         let live: Vec<_> = engines[1].channels().cloned().collect();
         let restored = Engine::restore(
@@ -328,6 +459,102 @@ mod tests {
         );
         assert_eq!(restored.channels().cloned().collect::<Vec<_>>(), live);
         assert_eq!(restored.in_flight(), engines[1].in_flight());
+        // Checkpointed now, the tables alone hold it: the log is empty.
+        drop(reopened);
+        let mut db = NodeDb::open(&path).unwrap();
+        db.checkpoint().unwrap();
+        drop(db);
+        let log = std::fs::metadata(path.with_extension("wal")).unwrap().len();
+        assert_eq!(log, 16, "header only");
+        assert_eq!(NodeDb::open(&path).unwrap().store(), &mirror);
+        std::fs::remove_dir_all(&dir).unwrap();
+        generation
+    }
+
+    #[test]
+    fn reopened_database_replays_its_log() {
+        let generation = reopened_database_holds_what_was_committed("log", u64::MAX);
+        assert_eq!(generation, 0, "never checkpointed");
+    }
+
+    #[test]
+    fn reopened_database_holds_what_many_checkpoints_wrote() {
+        let generation = reopened_database_holds_what_was_committed("checkpoints", 4096);
+        assert!(generation > 5, "{generation} checkpoints");
+    }
+
+    fn open_channel(db: &mut NodeDb, id: u64) -> Write {
+        let a = Keypair::from_seed([1; 32]);
+        let b = Keypair::from_seed([2; 32]);
+        let edge = EdgeInfo {
+            id: ChannelId(id),
+            a: a.id(),
+            b: b.id(),
+            terms: EdgeTerms {
+                latency_ms: 10,
+                base_cost: Amount(1),
+                byte_cost: Amount(1),
+                sync_interval_ms: 1000,
+                sync_phase_ms: 0,
+                max_late_fee_rate: Amount(1),
+            },
+            deposit_a: Amount(10),
+            deposit_b: Amount(10),
+        };
+        let rec = por_protocol::channel::ChannelRecord::open(edge, a.id()).unwrap();
+        let w = Write::Channel(Box::new(rec));
+        db.commit(std::slice::from_ref(&w)).unwrap();
+        w
+    }
+
+    /// A crash after a checkpoint's transaction but before the new log replaced the
+    /// old one leaves the old log behind: its records are in the tables already, and
+    /// are not applied twice.
+    #[test]
+    fn an_old_log_left_by_a_crash_mid_checkpoint_is_not_replayed() {
+        let dir = std::env::temp_dir().join(format!("por-db-{}-stale", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.redb");
+        let log = path.with_extension("wal");
+        let mut db = NodeDb::open(&path).unwrap();
+        open_channel(&mut db, 1);
+        let old_log = std::fs::read(&log).unwrap();
+        db.checkpoint().unwrap();
+        let want = db.store().clone();
+        drop(db);
+        std::fs::write(&log, &old_log).unwrap();
+        let db = NodeDb::open(&path).unwrap();
+        assert_eq!(db.store(), &want);
+        assert_eq!(db.generation, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Garbage after the last record (a torn write) is cut off; what was committed
+    /// before it is all there.
+    #[test]
+    fn a_torn_commit_is_dropped_and_the_rest_kept() {
+        let dir = std::env::temp_dir().join(format!("por-db-{}-torn", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.redb");
+        let mut db = NodeDb::open(&path).unwrap();
+        open_channel(&mut db, 1);
+        open_channel(&mut db, 2);
+        let want = db.store().clone();
+        drop(db);
+        let log = path.with_extension("wal");
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.extend_from_slice(&[200, 1, 0, 0, 9, 9]);
+        std::fs::write(&log, &bytes).unwrap();
+        let mut db = NodeDb::open(&path).unwrap();
+        assert_eq!(db.store(), &want);
+        // The log goes on after the cut.
+        open_channel(&mut db, 3);
+        let want = db.store().clone();
+        drop(db);
+        assert_eq!(NodeDb::open(&path).unwrap().store(), &want);
+        assert_eq!(want.channels.len(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,6 +19,7 @@ pub mod metrics;
 mod runtime;
 pub mod sdk;
 mod sync;
+mod wal;
 
 pub use config::{ChainChoice, NodeConfig, Settings, TransportKind};
 pub use sdk::{
@@ -37,6 +38,18 @@ pub enum NodeError {
         /// The database file.
         path: PathBuf,
         /// What failed.
+        detail: String,
+    },
+    /// The write-ahead log is damaged before its last record: state that was
+    /// reported durable cannot be read back, so the node refuses to start rather than
+    /// forget it.
+    #[error("write-ahead log {path}, byte {offset}: {detail}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
         detail: String,
     },
     /// The engine asked to persist a state the store refuses: a bug; the node stops.

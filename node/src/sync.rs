@@ -33,9 +33,9 @@ pub(crate) fn spawn_persister(
             let mut busy = false;
             while let Some(first) = batches.blocking_recv() {
                 // Under load (the last commit found several batches waiting), commit
-                // at most once per interval so that each commit carries more: a redb
-                // commit costs about the same for one write or a thousand. A node
-                // that is not busy commits at once.
+                // at most once per interval so that each commit carries more: a log
+                // sync costs about the same for one write or a thousand. A node that
+                // is not busy commits at once.
                 if busy {
                     if let Some(wait) =
                         last_start.and_then(|t| min_interval.checked_sub(t.elapsed()))
