@@ -93,7 +93,12 @@ pub struct NodeDb {
     /// Requests with a row in PENDING.
     pending_rows: HashSet<RequestId>,
     checkpoint_bytes: u64,
+    /// The log record being built, kept between commits.
+    record: Vec<u8>,
 }
+
+/// Largest record buffer kept between commits.
+const RECORD_BUFFER_KEEP: usize = 16 << 20;
 
 impl std::fmt::Debug for NodeDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,19 +113,21 @@ fn db_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> NodeError + '_ {
     }
 }
 
-/// A log record: each write, wire-encoded, behind its u32 LE length.
-fn encode_writes(writes: &[Write]) -> Result<Vec<u8>, wire::WireError> {
-    let mut out = Vec::new();
+/// Appends a log record's payload to `out`: each write, wire-encoded, behind its u32
+/// LE length.
+fn encode_writes(writes: &[Write], out: &mut Vec<u8>) -> Result<(), wire::WireError> {
     for w in writes {
-        let bytes = wire::encode(w)?;
-        let len = u32::try_from(bytes.len()).map_err(|_| wire::WireError::Oversized {
-            len: bytes.len(),
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        wire::encode_into(w, out)?;
+        let len = out.len() - at - 4;
+        let len = u32::try_from(len).map_err(|_| wire::WireError::Oversized {
+            len,
             max: u32::MAX as usize,
         })?;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&bytes);
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
     }
-    Ok(out)
+    Ok(())
 }
 
 fn decode_writes(mut bytes: &[u8]) -> Result<Vec<Write>, String> {
@@ -239,6 +246,7 @@ impl NodeDb {
             dirty,
             pending_rows,
             checkpoint_bytes,
+            record: Vec::new(),
         })
     }
 
@@ -251,15 +259,21 @@ impl NodeDb {
     /// sync (and, now and then, a checkpoint). On error the node must stop: the engine
     /// asked for something the store refuses (a state going backwards), or the disk
     /// failed; either way nothing more may be reported durable.
-    pub fn commit(&mut self, writes: &[Write]) -> Result<(), NodeError> {
+    pub fn commit(&mut self, writes: Vec<Write>) -> Result<(), NodeError> {
+        let mut record = std::mem::take(&mut self.record);
+        Wal::start_record(&mut record);
+        encode_writes(&writes, &mut record).map_err(|e| db_err(&self.path)(&e))?;
         // Applied in place: if a write is refused the node stops without logging, so a
         // half-applied in-memory store is never persisted or used again.
         for w in writes {
-            self.store.apply(w).map_err(NodeError::Store)?;
-            self.dirty.note(w);
+            self.dirty.note(&w);
+            self.store.apply_owned(w).map_err(NodeError::Store)?;
         }
-        let record = encode_writes(writes).map_err(|e| db_err(&self.path)(&e))?;
-        self.wal.append(&record)?;
+        self.wal.append(&mut record)?;
+        // Keep the buffer for the next commit, unless one huge commit grew it.
+        if record.capacity() <= RECORD_BUFFER_KEEP {
+            self.record = record;
+        }
         if self.wal.len() >= self.checkpoint_bytes {
             self.checkpoint()?;
         }
@@ -412,7 +426,7 @@ mod tests {
                             for w in &b.writes {
                                 mirror.apply(w).unwrap();
                             }
-                            db.commit(&b.writes).unwrap();
+                            db.commit(b.writes.clone()).unwrap();
                         }
                         engines[i].writes_durable(b.up_to);
                     }
@@ -503,7 +517,7 @@ mod tests {
         };
         let rec = por_protocol::channel::ChannelRecord::open(edge, a.id()).unwrap();
         let w = Write::Channel(Box::new(rec));
-        db.commit(std::slice::from_ref(&w)).unwrap();
+        db.commit(vec![w.clone()]).unwrap();
         w
     }
 

@@ -54,7 +54,7 @@ pub(crate) fn spawn_persister(
                 }
                 busy = merged > 2;
                 let result = match db.lock() {
-                    Ok(mut db) => db.commit(&writes),
+                    Ok(mut db) => db.commit(writes),
                     Err(_) => Err(NodeError::Stopped),
                 };
                 metrics.commits.inc();

@@ -198,21 +198,31 @@ impl Wal {
         })
     }
 
-    /// Appends one record and syncs it. Returns once it is durable.
-    pub(crate) fn append(&mut self, payload: &[u8]) -> Result<(), NodeError> {
+    /// Empties `record` to take a payload, leaving room for the record header in
+    /// front so the payload is never copied. Reusing one buffer spares a large
+    /// allocation (and the kernel's page zeroing) per commit.
+    pub(crate) fn start_record(record: &mut Vec<u8>) {
+        record.clear();
+        record.extend_from_slice(&[0; RECORD_HEADER as usize]);
+    }
+
+    /// Appends one record (begun with [`Wal::start_record`], the payload after its
+    /// header room) and syncs it. Returns once it is durable.
+    pub(crate) fn append(&mut self, record: &mut [u8]) -> Result<(), NodeError> {
         let err = io_err(&self.path);
-        let len = u32::try_from(payload.len())
+        let header = RECORD_HEADER as usize;
+        let size = record.len().saturating_sub(header);
+        let len = u32::try_from(size)
             .ok()
-            .filter(|l| u64::from(*l) <= MAX_RECORD)
+            .filter(|l| u64::from(*l) <= MAX_RECORD && record.len() >= header)
             .ok_or_else(|| NodeError::Db {
                 path: self.path.clone(),
-                detail: format!("a {}-byte commit is too large to log", payload.len()),
+                detail: format!("a {size}-byte commit is too large to log"),
             })?;
-        let mut record = Vec::with_capacity(payload.len() + RECORD_HEADER as usize);
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&crc(payload).to_le_bytes());
-        record.extend_from_slice(payload);
-        if let Err(e) = self.file.write_all(&record) {
+        let sum = crc(&record[header..]);
+        record[..4].copy_from_slice(&len.to_le_bytes());
+        record[4..header].copy_from_slice(&sum.to_le_bytes());
+        if let Err(e) = self.file.write_all(record) {
             // A partial record may be on disk; position after it is unknown. The
             // caller stops the node; a restart cuts it off as a torn tail.
             return Err(err(e));
@@ -240,6 +250,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn rec(payload: &[u8]) -> &mut [u8] {
+        let mut r = Vec::new();
+        Wal::start_record(&mut r);
+        r.extend_from_slice(payload);
+        r.leak()
+    }
+
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("por-wal-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -254,7 +271,7 @@ mod tests {
         let (mut w, recs) = Wal::open(&p, 3).unwrap();
         assert!(recs.is_empty());
         for i in 0..50u8 {
-            w.append(&vec![i; i as usize * 7]).unwrap();
+            w.append(rec(&vec![i; i as usize * 7])).unwrap();
         }
         drop(w);
         let (mut w, recs) = Wal::open(&p, 3).unwrap();
@@ -264,7 +281,7 @@ mod tests {
             assert_eq!(r, &vec![i as u8; i * 7]);
         }
         // Appends continue after the replayed records.
-        w.append(b"more").unwrap();
+        w.append(rec(b"more")).unwrap();
         drop(w);
         assert_eq!(Wal::open(&p, 3).unwrap().1.len(), 51);
         std::fs::remove_dir_all(&d).unwrap();
@@ -275,8 +292,8 @@ mod tests {
         let d = dir("torn");
         let p = d.join("node.wal");
         let (mut w, _) = Wal::open(&p, 0).unwrap();
-        w.append(b"first").unwrap();
-        w.append(b"second, which the crash tears").unwrap();
+        w.append(rec(b"first")).unwrap();
+        w.append(rec(b"second, which the crash tears")).unwrap();
         drop(w);
         let full = std::fs::metadata(&p).unwrap().len();
         for cut in [1u64, 5, 8, 20] {
@@ -285,7 +302,7 @@ mod tests {
             drop(f);
             let (mut w, recs) = Wal::open(&p, 0).unwrap();
             assert_eq!(recs, vec![(HEADER, b"first".to_vec())], "cut {cut}");
-            w.append(b"second, which the crash tears").unwrap();
+            w.append(rec(b"second, which the crash tears")).unwrap();
             drop(w);
             assert_eq!(std::fs::metadata(&p).unwrap().len(), full);
         }
@@ -307,8 +324,8 @@ mod tests {
         let d = dir("damage");
         let p = d.join("node.wal");
         let (mut w, _) = Wal::open(&p, 0).unwrap();
-        w.append(b"first").unwrap();
-        w.append(b"second").unwrap();
+        w.append(rec(b"first")).unwrap();
+        w.append(rec(b"second")).unwrap();
         drop(w);
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[HEADER as usize + 9] ^= 0x01; // inside "first"
@@ -329,7 +346,7 @@ mod tests {
         let d = dir("gen");
         let p = d.join("node.wal");
         let (mut w, _) = Wal::open(&p, 4).unwrap();
-        w.append(b"already checkpointed").unwrap();
+        w.append(rec(b"already checkpointed")).unwrap();
         drop(w);
         // The database moved on to generation 5 (a checkpoint finished, the crash
         // came before the new log replaced the old one).

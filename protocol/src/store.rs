@@ -89,64 +89,67 @@ pub struct Store {
 impl Store {
     /// Folds one write into the store. Refuses writes that go backwards.
     pub fn apply(&mut self, w: &Write) -> Result<(), StoreError> {
+        self.apply_owned(w.clone())
+    }
+
+    /// [`Store::apply`], moving what the write carries into the store instead of
+    /// copying it.
+    pub fn apply_owned(&mut self, w: Write) -> Result<(), StoreError> {
         match w {
             Write::Channel(rec) => {
-                self.channels
-                    .entry(rec.id())
-                    .or_insert_with(|| (**rec).clone());
+                self.channels.entry(rec.id()).or_insert(*rec);
             }
             Write::Outgoing {
                 channel,
                 update,
                 message,
             } => {
-                let rec = self.channel(*channel)?;
+                let rec = self.channel(channel)?;
                 let u = &update.update;
                 if u.seq <= rec.outgoing.seq {
                     return Err(StoreError::Backwards {
-                        channel: *channel,
+                        channel,
                         have: rec.outgoing.seq,
                         got: u.seq,
                     });
                 }
                 rec.outgoing.seq = u.seq;
                 rec.outgoing.cumulative = u.cumulative;
-                rec.outgoing
-                    .unacked
-                    .insert(u.seq, (u.clone(), (**message).clone()));
+                let seq = u.seq;
+                rec.outgoing.unacked.insert(seq, (update.update, *message));
             }
             Write::Acked { channel, seq, sig } => {
-                let rec = self.channel(*channel)?;
-                if *seq > rec.outgoing.acked_seq {
-                    rec.outgoing.acked_seq = *seq;
-                    rec.outgoing.last_ack = Some(*sig);
+                let rec = self.channel(channel)?;
+                if seq > rec.outgoing.acked_seq {
+                    rec.outgoing.acked_seq = seq;
+                    rec.outgoing.last_ack = Some(sig);
                     let rest = rec.outgoing.unacked.split_off(&seq.saturating_add(1));
                     rec.outgoing.unacked = rest;
                 }
             }
             Write::Incoming { channel, update } => {
-                let rec = self.channel(*channel)?;
+                let rec = self.channel(channel)?;
                 let u = &update.update;
                 if u.seq <= rec.incoming.seq {
                     return Err(StoreError::Backwards {
-                        channel: *channel,
+                        channel,
                         have: rec.incoming.seq,
                         got: u.seq,
                     });
                 }
                 rec.incoming.seq = u.seq;
                 rec.incoming.cumulative = u.cumulative;
-                rec.incoming.latest = Some((**update).clone());
+                rec.incoming.latest = Some(*update);
             }
             Write::Severed { channel, notice } => {
-                let rec = self.channel(*channel)?;
-                rec.severed.get_or_insert_with(|| (**notice).clone());
+                let rec = self.channel(channel)?;
+                rec.severed.get_or_insert(*notice);
             }
             Write::Pending(p) => {
-                self.pending.insert(p.id, (**p).clone());
+                self.pending.insert(p.id, *p);
             }
             Write::PendingDone(id) => {
-                self.pending.remove(id);
+                self.pending.remove(&id);
             }
         }
         Ok(())

@@ -64,6 +64,19 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| WireError::Encode(e.to_string()))
 }
 
+/// Encodes a value canonically, appending it to `out` (no intermediate buffer).
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), WireError> {
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl bincode::enc::write::Writer for Append<'_> {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+    bincode::serde::encode_into_writer(value, Append(out), config())
+        .map_err(|e| WireError::Encode(e.to_string()))
+}
+
 /// Decodes a value, refusing oversized input and trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     if bytes.len() > MAX_FRAME_LEN {
@@ -136,6 +149,16 @@ mod tests {
             decode_frame(&big),
             Err(WireError::Oversized { .. })
         ));
+    }
+
+    #[test]
+    fn encode_into_appends_exactly_what_encode_makes() {
+        let value = (7u32, vec![1u8, 2, 3], [9u8; 32], String::from("por"));
+        let mut out = b"prefix".to_vec();
+        encode_into(&value, &mut out).unwrap();
+        let mut want = b"prefix".to_vec();
+        want.extend(encode(&value).unwrap());
+        assert_eq!(out, want);
     }
 
     #[test]
