@@ -15,6 +15,7 @@
 
 pub mod amount;
 pub mod crypto;
+pub mod fixed;
 pub mod merkle;
 pub mod messages;
 pub mod time;

@@ -113,7 +113,7 @@ impl EdgeInfo {
 
 /// A request's identity: `H("por/v1/request-id" || encode(RequestCore))`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-pub struct RequestId(pub [u8; 16]);
+pub struct RequestId(#[serde(with = "crate::fixed")] pub [u8; 16]);
 
 impl std::fmt::Debug for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
