@@ -282,7 +282,7 @@ impl Engine {
         let is_server = position.saturating_add(1) == header.core.route.nodes.len();
         if is_server {
             self.index_pending(&p);
-            self.pending.insert(id, p);
+            self.pending.insert(id, Box::new(p));
             self.write_pending(id);
             self.events.push_back(Event::RequestReceived {
                 request: id,
@@ -301,7 +301,7 @@ impl Engine {
             .and_then(|c| c.rec.severed.clone())
         {
             self.index_pending(&p);
-            self.pending.insert(id, p);
+            self.pending.insert(id, Box::new(p));
             self.write_pending(id);
             self.close_upstream(id, now, |fee| Message::Proof {
                 request: id,
@@ -634,6 +634,7 @@ impl Engine {
         self.pending
             .get(&request)
             .filter(|p| p.down.as_ref().is_some_and(|d| d.peer == from))
+            .map(|p| &**p)
             .ok_or(ProtocolError::UnknownRequest(request))
     }
 
@@ -910,7 +911,7 @@ impl Engine {
         };
         let closings: Vec<Message> = awaiting
             .iter()
-            .filter_map(|id| ch.closings.get(id).cloned())
+            .filter_map(|id| ch.closings.get(id).map(|m| (**m).clone()))
             .collect();
         let held = std::mem::take(&mut ch.held);
         ch.ready = true;

@@ -79,7 +79,7 @@ struct ChannelRt {
     held: Vec<Message>,
     /// Closing messages (response or proof, without fee) recently sent to the peer,
     /// and their insertion order for pruning by age and count.
-    closings: BTreeMap<RequestId, Message>,
+    closings: BTreeMap<RequestId, Box<Message>>,
     closing_order: VecDeque<(Time, RequestId)>,
     /// Updates accepted from the peer and not yet acknowledged, with the write each
     /// needs durable first, in seq order.
@@ -109,7 +109,9 @@ pub struct Engine {
     topology: Topology,
     channels: BTreeMap<ChannelId, ChannelRt>,
     by_peer: BTreeMap<NodeId, ChannelId>,
-    pending: BTreeMap<RequestId, Pending>,
+    /// Boxed: a `Pending` is about 600 bytes, and B-tree inserts and removals shift
+    /// their neighbours in the node.
+    pending: BTreeMap<RequestId, Box<Pending>>,
     by_up: BTreeMap<ChannelId, BTreeSet<RequestId>>,
     by_down: BTreeMap<ChannelId, BTreeSet<RequestId>>,
     timers: BTreeSet<(Time, Timer)>,
@@ -193,7 +195,7 @@ impl Engine {
                     e.timers.insert((d.expect_by, Timer::Overdue(p.id)));
                 }
             }
-            e.pending.insert(p.id, p.clone());
+            e.pending.insert(p.id, Box::new(p.clone()));
         }
         e
     }
@@ -225,7 +227,7 @@ impl Engine {
 
     /// Requests in flight here.
     pub fn pending(&self) -> impl Iterator<Item = &Pending> {
-        self.pending.values()
+        self.pending.values().map(|p| &**p)
     }
 
     /// How many requests are in flight here.
@@ -372,7 +374,7 @@ impl Engine {
 
     fn write_pending(&mut self, id: RequestId) {
         if let Some(p) = self.pending.get(&id) {
-            let w = Write::Pending(Box::new(p.clone()));
+            let w = Write::Pending(p.clone());
             self.write(w);
         }
     }

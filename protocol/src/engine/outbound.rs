@@ -129,7 +129,7 @@ impl Engine {
         self.timers
             .insert((now.plus(budget_ms), Timer::Overdue(id)));
         self.index_pending(&p);
-        self.pending.insert(id, p);
+        self.pending.insert(id, Box::new(p));
         self.write_pending(id);
         self.send(next, msg);
         Ok(())
@@ -541,7 +541,7 @@ impl Engine {
         };
         let retention = self.config.closing_retention_ms;
         if let Some(ch) = self.channels.get_mut(&channel) {
-            ch.closings.insert(id, copy);
+            ch.closings.insert(id, Box::new(copy));
             ch.closing_order.push_back((now, id));
             while let Some(&(t, old)) = ch.closing_order.front() {
                 if now.since(t) <= retention && ch.closing_order.len() <= MAX_CLOSINGS {
