@@ -152,10 +152,10 @@ pub trait Connection: Send + Sync + std::fmt::Debug + 'static {
     fn recv(&self) -> impl Future<Output = Result<(u32, Bytes), TransportError>> + Send;
 
     /// Sends `frames` on `stream`, in order, as if by [`Connection::send`] one after the
-    /// other. TCP and QUIC write them at once (one encryption and one write for the
-    /// burst instead of one per frame), checking every frame first: an oversized one
-    /// fails the call and nothing is sent. Other transports send frame by frame and
-    /// stop at the first failure.
+    /// other, except that every frame is checked first: an oversized one fails the
+    /// call and nothing is sent. TCP and QUIC write the burst at once (one encryption
+    /// and one write instead of one per frame). The default sends frame by frame with
+    /// no check up front; every transport here overrides it.
     fn send_all(
         &self,
         stream: u32,
@@ -378,6 +378,18 @@ impl ByteBudget {
 
 /// A received frame and the budget it holds until delivered.
 type Queued = (u32, Bytes, tokio::sync::OwnedSemaphorePermit);
+
+/// Refuses a frame longer than `max`.
+fn check_frame(frame: &Bytes, max: usize) -> Result<(), TransportError> {
+    if frame.len() > max {
+        Err(TransportError::Oversized {
+            len: frame.len(),
+            max,
+        })
+    } else {
+        Ok(())
+    }
+}
 
 fn check_stream(stream: u32) -> Result<(), TransportError> {
     if stream >= MAX_STREAMS {

@@ -14,8 +14,8 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    check_stream, ByteBudget, Connection, Listener, Queued, Transport, TransportConfig,
-    TransportError,
+    check_frame, check_stream, ByteBudget, Connection, Listener, Queued, Transport,
+    TransportConfig, TransportError,
 };
 
 type Registry = HashMap<String, (NodeId, mpsc::Sender<MemConnection>)>;
@@ -195,19 +195,9 @@ impl Drop for MemConnection {
     }
 }
 
-impl Connection for MemConnection {
-    fn peer(&self) -> NodeId {
-        self.peer
-    }
-
-    async fn send(&self, stream: u32, frame: Bytes) -> Result<(), TransportError> {
-        check_stream(stream)?;
-        if frame.len() > self.config.max_frame_len {
-            return Err(TransportError::Oversized {
-                len: frame.len(),
-                max: self.config.max_frame_len,
-            });
-        }
+impl MemConnection {
+    /// Queues one checked frame for the peer, waiting for its byte budget.
+    async fn push(&self, stream: u32, frame: Bytes) -> Result<(), TransportError> {
         if self.link.is_cancelled() {
             return Err(TransportError::Closed);
         }
@@ -223,7 +213,27 @@ impl Connection for MemConnection {
             () = self.link.cancelled() => Err(TransportError::Closed),
         }
     }
+}
 
+impl Connection for MemConnection {
+    fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    async fn send_all(&self, stream: u32, frames: Vec<Bytes>) -> Result<(), TransportError> {
+        check_stream(stream)?;
+        for frame in &frames {
+            check_frame(frame, self.config.max_frame_len)?;
+        }
+        for frame in frames {
+            self.push(stream, frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, stream: u32, frame: Bytes) -> Result<(), TransportError> {
+        self.send_all(stream, vec![frame]).await
+    }
     async fn recv(&self) -> Result<(u32, Bytes), TransportError> {
         let mut rx = self.rx.lock().await;
         let got = tokio::select! {
