@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-use por_protocol::store::{Store, Write};
+use por_protocol::store::{Store, StoreError, Write};
 use por_protocol::types::{ChannelId, RequestId};
 use por_protocol::wire;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -50,6 +50,13 @@ struct Dirty {
     added: BTreeSet<(u64, u64)>,
     /// Acknowledged up to, per channel.
     acked: BTreeMap<u64, u64>,
+}
+
+/// Folds one write into the store and notes what it touched: the one path for a
+/// commit and for a replay of the log.
+fn fold(store: &mut Store, dirty: &mut Dirty, w: Write) -> Result<(), StoreError> {
+    dirty.note(&w);
+    store.apply_owned(w)
 }
 
 impl Dirty {
@@ -228,10 +235,8 @@ impl NodeDb {
                 detail,
             };
             for w in decode_writes(&payload).map_err(damaged)? {
-                store
-                    .apply(&w)
+                fold(&mut store, &mut dirty, w)
                     .map_err(|e| damaged(format!("replay refused: {e}")))?;
-                dirty.note(&w);
             }
         }
         if replayed > 0 {
@@ -266,8 +271,7 @@ impl NodeDb {
         // Applied in place: if a write is refused the node stops without logging, so a
         // half-applied in-memory store is never persisted or used again.
         for w in writes {
-            self.dirty.note(&w);
-            self.store.apply_owned(w).map_err(NodeError::Store)?;
+            fold(&mut self.store, &mut self.dirty, w)?;
         }
         self.wal.append(&mut record)?;
         // Keep the buffer for the next commit, unless one huge commit grew it.

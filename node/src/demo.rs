@@ -26,6 +26,9 @@ use crate::{NodeError, TransportKind};
 /// The paper's topology (with its §5.1 request), as the simulator's scenario.
 pub const PAPER_TOPOLOGY: &str = include_str!("../../testnet/scenarios/paper-5.1-happy.toml");
 
+/// Links are shaped to this share (percent) of their promised latency by default.
+pub const DEFAULT_LINK_PERCENT: u64 = 90;
+
 /// Demo settings.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -46,7 +49,7 @@ impl DemoOptions {
         DemoOptions {
             transport,
             dir: std::env::temp_dir().join(format!("por-demo-{}", std::process::id())),
-            link_percent: 90,
+            link_percent: DEFAULT_LINK_PERCENT,
             workspace: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
         }
     }

@@ -134,7 +134,7 @@ enum Command {
         /// Shape each link to this percentage of its edge's promised latency (1-100).
         /// Operators promise a little more than their links take; the slack absorbs
         /// scheduling and disk-sync delays on a busy machine.
-        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=100))]
+        #[arg(long, default_value_t = por_node::demo::DEFAULT_LINK_PERCENT, value_parser = clap::value_parser!(u64).range(1..=100))]
         link_percent: u64,
     },
     /// Run scenario files in the deterministic simulator and print the timeline as JSON
