@@ -62,3 +62,37 @@ async fn every_frame_arrives_exactly_the_delay_later_in_order() {
     assert_eq!(c.recv().await.unwrap().1, Bytes::from_static(b"back"));
     assert_eq!(Instant::now(), t1);
 }
+
+/// A burst keeps its order and arrives exactly the delay later; a burst holding an
+/// oversized frame is refused whole, none of it sent.
+#[tokio::test(start_paused = true)]
+async fn a_burst_is_delayed_in_order_and_checked_whole() {
+    let net = MemNetwork::new();
+    let (ka, kb) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
+    let cfg = TransportConfig {
+        idle_timeout: Duration::from_secs(3600),
+        ..TransportConfig::default()
+    };
+    let mut l = MemTransport::new(&ka, &net, cfg.clone())
+        .listen("a")
+        .await
+        .unwrap();
+    let tb = MemTransport::new(&kb, &net, cfg.clone());
+    let (c, s) = tokio::join!(tb.dial("a", ka.id()), l.accept());
+    let delay = Duration::from_millis(200);
+    let c = Shaped::new(c.unwrap(), delay, cfg.max_frame_len, 64);
+    let s = s.unwrap();
+    let bad = vec![
+        Bytes::from_static(b"x"),
+        Bytes::from(vec![0; cfg.max_frame_len + 1]),
+    ];
+    let err = c.send_all(0, bad).await.unwrap_err();
+    assert!(matches!(err, TransportError::Oversized { .. }));
+    let t0 = Instant::now();
+    let burst: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 3])).collect();
+    c.send_all(0, burst.clone()).await.unwrap();
+    for want in burst {
+        assert_eq!(s.recv().await.unwrap(), (0, want));
+        assert_eq!(Instant::now() - t0, delay);
+    }
+}
