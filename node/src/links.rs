@@ -361,7 +361,7 @@ async fn run_link(shared: Shared, conn: AnyConnection) {
     loop {
         match link.recv().await {
             Ok((_, frame)) => {
-                let frame = match por_protocol::wire::decode_frame(&frame) {
+                let frame = match por_protocol::messages::decode_frame(&frame) {
                     Ok(message) => {
                         // Spread signature work over the cores: the engine task
                         // finds these already checked.

@@ -13,7 +13,7 @@ use por_chain::{AnyChain, Chain};
 use por_protocol::engine::{ChainAction, ChainEvent, Event, WriteBatch};
 use por_protocol::topology::Quote;
 use por_protocol::types::{ChannelId, RequestId, Route, SeverReason};
-use por_protocol::{wire, Engine, NodeId, Time};
+use por_protocol::{messages, Engine, NodeId, Time};
 use por_transport::{AnyTransport, Listener, Transport};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -562,7 +562,7 @@ impl EngineTask {
             self.writes.send(batch).map_err(|_| NodeError::Stopped)?;
         }
         while let Some(tx) = self.engine.poll_transmit() {
-            match wire::encode_frame(&tx.message) {
+            match messages::encode_frame(&tx.message) {
                 Ok(frame) => {
                     self.metrics.frames_out.inc();
                     self.links.send(tx.to, Bytes::from(frame));

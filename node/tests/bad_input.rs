@@ -13,9 +13,9 @@ use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
 use por_chain::{AnyChain, Chain, LocalClient};
 use por_node::{handler_fn, NodeBuilder, NodeHandle, Outcome, RequestOptions};
 use por_protocol::engine::Event;
-use por_protocol::messages::Message;
+use por_protocol::messages::{self, Message};
 use por_protocol::types::{EdgeTerms, Route};
-use por_protocol::{wire, Amount, ChainEvent, Engine, EngineConfig, Keypair, Time};
+use por_protocol::{Amount, ChainEvent, Engine, EngineConfig, Keypair, Time};
 use por_transport::tcp::TcpTransport;
 use por_transport::{Connection, Transport, TransportConfig};
 
@@ -182,7 +182,7 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
                 engine.writes_durable(b.up_to);
             }
             while let Some(t) = engine.poll_transmit() {
-                conn.send(0, Bytes::from(wire::encode_frame(&t.message).unwrap()))
+                conn.send(0, Bytes::from(messages::encode_frame(&t.message).unwrap()))
                     .await
                     .unwrap();
             }
@@ -223,7 +223,7 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
         .unwrap()
         .clone();
     for m in &frames {
-        conn.send(0, Bytes::from(wire::encode_frame(m).unwrap()))
+        conn.send(0, Bytes::from(messages::encode_frame(m).unwrap()))
             .await
             .unwrap();
     }
@@ -238,7 +238,7 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     assert_eq!(paid_once, Amount(105));
 
     // 2. Replaying that payment: refused, nothing paid twice, the connection stays.
-    conn.send(0, Bytes::from(wire::encode_frame(&valid).unwrap()))
+    conn.send(0, Bytes::from(messages::encode_frame(&valid).unwrap()))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -262,7 +262,7 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     let dropped_before = bob.metrics().peers_dropped.get();
     conn.send(
         0,
-        Bytes::from(wire::encode_frame(&forged.unwrap()).unwrap()),
+        Bytes::from(messages::encode_frame(&forged.unwrap()).unwrap()),
     )
     .await
     .unwrap();

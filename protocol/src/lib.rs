@@ -32,6 +32,8 @@ pub mod engine;
 #[cfg(feature = "engine")]
 pub mod error;
 #[cfg(feature = "engine")]
+pub mod pending;
+#[cfg(feature = "engine")]
 pub mod store;
 
 pub use amount::Amount;

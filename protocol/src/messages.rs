@@ -7,6 +7,7 @@ use crate::types::{
     ChannelId, FeePayment, RequestHeader, RequestId, SignedResponse, SignedSeverNotice,
     SignedUpdate,
 };
+use crate::wire::{self, WireError, MAX_FRAME_LEN, PROTOCOL_VERSION};
 
 /// A request travelling one hop: header, the payer-signed payment, and the body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,5 +227,79 @@ impl Message {
             | Message::Sync { fee, .. } => fee.is_some(),
             _ => false,
         }
+    }
+}
+
+// ----------------------------------------------------------------- frames
+
+#[derive(Serialize, Deserialize)]
+/// The frame envelope: the protocol version first, so it is read before the body.
+struct Envelope<M> {
+    version: u16,
+    message: M,
+}
+
+/// Encodes a message into a frame: `{version, message}`.
+pub fn encode_frame(message: &Message) -> Result<Vec<u8>, WireError> {
+    let bytes = wire::encode(&Envelope {
+        version: PROTOCOL_VERSION,
+        message,
+    })?;
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(WireError::Oversized {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a frame. The version is checked before the message body is decoded, so a
+/// peer speaking a newer version gets a clear error rather than a parse failure.
+pub fn decode_frame(bytes: &[u8]) -> Result<Message, WireError> {
+    if bytes.len() > MAX_FRAME_LEN {
+        return Err(WireError::Oversized {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let version = bytes
+        .get(..2)
+        .map(|v| u16::from_le_bytes([v[0], v[1]]))
+        .ok_or_else(|| WireError::Malformed("frame shorter than its version".into()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::UnsupportedVersion { got: version });
+    }
+    let env: Envelope<Message> = wire::decode(bytes)?;
+    Ok(env.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let big = vec![0u8; MAX_FRAME_LEN + 1];
+        assert!(matches!(
+            decode_frame(&big),
+            Err(WireError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_version_is_named() {
+        let mut frame = encode_frame(&Message::Ping { nonce: 1 }).unwrap();
+        frame[0] = 9;
+        assert_eq!(
+            decode_frame(&frame),
+            Err(WireError::UnsupportedVersion { got: 9 })
+        );
+        assert_eq!(
+            decode_frame(&[1]),
+            Err(WireError::Malformed(
+                "frame shorter than its version".into()
+            ))
+        );
     }
 }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelRecord;
 use crate::crypto::Signature;
-use crate::engine::Pending;
 use crate::messages::Message;
+use crate::pending::Pending;
 use crate::types::{ChannelId, RequestId, SignedSeverNotice, SignedUpdate};
 
 /// One durable change.

@@ -1,13 +1,13 @@
-//! The canonical encoding and the versioned frame envelope.
+//! The canonical encoding: bincode with fixed-width integers, bounded decoding.
+//! The versioned frame envelope around a [`crate::messages::Message`] lives with
+//! the message.
 //!
 //! Encoding is bincode 2 with fixed-width little-endian integers, so every value has
 //! exactly one encoding: signatures are computed over `DOMAIN || encode(value)` and
 //! verified by re-encoding the decoded value. Decoding is bounded by [`MAX_FRAME_LEN`]
 //! (no allocation beyond it, whatever a length prefix claims) and refuses trailing bytes.
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-
-use crate::messages::Message;
+use serde::{de::DeserializeOwned, Serialize};
 
 /// The wire protocol version carried in every envelope.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -93,47 +93,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     Ok(value)
 }
 
-#[derive(Serialize, Deserialize)]
-struct Envelope<M> {
-    version: u16,
-    message: M,
-}
-
-/// Encodes a message into a frame: `{version, message}`.
-pub fn encode_frame(message: &Message) -> Result<Vec<u8>, WireError> {
-    let bytes = encode(&Envelope {
-        version: PROTOCOL_VERSION,
-        message,
-    })?;
-    if bytes.len() > MAX_FRAME_LEN {
-        return Err(WireError::Oversized {
-            len: bytes.len(),
-            max: MAX_FRAME_LEN,
-        });
-    }
-    Ok(bytes)
-}
-
-/// Decodes a frame. The version is checked before the message body is decoded, so a
-/// peer speaking a newer version gets a clear error rather than a parse failure.
-pub fn decode_frame(bytes: &[u8]) -> Result<Message, WireError> {
-    if bytes.len() > MAX_FRAME_LEN {
-        return Err(WireError::Oversized {
-            len: bytes.len(),
-            max: MAX_FRAME_LEN,
-        });
-    }
-    let version = bytes
-        .get(..2)
-        .map(|v| u16::from_le_bytes([v[0], v[1]]))
-        .ok_or_else(|| WireError::Malformed("frame shorter than its version".into()))?;
-    if version != PROTOCOL_VERSION {
-        return Err(WireError::UnsupportedVersion { got: version });
-    }
-    let env: Envelope<Message> = decode(bytes)?;
-    Ok(env.message)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,7 +105,7 @@ mod tests {
         assert_eq!(decode::<u32>(&b), Err(WireError::TrailingBytes(1)));
         let big = vec![0u8; MAX_FRAME_LEN + 1];
         assert!(matches!(
-            decode_frame(&big),
+            decode::<Vec<u8>>(&big),
             Err(WireError::Oversized { .. })
         ));
     }
@@ -169,21 +128,5 @@ mod tests {
             decode::<Vec<u8>>(&bytes),
             Err(WireError::Malformed(_))
         ));
-    }
-
-    #[test]
-    fn wrong_version_is_named() {
-        let mut frame = encode_frame(&Message::Ping { nonce: 1 }).unwrap();
-        frame[0] = 9;
-        assert_eq!(
-            decode_frame(&frame),
-            Err(WireError::UnsupportedVersion { got: 9 })
-        );
-        assert_eq!(
-            decode_frame(&[1]),
-            Err(WireError::Malformed(
-                "frame shorter than its version".into()
-            ))
-        );
     }
 }

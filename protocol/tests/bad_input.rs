@@ -4,7 +4,7 @@
 
 use por_protocol::channel::ChannelRecord;
 use por_protocol::merkle::MerkleProof;
-use por_protocol::messages::{Message, RejectReason, RequestMsg};
+use por_protocol::messages::{self, Message, RejectReason, RequestMsg};
 use por_protocol::types::{
     ChannelId, EdgeInfo, EdgeTerms, Memo, RequestCore, RequestHeader, Route, SeverNotice,
     SeverReason, SignedSeverNotice,
@@ -708,7 +708,7 @@ proptest! {
     ) {
         let mut n = net();
         let msg = n.crafted_request(COST, RTT, 5, 3);
-        let mut frame = wire::encode_frame(&msg).unwrap();
+        let mut frame = messages::encode_frame(&msg).unwrap();
         let i = pos.index(frame.len());
         frame[i] ^= 1 << bit;
         let before = n.channel(1, 1);
@@ -725,6 +725,6 @@ proptest! {
 
     #[test]
     fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
-        let _ = wire::decode_frame(&bytes);
+        let _ = messages::decode_frame(&bytes);
     }
 }

@@ -18,7 +18,7 @@ use por_protocol::store::Store;
 use por_protocol::topology::Topology;
 use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, RequestId, Route, SeverReason};
 use por_protocol::{
-    wire, Amount, ChainAction, ChainEvent, Engine, EngineConfig, Keypair, NodeId, Time,
+    messages, Amount, ChainAction, ChainEvent, Engine, EngineConfig, Keypair, NodeId, Time,
 };
 
 use crate::scenario::{FaultSpec, Scenario};
@@ -671,7 +671,7 @@ impl Sim {
         if !self.nodes[from].online {
             return;
         }
-        let frame = match wire::encode_frame(message) {
+        let frame = match messages::encode_frame(message) {
             Ok(f) => f,
             Err(e) => {
                 self.violation(now, format!("encode failed: {e}"));

@@ -1,6 +1,10 @@
 //! What the engine reports: frames, chain actions, application events.
 
-use super::*;
+use crate::amount::Amount;
+use crate::crypto::NodeId;
+use crate::messages::{Message, RejectReason};
+use crate::time::Time;
+use crate::types::{ChannelId, EdgeInfo, RequestId, SeverReason, SignedSeverNotice};
 
 /// A frame for a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,17 +36,6 @@ pub enum ChainEvent {
     EdgeOpened(EdgeInfo),
     /// An edge was severed on chain with this notice.
     EdgeSevered(SignedSeverNotice),
-}
-
-/// How a request ended at the node that reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Resolution {
-    /// The server's signed response arrived.
-    Response,
-    /// A proof that this edge on the route was severed arrived (or we severed it).
-    Proof(ChannelId),
-    /// The downstream refused the request and refunded it.
-    Rejected,
 }
 
 /// Application-level events.

@@ -13,92 +13,39 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use serde::{Deserialize, Serialize};
-
-use crate::amount::Amount;
 use crate::channel::ChannelRecord;
-use crate::config::{EngineConfig, ProofForwarding, SeverPolicy};
-use crate::crypto::{self, Hash, Keypair, NodeId};
-use crate::error::ProtocolError;
-use crate::merkle::MerkleProof;
-use crate::messages::{Echo, Message, RejectReason, RequestMsg};
+use crate::config::EngineConfig;
+use crate::crypto::{Hash, Keypair, NodeId};
+use crate::messages::Message;
 use crate::store::{Store, Write};
 use crate::time::Time;
 use crate::topology::{Quote, Topology};
-use crate::types::{
-    fee_items_hash, BatchRoot, ChannelId, EdgeInfo, FeeItem, FeePayment, Memo, RequestCore,
-    RequestHeader, RequestId, ResponseBody, Route, SeverNotice, SeverReason, SignedResponse,
-    SignedSeverNotice, SignedUpdate,
-};
-use crate::wire::{self, MAX_BODY_LEN};
+use crate::types::{ChannelId, RequestId};
 
+mod channels;
 mod events;
-mod inbound;
-mod outbound;
-mod pending;
-mod timers;
+mod fees;
+mod input;
+mod liveness;
+mod request;
+mod requests;
+mod seal;
+mod sever;
 
-pub use events::{ChainAction, ChainEvent, Event, Resolution, Transmit};
-pub use pending::{Downstream, Pending, Upstream};
+pub use crate::pending::{Downstream, Pending, Resolution, Upstream};
+pub use events::{ChainAction, ChainEvent, Event, Transmit};
 
+use channels::ChannelRt;
+use requests::Requests;
+use seal::Unsealed;
+
+/// What a timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Sync(ChannelId),
     Overdue(RequestId),
     SeverAt(RequestId),
 }
-
-#[derive(Clone, Debug, Default)]
-struct Ledger {
-    earnings: VecDeque<(Time, Amount)>,
-    losses: VecDeque<(Time, Amount)>,
-}
-
-impl Ledger {
-    fn prune(&mut self, since: Time) {
-        while self.earnings.front().is_some_and(|(t, _)| *t < since) {
-            self.earnings.pop_front();
-        }
-        while self.losses.front().is_some_and(|(t, _)| *t < since) {
-            self.losses.pop_front();
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-struct ChannelRt {
-    rec: ChannelRecord,
-    next_sync: Time,
-    last_heard: Option<Time>,
-    silent_reported: bool,
-    last_peer_sync: Option<(u64, Time)>,
-    ledger: Ledger,
-    /// False from a disconnect until the peer's `Reestablish` arrives; frames for the
-    /// peer are held meanwhile.
-    ready: bool,
-    held: Vec<Message>,
-    /// Closing messages (response or proof, without fee) recently sent to the peer,
-    /// and their insertion order for pruning by age and count.
-    closings: BTreeMap<RequestId, Box<Message>>,
-    closing_order: VecDeque<(Time, RequestId)>,
-    /// Updates accepted from the peer and not yet acknowledged, with the write each
-    /// needs durable first, in seq order.
-    acks_due: VecDeque<(u64, crate::types::ChannelUpdate)>,
-}
-
-/// A value made by the engine and signed at the next poll of its outputs.
-#[derive(Clone, Debug)]
-enum Unsealed {
-    /// Our channel update with this seq (on the entry's channel).
-    Update(u64),
-    /// As client, the core of this request.
-    Core(RequestId),
-    /// As server, this response.
-    Response(ResponseBody),
-}
-
-/// At most this many closing messages are kept per channel for resending.
-const MAX_CLOSINGS: usize = 65_536;
 
 /// The Proof of Response state machine of one node.
 #[derive(Debug)]
@@ -109,11 +56,7 @@ pub struct Engine {
     topology: Topology,
     channels: BTreeMap<ChannelId, ChannelRt>,
     by_peer: BTreeMap<NodeId, ChannelId>,
-    /// Boxed: a `Pending` is about 600 bytes, and B-tree inserts and removals shift
-    /// their neighbours in the node.
-    pending: BTreeMap<RequestId, Box<Pending>>,
-    by_up: BTreeMap<ChannelId, BTreeSet<RequestId>>,
-    by_down: BTreeMap<ChannelId, BTreeSet<RequestId>>,
+    requests: Requests,
     timers: BTreeSet<(Time, Timer)>,
     next_nonce: u64,
     writes: Vec<Write>,
@@ -148,9 +91,7 @@ impl Engine {
             topology: Topology::new(),
             channels: BTreeMap::new(),
             by_peer: BTreeMap::new(),
-            pending: BTreeMap::new(),
-            by_up: BTreeMap::new(),
-            by_down: BTreeMap::new(),
+            requests: Requests::default(),
             timers: BTreeSet::new(),
             // Nonces start from the clock so that a restarted node never reuses one.
             next_nonce: now.ms().saturating_mul(1_000),
@@ -189,13 +130,12 @@ impl Engine {
             }
         }
         for p in store.pending.values() {
-            e.index_pending(p);
             if let Some(d) = &p.down {
                 if d.resolved.is_none() {
                     e.timers.insert((d.expect_by, Timer::Overdue(p.id)));
                 }
             }
-            e.pending.insert(p.id, Box::new(p.clone()));
+            e.requests.insert(p.clone());
         }
         e
     }
@@ -227,12 +167,12 @@ impl Engine {
 
     /// Requests in flight here.
     pub fn pending(&self) -> impl Iterator<Item = &Pending> {
-        self.pending.values().map(|p| &**p)
+        self.requests.values()
     }
 
     /// How many requests are in flight here.
     pub fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.requests.len()
     }
 
     /// Up to `k` priced routes to `server` for a body of `body_len` bytes whose round
@@ -279,49 +219,6 @@ impl Engine {
         }
     }
 
-    /// One ack of the latest durable update of some channel that owes its peer one.
-    fn next_ack(&mut self) -> Option<Transmit> {
-        let owing: Vec<ChannelId> = self.ack_channels.iter().copied().collect();
-        for channel in owing {
-            let Some(ch) = self.channels.get_mut(&channel) else {
-                self.ack_channels.remove(&channel);
-                continue;
-            };
-            let mut last = None;
-            while ch
-                .acks_due
-                .front()
-                .is_some_and(|(needs, _)| *needs <= self.durable_seq)
-            {
-                last = ch.acks_due.pop_front().map(|(_, u)| u);
-            }
-            if !ch.ready {
-                // The peer is away: the re-ack on its `Reestablish` covers all of it.
-                ch.acks_due.clear();
-                last = None;
-            }
-            if ch.acks_due.is_empty() {
-                self.ack_channels.remove(&channel);
-            }
-            let Some(update) = last else { continue };
-            // Signing a well-formed value cannot fail to encode; were it to, the
-            // payer would retransmit the update after a reconnect and be re-acked.
-            let Ok(sig) = self.key.sign(&crate::types::AckOf(&update)) else {
-                continue;
-            };
-            let message = Message::Ack {
-                channel,
-                seq: update.seq,
-                sig,
-            };
-            return Some(Transmit {
-                to: ch.rec.peer,
-                message,
-            });
-        }
-        None
-    }
-
     /// Frames waiting for persistence (acks included).
     pub fn transmits_waiting(&self) -> usize {
         let acks: usize = self
@@ -348,12 +245,12 @@ impl Engine {
         self.timers.first().map(|(t, _)| *t)
     }
 
-    fn write(&mut self, w: Write) {
+    pub(super) fn write(&mut self, w: Write) {
         self.write_seq = self.write_seq.saturating_add(1);
         self.writes.push(w);
     }
 
-    fn send(&mut self, to: NodeId, message: Message) {
+    pub(super) fn send(&mut self, to: NodeId, message: Message) {
         if let Some(ch) = self.by_peer.get(&to).and_then(|c| self.channels.get_mut(c)) {
             if !ch.ready && !matches!(message, Message::Reestablish { .. }) {
                 // Frames carrying updates come back through the retransmission of
@@ -372,114 +269,18 @@ impl Engine {
             .push_back((self.write_seq, Transmit { to, message }));
     }
 
-    fn write_pending(&mut self, id: RequestId) {
-        if let Some(p) = self.pending.get(&id) {
-            let w = Write::Pending(p.clone());
+    pub(super) fn write_pending(&mut self, id: RequestId) {
+        if let Some(p) = self.requests.get(&id) {
+            let w = Write::Pending(Box::new(p.clone()));
             self.write(w);
         }
     }
 
-    // ----------------------------------------------------------------- chain
-
-    /// Applies a chain event.
-    pub fn handle_chain_event(&mut self, event: ChainEvent, now: Time) {
-        match event {
-            ChainEvent::Stake { node, stake } => self.topology.set_stake(node, stake),
-            ChainEvent::EdgeOpened(edge) => {
-                self.topology.insert_edge(edge.clone());
-                if self.channels.contains_key(&edge.id) {
-                    return;
-                }
-                if let Some(rec) = ChannelRecord::open(edge, self.id) {
-                    self.write(Write::Channel(Box::new(rec.clone())));
-                    self.install_channel(rec, now);
-                }
-            }
-            ChainEvent::EdgeSevered(notice) => {
-                if crypto::verify(&notice.notice.severer, &notice.notice, &notice.sig).is_err() {
-                    return;
-                }
-                self.apply_severance(&notice, now, None);
-            }
+    /// Forgets a request once both its ends are done here.
+    pub(super) fn finish_if_done(&mut self, id: RequestId) {
+        if self.requests.get(&id).is_some_and(Pending::done) {
+            self.requests.remove(&id);
+            self.write(Write::PendingDone(id));
         }
-    }
-
-    fn install_channel(&mut self, rec: ChannelRecord, now: Time) {
-        let id = rec.id();
-        self.topology.insert_edge(rec.edge.clone());
-        if let Some(n) = &rec.severed {
-            self.topology.sever(n.notice.channel);
-        }
-        let next_sync = Time(rec.edge.terms.next_sync_after(now.ms()));
-        self.by_peer.insert(rec.peer, id);
-        if rec.severed.is_none() {
-            self.timers.insert((next_sync, Timer::Sync(id)));
-        }
-        self.channels.insert(
-            id,
-            ChannelRt {
-                rec,
-                next_sync,
-                last_heard: None,
-                silent_reported: false,
-                last_peer_sync: None,
-                ledger: Ledger::default(),
-                ready: true,
-                held: Vec::new(),
-                closings: BTreeMap::new(),
-                closing_order: VecDeque::new(),
-                acks_due: VecDeque::new(),
-            },
-        );
-    }
-
-    /// Requests whose upstream edge is `channel` (we owe the peer there).
-    fn ids_up(&self, channel: ChannelId) -> Vec<RequestId> {
-        self.by_up
-            .get(&channel)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect()
-    }
-
-    /// Requests whose downstream edge is `channel` (the peer owes us there).
-    fn ids_down(&self, channel: ChannelId) -> Vec<RequestId> {
-        self.by_down
-            .get(&channel)
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect()
-    }
-
-    fn index_pending(&mut self, p: &Pending) {
-        if let Some(u) = &p.up {
-            self.by_up.entry(u.channel).or_default().insert(p.id);
-        }
-        if let Some(d) = &p.down {
-            self.by_down.entry(d.channel).or_default().insert(p.id);
-        }
-    }
-
-    fn finish_if_done(&mut self, id: RequestId) {
-        let Some(p) = self.pending.get(&id) else {
-            return;
-        };
-        if !p.done() {
-            return;
-        }
-        if let Some(u) = &p.up {
-            if let Some(s) = self.by_up.get_mut(&u.channel) {
-                s.remove(&id);
-            }
-        }
-        if let Some(d) = &p.down {
-            if let Some(s) = self.by_down.get_mut(&d.channel) {
-                s.remove(&id);
-            }
-        }
-        self.pending.remove(&id);
-        self.write(Write::PendingDone(id));
     }
 }

@@ -1,6 +1,25 @@
-//! The state of one request in flight, as client, relay or server.
+//! The state of one request in flight, as client, relay or server: the record the
+//! engine persists for it (like [`crate::channel::ChannelRecord`] for a channel) and
+//! the fee arithmetic both ends of each of its edges agree on.
 
-use super::*;
+use serde::{Deserialize, Serialize};
+
+use crate::amount::Amount;
+use crate::crypto::NodeId;
+use crate::error::ProtocolError;
+use crate::time::Time;
+use crate::types::{ChannelId, RequestCore, RequestId, SignedSeverNotice};
+
+/// How a request ended at the node that reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resolution {
+    /// The server's signed response arrived.
+    Response,
+    /// A proof that this edge on the route was severed arrived (or we severed it).
+    Proof(ChannelId),
+    /// The downstream refused the request and refunded it.
+    Rejected,
+}
 
 /// Our side towards the node that sent us the request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +61,7 @@ pub struct Downstream {
     pub fees_received: Amount,
     /// How and when it was resolved.
     pub resolved: Option<(Time, Resolution)>,
-    /// Syncs counted since it went overdue (for [`SeverPolicy::WaitSyncs`]).
+    /// Syncs counted since it went overdue (for [`crate::config::SeverPolicy::WaitSyncs`]).
     pub overdue_syncs: u32,
     /// Nothing more is expected (settled, or the shortfall was recorded as a loss).
     pub finished: bool,
@@ -64,12 +83,12 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub(super) fn rate(&self) -> Amount {
+    pub(crate) fn rate(&self) -> Amount {
         self.core.late_fee_rate
     }
 
     /// Late fee owed upstream at `t`: `rate * (min(t, closed_at) - send_deadline)`.
-    pub(super) fn owed_upstream(&self, t: Time) -> Result<Amount, ProtocolError> {
+    pub(crate) fn owed_upstream(&self, t: Time) -> Result<Amount, ProtocolError> {
         let Some(up) = &self.up else {
             return Ok(Amount::ZERO);
         };
@@ -81,7 +100,7 @@ impl Pending {
 
     /// Late fee the downstream should have paid by the time a message sent at
     /// `arrival - L` arrives at `arrival`, less `tolerance_ms` of slack.
-    pub(super) fn expected_from_downstream(
+    pub(crate) fn expected_from_downstream(
         &self,
         arrival: Time,
         tolerance_ms: u64,
@@ -94,7 +113,7 @@ impl Pending {
         Ok(self.rate().checked_mul(u128::from(late))?)
     }
 
-    pub(super) fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         let up_done = self.up.as_ref().is_none_or(|u| u.closed_at.is_some());
         let down_done = self.down.as_ref().is_none_or(|d| d.finished);
         up_done && down_done

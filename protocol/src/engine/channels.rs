@@ -1,0 +1,84 @@
+//! The engine's view of each of its channels: the persisted record plus what lives
+//! only in memory (sync schedule, liveness, earnings ledger, held frames, kept
+//! closing messages, acks due).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::amount::Amount;
+use crate::channel::ChannelRecord;
+use crate::messages::Message;
+use crate::time::Time;
+use crate::types::{ChannelUpdate, RequestId};
+
+use super::{Engine, Timer};
+
+/// What an edge earned and lost recently, for the unprofitable-edge heuristic.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Ledger {
+    pub(super) earnings: VecDeque<(Time, Amount)>,
+    pub(super) losses: VecDeque<(Time, Amount)>,
+}
+
+impl Ledger {
+    pub(super) fn prune(&mut self, since: Time) {
+        while self.earnings.front().is_some_and(|(t, _)| *t < since) {
+            self.earnings.pop_front();
+        }
+        while self.losses.front().is_some_and(|(t, _)| *t < since) {
+            self.losses.pop_front();
+        }
+    }
+}
+
+/// One of our channels: its persisted record and its in-memory state.
+#[derive(Clone, Debug)]
+pub(super) struct ChannelRt {
+    pub(super) rec: ChannelRecord,
+    pub(super) next_sync: Time,
+    pub(super) last_heard: Option<Time>,
+    pub(super) silent_reported: bool,
+    pub(super) last_peer_sync: Option<(u64, Time)>,
+    pub(super) ledger: Ledger,
+    /// False from a disconnect until the peer's `Reestablish` arrives; frames for the
+    /// peer are held meanwhile.
+    pub(super) ready: bool,
+    pub(super) held: Vec<Message>,
+    /// Closing messages (response or proof, without fee) recently sent to the peer,
+    /// and their insertion order for pruning by age and count.
+    pub(super) closings: BTreeMap<RequestId, Box<Message>>,
+    pub(super) closing_order: VecDeque<(Time, RequestId)>,
+    /// Updates accepted from the peer and not yet acknowledged, with the write each
+    /// needs durable first, in seq order.
+    pub(super) acks_due: VecDeque<(u64, ChannelUpdate)>,
+}
+
+impl Engine {
+    pub(super) fn install_channel(&mut self, rec: ChannelRecord, now: Time) {
+        let id = rec.id();
+        self.topology.insert_edge(rec.edge.clone());
+        if let Some(n) = &rec.severed {
+            self.topology.sever(n.notice.channel);
+        }
+        let next_sync = Time(rec.edge.terms.next_sync_after(now.ms()));
+        self.by_peer.insert(rec.peer, id);
+        if rec.severed.is_none() {
+            self.timers.insert((next_sync, Timer::Sync(id)));
+        }
+        self.channels.insert(
+            id,
+            ChannelRt {
+                rec,
+                next_sync,
+                last_heard: None,
+                silent_reported: false,
+                last_peer_sync: None,
+                ledger: Ledger::default(),
+                ready: true,
+                held: Vec::new(),
+                closings: BTreeMap::new(),
+                closing_order: VecDeque::new(),
+                acks_due: VecDeque::new(),
+            },
+        );
+    }
+}
