@@ -134,7 +134,7 @@ async fn held_states(control: &str, id: u64) -> Result<Vec<SignedUpdate>> {
     for s in v.as_array().into_iter().flatten() {
         let bytes = s
             .as_str()
-            .and_then(por_chain::api::unbase64)
+            .and_then(por_chain::json::unbase64)
             .context("the node sent a malformed state")?;
         out.push(wire::decode(&bytes).context("the node sent a malformed state")?);
     }

@@ -135,7 +135,7 @@ async fn answer(node: &NodeHandle, line: &str) -> Result<Value, NodeError> {
                     .iter()
                     .map(|s| {
                         por_protocol::wire::encode(s)
-                            .map(|b| Value::String(por_chain::api::base64(&b)))
+                            .map(|b| Value::String(por_chain::json::base64(&b)))
                             .unwrap_or(Value::Null)
                     })
                     .collect(),

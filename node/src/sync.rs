@@ -135,7 +135,7 @@ async fn poll(
     let mut resnapshot = false;
     for (height, event) in &page.events {
         debug!(height, event = %event["event"], "chain event");
-        if let Some(notice) = por_chain::api::sever_notice_of(event) {
+        if let Some(notice) = por_chain::json::sever_notice_of(event) {
             let _ = events.send(ChainEvent::EdgeSevered(notice)).await;
         } else {
             resnapshot = true;

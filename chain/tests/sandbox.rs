@@ -25,7 +25,7 @@ async fn deploy() -> (
     near_workspaces::Worker<near_workspaces::network::Sandbox>,
     near_workspaces::Contract,
 ) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
     let worker = near_workspaces::sandbox().await.unwrap();
     let contract = worker.dev_deploy(&wasm).await.unwrap();
@@ -100,7 +100,7 @@ async fn open_pay_close_sever_partition_on_a_near_sandbox() {
         },
     };
     let su = SignedUpdate::sign_alone(&ka, u).unwrap();
-    let b64 = por_chain::api::base64(&wire::encode(&su).unwrap());
+    let b64 = por_chain::json::base64(&wire::encode(&su).unwrap());
     bob.call(contract.id(), "start_close")
         .args_json(json!({"id": id, "updates": [b64]}))
         .transact()
@@ -153,7 +153,7 @@ async fn open_pay_close_sever_partition_on_a_near_sandbox() {
     };
     let split: bool = alice
         .call(contract.id(), "sever")
-        .args_json(json!({"notice": por_chain::api::base64(&wire::encode(&notice).unwrap())}))
+        .args_json(json!({"notice": por_chain::json::base64(&wire::encode(&notice).unwrap())}))
         .max_gas()
         .transact()
         .await

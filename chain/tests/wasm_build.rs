@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 #[test]
 fn contract_wasm_is_built_small_with_every_method_exported() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let path = por_chain::wasm::build_contract(&root).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     println!(

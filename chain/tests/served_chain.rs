@@ -13,7 +13,7 @@ use por_protocol::{Amount, Keypair};
 use tokio::io::AsyncWriteExt;
 
 fn chain(name: &str) -> LocalChain {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
     let dir = std::env::temp_dir().join(format!("por-served-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -136,11 +136,11 @@ fn run(n: usize, wasm: &[u8]) {
 }
 
 fn b64(bytes: &[u8]) -> String {
-    por_chain::api::base64(bytes)
+    por_chain::json::base64(bytes)
 }
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
     let sizes = std::env::var("POR_GAS_NODES").unwrap_or_else(|_| "100,1000".into());
     for n in sizes.split(',').filter_map(|s| s.trim().parse().ok()) {

@@ -7,13 +7,18 @@
 // The embedded chain reads the wall clock for block times (`Clock::Wall`).
 #![allow(clippy::disallowed_methods)]
 
+mod any;
 pub mod api;
+pub mod json;
 pub mod local;
+mod local_client;
 pub mod near;
 pub mod serve;
 pub mod wasm;
 
-pub use api::{AnyChain, Chain, ChainNode, EventPage, LocalClient, Snapshot};
+pub use any::AnyChain;
+pub use api::{Chain, ChainNode, EventPage, Snapshot, EVENT_PAGE};
+pub use local_client::LocalClient;
 pub use near::{NearClient, NearConfig};
 pub use serve::RemoteClient;
 

@@ -21,7 +21,7 @@ const CONTRACT: &str = "por.local";
 fn wasm() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let path = por_chain::wasm::build_contract(&root).unwrap();
         std::fs::read(path).unwrap()
     })
@@ -49,7 +49,7 @@ fn acc(n: &str) -> String {
 }
 
 fn b64(bytes: &[u8]) -> String {
-    por_chain::api::base64(bytes)
+    por_chain::json::base64(bytes)
 }
 
 fn new_chain(path: &std::path::Path) -> LocalChain {

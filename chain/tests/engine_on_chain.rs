@@ -16,7 +16,7 @@ const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
 
 fn chain(name: &str) -> Arc<Mutex<LocalChain>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
     let dir = std::env::temp_dir().join(format!("por-chain-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -167,7 +167,7 @@ async fn engine_payments_and_notices_settle_on_the_contract() {
     let carried: Vec<_> = page
         .events
         .iter()
-        .filter_map(|(_, e)| por_chain::api::sever_notice_of(e))
+        .filter_map(|(_, e)| por_chain::json::sever_notice_of(e))
         .collect();
     assert_eq!(carried, vec![notice.clone()]);
     let events: Vec<String> = page
