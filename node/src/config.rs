@@ -12,9 +12,8 @@ use serde::Deserialize;
 use crate::NodeError;
 
 /// Which transport carries frames.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Deserialize, clap::ValueEnum, Default,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// TLS 1.3 over TCP.
@@ -25,7 +24,8 @@ pub enum TransportKind {
 }
 
 /// Which chain a node uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ChainChoice {
     /// The embedded chain, in this process (`chain_path`).
@@ -40,72 +40,73 @@ pub enum ChainChoice {
 /// Every setting of `por node run`. In the file, keys are written as here; as flags,
 /// with dashes (`--data-dir`); in the environment, upper case with `POR_`
 /// (`POR_DATA_DIR`).
-#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// NEAR account the node signs chain calls as.
-    #[arg(long, env = "POR_ACCOUNT")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_ACCOUNT"))]
     pub account: Option<String>,
     /// File holding the node's ed25519 key (64 hex digits), written by `por init`.
-    #[arg(long, env = "POR_KEY_FILE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_KEY_FILE"))]
     pub key_file: Option<PathBuf>,
     /// Directory for the node's database.
-    #[arg(long, env = "POR_DATA_DIR")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_DATA_DIR"))]
     pub data_dir: Option<PathBuf>,
     /// Address to listen on for peers.
-    #[arg(long, env = "POR_LISTEN")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_LISTEN"))]
     pub listen: Option<String>,
     /// Address to publish on chain (default: the listen address).
-    #[arg(long, env = "POR_ADVERTISE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_ADVERTISE"))]
     pub advertise: Option<String>,
     /// Transport: tcp or quic.
-    #[arg(long, env = "POR_TRANSPORT", value_enum)]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_TRANSPORT", value_enum))]
     pub transport: Option<TransportKind>,
     /// Loopback address of the control endpoint `por status`/`request`/`quote` use.
-    #[arg(long, env = "POR_CONTROL")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_CONTROL"))]
     pub control: Option<String>,
     /// Address to serve Prometheus metrics on (`/metrics`); none if unset.
-    #[arg(long, env = "POR_METRICS_LISTEN")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_METRICS_LISTEN"))]
     pub metrics_listen: Option<String>,
     /// Stake (yoctoNEAR) to register with if the node is not registered.
-    #[arg(long, env = "POR_STAKE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_STAKE"))]
     pub stake: Option<String>,
     /// When to sever an overdue downstream: immediate, never, wait_syncs:N, wait_ms:N.
-    #[arg(long, env = "POR_SEVER_POLICY")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_SEVER_POLICY"))]
     pub sever_policy: Option<String>,
     /// Window (ms) of the §5.4 heuristic that severs an edge whose losses exceed its
     /// earnings; 0 turns it off.
-    #[arg(long, env = "POR_HEURISTIC_WINDOW_MS")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_HEURISTIC_WINDOW_MS"))]
     pub heuristic_window_ms: Option<u64>,
     /// Slack (ms) granted to a downstream's late-fee payments.
-    #[arg(long, env = "POR_FEE_TOLERANCE_MS")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_FEE_TOLERANCE_MS"))]
     pub fee_tolerance_ms: Option<u64>,
     /// Most requests in flight at once.
-    #[arg(long, env = "POR_MAX_IN_FLIGHT")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_MAX_IN_FLIGHT"))]
     pub max_in_flight: Option<usize>,
     /// Which chain: embedded, served or near.
-    #[arg(long, env = "POR_CHAIN", value_enum)]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_CHAIN", value_enum))]
     pub chain: Option<ChainChoice>,
     /// Embedded chain database file.
-    #[arg(long, env = "POR_CHAIN_PATH")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_CHAIN_PATH"))]
     pub chain_path: Option<PathBuf>,
     /// Address of a served embedded chain.
-    #[arg(long, env = "POR_CHAIN_ADDR")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_CHAIN_ADDR"))]
     pub chain_addr: Option<String>,
     /// NEAR RPC endpoint or network name (sandbox, testnet, mainnet).
-    #[arg(long, env = "POR_NEAR_RPC")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_NEAR_RPC"))]
     pub near_rpc: Option<String>,
     /// The por contract's NEAR account.
-    #[arg(long, env = "POR_NEAR_CONTRACT")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_NEAR_CONTRACT"))]
     pub near_contract: Option<String>,
     /// NEAR account key file (near-cli JSON).
-    #[arg(long, env = "POR_NEAR_KEY_FILE")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_NEAR_KEY_FILE"))]
     pub near_key_file: Option<PathBuf>,
     /// How often to poll the chain for events (ms).
-    #[arg(long, env = "POR_CHAIN_POLL_MS")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_CHAIN_POLL_MS"))]
     pub chain_poll_ms: Option<u64>,
     /// How long a graceful shutdown waits for requests in flight (ms).
-    #[arg(long, env = "POR_SHUTDOWN_GRACE_MS")]
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_SHUTDOWN_GRACE_MS"))]
     pub shutdown_grace_ms: Option<u64>,
 }
 

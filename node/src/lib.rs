@@ -13,6 +13,7 @@
 pub mod config;
 pub mod control;
 pub mod db;
+#[cfg(feature = "demo")]
 pub mod demo;
 mod links;
 pub mod metrics;

@@ -104,6 +104,60 @@ pub struct Report {
 }
 
 impl Report {
+    /// The timeline as a table for reading: a header with the scenario's name and
+    /// wrapped description, one line per record, then the final balances.
+    pub fn to_table(&self, name: &str, description: &str) -> String {
+        use std::fmt::Write as _;
+        let report = self;
+        let mut out = format!("== {name}\n");
+        for line in textwrap(description, 88) {
+            let _ = writeln!(out, "   {line}");
+        }
+        for r in &report.records {
+            let mut rest = Vec::new();
+            if let Some(p) = &r.peer {
+                rest.push(format!("peer={p}"));
+            }
+            if let Some(x) = &r.request {
+                rest.push(format!("request={x}"));
+            }
+            if let Some(a) = r.amount {
+                rest.push(format!("amount={a}"));
+            }
+            if let Some(t) = r.total {
+                rest.push(format!("total={t}"));
+            }
+            if let Some(ms) = r.ms {
+                rest.push(format!("ms={ms}"));
+            }
+            if let Some(d) = r.deadline_ms {
+                rest.push(format!("deadline={d}"));
+            }
+            if let Some(d) = &r.detail {
+                rest.push(d.clone());
+            }
+            let _ = writeln!(
+                out,
+                "{:>7} ms  {:<6} {:<22} {}",
+                r.t_ms,
+                r.node,
+                r.kind,
+                rest.join(" ")
+            );
+        }
+        let balances: Vec<String> = report
+            .balances
+            .iter()
+            .map(|(n, b)| format!("{n} {b:+}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "   final balances (yoctoNEAR): {}\n",
+            balances.join(", ")
+        );
+        out
+    }
+
     /// The records as JSON lines, with the final balances line last.
     pub fn to_json_lines(&self) -> String {
         let mut out = String::new();
@@ -991,4 +1045,23 @@ impl Sim {
 pub fn run_toml(text: &str) -> Result<Report, Box<dyn std::error::Error + Send + Sync>> {
     let scenario = Scenario::from_toml(text)?;
     Ok(Sim::new(scenario)?.run())
+}
+
+/// Splits `text` into lines of at most `width` characters, at spaces.
+fn textwrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod demo;
 
 /// mimalloc: the node allocates and frees a frame, a write and a few small records per
 /// request on several threads; glibc's allocator cost about a sixth of the CPU.
@@ -353,81 +354,12 @@ fn simulate(path: &Path, announce: bool, format: Format) -> Result<usize> {
             }
             print!("{}", report.to_json_lines());
         }
-        Format::Table => print!("{}", table(&name, &description, &report)),
+        Format::Table => print!("{}", report.to_table(&name, &description)),
     }
     for v in &report.violations {
         eprintln!("{}: invariant broken: {v}", path.display());
     }
     Ok(report.violations.len())
-}
-
-fn table(name: &str, description: &str, report: &por_testnet::Report) -> String {
-    use std::fmt::Write as _;
-    let mut out = format!("== {name}\n");
-    for line in textwrap(description, 88) {
-        let _ = writeln!(out, "   {line}");
-    }
-    for r in &report.records {
-        let mut rest = Vec::new();
-        if let Some(p) = &r.peer {
-            rest.push(format!("peer={p}"));
-        }
-        if let Some(x) = &r.request {
-            rest.push(format!("request={x}"));
-        }
-        if let Some(a) = r.amount {
-            rest.push(format!("amount={a}"));
-        }
-        if let Some(t) = r.total {
-            rest.push(format!("total={t}"));
-        }
-        if let Some(ms) = r.ms {
-            rest.push(format!("ms={ms}"));
-        }
-        if let Some(d) = r.deadline_ms {
-            rest.push(format!("deadline={d}"));
-        }
-        if let Some(d) = &r.detail {
-            rest.push(d.clone());
-        }
-        let _ = writeln!(
-            out,
-            "{:>7} ms  {:<6} {:<22} {}",
-            r.t_ms,
-            r.node,
-            r.kind,
-            rest.join(" ")
-        );
-    }
-    let balances: Vec<String> = report
-        .balances
-        .iter()
-        .map(|(n, b)| format!("{n} {b:+}"))
-        .collect();
-    let _ = writeln!(
-        out,
-        "   final balances (yoctoNEAR): {}\n",
-        balances.join(", ")
-    );
-    out
-}
-
-fn textwrap(text: &str, width: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut line = String::new();
-    for word in text.split_whitespace() {
-        if !line.is_empty() && line.len() + 1 + word.len() > width {
-            lines.push(std::mem::take(&mut line));
-        }
-        if !line.is_empty() {
-            line.push(' ');
-        }
-        line.push_str(word);
-    }
-    if !line.is_empty() {
-        lines.push(line);
-    }
-    lines
 }
 
 fn serde_json_line(name: &str, path: &Path) -> String {
@@ -467,10 +399,7 @@ fn main() -> Result<()> {
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             let report = runtime.block_on(por_node::demo::run(&options))?;
-            print!(
-                "{}",
-                por_node::demo::render(&report, transport_name(transport))
-            );
+            print!("{}", demo::render(&report, transport_name(transport)));
         }
         Command::Init {
             dir,
