@@ -10,16 +10,20 @@
 // The node is the edge of the system: it reads the clock.
 #![allow(clippy::disallowed_methods)]
 
+mod boot;
+mod client;
 pub mod config;
 pub mod control;
 pub mod db;
 #[cfg(feature = "demo")]
 pub mod demo;
+mod follower;
 mod links;
 pub mod metrics;
-mod runtime;
+mod persister;
+mod pump;
 pub mod sdk;
-mod sync;
+mod status;
 mod wal;
 
 pub use config::{ChainChoice, NodeConfig, Settings, TransportKind};

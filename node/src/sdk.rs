@@ -18,7 +18,6 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::TransportKind;
 use crate::metrics::Metrics;
-use crate::runtime::Command;
 use crate::NodeError;
 
 /// How to send one request.
@@ -319,12 +318,6 @@ impl NodeBuilder {
         self.commit_interval = interval;
         self
     }
-
-    /// Starts the node: opens its database, registers if asked, restores its
-    /// channels, listens, connects to its neighbours.
-    pub async fn start(self) -> Result<NodeHandle, NodeError> {
-        crate::runtime::start(self).await
-    }
 }
 
 /// A running node.
@@ -484,4 +477,39 @@ impl NodeHandle {
             notified.await;
         }
     }
+}
+
+/// What the SDK asks of the engine task (see `pump.rs`).
+pub(crate) enum Command {
+    Request {
+        server: NodeId,
+        body: Vec<u8>,
+        options: RequestOptions,
+        reply: oneshot::Sender<Result<Outcome, NodeError>>,
+    },
+    Quote {
+        server: NodeId,
+        body_len: u64,
+        max_rtt_ms: u64,
+        k: usize,
+        reply: oneshot::Sender<Vec<Quote>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Sever {
+        channel: ChannelId,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    Respond {
+        request: RequestId,
+        body: Vec<u8>,
+    },
+    CloseStates {
+        channel: ChannelId,
+        reply: oneshot::Sender<Result<Vec<por_protocol::types::SignedUpdate>, NodeError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }

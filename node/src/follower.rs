@@ -1,74 +1,18 @@
-//! The node's two background duties besides connections: group commit of the
-//! engine's writes, and following the chain.
+//! Following the chain: where to start after a restart, the events that become the
+//! engine's chain events, and submitting the engine's chain actions.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use por_chain::{AnyChain, Chain};
-use por_protocol::engine::{ChainAction, ChainEvent, WriteBatch};
+use por_protocol::engine::{ChainAction, ChainEvent};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::db::NodeDb;
-use crate::metrics::Metrics;
 use crate::NodeError;
 
 const CURSOR: &str = "chain_cursor";
-
-/// Starts the persister thread: it takes every batch queued so far, commits them in
-/// one transaction (one fsync), then reports the highest write number durable. While
-/// a commit runs, new batches queue up for the next one: group commit. Commits start
-/// at least `min_interval` apart.
-pub(crate) fn spawn_persister(
-    db: Arc<Mutex<NodeDb>>,
-    mut batches: mpsc::UnboundedReceiver<WriteBatch>,
-    durable: mpsc::UnboundedSender<Result<u64, NodeError>>,
-    metrics: Arc<Metrics>,
-    min_interval: Duration,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("por-persist".into())
-        .spawn(move || {
-            let mut last_start: Option<std::time::Instant> = None;
-            let mut busy = false;
-            while let Some(first) = batches.blocking_recv() {
-                // Under load (the last commit found several batches waiting), commit
-                // at most once per interval so that each commit carries more: a log
-                // sync costs about the same for one write or a thousand. A node that
-                // is not busy commits at once.
-                if busy {
-                    if let Some(wait) =
-                        last_start.and_then(|t| min_interval.checked_sub(t.elapsed()))
-                    {
-                        std::thread::sleep(wait);
-                    }
-                }
-                last_start = Some(std::time::Instant::now());
-                let mut up_to = first.up_to;
-                let mut writes = first.writes;
-                let mut merged = 1;
-                while let Ok(more) = batches.try_recv() {
-                    up_to = up_to.max(more.up_to);
-                    writes.extend(more.writes);
-                    merged += 1;
-                }
-                busy = merged > 2;
-                let result = match db.lock() {
-                    Ok(mut db) => db.commit(writes),
-                    Err(_) => Err(NodeError::Stopped),
-                };
-                metrics.commits.inc();
-                let failed = result.is_err();
-                if durable.send(result.map(|()| up_to)).is_err() || failed {
-                    return;
-                }
-            }
-        })
-        .unwrap_or_else(|e| {
-            // Without a persister nothing could ever be released: fail loudly.
-            panic!("cannot start the persister thread: {e}")
-        })
-}
 
 /// Where to follow the chain from: the stored cursor after a restart (so severances
 /// that happened while we were down are replayed), else the chain's head.
@@ -107,7 +51,7 @@ pub(crate) async fn follow_chain(
         tokio::select! {
             Some(action) = actions.recv() => {
                 let chain = chain.clone();
-                tokio::spawn(async move { crate::runtime::submit(&chain, action).await });
+                tokio::spawn(async move { submit(&chain, action).await });
             }
             _ = tick.tick() => {
                 match poll(&chain, cursor, &events, &addresses).await {
@@ -161,4 +105,29 @@ async fn poll(
         }
     }
     Ok(page.through)
+}
+
+/// Submits the engine's chain actions.
+async fn submit(chain: &AnyChain, action: ChainAction) {
+    let ChainAction::Sever(notice) = action;
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1..=5 {
+        match chain.sever(&notice).await {
+            Ok(split) => {
+                info!(channel = %notice.notice.channel, split, "severed on chain");
+                return;
+            }
+            Err(por_chain::ChainError::Aborted { message, .. }) => {
+                // Refused for good (already severed, say): nothing to retry.
+                info!(channel = %notice.notice.channel, "sever refused by the contract: {message}");
+                return;
+            }
+            Err(e) => {
+                warn!(attempt, "submitting a sever failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2);
+            }
+        }
+    }
+    tracing::error!(channel = %notice.notice.channel, "could not submit a severing notice");
 }

@@ -1,0 +1,233 @@
+//! The client side of requests: each SDK request waits here for its outcome. The
+//! engine's events answer it (a response, a proof, a refusal); a proof re-routes it
+//! when the caller allows; and a request still unanswered `late_after_ms` past its
+//! deadline is answered `Late` with the fees received so far.
+
+use std::collections::{BTreeSet, HashMap};
+
+use por_protocol::engine::Event;
+use por_protocol::types::{ChannelId, RequestId, Route};
+use por_protocol::{Amount, Engine, NodeId, Time};
+use tokio::sync::oneshot;
+use tracing::{debug, info, info_span};
+
+use crate::metrics::Metrics;
+use crate::sdk::{Outcome, RequestOptions};
+use crate::{now, NodeError};
+
+/// A client request waiting for its outcome.
+struct Waiter {
+    reply: Option<oneshot::Sender<Result<Outcome, NodeError>>>,
+    server: NodeId,
+    body: Vec<u8>,
+    options: RequestOptions,
+    route: Route,
+    reroutes: u32,
+    proofs: Vec<ChannelId>,
+    deadline: Option<Time>,
+    fees: Amount,
+}
+
+impl Waiter {
+    fn answer(&mut self, outcome: Result<Outcome, NodeError>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// A send attempt failed. On a first attempt that is the answer; on a re-route
+    /// the waiter is dropped, and the proof that prompted it stands as the outcome.
+    fn fail(mut self, err: NodeError) {
+        if self.proofs.is_empty() {
+            self.answer(Err(err));
+        }
+    }
+}
+
+/// The requests this node sent as client and has not answered yet.
+#[derive(Default)]
+pub(crate) struct Client {
+    waiters: HashMap<RequestId, Waiter>,
+    /// When each request is to be answered `Late` if nothing else came.
+    late_checks: BTreeSet<(Time, RequestId)>,
+}
+
+impl Client {
+    /// When [`Client::on_timer`] must next run.
+    pub(crate) fn next_check(&self) -> Option<Time> {
+        self.late_checks.first().map(|(t, _)| *t)
+    }
+
+    /// A request from the SDK: finds a route (unless the caller named one) and sends.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn request(
+        &mut self,
+        engine: &mut Engine,
+        metrics: &Metrics,
+        server: NodeId,
+        body: Vec<u8>,
+        options: RequestOptions,
+        reply: oneshot::Sender<Result<Outcome, NodeError>>,
+        t: Time,
+    ) {
+        let waiter = Waiter {
+            reply: Some(reply),
+            server,
+            body,
+            route: Route {
+                nodes: Vec::new(),
+                channels: Vec::new(),
+            },
+            options,
+            reroutes: 0,
+            proofs: Vec::new(),
+            deadline: None,
+            fees: Amount::ZERO,
+        };
+        self.send_attempt(engine, metrics, waiter, t);
+    }
+
+    /// Sends (or re-sends on a new route) a waiter's request.
+    fn send_attempt(&mut self, engine: &mut Engine, metrics: &Metrics, mut w: Waiter, t: Time) {
+        let route = match w.options.route.take() {
+            Some(r) => Some(r),
+            None => engine
+                .quote(&w.server, w.body.len() as u64, w.options.max_rtt_ms, 1)
+                .into_iter()
+                .next()
+                .map(|q| q.route),
+        };
+        let Some(route) = route else {
+            let err = NodeError::NoRoute {
+                server: crate::key_hex(&w.server),
+                body_len: w.body.len(),
+                max_rtt_ms: w.options.max_rtt_ms,
+            };
+            return w.fail(err);
+        };
+        match engine.send_request(route.clone(), w.body.clone(), w.options.late_fee_rate, t) {
+            Ok(id) => {
+                w.route = route;
+                metrics.requests_sent.inc();
+                self.waiters.insert(id, w);
+            }
+            Err(e) => w.fail(e.into()),
+        }
+    }
+
+    /// Answers `Late` every request whose late check is due.
+    pub(crate) fn on_timer(&mut self, metrics: &Metrics, t: Time) {
+        while let Some(&(at, id)) = self.late_checks.first() {
+            if at > t {
+                break;
+            }
+            self.late_checks.pop_first();
+            if let Some(w) = self.waiters.get_mut(&id) {
+                let overdue_ms = w.deadline.map_or(0, |d| t.ms().saturating_sub(d.ms()));
+                metrics.outcome("late");
+                w.answer(Ok(Outcome::Late {
+                    request: id,
+                    overdue_ms,
+                    fees_received: w.fees,
+                }));
+            }
+        }
+    }
+
+    /// What an engine event means for the requests waiting here.
+    pub(crate) fn on_event(&mut self, engine: &mut Engine, metrics: &Metrics, event: &Event) {
+        match event {
+            Event::RequestSent {
+                request, deadline, ..
+            } => {
+                let _span = info_span!("request", id = %request).entered();
+                debug!(%deadline, "sent");
+                if let Some(w) = self.waiters.get_mut(request) {
+                    w.deadline = Some(*deadline);
+                    let check = Time(deadline.ms().saturating_add(w.options.late_after_ms));
+                    self.late_checks.insert((check, *request));
+                }
+            }
+            Event::ResponseDelivered {
+                request,
+                body,
+                latency_ms,
+                on_time,
+                fees_received,
+            } => {
+                if let Some(mut w) = self.waiters.remove(request) {
+                    metrics.outcome("response");
+                    metrics.latency(*latency_ms);
+                    w.answer(Ok(Outcome::Response {
+                        request: *request,
+                        body: body.clone(),
+                        latency_ms: *latency_ms,
+                        on_time: *on_time,
+                        fees_received: *fees_received,
+                        route: w.route.clone(),
+                        proofs: w.proofs.clone(),
+                    }));
+                }
+            }
+            Event::SeverProofDelivered {
+                request,
+                channel,
+                severer,
+                latency_ms,
+                fees_received,
+            } => {
+                if let Some(mut w) = self.waiters.remove(request) {
+                    metrics.outcome("proof");
+                    w.proofs.push(*channel);
+                    let proof = Outcome::Proof {
+                        request: *request,
+                        channel: *channel,
+                        severer: *severer,
+                        latency_ms: *latency_ms,
+                        fees_received: *fees_received,
+                        proofs: w.proofs.clone(),
+                    };
+                    if w.reply.is_some() && w.reroutes < w.options.max_reroutes {
+                        w.reroutes += 1;
+                        info!(%request, %channel, "proof received: re-routing");
+                        let reply = w.reply.take();
+                        let (tx, rx) = oneshot::channel();
+                        w.reply = Some(tx);
+                        self.send_attempt(engine, metrics, w, now());
+                        // If no new route could be sent, the proof is the outcome.
+                        tokio::spawn(async move {
+                            let outcome = rx.await.unwrap_or(Ok(proof));
+                            if let Some(reply) = reply {
+                                let _ = reply.send(outcome);
+                            }
+                        });
+                    } else {
+                        w.answer(Ok(proof));
+                    }
+                }
+            }
+            Event::RequestRejected {
+                request,
+                reason,
+                refunded,
+            } => {
+                if let Some(mut w) = self.waiters.remove(request) {
+                    metrics.outcome("rejected");
+                    w.answer(Ok(Outcome::Rejected {
+                        request: *request,
+                        reason: format!("{reason:?}"),
+                        refunded: *refunded,
+                    }));
+                }
+            }
+            Event::LateFeeReceived {
+                request, amount, ..
+            } => {
+                if let Some(w) = self.waiters.get_mut(request) {
+                    w.fees = w.fees.checked_add(*amount).unwrap_or(w.fees);
+                }
+            }
+            _ => {}
+        }
+    }
+}
