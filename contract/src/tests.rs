@@ -11,6 +11,8 @@ use por_protocol::types::{
 use por_protocol::{wire, Amount, Hash, Keypair, NodeId};
 
 use super::*;
+use crate::common::hex32;
+use crate::graph::Split;
 
 const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;

@@ -1,0 +1,89 @@
+//! What every part of the contract uses: events, transfers, signature checks, and
+//! the parsing and limits of arguments.
+
+use near_sdk::json_types::U128;
+use near_sdk::serde_json::{self, json};
+use near_sdk::{env, AccountId, NearToken, Promise};
+use por_protocol::crypto::Signable;
+
+use crate::error::{ContractError, R};
+
+/// Sends both sides their payout. Two independent transfers: NEAR does not allow a
+/// method to return a joint promise, so they are scheduled and the amounts returned.
+pub(crate) fn pay_out(a: AccountId, pa: u128, b: AccountId, pb: u128) -> [U128; 2] {
+    for (to, amount) in [(a, pa), (b, pb)] {
+        if amount > 0 {
+            Promise::new(to)
+                .transfer(NearToken::from_yoctonear(amount))
+                .detach();
+        }
+    }
+    [U128(pa), U128(pb)]
+}
+
+/// Most accounts a `node_disconnected` event lists (the log budget is 16 KiB a call).
+pub(crate) const MAX_LISTED: usize = 64;
+
+pub(crate) fn emit(event: &str, data: serde_json::Value) {
+    let body = json!({"standard": "por", "version": "1.0.0", "event": event, "data": [data]});
+    env::log_str(&format!("EVENT_JSON:{body}"));
+}
+
+pub(crate) fn pair(x: &AccountId, y: &AccountId) -> (AccountId, AccountId) {
+    if x < y {
+        (x.clone(), y.clone())
+    } else {
+        (y.clone(), x.clone())
+    }
+}
+
+/// Most network addresses a node may publish (each costs the contract storage).
+pub const MAX_ADDRESSES: usize = 8;
+/// Longest network address a node may publish, in bytes.
+pub const MAX_ADDRESS_LEN: usize = 128;
+
+pub(crate) fn check_addresses(addresses: &[String]) -> R<()> {
+    if addresses.len() > MAX_ADDRESSES || addresses.iter().any(|a| a.len() > MAX_ADDRESS_LEN) {
+        return Err(ContractError::BadAddresses);
+    }
+    Ok(())
+}
+
+pub(crate) fn hex32(s: &str) -> R<[u8; 32]> {
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if s.len() != 64 {
+        return Err(ContractError::Invalid("a node key is 64 hex digits".into()));
+    }
+    let mut out = [0u8; 32];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let byte = s
+            .get(i * 2..i * 2 + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(|| ContractError::Invalid("node key is not hex".into()))?;
+        *slot = byte;
+    }
+    Ok(out)
+}
+
+pub(crate) fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(crate) fn verify<T: Signable>(
+    value: &T,
+    sig: &por_protocol::Signature,
+    key: &[u8; 32],
+    what: &'static str,
+) -> R<()> {
+    let bytes = value
+        .signing_bytes()
+        .map_err(|e| ContractError::Malformed {
+            what,
+            detail: e.to_string(),
+        })?;
+    if env::ed25519_verify(&sig.0, &bytes, key) {
+        Ok(())
+    } else {
+        Err(ContractError::BadSignature(what))
+    }
+}

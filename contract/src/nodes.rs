@@ -1,0 +1,174 @@
+//! Nodes: registration, stake (add, unstake, withdraw after unbonding), addresses.
+
+use near_sdk::json_types::{U128, U64};
+use near_sdk::serde_json::json;
+use near_sdk::{env, near, AccountId, NearToken, Promise};
+
+use crate::common::{check_addresses, emit, hex32, to_hex};
+use crate::error::{add, ok, sub, ContractError, R};
+use crate::state::{Node, PorContract, PorContractExt};
+
+impl PorContract {
+    /// Registers the caller with `deposit` as stake.
+    pub fn do_register(
+        &mut self,
+        caller: AccountId,
+        deposit: u128,
+        key: String,
+        addresses: Vec<String>,
+    ) -> R<()> {
+        let min = self.config.min_stake.0;
+        if deposit < min {
+            return Err(ContractError::InsufficientDeposit {
+                attached: deposit,
+                needed: min,
+            });
+        }
+        check_addresses(&addresses)?;
+        let key = to_hex(&hex32(&key)?);
+        if self.nodes.contains_key(&caller) {
+            return Err(ContractError::AlreadyRegistered(caller.to_string()));
+        }
+        if self.keys.contains_key(&key) {
+            return Err(ContractError::AlreadyRegistered(format!("key {key}")));
+        }
+        let index = self.graph_mut().add_node(caller.clone(), deposit);
+        self.keys.insert(key.clone(), caller.clone());
+        emit(
+            "node_registered",
+            json!({"account": caller, "key": key, "stake": U128(deposit), "addresses": addresses}),
+        );
+        self.nodes.insert(
+            caller.clone(),
+            Node {
+                account: caller,
+                key,
+                addresses,
+                unbonding: None,
+                index,
+                severed: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds `deposit` to the caller's stake.
+    pub fn do_add_stake(&mut self, caller: AccountId, deposit: u128) -> R<()> {
+        let stake = add(self.stake_of(&caller)?, deposit)?;
+        self.set_stake(&caller, stake)?;
+        emit(
+            "stake_added",
+            json!({"account": caller, "amount": U128(deposit), "stake": U128(stake)}),
+        );
+        Ok(())
+    }
+
+    /// Starts unbonding `amount` of the caller's stake.
+    pub fn do_unstake(&mut self, caller: AccountId, amount: u128, now: u64) -> R<()> {
+        let node = self.node(&caller)?.clone();
+        if node.unbonding.is_some() {
+            return Err(ContractError::Invalid(
+                "an unbonding is already in progress".into(),
+            ));
+        }
+        let stake = self.stake_of(&caller)?;
+        let left = sub(stake, amount)
+            .map_err(|_| ContractError::InsufficientStake(format!("stake is {stake}")))?;
+        let live = self
+            .graph
+            .get()
+            .as_ref()
+            .map_or(0, |g| g.degree(node.index));
+        if left < self.config.min_stake.0 && live > 0 {
+            return Err(ContractError::InsufficientStake(format!(
+                "{live} live edges need at least {} staked",
+                self.config.min_stake.0
+            )));
+        }
+        let release = now.saturating_add(self.config.unbonding_ns.0);
+        self.set_stake(&caller, left)?;
+        if let Some(n) = self.nodes.get_mut(&caller) {
+            n.unbonding = Some((U128(amount), U64(release)));
+        }
+        emit(
+            "unstake_started",
+            json!({"account": caller, "amount": U128(amount), "release_ns": U64(release)}),
+        );
+        Ok(())
+    }
+
+    /// Completes an unbonding; returns the amount to transfer.
+    pub fn do_withdraw(&mut self, caller: AccountId, now: u64) -> R<u128> {
+        let node = self.node(&caller)?;
+        let (amount, release) = node
+            .unbonding
+            .ok_or_else(|| ContractError::Invalid("nothing is unbonding".into()))?;
+        if now < release.0 {
+            return Err(ContractError::TooEarly {
+                what: "unbonding",
+                at_ns: release.0,
+            });
+        }
+        if let Some(n) = self.nodes.get_mut(&caller) {
+            n.unbonding = None;
+        }
+        emit(
+            "stake_withdrawn",
+            json!({"account": caller, "amount": amount}),
+        );
+        Ok(amount.0)
+    }
+
+    /// Replaces the caller's addresses.
+    pub fn do_update_addresses(&mut self, caller: AccountId, addresses: Vec<String>) -> R<()> {
+        check_addresses(&addresses)?;
+        let node = self
+            .nodes
+            .get_mut(&caller)
+            .ok_or_else(|| ContractError::UnknownNode(caller.to_string()))?;
+        node.addresses = addresses.clone();
+        emit(
+            "addresses_updated",
+            json!({"account": caller, "addresses": addresses}),
+        );
+        Ok(())
+    }
+}
+
+#[near]
+impl PorContract {
+    /// Registers the caller as a node: the attached deposit is its stake.
+    #[payable]
+    pub fn register(&mut self, key: String, addresses: Vec<String>) {
+        let dep = env::attached_deposit().as_yoctonear();
+        ok(self.do_register(env::predecessor_account_id(), dep, key, addresses));
+    }
+
+    /// Adds the attached deposit to the caller's stake.
+    #[payable]
+    pub fn add_stake(&mut self) {
+        let dep = env::attached_deposit().as_yoctonear();
+        ok(self.do_add_stake(env::predecessor_account_id(), dep));
+    }
+
+    /// Starts unbonding part of the caller's stake.
+    pub fn unstake(&mut self, amount: U128) {
+        ok(self.do_unstake(
+            env::predecessor_account_id(),
+            amount.0,
+            env::block_timestamp(),
+        ));
+    }
+
+    /// Withdraws unbonded stake.
+    pub fn withdraw(&mut self) -> Promise {
+        let caller = env::predecessor_account_id();
+        let amount = ok(self.do_withdraw(caller.clone(), env::block_timestamp()));
+        Promise::new(caller).transfer(NearToken::from_yoctonear(amount))
+    }
+
+    /// Replaces the caller's network addresses.
+    pub fn update_addresses(&mut self, addresses: Vec<String>) {
+        ok(self.do_update_addresses(env::predecessor_account_id(), addresses));
+    }
+}
