@@ -35,6 +35,8 @@ pub mod error;
 pub mod pending;
 #[cfg(feature = "engine")]
 pub mod store;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use amount::Amount;
 pub use crypto::{Hash, NodeId, Signature};

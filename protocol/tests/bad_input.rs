@@ -5,21 +5,26 @@
 use por_protocol::channel::ChannelRecord;
 use por_protocol::merkle::MerkleProof;
 use por_protocol::messages::{self, Message, RejectReason, RequestMsg};
+use por_protocol::testing::Network;
 use por_protocol::types::{
     ChannelId, EdgeInfo, EdgeTerms, Memo, RequestCore, RequestHeader, Route, SeverNotice,
     SeverReason, SignedSeverNotice,
 };
 use por_protocol::{
-    wire, Amount, ChainEvent, Engine, EngineConfig, Event, Hash, Keypair, NodeId, ProtocolError,
-    Time,
+    wire, Amount, ChainEvent, EngineConfig, Event, Hash, Keypair, NodeId, ProtocolError, Time,
 };
 use proptest::prelude::*;
 
 const T0: Time = Time(1_000);
 
+/// Three nodes on the harness's `Network`, and their ids (a field, so that reading
+/// one does not borrow the network).
 struct Net {
     keys: [Keypair; 3],
-    engines: [Engine; 3],
+    ids: [NodeId; 3],
+    /// A -> B -> C.
+    route: Route,
+    net: Network,
 }
 
 fn terms(latency_ms: u64) -> EdgeTerms {
@@ -60,69 +65,49 @@ fn net_with(server: EngineConfig) -> Net {
         },
     ];
     let configs = [EngineConfig::default(), EngineConfig::default(), server];
-    let mut i = 0;
-    let engines = keys.clone().map(|k| {
-        let config = configs[i].clone();
-        i += 1;
-        let mut e = Engine::new(config, k, Time::ZERO);
-        for edge in &edges {
-            e.handle_chain_event(ChainEvent::EdgeOpened(edge.clone()), Time::ZERO);
-        }
-        e
-    });
-    Net { keys, engines }
+    let net = Network::new(
+        keys.clone().into_iter().zip(configs),
+        edges.to_vec(),
+        Time::ZERO,
+    );
+    let ids = keys.clone().map(|k| k.id());
+    let route = Route {
+        nodes: ids.to_vec(),
+        channels: vec![ChannelId(1), ChannelId(2)],
+    };
+    Net {
+        keys,
+        ids,
+        route,
+        net,
+    }
 }
 
 impl Net {
     fn id(&self, i: usize) -> NodeId {
-        self.keys[i].id()
-    }
-
-    fn route(&self) -> Route {
-        Route {
-            nodes: vec![self.id(0), self.id(1), self.id(2)],
-            channels: vec![ChannelId(1), ChannelId(2)],
-        }
+        self.ids[i]
     }
 
     /// Makes writes durable and returns the frames node `i` wants to send.
     fn out(&mut self, i: usize) -> Vec<(NodeId, Message)> {
-        let e = &mut self.engines[i];
-        while let Some(b) = e.poll_writes() {
-            e.writes_durable(b.up_to);
-        }
-        std::iter::from_fn(|| e.poll_transmit())
+        self.net.nodes[i]
+            .flush()
+            .into_iter()
             .map(|t| (t.to, t.message))
             .collect()
     }
 
     fn events(&mut self, i: usize) -> Vec<Event> {
-        std::iter::from_fn(|| self.engines[i].poll_event()).collect()
+        self.net.events(i)
     }
 
     /// Delivers everything until quiet; returns every refusal.
     fn pump(&mut self, now: Time) -> Vec<ProtocolError> {
-        let mut errors = Vec::new();
-        loop {
-            let mut any = false;
-            for i in 0..3 {
-                for (to, m) in self.out(i) {
-                    any = true;
-                    let j = (0..3).find(|j| self.id(*j) == to).unwrap();
-                    let from = self.id(i);
-                    if let Err(e) = self.engines[j].handle_message(from, m, now) {
-                        errors.push(e);
-                    }
-                }
-            }
-            if !any {
-                return errors;
-            }
-        }
+        self.net.pump(now)
     }
 
     fn channel(&self, i: usize, ch: u64) -> ChannelRecord {
-        self.engines[i].channel(ChannelId(ch)).unwrap().clone()
+        self.net.channel(i, ChannelId(ch)).unwrap().clone()
     }
 
     /// A request from A to C signed and paid by A's key, with the given amount and
@@ -166,13 +151,17 @@ const RTT: u64 = 60;
 #[test]
 fn honest_request_round_trip() {
     let mut n = net();
-    let id = n.engines[0]
-        .send_request(n.route(), b"hello".to_vec(), Amount(5), T0)
+    let id = n.net.nodes[0]
+        .engine
+        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
         .unwrap();
     assert!(n.pump(T0).is_empty());
     let server_events = n.events(2);
     assert!(matches!(server_events[0], Event::RequestReceived { request, .. } if request == id));
-    n.engines[2].respond(id, b"world".to_vec(), T0).unwrap();
+    n.net.nodes[2]
+        .engine
+        .respond(id, b"world".to_vec(), T0)
+        .unwrap();
     assert!(n.pump(T0).is_empty());
     let delivered = n
         .events(0)
@@ -210,7 +199,10 @@ fn wrong_amounts_budgets_and_rates_are_refused_and_refunded() {
     for (k, (amount, budget, rate, reason)) in cases.into_iter().enumerate() {
         let mut n = net();
         let msg = n.crafted_request(amount, budget, rate, k as u64);
-        let err = n.engines[1].handle_message(n.id(0), msg, T0).unwrap_err();
+        let err = n.net.nodes[1]
+            .engine
+            .handle_message(n.ids[0], msg, T0)
+            .unwrap_err();
         assert!(!err.is_fatal(), "{err}");
         assert_eq!(refused(std::slice::from_ref(&err)), vec![reason], "{err}");
         // B holds A's payment and has refunded it in full: net zero for both.
@@ -219,7 +211,7 @@ fn wrong_amounts_budgets_and_rates_are_refused_and_refunded() {
         assert_eq!(b.outgoing.cumulative, Amount(amount));
         assert_eq!(b.net(), 0);
         assert_eq!(
-            n.engines[1].pending().count(),
+            n.net.nodes[1].engine.pending().count(),
             0,
             "no obligation was taken on"
         );
@@ -253,8 +245,9 @@ fn the_server_refuses_a_request_whose_client_signature_fails() {
             1 => r.header.client_proof.siblings.push(Hash::of(b"extra")),
             _ => r.header.client_proof = por_protocol::types::unsealed_proof(),
         }
-        n.engines[1]
-            .handle_message(n.id(0), Message::Request(r), T0)
+        n.net.nodes[1]
+            .engine
+            .handle_message(n.ids[0], Message::Request(r), T0)
             .unwrap();
         let errors = n.pump(T0);
         assert_eq!(
@@ -262,7 +255,11 @@ fn the_server_refuses_a_request_whose_client_signature_fails() {
             vec![RejectReason::BadRequest],
             "{errors:?}"
         );
-        assert_eq!(n.engines[2].pending().count(), 0, "C took nothing on");
+        assert_eq!(
+            n.net.nodes[2].engine.pending().count(),
+            0,
+            "C took nothing on"
+        );
         assert_eq!(n.channel(2, 2).net(), 0, "C refunded B in full");
     }
 }
@@ -275,8 +272,9 @@ fn rejected_request_reaches_the_client_with_its_refund() {
         max_in_flight: 0,
         ..EngineConfig::default()
     });
-    let id = n.engines[0]
-        .send_request(n.route(), b"hello".to_vec(), Amount(5), T0)
+    let id = n.net.nodes[0]
+        .engine
+        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
         .unwrap();
     let errors = n.pump(T0);
     // C refuses; B passes the refusal on as a normal outcome, not an error.
@@ -293,7 +291,7 @@ fn rejected_request_reaches_the_client_with_its_refund() {
     for (i, ch) in [(0, 1), (1, 1), (1, 2), (2, 2)] {
         assert_eq!(n.channel(i, ch).net(), 0, "node {i} on ch{ch}");
     }
-    assert!(n.engines.iter().all(|e| e.pending().count() == 0));
+    assert!(n.net.nodes.iter().all(|x| x.engine.pending().count() == 0));
 }
 
 #[test]
@@ -303,8 +301,8 @@ fn request_over_a_severed_edge_is_answered_with_the_proof() {
     let mut n = net();
     let notice = SeverNotice {
         channel: ChannelId(2),
-        severer: n.id(2),
-        peer: n.id(1),
+        severer: n.ids[2],
+        peer: n.ids[1],
         reason: SeverReason::Operator,
         at_ms: 0,
     };
@@ -312,9 +310,12 @@ fn request_over_a_severed_edge_is_answered_with_the_proof() {
     let signed = SignedSeverNotice { notice, sig };
     // Only B learns (the chain reached B first); C's edge to B is the severed one, so
     // requests through it are answered with the proof, not refused.
-    n.engines[1].handle_chain_event(ChainEvent::EdgeSevered(signed), T0);
-    let id = n.engines[0]
-        .send_request(n.route(), b"hello".to_vec(), Amount(5), T0)
+    n.net.nodes[1]
+        .engine
+        .handle_chain_event(ChainEvent::EdgeSevered(signed), T0);
+    let id = n.net.nodes[0]
+        .engine
+        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
         .unwrap();
     let errors = n.pump(T0);
     assert!(errors.iter().all(|e| !e.is_fatal()), "{errors:?}");
@@ -338,8 +339,9 @@ fn forged_payment_is_fatal_and_leaves_no_trace() {
         *amount = Amount(COST + 1_000);
     }
     let before = n.channel(1, 1);
-    let err = n.engines[1]
-        .handle_message(n.id(0), Message::Request(r), T0)
+    let err = n.net.nodes[1]
+        .engine
+        .handle_message(n.ids[0], Message::Request(r), T0)
         .unwrap_err();
     assert!(matches!(err, ProtocolError::BadSignature { .. }), "{err}");
     assert!(err.is_fatal());
@@ -351,11 +353,15 @@ fn forged_payment_is_fatal_and_leaves_no_trace() {
 fn replayed_request_is_a_stale_state() {
     let mut n = net();
     let msg = n.crafted_request(COST, RTT, 5, 1);
-    n.engines[1]
-        .handle_message(n.id(0), msg.clone(), T0)
+    n.net.nodes[1]
+        .engine
+        .handle_message(n.ids[0], msg.clone(), T0)
         .unwrap();
     let after_first = n.channel(1, 1);
-    let err = n.engines[1].handle_message(n.id(0), msg, T0).unwrap_err();
+    let err = n.net.nodes[1]
+        .engine
+        .handle_message(n.ids[0], msg, T0)
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -369,15 +375,16 @@ fn replayed_request_is_a_stale_state() {
     );
     assert!(!err.is_fatal());
     assert_eq!(n.channel(1, 1), after_first);
-    assert_eq!(n.engines[1].pending().count(), 1);
+    assert_eq!(n.net.nodes[1].engine.pending().count(), 1);
 }
 
 #[test]
 fn duplicate_request_id_with_a_fresh_payment_is_refunded() {
     let mut n = net();
     let first = n.crafted_request(COST, RTT, 5, 7);
-    n.engines[1]
-        .handle_message(n.id(0), first.clone(), T0)
+    n.net.nodes[1]
+        .engine
+        .handle_message(n.ids[0], first.clone(), T0)
         .unwrap();
     // Same header, new valid payment (seq 2).
     let Message::Request(r) = first else {
@@ -396,7 +403,10 @@ fn duplicate_request_id_with_a_fresh_payment_is_refunded() {
         payment,
         ..(*r).clone()
     }));
-    let err = n.engines[1].handle_message(n.id(0), again, T0).unwrap_err();
+    let err = n.net.nodes[1]
+        .engine
+        .handle_message(n.ids[0], again, T0)
+        .unwrap_err();
     assert_eq!(refused(&[err]), vec![RejectReason::Duplicate]);
     assert_eq!(n.channel(1, 1).net(), i128::try_from(COST).unwrap());
 }
@@ -419,7 +429,8 @@ impl IntoIncoming for por_protocol::channel::Outgoing {
 fn unknown_peer_is_refused() {
     let mut n = net();
     let stranger = Keypair::from_seed([9; 32]).id();
-    let err = n.engines[1]
+    let err = n.net.nodes[1]
+        .engine
         .handle_message(stranger, Message::Ping { nonce: 1 }, T0)
         .unwrap_err();
     assert_eq!(err, ProtocolError::UnknownPeer(stranger));
@@ -430,19 +441,24 @@ fn unknown_peer_is_refused() {
 fn oversized_and_garbage_frames_do_not_disturb_others() {
     let mut n = net();
     let big = vec![0u8; wire::MAX_FRAME_LEN + 1];
-    let err = n.engines[1].handle_frame(n.id(0), &big, T0).unwrap_err();
+    let err = n.net.nodes[1]
+        .engine
+        .handle_frame(n.ids[0], &big, T0)
+        .unwrap_err();
     assert!(matches!(
         err,
         ProtocolError::Wire(wire::WireError::Oversized { .. })
     ));
-    let err = n.engines[1]
-        .handle_frame(n.id(0), &[1, 0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3], T0)
+    let err = n.net.nodes[1]
+        .engine
+        .handle_frame(n.ids[0], &[1, 0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3], T0)
         .unwrap_err();
     assert!(matches!(err, ProtocolError::Wire(_)), "{err}");
     assert!(err.is_fatal());
     // The engine still serves A and C.
-    n.engines[0]
-        .send_request(n.route(), b"hello".to_vec(), Amount(5), T0)
+    n.net.nodes[0]
+        .engine
+        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
         .unwrap();
     assert!(n.pump(T0).is_empty());
     assert!(n
@@ -456,15 +472,19 @@ fn responses_made_together_share_one_signature_and_each_verifies() {
     let mut n = net();
     let ids: Vec<_> = (0..5u8)
         .map(|i| {
-            n.engines[0]
-                .send_request(n.route(), vec![i; 8], Amount(5), T0)
+            n.net.nodes[0]
+                .engine
+                .send_request(n.route.clone(), vec![i; 8], Amount(5), T0)
                 .unwrap()
         })
         .collect();
     assert!(n.pump(T0).is_empty());
     // The server answers all five before its outputs are next polled.
     for (i, id) in ids.iter().enumerate() {
-        n.engines[2].respond(*id, vec![i as u8; 4], T0).unwrap();
+        n.net.nodes[2]
+            .engine
+            .respond(*id, vec![i as u8; 4], T0)
+            .unwrap();
     }
     let out = n.out(2);
     let sigs: Vec<_> = out
@@ -482,7 +502,10 @@ fn responses_made_together_share_one_signature_and_each_verifies() {
     assert_eq!(sigs[0].1, 5);
     // Each response verifies on its own at the relay and at the client.
     for (_, m) in out {
-        n.engines[1].handle_message(n.id(2), m, T0).unwrap();
+        n.net.nodes[1]
+            .engine
+            .handle_message(n.ids[2], m, T0)
+            .unwrap();
     }
     assert!(n.pump(T0).is_empty());
     let answered: Vec<_> = n
@@ -504,11 +527,15 @@ fn responses_made_together_share_one_signature_and_each_verifies() {
 #[test]
 fn forged_response_and_forged_proof_are_refused() {
     let mut n = net();
-    let id = n.engines[0]
-        .send_request(n.route(), b"hello".to_vec(), Amount(5), T0)
+    let id = n.net.nodes[0]
+        .engine
+        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
         .unwrap();
     assert!(n.pump(T0).is_empty());
-    n.engines[2].respond(id, b"world".to_vec(), T0).unwrap();
+    n.net.nodes[2]
+        .engine
+        .respond(id, b"world".to_vec(), T0)
+        .unwrap();
     let mut out = n.out(2);
     let (
         _,
@@ -526,9 +553,10 @@ fn forged_response_and_forged_proof_are_refused() {
     let batch = response.batch().unwrap();
     let genuine = response.sig;
     response.sig = n.keys[1].sign(&batch).unwrap();
-    let err = n.engines[1]
+    let err = n.net.nodes[1]
+        .engine
         .handle_message(
-            n.id(2),
+            n.ids[2],
             Message::Response {
                 request,
                 response: response.clone(),
@@ -555,9 +583,10 @@ fn forged_response_and_forged_proof_are_refused() {
     ] {
         let mut r = response.clone();
         r.proof = forged;
-        let err = n.engines[1]
+        let err = n.net.nodes[1]
+            .engine
             .handle_message(
-                n.id(2),
+                n.ids[2],
                 Message::Response {
                     request,
                     response: r,
@@ -570,9 +599,10 @@ fn forged_response_and_forged_proof_are_refused() {
         assert_eq!(err, ProtocolError::BadResponse(id));
     }
     // Right signature, different body.
-    let err = n.engines[1]
+    let err = n.net.nodes[1]
+        .engine
         .handle_message(
-            n.id(2),
+            n.ids[2],
             Message::Response {
                 request,
                 response,
@@ -586,15 +616,16 @@ fn forged_response_and_forged_proof_are_refused() {
     // A proof signed by a node that is not an endpoint of the severed edge.
     let notice = SeverNotice {
         channel: ChannelId(2),
-        severer: n.id(0),
-        peer: n.id(2),
+        severer: n.ids[0],
+        peer: n.ids[2],
         reason: SeverReason::Unresponsive,
         at_ms: 0,
     };
     let sig = n.keys[0].sign(&notice).unwrap();
-    let err = n.engines[1]
+    let err = n.net.nodes[1]
+        .engine
         .handle_message(
-            n.id(2),
+            n.ids[2],
             Message::Proof {
                 request: id,
                 notice: SignedSeverNotice { notice, sig },
@@ -605,7 +636,8 @@ fn forged_response_and_forged_proof_are_refused() {
         .unwrap_err();
     assert!(matches!(err, ProtocolError::BadProof { .. }), "{err}");
     // The request is still open at B.
-    assert!(n.engines[1]
+    assert!(n.net.nodes[1]
+        .engine
         .pending()
         .any(|p| p.id == id && p.down.as_ref().unwrap().resolved.is_none()));
 }
@@ -613,26 +645,31 @@ fn forged_response_and_forged_proof_are_refused() {
 #[test]
 fn forged_and_replayed_acks_are_refused() {
     let mut n = net();
-    n.engines[0]
-        .send_request(n.route(), b"hello".to_vec(), Amount(5), T0)
+    n.net.nodes[0]
+        .engine
+        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
         .unwrap();
     let (to, req) = n.out(0).remove(0);
-    n.engines[1].handle_message(n.id(0), req, T0).unwrap();
+    n.net.nodes[1]
+        .engine
+        .handle_message(n.ids[0], req, T0)
+        .unwrap();
     let ack = n
         .out(1)
         .into_iter()
-        .find(|(t, m)| *t == n.id(0) && matches!(m, Message::Ack { .. }))
+        .find(|(t, m)| *t == n.ids[0] && matches!(m, Message::Ack { .. }))
         .unwrap()
         .1;
-    assert_eq!(to, n.id(1));
+    assert_eq!(to, n.ids[1]);
     let Message::Ack { channel, seq, sig } = ack.clone() else {
         unreachable!()
     };
     let mut forged = sig;
     forged.0[0] ^= 1;
-    let err = n.engines[0]
+    let err = n.net.nodes[0]
+        .engine
         .handle_message(
-            n.id(1),
+            n.ids[1],
             Message::Ack {
                 channel,
                 seq,
@@ -642,10 +679,14 @@ fn forged_and_replayed_acks_are_refused() {
         )
         .unwrap_err();
     assert!(matches!(err, ProtocolError::BadSignature { .. }), "{err}");
-    n.engines[0]
-        .handle_message(n.id(1), ack.clone(), T0)
+    n.net.nodes[0]
+        .engine
+        .handle_message(n.ids[1], ack.clone(), T0)
         .unwrap();
-    let err = n.engines[0].handle_message(n.id(1), ack, T0).unwrap_err();
+    let err = n.net.nodes[0]
+        .engine
+        .handle_message(n.ids[1], ack, T0)
+        .unwrap_err();
     assert!(matches!(err, ProtocolError::ReplayedAck { .. }), "{err}");
     assert!(!err.is_fatal());
 }
@@ -653,20 +694,24 @@ fn forged_and_replayed_acks_are_refused() {
 #[test]
 fn late_request_pays_fees_and_stops_at_the_response() {
     let mut n = net();
-    let id = n.engines[0]
-        .send_request(n.route(), b"hello".to_vec(), Amount(5), T0)
+    let id = n.net.nodes[0]
+        .engine
+        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
         .unwrap();
     assert!(n.pump(T0).is_empty());
     // The server answers 2500 ms late; B and C pay late fees at their syncs.
     for t in (1000..=3000).step_by(1000) {
-        for e in &mut n.engines {
+        for e in n.net.nodes.iter_mut().map(|x| &mut x.engine) {
             e.handle_timeout(Time(t));
         }
         let errors = n.pump(Time(t));
         assert!(errors.is_empty(), "{errors:?}");
     }
     let late = Time(3_500);
-    n.engines[2].respond(id, b"late".to_vec(), late).unwrap();
+    n.net.nodes[2]
+        .engine
+        .respond(id, b"late".to_vec(), late)
+        .unwrap();
     assert!(n.pump(late).is_empty());
     let ev = n.events(0);
     let delivered = ev
@@ -696,7 +741,7 @@ proptest! {
     ) {
         let mut n = net();
         let before = n.channel(1, 1);
-        if n.engines[1].handle_frame(n.id(0), &bytes, T0).is_err() {
+        if n.net.nodes[1].engine.handle_frame(n.ids[0], &bytes, T0).is_err() {
             prop_assert_eq!(n.channel(1, 1), before);
         }
     }
@@ -712,14 +757,14 @@ proptest! {
         let i = pos.index(frame.len());
         frame[i] ^= 1 << bit;
         let before = n.channel(1, 1);
-        match n.engines[1].handle_frame(n.id(0), &frame, T0) {
+        match n.net.nodes[1].engine.handle_frame(n.ids[0], &frame, T0) {
             // A flip in the body or nonce changes what A signed or hashed: refused.
             Err(e) if e.is_fatal() => prop_assert_eq!(n.channel(1, 1), before),
             // Flips that leave a valid payment are refused and refunded (net zero) ...
             Err(_) => prop_assert_eq!(n.channel(1, 1).net(), 0),
             // ... or are semantically harmless (a flip in a field nobody signs and
             // every check recomputes would be a bug: assert we took the request).
-            Ok(()) => prop_assert_eq!(n.engines[1].pending().count(), 1),
+            Ok(()) => prop_assert_eq!(n.net.nodes[1].engine.pending().count(), 1),
         }
     }
 

@@ -2,10 +2,9 @@
 #![allow(clippy::unwrap_used)]
 
 use por_protocol::messages::Message;
-use por_protocol::store::Store;
-use por_protocol::topology::Topology;
+use por_protocol::testing::{Network, TestNode};
 use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, Route};
-use por_protocol::{Amount, ChainEvent, Engine, EngineConfig, Event, Keypair, NodeId, Time};
+use por_protocol::{Amount, Engine, EngineConfig, Event, Keypair, Time};
 
 fn setup() -> (Vec<Keypair>, Vec<EdgeInfo>) {
     let keys: Vec<Keypair> = (1u8..=3).map(|i| Keypair::from_seed([i; 32])).collect();
@@ -30,11 +29,9 @@ fn setup() -> (Vec<Keypair>, Vec<EdgeInfo>) {
 }
 
 fn engine(key: &Keypair, edges: &[EdgeInfo]) -> Engine {
-    let mut e = Engine::new(EngineConfig::default(), key.clone(), Time::ZERO);
-    for ed in edges {
-        e.handle_chain_event(ChainEvent::EdgeOpened(ed.clone()), Time::ZERO);
-    }
-    e
+    let mut n = TestNode::new(EngineConfig::default(), key.clone(), Time::ZERO);
+    n.open(edges, Time::ZERO);
+    n.engine
 }
 
 fn route(keys: &[Keypair]) -> Route {
@@ -184,134 +181,101 @@ fn updates_made_together_share_one_signature_and_are_persisted_signed() {
     assert_eq!(b.channel(ChannelId(1)).unwrap().incoming.seq, 4);
 }
 
-/// Drives three engines; B's writes go to a store, and B can be replaced by one
-/// restored from it (a crash) at any point.
-struct Harness {
-    keys: Vec<Keypair>,
-    edges: Vec<EdgeInfo>,
-    engines: Vec<Engine>,
-    b_store: Store,
+/// Three nodes with their stores (the harness's `Network`); B (index 1) can crash and
+/// restart from its store at any point.
+fn network() -> (Vec<Keypair>, Network) {
+    let (keys, edges) = setup();
+    let net = Network::with_keys(&keys, edges, Time::ZERO);
+    (keys, net)
 }
 
-impl Harness {
-    fn new() -> Harness {
-        let (keys, edges) = setup();
-        let engines = keys.iter().map(|k| engine(k, &edges)).collect();
-        Harness {
-            keys,
-            edges,
-            engines,
-            b_store: Store::default(),
-        }
-    }
-
-    fn ids(&self) -> Vec<NodeId> {
-        self.keys.iter().map(|k| k.id()).collect()
-    }
-
-    fn pump(&mut self, now: Time, drop_to_b: bool) {
-        let ids = self.ids();
-        loop {
-            let mut moved = false;
-            for i in 0..3 {
-                while let Some(w) = self.engines[i].poll_writes() {
-                    if i == 1 {
-                        for x in &w.writes {
-                            self.b_store.apply(x).unwrap();
-                        }
-                    }
-                    self.engines[i].writes_durable(w.up_to);
-                }
-                let out: Vec<_> = std::iter::from_fn(|| self.engines[i].poll_transmit()).collect();
-                for t in out {
-                    moved = true;
-                    let j = ids.iter().position(|x| *x == t.to).unwrap();
-                    if j == 1 && drop_to_b {
-                        continue;
-                    }
-                    let _ = self.engines[j].handle_message(ids[i], t.message, now);
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    fn crash_b(&mut self, now: Time) {
-        let mut topo = Topology::new();
-        for e in &self.edges {
-            topo.insert_edge(e.clone());
-        }
-        self.engines[1] = Engine::restore(
-            EngineConfig::default(),
-            self.keys[1].clone(),
-            topo,
-            &self.b_store,
-            now,
-        );
-        let ids = self.ids();
-        for (i, j) in [(0, 1), (2, 1)] {
-            self.engines[i].peer_disconnected(ids[j], now);
-            self.engines[i].peer_connected(ids[j], now);
-            self.engines[j].peer_connected(ids[i], now);
-        }
-    }
+/// Delivers until quiet; with `drop_to_b`, every frame to B is lost.
+fn pump(net: &mut Network, now: Time, drop_to_b: bool) {
+    let _ = net.pump_filtered(now, |_, to, _| !(drop_to_b && to == 1));
 }
 
 #[test]
 fn relay_restarted_from_its_store_completes_the_request_once() {
-    let mut h = Harness::new();
-    let r = route(&h.keys);
-    let id = h.engines[0]
+    let (keys, mut h) = network();
+    let r = route(&keys);
+    let id = h.nodes[0]
+        .engine
         .send_request(r, b"x".to_vec(), Amount(1), Time(1))
         .unwrap();
-    h.pump(Time(1), false);
+    pump(&mut h, Time(1), false);
     // C has the request; B crashes before C's response arrives (it is lost).
-    let rid = std::iter::from_fn(|| h.engines[2].poll_event())
+    let rid = std::iter::from_fn(|| h.nodes[2].engine.poll_event())
         .find_map(|e| match e {
             Event::RequestReceived { request, .. } => Some(request),
             _ => None,
         })
         .unwrap();
     assert_eq!(rid, id);
-    h.engines[2].respond(id, b"y".to_vec(), Time(2)).unwrap();
-    h.pump(Time(2), true);
-    h.crash_b(Time(3));
-    h.pump(Time(3), false);
+    h.nodes[2]
+        .engine
+        .respond(id, b"y".to_vec(), Time(2))
+        .unwrap();
+    pump(&mut h, Time(2), true);
+    h.crash(1, Time(3));
+    pump(&mut h, Time(3), false);
     // C resent its answer on reconnect: A gets the response, exactly once.
-    let delivered: Vec<_> = std::iter::from_fn(|| h.engines[0].poll_event())
+    let delivered: Vec<_> = std::iter::from_fn(|| h.nodes[0].engine.poll_event())
         .filter(|e| matches!(e, Event::ResponseDelivered { .. }))
         .collect();
     assert_eq!(delivered.len(), 1);
     // Money: A paid 200 once, B paid C 100 once; every payee holds what its payer signed.
-    let ch = |i: usize, c: u64| h.engines[i].channel(ChannelId(c)).unwrap().clone();
+    let ch = |i: usize, c: u64| h.nodes[i].engine.channel(ChannelId(c)).unwrap().clone();
     assert_eq!(ch(0, 1).outgoing.cumulative, Amount(200));
     assert_eq!(ch(1, 1).incoming.cumulative, Amount(200));
     assert_eq!(ch(1, 2).outgoing.cumulative, Amount(100));
     assert_eq!(ch(2, 2).incoming.cumulative, Amount(100));
     assert_eq!(ch(1, 2).outgoing.seq, 1, "B did not pay C a second time");
     assert!(
-        h.engines[1].pending().next().is_none(),
+        h.nodes[1].engine.pending().next().is_none(),
         "nothing left in flight at B"
     );
 }
 
 #[test]
 fn lost_payment_is_retransmitted_not_resigned() {
-    let mut h = Harness::new();
-    let r = route(&h.keys);
-    h.engines[0]
+    let (keys, mut h) = network();
+    let r = route(&keys);
+    h.nodes[0]
+        .engine
         .send_request(r, b"x".to_vec(), Amount(1), Time(1))
         .unwrap();
     // A's request never reaches B (connection drops).
-    h.pump(Time(1), true);
-    assert_eq!(h.engines[1].channel(ChannelId(1)).unwrap().incoming.seq, 0);
-    h.crash_b(Time(2));
-    h.pump(Time(2), false);
+    pump(&mut h, Time(1), true);
+    assert_eq!(
+        h.nodes[1]
+            .engine
+            .channel(ChannelId(1))
+            .unwrap()
+            .incoming
+            .seq,
+        0
+    );
+    h.crash(1, Time(2));
+    pump(&mut h, Time(2), false);
     // The same signed update arrived via reestablish; B forwarded, C got it.
-    assert_eq!(h.engines[1].channel(ChannelId(1)).unwrap().incoming.seq, 1);
-    assert_eq!(h.engines[0].channel(ChannelId(1)).unwrap().outgoing.seq, 1);
-    assert!(std::iter::from_fn(|| h.engines[2].poll_event())
+    assert_eq!(
+        h.nodes[1]
+            .engine
+            .channel(ChannelId(1))
+            .unwrap()
+            .incoming
+            .seq,
+        1
+    );
+    assert_eq!(
+        h.nodes[0]
+            .engine
+            .channel(ChannelId(1))
+            .unwrap()
+            .outgoing
+            .seq,
+        1
+    );
+    assert!(std::iter::from_fn(|| h.nodes[2].engine.poll_event())
         .any(|e| matches!(e, Event::RequestReceived { .. })));
 }
