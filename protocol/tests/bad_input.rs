@@ -121,7 +121,7 @@ impl Net {
             body_hash: Hash::of(&body),
             body_len: body.len() as u64,
             late_fee_rate: Amount(rate),
-            route: self.route(),
+            route: self.route.clone(),
         };
         let id = core.id().unwrap();
         let header = RequestHeader::sign_alone(&self.keys[0], core, budget_ms).unwrap();
