@@ -57,18 +57,20 @@ impl TestNode {
     }
 
     /// Folds every write batch the engine has into the store, then reports it durable.
-    /// Returns whether there was any. A refused write is an engine bug: the batch is
-    /// then not reported durable, and the store's refusal is returned.
-    pub fn persist(&mut self) -> Result<bool, StoreError> {
+    /// Returns whether there was any. A write the store refuses (an engine bug) is
+    /// handed to `refused` and skipped; the rest of its batch still folds in.
+    pub fn persist(&mut self, mut refused: impl FnMut(StoreError)) -> bool {
         let mut any = false;
         while let Some(batch) = self.engine.poll_writes() {
             any = true;
             for w in &batch.writes {
-                self.store.apply(w)?;
+                if let Err(e) = self.store.apply(w) {
+                    refused(e);
+                }
             }
             self.engine.writes_durable(batch.up_to);
         }
-        Ok(any)
+        any
     }
 
     /// The frames the engine releases now.
@@ -79,9 +81,8 @@ impl TestNode {
     /// Persists, then returns the frames that released. Panics on a refused write
     /// (an engine bug; tests want to hear of it at once).
     pub fn flush(&mut self) -> Vec<Transmit> {
-        if let Err(e) = self.persist() {
-            panic!("store refused a write of {}: {e}", self.id());
-        }
+        let id = self.id();
+        self.persist(|e| panic!("store refused a write of {id}: {e}"));
         self.transmits()
     }
 
