@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use por_chain::local::{Clock, LocalChain};
 use por_chain::{Chain, LocalClient};
+use por_protocol::testing::Network;
 use por_protocol::types::{EdgeTerms, Route, SeverReason};
-use por_protocol::{Amount, ChainAction, ChainEvent, Engine, EngineConfig, Event, Keypair, Time};
+use por_protocol::{Amount, ChainAction, ChainEvent, Event, Keypair, Time};
 use serde_json::json;
 
 const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
@@ -38,24 +39,10 @@ fn chain(name: &str) -> Arc<Mutex<LocalChain>> {
     Arc::new(Mutex::new(c))
 }
 
-fn pump(engines: &mut [Engine; 2], now: Time) {
-    loop {
-        let mut moved = false;
-        for i in 0..2 {
-            while let Some(b) = engines[i].poll_writes() {
-                engines[i].writes_durable(b.up_to);
-            }
-            let out: Vec<_> = std::iter::from_fn(|| engines[i].poll_transmit()).collect();
-            for t in out {
-                moved = true;
-                let from = engines[i].id();
-                engines[1 - i].handle_message(from, t.message, now).unwrap();
-            }
-        }
-        if !moved {
-            return;
-        }
-    }
+/// Delivers every frame between the engines until quiet; every one must be accepted.
+fn pump(net: &mut Network, now: Time) {
+    let refused = net.pump(now);
+    assert!(refused.is_empty(), "{refused:?}");
 }
 
 #[tokio::test]
@@ -91,36 +78,35 @@ async fn engine_payments_and_notices_settle_on_the_contract() {
     let snap = alice.snapshot().await.unwrap();
     assert_eq!(snap.edges.len(), 1);
     assert_eq!((snap.edges[0].a, snap.edges[0].b), (ka.id(), kb.id()));
-    let mut engines =
-        [ka.clone(), kb.clone()].map(|k| Engine::new(EngineConfig::default(), k, Time::ZERO));
-    for e in &mut engines {
-        for edge in &snap.edges {
-            e.handle_chain_event(ChainEvent::EdgeOpened(edge.clone()), Time::ZERO);
-        }
-    }
+    let mut net = Network::with_keys(&[ka.clone(), kb.clone()], snap.edges.clone(), Time::ZERO);
     // Alice pays Bob for three requests; Bob answers them.
     for n in 0..3u64 {
         let route = Route {
             nodes: vec![ka.id(), kb.id()],
             channels: vec![id],
         };
-        engines[0]
+        net.nodes[0]
+            .engine
             .send_request(route, vec![7; 10], Amount(1), Time(n))
             .unwrap();
-        pump(&mut engines, Time(n));
-        let req = std::iter::from_fn(|| engines[1].poll_event())
+        pump(&mut net, Time(n));
+        let req = std::iter::from_fn(|| net.nodes[1].engine.poll_event())
             .find_map(|e| match e {
                 Event::RequestReceived { request, .. } => Some(request),
                 _ => None,
             })
             .unwrap();
-        engines[1].respond(req, b"ok".to_vec(), Time(n)).unwrap();
-        pump(&mut engines, Time(n));
+        net.nodes[1]
+            .engine
+            .respond(req, b"ok".to_vec(), Time(n))
+            .unwrap();
+        pump(&mut net, Time(n));
     }
-    let paid = engines[0].channel(id).unwrap().outgoing.cumulative;
+    let paid = net.nodes[0].engine.channel(id).unwrap().outgoing.cumulative;
     assert_eq!(paid, Amount(3 * 1_010));
     // Bob closes adversarially with the latest state Alice signed to him.
-    let held = engines[1]
+    let held = net.nodes[1]
+        .engine
         .channel(id)
         .unwrap()
         .incoming
@@ -152,11 +138,14 @@ async fn engine_payments_and_notices_settle_on_the_contract() {
         .into_iter()
         .find(|e| e.id == id2)
         .unwrap();
-    engines[1].handle_chain_event(ChainEvent::EdgeOpened(edge), Time(10));
-    engines[1]
+    net.nodes[1]
+        .engine
+        .handle_chain_event(ChainEvent::EdgeOpened(edge), Time(10));
+    net.nodes[1]
+        .engine
         .sever(id2, SeverReason::Operator, Time(10))
         .unwrap();
-    let Some(ChainAction::Sever(notice)) = engines[1].poll_chain_action() else {
+    let Some(ChainAction::Sever(notice)) = net.nodes[1].engine.poll_chain_action() else {
         panic!("the engine asks for its notice to be submitted")
     };
     // Anyone may submit it: here Alice does.

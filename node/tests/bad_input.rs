@@ -14,8 +14,9 @@ use por_chain::{AnyChain, Chain, LocalClient};
 use por_node::{handler_fn, NodeBuilder, NodeHandle, Outcome, RequestOptions};
 use por_protocol::engine::Event;
 use por_protocol::messages::{self, Message};
+use por_protocol::testing::TestNode;
 use por_protocol::types::{EdgeTerms, Route};
-use por_protocol::{Amount, ChainEvent, Engine, EngineConfig, Keypair, Time};
+use por_protocol::{Amount, EngineConfig, Keypair, Time};
 use por_transport::tcp::TcpTransport;
 use por_transport::{Connection, Transport, TransportConfig};
 
@@ -127,10 +128,8 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     }
     // Mallory's own engine, knowing the edges.
     let snap = mallory.snapshot().await.unwrap();
-    let mut engine = Engine::new(EngineConfig::default(), mkey.clone(), now());
-    for e in &snap.edges {
-        engine.handle_chain_event(ChainEvent::EdgeOpened(e.clone()), now());
-    }
+    let mut mallory_node = TestNode::new(EngineConfig::default(), mkey.clone(), now());
+    mallory_node.open(&snap.edges, now());
     let to_bob = snap
         .edges
         .iter()
@@ -172,28 +171,27 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     };
     // Pumps Mallory's engine over `conn` until `done` sees an event it wants.
     async fn pump(
-        engine: &mut Engine,
+        node: &mut TestNode,
         conn: &impl Connection,
         mut done: impl FnMut(&Event) -> bool,
     ) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            while let Some(b) = engine.poll_writes() {
-                engine.writes_durable(b.up_to);
-            }
-            while let Some(t) = engine.poll_transmit() {
+            for t in node.flush() {
                 conn.send(0, Bytes::from(messages::encode_frame(&t.message).unwrap()))
                     .await
                     .unwrap();
             }
-            while let Some(e) = engine.poll_event() {
+            while let Some(e) = node.engine.poll_event() {
                 if done(&e) {
                     return true;
                 }
             }
             match tokio::time::timeout_at(deadline, conn.recv()).await {
                 Ok(Ok((_, frame))) => {
-                    let _ = engine.handle_frame(conn.peer(), &frame, por_node::now());
+                    let _ = node
+                        .engine
+                        .handle_frame(conn.peer(), &frame, por_node::now());
                 }
                 _ => return false,
             }
@@ -202,21 +200,20 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
 
     // 1. An honest request from Mallory is served and paid once.
     let conn = dial().await;
-    engine.peer_connected(bob.id(), now());
+    mallory_node.engine.peer_connected(bob.id(), now());
     let route = Route {
         nodes: vec![mkey.id(), bob.id()],
         channels: vec![to_bob],
     };
-    engine
+    mallory_node
+        .engine
         .send_request(route.clone(), b"hello".to_vec(), Amount(1), now())
         .unwrap();
-    while let Some(b) = engine.poll_writes() {
-        engine.writes_durable(b.up_to);
-    }
-    let mut frames = Vec::new();
-    while let Some(t) = engine.poll_transmit() {
-        frames.push(t.message);
-    }
+    let frames: Vec<Message> = mallory_node
+        .flush()
+        .into_iter()
+        .map(|t| t.message)
+        .collect();
     let valid = frames
         .iter()
         .find(|m| matches!(m, Message::Request(_)))
@@ -228,7 +225,7 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
             .unwrap();
     }
     assert!(
-        pump(&mut engine, &conn, |e| matches!(
+        pump(&mut mallory_node, &conn, |e| matches!(
             e,
             Event::ResponseDelivered { .. }
         ))
@@ -246,14 +243,12 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     alice_is_served(&alice, &bob).await;
 
     // 3. A forged payment (signature altered): Mallory is dropped.
-    engine
+    mallory_node
+        .engine
         .send_request(route.clone(), b"forged".to_vec(), Amount(1), now())
         .unwrap();
-    while let Some(b) = engine.poll_writes() {
-        engine.writes_durable(b.up_to);
-    }
     let mut forged = None;
-    while let Some(t) = engine.poll_transmit() {
+    for t in mallory_node.flush() {
         if let Message::Request(mut r) = t.message {
             r.payment.sig.0[7] ^= 0x40;
             forged = Some(Message::Request(r));

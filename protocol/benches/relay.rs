@@ -21,16 +21,14 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use por_protocol::messages::Message;
+use por_protocol::testing::Network;
 use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, Route};
-use por_protocol::{
-    crypto, Amount, ChainEvent, Engine, EngineConfig, Event, Keypair, NodeId, Time,
-};
+use por_protocol::{crypto, Amount, Event, Keypair, Time};
 
 const BODY: usize = 256;
 
 struct Net {
-    ids: [NodeId; 3],
-    engines: [Engine; 3],
+    net: Network,
     route: Route,
     now: Time,
 }
@@ -54,17 +52,9 @@ fn net() -> Net {
         deposit_a: Amount(u128::MAX / 4),
         deposit_b: Amount(u128::MAX / 4),
     };
-    let edges = [edge(1, 0, 1), edge(2, 1, 2)];
-    let engines = keys.map(|k| {
-        let mut e = Engine::new(EngineConfig::default(), k, Time::ZERO);
-        for ed in &edges {
-            e.handle_chain_event(ChainEvent::EdgeOpened(ed.clone()), Time::ZERO);
-        }
-        e
-    });
+    let edges = vec![edge(1, 0, 1), edge(2, 1, 2)];
     Net {
-        ids,
-        engines,
+        net: Network::with_keys(&keys, edges, Time::ZERO),
         route: Route {
             nodes: ids.to_vec(),
             channels: vec![ChannelId(1), ChannelId(2)],
@@ -74,21 +64,19 @@ fn net() -> Net {
 }
 
 impl Net {
+    /// Node `i`'s frames, with writes reported durable (no store: it is not measured).
     fn drain(&mut self, i: usize) -> Vec<(usize, Message)> {
-        let e = &mut self.engines[i];
-        while let Some(b) = e.poll_writes() {
-            e.writes_durable(b.up_to);
-        }
-        while e.poll_event().is_some() {}
-        let ids = self.ids;
-        std::iter::from_fn(|| e.poll_transmit())
-            .map(|t| (ids.iter().position(|x| *x == t.to).unwrap(), t.message))
+        let node = &mut self.net.nodes[i];
+        node.discard_writes();
+        while node.engine.poll_event().is_some() {}
+        let out = node.transmits();
+        out.into_iter()
+            .map(|t| (self.net.index(&t.to).unwrap(), t.message))
             .collect()
     }
 
     fn deliver(&mut self, from: usize, to: usize, m: Message) {
-        let from = self.ids[from];
-        self.engines[to].handle_message(from, m, self.now).unwrap();
+        self.net.deliver(from, to, m, self.now).unwrap();
     }
 
     /// B's work on frames from `from`: the only part that is measured. Not inlined, so
@@ -104,7 +92,8 @@ impl Net {
     /// One request through the relay; returns the time spent in B alone.
     fn one(&mut self) -> Duration {
         let now = self.now;
-        self.engines[0]
+        self.net.nodes[0]
+            .engine
             .send_request(self.route.clone(), vec![7u8; BODY], Amount(1), now)
             .unwrap();
         let (_, req) = self.drain(0).pop().unwrap();
@@ -124,13 +113,16 @@ impl Net {
         for m in to_c {
             self.deliver(1, 2, m);
         }
-        let id = std::iter::from_fn(|| self.engines[2].poll_event())
+        let id = std::iter::from_fn(|| self.net.nodes[2].engine.poll_event())
             .find_map(|e| match e {
                 Event::RequestReceived { request, .. } => Some(request),
                 _ => None,
             })
             .unwrap();
-        self.engines[2].respond(id, vec![9u8; BODY], now).unwrap();
+        self.net.nodes[2]
+            .engine
+            .respond(id, vec![9u8; BODY], now)
+            .unwrap();
         let out_c = self.drain(2);
 
         let t1 = Instant::now();

@@ -73,6 +73,14 @@ impl TestNode {
         any
     }
 
+    /// Reports every write durable without folding it into the store: for benchmarks,
+    /// where the store is not what is measured.
+    pub fn discard_writes(&mut self) {
+        while let Some(batch) = self.engine.poll_writes() {
+            self.engine.writes_durable(batch.up_to);
+        }
+    }
+
     /// The frames the engine releases now.
     pub fn transmits(&mut self) -> Vec<Transmit> {
         std::iter::from_fn(|| self.engine.poll_transmit()).collect()
