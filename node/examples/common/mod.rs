@@ -11,7 +11,7 @@ use por_protocol::types::EdgeTerms;
 use por_protocol::{Amount, Keypair};
 
 /// Starts the chain, a server running `handler` and a client, with a channel between them.
-pub async fn client_and_server(
+pub(crate) async fn client_and_server(
     name: &str,
     handler: impl Handler,
 ) -> anyhow::Result<(NodeHandle, NodeHandle)> {

@@ -72,7 +72,7 @@ pub enum Event {
         /// What we kept (our edge's cost plus any tip).
         kept: Amount,
     },
-    /// A request arrived for us as server; answer it with [`Engine::respond`].
+    /// A request arrived for us as server; answer it with [`Engine::respond`](crate::Engine::respond).
     RequestReceived {
         /// The request.
         request: RequestId,

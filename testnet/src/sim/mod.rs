@@ -1,7 +1,7 @@
 //! The deterministic simulator: N engines over virtual links, one virtual clock.
 //!
 //! Every frame goes through the real wire encoding. Every write an engine asks for is
-//! folded into that node's [`Store`] before its frames are released, exactly as the
+//! folded into that node's [`Store`](por_protocol::store::Store) before its frames are released, exactly as the
 //! node does with its database, so a node that "crashes" (an `offline` fault with
 //! `restart = true`) comes back from its durable state alone.
 

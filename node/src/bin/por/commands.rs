@@ -22,7 +22,7 @@ fn amount(text: &str, what: &str) -> Result<Amount> {
 }
 
 /// `por init`.
-pub fn init(dir: &Path, account: &str, listen: &str, control: &str) -> Result<()> {
+pub(crate) fn init(dir: &Path, account: &str, listen: &str, control: &str) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let conf = dir.join("por.toml");
     if conf.exists() {
@@ -51,7 +51,7 @@ fn settings(file: Option<&Path>, flags: &Settings) -> Result<Settings> {
 }
 
 /// `por node run`.
-pub async fn node_run(file: Option<&Path>, flags: &Settings) -> Result<()> {
+pub(crate) async fn node_run(file: Option<&Path>, flags: &Settings) -> Result<()> {
     let cfg = settings(file, flags)?.resolve()?;
     let key = config::read_key(&cfg.key_file)?;
     let chain = cfg.chain_client(&workspace())?;
@@ -97,7 +97,7 @@ pub async fn node_run(file: Option<&Path>, flags: &Settings) -> Result<()> {
 }
 
 /// Sends one control request and prints the answer.
-pub async fn control(addr: &str, request: Value) -> Result<()> {
+pub(crate) async fn control(addr: &str, request: Value) -> Result<()> {
     let v = por_node::control::call(addr, request).await?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
@@ -142,7 +142,7 @@ async fn held_states(control: &str, id: u64) -> Result<Vec<SignedUpdate>> {
 }
 
 /// `por channel ...`.
-pub async fn channel(command: ChannelCommand) -> Result<()> {
+pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
     match command {
         ChannelCommand::Open {
             chain,
@@ -230,7 +230,7 @@ pub async fn channel(command: ChannelCommand) -> Result<()> {
 }
 
 /// `por topology`.
-pub async fn topology(args: &ChainArgs) -> Result<()> {
+pub(crate) async fn topology(args: &ChainArgs) -> Result<()> {
     let c = chain_of(args).await?;
     let snap = c.snapshot().await?;
     let center = c.view("get_center", json!({})).await?;
@@ -257,7 +257,7 @@ pub async fn topology(args: &ChainArgs) -> Result<()> {
 }
 
 /// `por chain ...`.
-pub async fn chain(command: ChainCommand) -> Result<()> {
+pub(crate) async fn chain(command: ChainCommand) -> Result<()> {
     match command {
         ChainCommand::Serve {
             path,

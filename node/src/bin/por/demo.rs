@@ -30,7 +30,7 @@ fn outcome_line(o: &Outcome) -> String {
 }
 
 /// The report as text.
-pub fn render(report: &DemoReport, transport: &str) -> String {
+pub(crate) fn render(report: &DemoReport, transport: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let mut part = |title: &str, lines: &[Line], outcome: &Outcome| {
