@@ -1,8 +1,10 @@
-//! A request's life, top to bottom: the client sends it ([`Engine::send_request`]),
-//! each hop admits it against the route and its payment and forwards it on, the
-//! server answers ([`Engine::respond`]), and the response travels back, each hop
-//! closing its upstream obligation; or a hop refuses it and the refund travels back.
-//! Proofs of severed edges end a request in `sever.rs`, late fees accrue in `fees.rs`.
+//! A request's life, top to bottom: the client sends it and pays the first hop
+//! (`send_request`, `forward`); each hop admits it against the route and its payment
+//! and forwards it on (`on_request`, `validate_request`); the server answers
+//! (`respond`); the response travels back, each hop closing its upstream obligation
+//! (`on_response`, `close_upstream`); or a hop refuses it and the refund travels back
+//! (`on_reject`, `refuse`). Proofs of severed edges end a request in `sever.rs`; late
+//! fees accrue in `fees.rs`.
 
 use crate::amount::Amount;
 use crate::crypto::{self, Hash, NodeId};
@@ -99,6 +101,54 @@ impl Engine {
             deadline: now.plus(quote.rtt_ms),
         });
         Ok(id)
+    }
+
+    /// Pays `next` over `channel` and sends the request on; registers `p` as pending.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(
+        &mut self,
+        mut p: Pending,
+        mut header: RequestHeader,
+        body: Vec<u8>,
+        next: NodeId,
+        channel: ChannelId,
+        amount: Amount,
+        budget_ms: u64,
+        now: Time,
+    ) -> Result<(), ProtocolError> {
+        header.budget_ms = budget_ms;
+        let memo = Memo::Request {
+            request: p.id,
+            amount,
+            budget_ms,
+            late_fee_rate: p.core.late_fee_rate,
+        };
+        let msg = self.pay_with(channel, memo, |payment| {
+            Message::Request(Box::new(RequestMsg {
+                header,
+                payment,
+                body,
+            }))
+        })?;
+        p.down = Some(Downstream {
+            peer: next,
+            channel,
+            sent_at: now,
+            expect_by: now.plus(budget_ms),
+            amount_out: amount,
+            acked: false,
+            fees_received: Amount::ZERO,
+            resolved: None,
+            overdue_syncs: 0,
+            finished: false,
+        });
+        let id = p.id;
+        self.timers
+            .insert((now.plus(budget_ms), Timer::Overdue(id)));
+        self.requests.insert(p);
+        self.write_pending(id);
+        self.send(next, msg);
+        Ok(())
     }
 
     pub(super) fn on_request(
@@ -350,77 +400,6 @@ impl Engine {
         Ok((position, rest_cost, budget_out))
     }
 
-    pub(super) fn refuse(
-        &mut self,
-        from: NodeId,
-        channel: ChannelId,
-        request: RequestId,
-        amount: Amount,
-        reason: RejectReason,
-        detail: String,
-    ) -> Result<(), ProtocolError> {
-        let memo = Memo::Refund { request, amount };
-        let msg = self.pay_with(channel, memo, |refund| Message::Reject {
-            request,
-            reason,
-            refund,
-        })?;
-        self.send(from, msg);
-        Err(ProtocolError::RequestRefused {
-            request,
-            reason,
-            detail,
-        })
-    }
-
-    /// Pays `next` over `channel` and sends the request on; registers `p` as pending.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward(
-        &mut self,
-        mut p: Pending,
-        mut header: RequestHeader,
-        body: Vec<u8>,
-        next: NodeId,
-        channel: ChannelId,
-        amount: Amount,
-        budget_ms: u64,
-        now: Time,
-    ) -> Result<(), ProtocolError> {
-        header.budget_ms = budget_ms;
-        let memo = Memo::Request {
-            request: p.id,
-            amount,
-            budget_ms,
-            late_fee_rate: p.core.late_fee_rate,
-        };
-        let msg = self.pay_with(channel, memo, |payment| {
-            Message::Request(Box::new(RequestMsg {
-                header,
-                payment,
-                body,
-            }))
-        })?;
-        p.down = Some(Downstream {
-            peer: next,
-            channel,
-            sent_at: now,
-            expect_by: now.plus(budget_ms),
-            amount_out: amount,
-            acked: false,
-            fees_received: Amount::ZERO,
-            resolved: None,
-            overdue_syncs: 0,
-            finished: false,
-        });
-        let id = p.id;
-        self.timers
-            .insert((now.plus(budget_ms), Timer::Overdue(id)));
-        self.requests.insert(p);
-        self.write_pending(id);
-        self.send(next, msg);
-        Ok(())
-    }
-
     /// Answers a request we received as server; the engine signs the response.
     pub fn respond(
         &mut self,
@@ -639,5 +618,28 @@ impl Engine {
         self.write_pending(request);
         self.finish_if_done(request);
         Ok(())
+    }
+
+    pub(super) fn refuse(
+        &mut self,
+        from: NodeId,
+        channel: ChannelId,
+        request: RequestId,
+        amount: Amount,
+        reason: RejectReason,
+        detail: String,
+    ) -> Result<(), ProtocolError> {
+        let memo = Memo::Refund { request, amount };
+        let msg = self.pay_with(channel, memo, |refund| Message::Reject {
+            request,
+            reason,
+            refund,
+        })?;
+        self.send(from, msg);
+        Err(ProtocolError::RequestRefused {
+            request,
+            reason,
+            detail,
+        })
     }
 }
