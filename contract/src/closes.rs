@@ -51,8 +51,15 @@ impl PorContract {
         Ok(out)
     }
 
-    /// Records states that are newer than those held. With `strict`, a state that is
-    /// not newer is refused (stale).
+    /// Records the states that pay their payee more than those held.
+    ///
+    /// Only the payer signs an update, and an honest payer's cumulative total in one
+    /// direction only ever grows. So the state that pays the payee most wins: a payer
+    /// cannot revoke what it paid by signing a later sequence number with a smaller
+    /// total (`seq = u64::MAX, cumulative = 0`), since that state pays less than the
+    /// payee's. Between two states that pay the same, the later one is kept. With
+    /// `strict`, a state that pays no more and is no later than the one held is
+    /// refused (stale).
     pub(crate) fn record_states(
         &mut self,
         id: u64,
@@ -66,13 +73,14 @@ impl PorContract {
             } else {
                 (&mut ch.paid_ba, "b->a")
             };
-            if u.seq > slot.0 .0 {
+            let (held_seq, held_total) = (slot.0 .0, slot.1 .0);
+            if (u.cumulative.0, u.seq) > (held_total, held_seq) {
                 *slot = (U64(u.seq), U128(u.cumulative.0));
             } else if strict {
                 return Err(ContractError::StaleState {
                     direction: dir,
-                    have: slot.0 .0,
-                    got: u.seq,
+                    have: held_total,
+                    got: u.cumulative.0,
                 });
             }
         }

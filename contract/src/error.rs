@@ -54,15 +54,15 @@ pub enum ContractError {
         /// The decoder's message.
         detail: String,
     },
-    /// A submitted state is not newer than the one held.
-    #[error("stale state for {direction}: have seq {have}, got {got}")]
+    /// A submitted state pays its payee no more than the one held (and is no later).
+    #[error("stale state for {direction}: it pays {got} yoctoNEAR, the state held pays {have}")]
     StaleState {
         /// Which direction.
         direction: &'static str,
-        /// Seq held.
-        have: u64,
-        /// Seq submitted.
-        got: u64,
+        /// What the state held pays the payee (yoctoNEAR, cumulative).
+        have: u128,
+        /// What the submitted state pays.
+        got: u128,
     },
     /// A signed state belongs to another channel or other parties.
     #[error("state does not belong to channel {0}")]

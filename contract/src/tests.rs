@@ -360,18 +360,18 @@ fn adversarial_close_newer_state_wins() {
         2_000,
     )
     .unwrap();
-    // A stale state always loses.
+    // A stale state always loses: an earlier one that pays Bob less.
     assert_eq!(
         c.do_challenge(
             acc("bob"),
             id,
-            vec![update("alice", "bob", id, 8, 5 * NEAR)],
+            vec![update("alice", "bob", id, 8, 3 * NEAR)],
             3_000
         ),
         Err(ContractError::StaleState {
             direction: "a->b",
-            have: 9,
-            got: 8
+            have: 4 * NEAR,
+            got: 3 * NEAR
         })
     );
     // Forged: Bob signs "Alice paid Bob" himself.
@@ -460,6 +460,59 @@ fn adversarial_close_newer_state_wins() {
         ),
         "double finalize"
     );
+}
+
+#[test]
+fn a_payer_cannot_revoke_its_payments() {
+    let mut c = setup(&["alice", "bob"]);
+    let id = open(&mut c, "alice", "bob");
+    // Alice paid Bob 4 NEAR (seq 9). She starts a close with a state she signed after
+    // the fact: the highest seq there is, paying Bob nothing.
+    let revoke = update("alice", "bob", id, u64::MAX, 0);
+    let until = c
+        .do_start_close(acc("alice"), id, vec![revoke.clone()], 1_000)
+        .unwrap();
+    // Bob's real state pays him more, so it wins although its seq is lower.
+    c.do_challenge(
+        acc("bob"),
+        id,
+        vec![update("alice", "bob", id, 9, 4 * NEAR)],
+        2_000,
+    )
+    .unwrap();
+    // Submitting the revocation again changes nothing: it pays Bob less.
+    assert_eq!(
+        c.do_challenge(acc("alice"), id, vec![revoke], 3_000),
+        Err(ContractError::StaleState {
+            direction: "a->b",
+            have: 4 * NEAR,
+            got: 0
+        })
+    );
+    let (_, pa, _, pb) = c.do_finalize_close(id, until).unwrap();
+    assert_eq!((pa, pb), (NEAR, 9 * NEAR), "Bob keeps the 4 NEAR he was paid");
+
+    // The same on a second channel, the revocation submitted after the real state.
+    let id = open(&mut c, "alice", "bob");
+    let until = c
+        .do_start_close(
+            acc("bob"),
+            id,
+            vec![update("alice", "bob", id, 3, 2 * NEAR)],
+            10_000,
+        )
+        .unwrap();
+    assert!(matches!(
+        c.do_challenge(
+            acc("alice"),
+            id,
+            vec![update("alice", "bob", id, u64::MAX, 0)],
+            11_000
+        ),
+        Err(ContractError::StaleState { .. })
+    ));
+    let (_, pa, _, pb) = c.do_finalize_close(id, until).unwrap();
+    assert_eq!((pa, pb), (3 * NEAR, 7 * NEAR));
 }
 
 /// Alice's update paying Bob 5 NEAR on `channel`, signed as the middle one of a batch
