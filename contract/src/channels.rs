@@ -4,7 +4,7 @@ use near_sdk::json_types::{U128, U64};
 use near_sdk::serde_json::json;
 use near_sdk::{env, near, AccountId, NearToken, Promise};
 
-use crate::common::{emit, pair};
+use crate::common::{emit, pair, MAX_LISTED};
 use crate::error::{ok, ContractError, R};
 use crate::state::{Channel, ChannelState, PorContract, PorContractExt, Terms};
 
@@ -90,7 +90,21 @@ impl PorContract {
             });
         }
         let (ia, ib) = (self.node(&ch.a)?.index, self.node(&ch.b)?.index);
-        self.graph_mut().add_edge(ia, ib, id);
+        let g = self.graph_mut();
+        g.add_edge(ia, ib, id);
+        let rejoined = g.rejoin(ia, ib);
+        if !rejoined.is_empty() {
+            let listed: Vec<AccountId> = rejoined
+                .iter()
+                .take(MAX_LISTED)
+                .filter_map(|i| g.node(*i).map(|n| n.account.clone()))
+                .collect();
+            emit(
+                "node_reconnected",
+                json!({"channel": U64(id), "count": rejoined.len(), "accounts": listed,
+                       "truncated": rejoined.len() > MAX_LISTED}),
+            );
+        }
         if let Some(c) = self.channels.get_mut(&id) {
             c.deposit_b = U128(deposit);
             c.state = ChannelState::Open;

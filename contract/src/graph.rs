@@ -87,6 +87,30 @@ impl Graph {
         }
     }
 
+    /// After an edge joined `a` and `b`: if one of them was on the disconnected side of
+    /// an earlier split and the other was not, the component it was in is connected
+    /// again, and its stake counts again. Returns the nodes whose flag was cleared.
+    pub fn rejoin(&mut self, a: u32, b: u32) -> Vec<u32> {
+        let flag = |g: &Graph, i: u32| g.node(i).map(|n| n.disconnected);
+        let from = match (flag(self, a), flag(self, b)) {
+            (Some(true), Some(false)) => a,
+            (Some(false), Some(true)) => b,
+            _ => return Vec::new(),
+        };
+        let mut cleared = Vec::new();
+        let mut queue = VecDeque::from([from]);
+        while let Some(i) = queue.pop_front() {
+            let Some(n) = self.node_mut(i) else { continue };
+            if !n.disconnected {
+                continue;
+            }
+            n.disconnected = false;
+            cleared.push(i);
+            queue.extend(n.edges.iter().map(|(peer, _)| *peer));
+        }
+        cleared
+    }
+
     /// Removes a live edge (both directions). Returns whether it was there.
     pub fn remove_edge(&mut self, a: u32, b: u32, channel: u64) -> bool {
         let mut found = false;

@@ -490,7 +490,11 @@ fn a_payer_cannot_revoke_its_payments() {
         })
     );
     let (_, pa, _, pb) = c.do_finalize_close(id, until).unwrap();
-    assert_eq!((pa, pb), (NEAR, 9 * NEAR), "Bob keeps the 4 NEAR he was paid");
+    assert_eq!(
+        (pa, pb),
+        (NEAR, 9 * NEAR),
+        "Bob keeps the 4 NEAR he was paid"
+    );
 
     // The same on a second channel, the revocation submitted after the real state.
     let id = open(&mut c, "alice", "bob");
@@ -668,6 +672,38 @@ fn partition_slashes_the_lighter_side_and_the_isolated_node_reimburses() {
     for e in ["node_disconnected", "penalty_reimbursed"] {
         assert!(ev.contains(&e.to_string()), "{e}: {ev:?}");
     }
+}
+
+#[test]
+fn a_disconnected_node_that_reconnects_counts_again() {
+    // alice - bob - carol; severing bob-carol disconnects carol (the lighter side).
+    let mut c = setup(&["alice", "bob"]);
+    c.do_register(acc("carol"), 20 * NEAR, hex(key("carol").id()), vec![])
+        .unwrap();
+    open(&mut c, "alice", "bob");
+    let bc = open(&mut c, "bob", "carol");
+    c.do_sever(notice("bob", "carol", bc), 0).unwrap();
+    assert!(c.get_node(acc("carol")).unwrap().disconnected);
+    // Carol opens a new channel with Alice: she is connected again, and says so.
+    let ca = open(&mut c, "carol", "alice");
+    assert!(!c.get_node(acc("carol")).unwrap().disconnected);
+    assert!(events().contains(&"node_reconnected".to_string()));
+    // Her stake counts again. Bob adds 10 NEAR: alone he outweighs Alice, but not
+    // Alice and Carol together, so severing alice-bob disconnects Bob.
+    c.do_add_stake(acc("bob"), 10 * NEAR).unwrap();
+    let ab = c
+        .get_edges(0, 10)
+        .into_iter()
+        .find(|e| e.id.0 != ca)
+        .unwrap()
+        .id
+        .0;
+    let Split::Partitioned { a, b } = c.do_sever(notice("alice", "bob", ab), 1).unwrap() else {
+        panic!("should split")
+    };
+    let bob = c.get_node(acc("bob")).unwrap();
+    assert!(bob.disconnected, "alice + carol outweigh bob: {a:?} {b:?}");
+    assert!(!c.get_node(acc("carol")).unwrap().disconnected);
 }
 
 #[test]
