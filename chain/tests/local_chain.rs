@@ -139,7 +139,8 @@ fn open_pay_close_adversarially_through_the_wasm() {
         )
         .unwrap();
     assert!(start.events().iter().any(|e| e["event"] == "close_started"));
-    // Bob answers with Alice's newer payments; a stale one is refused by the contract.
+    // Bob answers with Alice's newer payments; a stale one (paying Bob less) is
+    // refused by the contract.
     chain
         .call_json(
             &acc("bob"),
@@ -152,7 +153,7 @@ fn open_pay_close_adversarially_through_the_wasm() {
         .call_json(
             &acc("bob"),
             "challenge",
-            json!({"id": id.to_string(), "updates": [update("alice", "bob", id, 4, 4 * NEAR)]}),
+            json!({"id": id.to_string(), "updates": [update("alice", "bob", id, 4, 2 * NEAR)]}),
             0,
         )
         .unwrap_err();
@@ -200,6 +201,47 @@ fn open_pay_close_adversarially_through_the_wasm() {
     assert_eq!(chain.balance(&acc("alice")).unwrap() - a0, 3 * NEAR);
     assert_eq!(chain.balance(&acc("bob")).unwrap() - b0, 7 * NEAR);
     assert!(fin.gas_burnt > 0 && fin.gas_burnt < 300_000_000_000_000);
+}
+
+#[test]
+fn cooperative_close_pays_out_through_the_wasm() {
+    let path = tmp("coop");
+    let mut chain = new_chain(&path);
+    register(&mut chain, "alice", 100 * NEAR);
+    register(&mut chain, "bob", 100 * NEAR);
+    let id = open(&mut chain, "alice", "bob");
+    chain
+        .call_json(
+            &acc("alice"),
+            "propose_close",
+            json!({"id": id.to_string(), "updates": [update("bob", "alice", id, 2, NEAR)]}),
+            0,
+        )
+        .unwrap();
+    let (a0, b0) = (
+        chain.balance(&acc("alice")).unwrap(),
+        chain.balance(&acc("bob")).unwrap(),
+    );
+    let out = chain
+        .call_json(
+            &acc("bob"),
+            "confirm_close",
+            json!({"id": id.to_string(), "updates": [update("alice", "bob", id, 5, 3 * NEAR)]}),
+            0,
+        )
+        .unwrap();
+    // The method returns the payouts (a joint promise cannot be returned on NEAR).
+    assert_eq!(
+        out.json::<serde_json::Value>().unwrap(),
+        json!([(3 * NEAR).to_string(), (7 * NEAR).to_string()])
+    );
+    assert_eq!(
+        out.transfers,
+        vec![(acc("alice"), 3 * NEAR), (acc("bob"), 7 * NEAR)]
+    );
+    assert_eq!(chain.balance(&acc("alice")).unwrap() - a0, 3 * NEAR);
+    assert_eq!(chain.balance(&acc("bob")).unwrap() - b0, 7 * NEAR);
+    assert!(out.events().iter().any(|e| e["event"] == "channel_closed"));
 }
 
 #[test]

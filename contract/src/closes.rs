@@ -3,7 +3,7 @@
 
 use near_sdk::json_types::{Base64VecU8, U128, U64};
 use near_sdk::serde_json::json;
-use near_sdk::{env, near, AccountId, NearToken, Promise};
+use near_sdk::{env, near, AccountId};
 use por_protocol::types::{ChannelUpdate, SignedUpdate};
 use por_protocol::wire;
 
@@ -266,13 +266,12 @@ impl PorContract {
         ok(self.do_propose_close(env::predecessor_account_id(), id.0, updates));
     }
 
-    /// Confirms a cooperative close: paid out at once.
-    pub fn confirm_close(&mut self, id: U64, updates: Vec<Base64VecU8>) -> Promise {
+    /// Confirms a cooperative close: paid out at once. Returns the payouts `[a, b]`
+    /// (two transfers are scheduled; NEAR does not allow returning a joint promise).
+    pub fn confirm_close(&mut self, id: U64, updates: Vec<Base64VecU8>) -> [U128; 2] {
         let (a, pa, b, pb) =
             ok(self.do_confirm_close(env::predecessor_account_id(), id.0, updates));
-        Promise::new(a)
-            .transfer(NearToken::from_yoctonear(pa))
-            .and(Promise::new(b).transfer(NearToken::from_yoctonear(pb)))
+        pay_out(a, pa, b, pb)
     }
 
     /// Starts an adversarial close with the caller's latest signed states.
