@@ -107,6 +107,17 @@ fn amount(v: &Value) -> u128 {
     v.as_str().unwrap().parse().unwrap()
 }
 
+/// Whether none of these nodes has a request in flight.
+async fn s_in_flight_zero(procs: &[Proc]) -> bool {
+    for p in procs {
+        match control(p, json!({"op": "status"})).await {
+            Ok(s) if s["in_flight"] == 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// One at a time: each run is five processes on two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -354,6 +365,77 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     assert_eq!(answer["kind"], "response", "{answer}");
     assert_eq!(answer["body"], "over the CLI");
     assert_eq!(answer["hops"], 3);
+
+    // A cooperative close through the command line: the client proposes with the states
+    // it holds, relay1 confirms with the ones it holds (`--confirm`), and the contract
+    // pays both out at once, by the states: what each was paid less what it paid.
+    let mut ends = Vec::new();
+    for _ in 0..100 {
+        ends.clear();
+        for p in &procs[..2] {
+            let s = control(p, json!({"op": "status"})).await.unwrap();
+            let peer = if ends.is_empty() {
+                &procs[1]
+            } else {
+                &procs[0]
+            };
+            let c = s["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["peer"] == peer.ready["id"])
+                .unwrap()
+                .clone();
+            ends.push(c);
+        }
+        if ends.iter().all(|c| c["unacked"] == "0") && s_in_flight_zero(&procs[..2]).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (client_end, relay_end) = (&ends[0], &ends[1]);
+    assert_eq!(amount(&client_end["paid"]), amount(&relay_end["received"]));
+    let id = client_end["id"].as_u64().unwrap().to_string();
+    let close = |name: &str, p: &Proc, extra: &[&str]| {
+        let conf = dir.join(format!("{name}/por.toml"));
+        let out = Command::new(env!("CARGO_BIN_EXE_por"))
+            .args(["channel", "close", "--id", &id])
+            .args(extra)
+            .args([
+                "--config",
+                conf.to_str().unwrap(),
+                "--chain",
+                "served",
+                "--chain-addr",
+                &chain_addr,
+                "--control",
+                p.ready["control"].as_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "close {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let proposed = close("client", &procs[0], &[]);
+    assert_eq!(proposed["close_proposed"].to_string(), id, "{proposed}");
+    let closed = close("relay1", &procs[1], &["--confirm"]);
+    let want_client = NEAR + amount(&client_end["received"]) - amount(&client_end["paid"]);
+    let want_relay = NEAR + amount(&relay_end["received"]) - amount(&relay_end["paid"]);
+    assert_eq!(amount(&closed["paid_a"]), want_client, "{closed}");
+    assert_eq!(amount(&closed["paid_b"]), want_relay, "{closed}");
+    let on_chain = RemoteClient::new(addr, "client.local")
+        .channels_of("client.local")
+        .await
+        .unwrap();
+    let rec = on_chain
+        .iter()
+        .find(|c| c["id"].to_string().trim_matches('"') == id)
+        .unwrap();
+    assert_eq!(rec["state"], "Closed", "{rec}");
     drop(procs);
     drop(chain);
     let _ = std::fs::remove_dir_all(&dir);
