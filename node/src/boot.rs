@@ -118,7 +118,6 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
     let chain_task = tokio::spawn(
         crate::follower::follow_chain(
             chain.clone(),
-            db.clone(),
             cursor,
             b.chain_poll,
             chain_ev_tx,
@@ -146,6 +145,7 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         writes: writes_tx,
         actions: action_tx,
         chain_events_seen: 0,
+        cursor_due: None,
         shutting_down: None,
         grace: b.shutdown_grace,
         address: address.clone(),

@@ -36,6 +36,8 @@ const PENDING: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("pending
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The generation of the write-ahead log whose records are not yet in the tables.
 const WAL_GENERATION: &str = "wal_generation";
+/// The meta key of the chain height the node has followed to (see `follower.rs`).
+pub(crate) const CHAIN_CURSOR: &str = "chain_cursor";
 
 /// Checkpoint once the log holds this many bytes (about a second of a busy relay's
 /// commits; replaying it on start takes milliseconds).

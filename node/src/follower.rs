@@ -9,10 +9,19 @@ use por_protocol::engine::{ChainAction, ChainEvent};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::db::NodeDb;
+use crate::db::{NodeDb, CHAIN_CURSOR as CURSOR};
 use crate::NodeError;
 
-const CURSOR: &str = "chain_cursor";
+/// What the follower hands the pump.
+#[derive(Debug)]
+pub(crate) enum ChainInput {
+    /// An event for the engine.
+    Event(ChainEvent),
+    /// Every event up to this height has been handed over. The pump passes it to the
+    /// persister with the writes those events caused, and the persister stores it as
+    /// the cursor only once they are durable: the cursor never runs ahead of the state.
+    Through(u64),
+}
 
 /// Where to follow the chain from: the stored cursor after a restart (so severances
 /// that happened while we were down are replayed), else the chain's head.
@@ -34,14 +43,14 @@ pub(crate) async fn start_cursor(
 }
 
 /// Follows the chain: new edges and stakes become engine events (after a fresh
-/// snapshot), severances become [`ChainEvent::EdgeSevered`] with their notices; and
-/// the engine's chain actions are submitted.
+/// snapshot), severances become [`ChainEvent::EdgeSevered`] with their notices, each
+/// page ends with [`ChainInput::Through`]; and the engine's chain actions are
+/// submitted. It never stores the cursor itself (see [`ChainInput::Through`]).
 pub(crate) async fn follow_chain(
     chain: Arc<AnyChain>,
-    db: Arc<Mutex<NodeDb>>,
     mut cursor: u64,
     every: Duration,
-    events: mpsc::Sender<ChainEvent>,
+    events: mpsc::Sender<ChainInput>,
     mut actions: mpsc::UnboundedReceiver<ChainAction>,
     addresses: Arc<std::sync::RwLock<std::collections::HashMap<por_protocol::NodeId, Vec<String>>>>,
 ) {
@@ -57,8 +66,8 @@ pub(crate) async fn follow_chain(
                 match poll(&chain, cursor, &events, &addresses).await {
                     Ok(through) if through != cursor => {
                         cursor = through;
-                        if let Err(e) = db.lock().map_err(|_| NodeError::Stopped).and_then(|d| d.set_meta(CURSOR, cursor)) {
-                            warn!("cannot store the chain cursor: {e}");
+                        if events.send(ChainInput::Through(through)).await.is_err() {
+                            return;
                         }
                     }
                     Ok(_) => {}
@@ -72,7 +81,7 @@ pub(crate) async fn follow_chain(
 async fn poll(
     chain: &AnyChain,
     cursor: u64,
-    events: &mpsc::Sender<ChainEvent>,
+    events: &mpsc::Sender<ChainInput>,
     addresses: &std::sync::RwLock<std::collections::HashMap<por_protocol::NodeId, Vec<String>>>,
 ) -> Result<u64, NodeError> {
     let page = chain.events_since(cursor).await?;
@@ -80,7 +89,9 @@ async fn poll(
     for (height, event) in &page.events {
         debug!(height, event = %event["event"], "chain event");
         if let Some(notice) = por_chain::json::sever_notice_of(event) {
-            let _ = events.send(ChainEvent::EdgeSevered(notice)).await;
+            let _ = events
+                .send(ChainInput::Event(ChainEvent::EdgeSevered(notice)))
+                .await;
         } else {
             resnapshot = true;
         }
@@ -94,14 +105,16 @@ async fn poll(
         }
         for n in &snap.nodes {
             let _ = events
-                .send(ChainEvent::Stake {
+                .send(ChainInput::Event(ChainEvent::Stake {
                     node: n.key,
                     stake: n.stake,
-                })
+                }))
                 .await;
         }
         for e in snap.edges {
-            let _ = events.send(ChainEvent::EdgeOpened(e)).await;
+            let _ = events
+                .send(ChainInput::Event(ChainEvent::EdgeOpened(e)))
+                .await;
         }
     }
     Ok(page.through)

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use por_protocol::engine::{ChainAction, ChainEvent, Event, WriteBatch};
+use por_protocol::engine::{ChainAction, Event};
 use por_protocol::types::SeverReason;
 use por_protocol::{messages, Engine, Time};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::client::Client;
+use crate::follower::ChainInput;
 use crate::links::{LinkEvent, Links};
 use crate::metrics::Metrics;
+use crate::persister::Persist;
 use crate::sdk::{Command, ErasedHandler, IncomingRequest, NodeEvent};
 use crate::{now, NodeError};
 
@@ -31,7 +33,9 @@ pub(crate) struct Pump {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) writes: mpsc::UnboundedSender<WriteBatch>,
+    pub(crate) writes: mpsc::UnboundedSender<Persist>,
+    /// How far the chain has been followed, to store with the next writes.
+    pub(crate) cursor_due: Option<u64>,
     pub(crate) actions: mpsc::UnboundedSender<ChainAction>,
     pub(crate) chain_events_seen: u64,
     /// Set once a shutdown began: when to give up waiting, and whom to tell.
@@ -54,7 +58,7 @@ impl Pump {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut links: mpsc::Receiver<LinkEvent>,
-        mut chain_events: mpsc::Receiver<ChainEvent>,
+        mut chain_events: mpsc::Receiver<ChainInput>,
         mut durable: mpsc::UnboundedReceiver<Result<u64, NodeError>>,
     ) -> Result<(), NodeError> {
         self.links.update_neighbours(&self.engine);
@@ -78,11 +82,14 @@ impl Pump {
                     self.engine.writes_durable(up_to);
                 }
                 Some(ev) = links.recv() => self.on_link(ev),
-                Some(ev) = chain_events.recv() => {
-                    self.chain_events_seen += 1;
-                    self.engine.handle_chain_event(ev, now());
-                    self.links.update_neighbours(&self.engine);
-                }
+                Some(input) = chain_events.recv() => match input {
+                    ChainInput::Event(ev) => {
+                        self.chain_events_seen += 1;
+                        self.engine.handle_chain_event(ev, now());
+                        self.links.update_neighbours(&self.engine);
+                    }
+                    ChainInput::Through(height) => self.cursor_due = Some(height),
+                },
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 () = sleep_until(next) => self.on_timer(),
             }
@@ -251,9 +258,16 @@ impl Pump {
 
     /// Drains every engine output.
     fn drain(&mut self) -> Result<(), NodeError> {
-        if let Some(batch) = self.engine.poll_writes() {
-            self.metrics.writes.add(batch.writes.len() as u64);
-            self.writes.send(batch).map_err(|_| NodeError::Stopped)?;
+        let batch = self.engine.poll_writes();
+        if let Some(b) = &batch {
+            self.metrics.writes.add(b.writes.len() as u64);
+        }
+        // The cursor goes with (after) the writes of the events it covers.
+        let cursor = self.cursor_due.take();
+        if batch.is_some() || cursor.is_some() {
+            self.writes
+                .send(Persist { batch, cursor })
+                .map_err(|_| NodeError::Stopped)?;
         }
         while let Some(tx) = self.engine.poll_transmit() {
             match messages::encode_frame(&tx.message) {
