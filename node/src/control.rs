@@ -1,7 +1,16 @@
 //! The control endpoint of a running node (loopback, JSON lines): what `por status`,
 //! `por request`, `por quote`, `por channel close` and `por node stop` talk to.
+//!
+//! Loopback is not a credential: any local process, and a browser page posting to
+//! `127.0.0.1`, can reach it. So every request carries the node's control token,
+//! which the node writes at start to `control.token` in its data directory, readable
+//! by its owner only (mode 0600). A line that is not a JSON object ends the
+//! connection at once with no answer (a browser's cross-protocol POST gets nothing);
+//! a request without the right token is answered `unauthorized` and the connection
+//! ends.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use futures::{SinkExt, StreamExt};
 use por_chain::Chain;
@@ -15,8 +24,63 @@ use crate::NodeError;
 
 const MAX_LINE: usize = 4 << 20;
 
-/// Serves the control endpoint on `addr` (must be loopback: it needs no credentials).
-pub async fn serve(addr: &str, node: NodeHandle) -> Result<SocketAddr, NodeError> {
+/// The control token's file name in a node's data directory.
+pub const TOKEN_FILE: &str = "control.token";
+
+/// Writes a fresh control token to `data_dir/control.token` (mode 0600, replacing any
+/// older one atomically) and returns it.
+pub fn write_token(data_dir: &Path) -> Result<String, NodeError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = data_dir.join(TOKEN_FILE);
+    let tmp = data_dir.join(format!("{TOKEN_FILE}.tmp"));
+    let file_err = |p: &Path, e: std::io::Error| NodeError::File {
+        path: p.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| file_err(&tmp, e))?;
+    f.write_all(token.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| file_err(&path, e))?;
+    Ok(token)
+}
+
+/// Reads a node's control token from its file.
+pub fn read_token(path: &Path) -> Result<String, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| NodeError::File {
+        path: path.to_path_buf(),
+        detail: format!("cannot read the node's control token: {e}"),
+    })?;
+    Ok(text.trim().to_string())
+}
+
+/// Where a node with this data directory keeps its control token.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(TOKEN_FILE)
+}
+
+/// Compares two tokens in time independent of where they differ.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Serves the control endpoint on `addr` (must be loopback), answering requests that
+/// carry `token` (see [`write_token`]).
+pub async fn serve(addr: &str, node: NodeHandle, token: String) -> Result<SocketAddr, NodeError> {
     let bad = |detail: String| NodeError::Config {
         source_name: "settings".into(),
         key: "control".into(),
@@ -30,13 +94,24 @@ pub async fn serve(addr: &str, node: NodeHandle) -> Result<SocketAddr, NodeError
         .await
         .map_err(|e| bad(format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| bad(e.to_string()))?;
+    let token = std::sync::Arc::new(token);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let node = node.clone();
+            let (node, token) = (node.clone(), token.clone());
             tokio::spawn(async move {
                 let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
                 while let Some(Ok(line)) = lines.next().await {
-                    let answer = match answer(&node, &line).await {
+                    // Not a JSON object: not a client of ours. Say nothing, hang up.
+                    let Ok(Value::Object(req)) = serde_json::from_str::<Value>(&line) else {
+                        return;
+                    };
+                    let given = req.get("token").and_then(Value::as_str).unwrap_or("");
+                    if !same_token(given, &token) {
+                        let refusal = json!({ "err": "unauthorized: this request does not carry the node's control token (control.token in its data directory)" });
+                        let _ = lines.send(refusal.to_string()).await;
+                        return;
+                    }
+                    let answer = match answer(&node, &Value::Object(req)).await {
                         Ok(v) => json!({ "ok": v }),
                         Err(e) => json!({ "err": e.to_string() }),
                     };
@@ -78,12 +153,7 @@ fn field<'a>(req: &'a Value, k: &str) -> Result<&'a Value, NodeError> {
     }
 }
 
-async fn answer(node: &NodeHandle, line: &str) -> Result<Value, NodeError> {
-    let req: Value = serde_json::from_str(line).map_err(|e| NodeError::Config {
-        source_name: "control".into(),
-        key: "request".into(),
-        detail: e.to_string(),
-    })?;
+async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
     let text = |k: &str| -> Result<String, NodeError> {
         Ok(field(&req, k)?.as_str().unwrap_or_default().to_string())
     };
@@ -211,7 +281,10 @@ pub fn outcome_json(o: &Outcome) -> Value {
 }
 
 /// Sends one control request to the node at `addr` and returns its answer.
-pub async fn call(addr: &str, request: Value) -> Result<Value, NodeError> {
+pub async fn call(addr: &str, token: &str, mut request: Value) -> Result<Value, NodeError> {
+    if let Value::Object(m) = &mut request {
+        m.insert("token".into(), Value::String(token.to_string()));
+    }
     let unreachable = |e: String| NodeError::Config {
         source_name: "control".into(),
         key: "control".into(),

@@ -177,8 +177,24 @@ fn init_then_run_errors_name_what_is_wrong() {
     let out = por(&["node", "run", "--config", conf.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("por.toml") && err.contains("lisen"), "{err}");
-    // No node answering: the endpoint is named.
+    // No control token: the command says where it is found.
     let out = por(&["status", "--control", "127.0.0.1:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--token-file") && err.contains("control.token"),
+        "{err}"
+    );
+    // No node answering: the endpoint is named.
+    let token = dir.join("control.token");
+    std::fs::write(&token, "00").unwrap();
+    let out = por(&[
+        "status",
+        "--control",
+        "127.0.0.1:1",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("127.0.0.1:1"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);

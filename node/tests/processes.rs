@@ -84,8 +84,13 @@ fn node(dir: &Path, name: &str, chain: &str, transport: &str) -> Proc {
     )
 }
 
+/// The node's control token, from the file its ready line names.
+fn token(p: &Proc) -> String {
+    por_node::control::read_token(Path::new(p.ready["token_file"].as_str().unwrap())).unwrap()
+}
+
 async fn control(p: &Proc, req: Value) -> Result<Value, String> {
-    por_node::control::call(p.ready["control"].as_str().unwrap(), req)
+    por_node::control::call(p.ready["control"].as_str().unwrap(), &token(p), req)
         .await
         .map_err(|e| e.to_string())
 }
@@ -105,6 +110,36 @@ async fn wait_connected(p: &Proc, n: usize) {
 
 fn amount(v: &Value) -> u128 {
     v.as_str().unwrap().parse().unwrap()
+}
+
+/// The control endpoint answers nobody without the node's token, and a line that is
+/// not JSON (a browser's cross-protocol POST) gets nothing at all.
+async fn control_endpoint_trusts_only_its_token(p: &Proc) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = p.ready["control"].as_str().unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n\r\n{\"op\":\"shutdown\"}\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "answered a non-JSON line: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    for wrong in ["", "00"] {
+        let err = por_node::control::call(addr, wrong, json!({"op": "shutdown"}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("unauthorized"), "{err}");
+    }
+    // Still running, and answering its owner.
+    control(p, json!({"op": "status"})).await.unwrap();
 }
 
 /// Whether none of these nodes has a request in flight.
@@ -198,6 +233,7 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     for (i, p) in procs.iter().enumerate() {
         wait_connected(p, if i == 0 || i == 3 { 1 } else { 2 }).await;
     }
+    control_endpoint_trusts_only_its_token(&procs[0]).await;
     let server = procs[3].ready["id"].as_str().unwrap().to_string();
     // The client learns the far edges from the chain shortly after they open.
     let mut quote = Value::Null;
@@ -218,6 +254,7 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
 
     // Load: four workers sending requests back to back through the control endpoint.
     let client_control = procs[0].ready["control"].as_str().unwrap().to_string();
+    let client_token = token(&procs[0]);
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, responses, other) = (
         Arc::new(AtomicU64::new(0)),
@@ -227,11 +264,13 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     let mut workers = Vec::new();
     for _ in 0..4 {
         let (c, s, stop) = (client_control.clone(), server.clone(), stop.clone());
+        let t = client_token.clone();
         let (sent, responses, other) = (sent.clone(), responses.clone(), other.clone());
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 let r = por_node::control::call(
                     &c,
+                    &t,
                     json!({"op": "request", "server": s, "body": "ping", "late_fee_rate": "1"}),
                 )
                 .await;
@@ -350,6 +389,8 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
             "request",
             "--control",
             &client_control,
+            "--token-file",
+            procs[0].ready["token_file"].as_str().unwrap(),
             "--server",
             "server.local",
             "over the CLI",

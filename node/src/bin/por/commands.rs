@@ -9,7 +9,7 @@ use por_protocol::types::{ChannelId, EdgeTerms, SignedUpdate};
 use por_protocol::{wire, Amount};
 use serde_json::{json, Value};
 
-use crate::{ChainArgs, ChainCommand, ChannelCommand};
+use crate::{ChainArgs, ChainCommand, ChannelCommand, ControlArgs};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -72,7 +72,9 @@ pub(crate) async fn node_run(file: Option<&Path>, flags: &Settings) -> Result<()
         b = b.register(s);
     }
     let node = b.start().await?;
-    let control = por_node::control::serve(&cfg.control, node.clone()).await?;
+    let token = por_node::control::write_token(&cfg.data_dir)?;
+    let control = por_node::control::serve(&cfg.control, node.clone(), token).await?;
+    let token_file = por_node::control::token_path(&cfg.data_dir);
     tracing::info!(
         id = %por_node::key_hex(&node.id()),
         address = node.address(),
@@ -83,7 +85,8 @@ pub(crate) async fn node_run(file: Option<&Path>, flags: &Settings) -> Result<()
     println!(
         "{}",
         json!({"event": "ready", "id": por_node::key_hex(&node.id()), "address": node.address(),
-               "control": control.to_string(), "metrics": node.metrics_address()})
+               "control": control.to_string(), "token_file": token_file,
+               "metrics": node.metrics_address()})
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -96,9 +99,34 @@ pub(crate) async fn node_run(file: Option<&Path>, flags: &Settings) -> Result<()
     Ok(())
 }
 
+/// The control endpoint and token that `args` name.
+fn control_of(args: &ControlArgs) -> Result<(String, String)> {
+    let file = match &args.node_config {
+        Some(path) => Some(Settings::from_file(path)?),
+        None => None,
+    };
+    let addr = args
+        .control
+        .clone()
+        .or_else(|| file.as_ref().and_then(|s| s.control.clone()))
+        .unwrap_or_else(|| "127.0.0.1:7100".into());
+    let token_file = match (&args.token_file, &file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(s)) => por_node::control::token_path(
+            &s.data_dir.clone().unwrap_or_else(|| PathBuf::from("data")),
+        ),
+        (None, None) => bail!(
+            "the node's control token: give --token-file (control.token in the node's data \
+             directory) or --config (the node's por.toml)"
+        ),
+    };
+    Ok((addr, por_node::control::read_token(&token_file)?))
+}
+
 /// Sends one control request and prints the answer.
-pub(crate) async fn control(addr: &str, request: Value) -> Result<()> {
-    let v = por_node::control::call(addr, request).await?;
+pub(crate) async fn control(args: &ControlArgs, request: Value) -> Result<()> {
+    let (addr, token) = control_of(args)?;
+    let v = por_node::control::call(&addr, &token, request).await?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
@@ -126,8 +154,8 @@ fn terms(
     })
 }
 
-async fn held_states(control: &str, id: u64) -> Result<Vec<SignedUpdate>> {
-    let v = por_node::control::call(control, json!({"op": "close_states", "channel": id}))
+async fn held_states(control: &str, token: &str, id: u64) -> Result<Vec<SignedUpdate>> {
+    let v = por_node::control::call(control, token, json!({"op": "close_states", "channel": id}))
         .await
         .context("asking the running node for the states it holds")?;
     let mut out = Vec::new();
@@ -189,9 +217,10 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
             confirm,
             finalize,
         } => {
-            let control = settings(chain.config.as_deref(), &chain.settings)?
-                .resolve()?
-                .control;
+            let cfg = settings(chain.config.as_deref(), &chain.settings)?.resolve()?;
+            let control = cfg.control.clone();
+            let token =
+                por_node::control::read_token(&por_node::control::token_path(&cfg.data_dir))?;
             let c = chain_of(&chain).await?;
             let ch = ChannelId(id);
             if finalize {
@@ -202,7 +231,7 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
                 );
                 return Ok(());
             }
-            let states = held_states(&control, id).await?;
+            let states = held_states(&control, &token, id).await?;
             if force {
                 let until = c.start_close(ch, &states).await?;
                 println!(

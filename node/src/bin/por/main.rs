@@ -70,9 +70,8 @@ enum Command {
     },
     /// Send a request through a running node and print its outcome as JSON.
     Request {
-        /// The node's control endpoint.
-        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
-        control: String,
+        #[command(flatten)]
+        control: ControlArgs,
         /// The server: node key (64 hex digits) or NEAR account.
         #[arg(long)]
         server: String,
@@ -87,9 +86,8 @@ enum Command {
     },
     /// Price routes to a server through a running node.
     Quote {
-        /// The node's control endpoint.
-        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
-        control: String,
+        #[command(flatten)]
+        control: ControlArgs,
         /// The server: node key or NEAR account.
         #[arg(long)]
         server: String,
@@ -102,9 +100,8 @@ enum Command {
     },
     /// A running node's channels, balances and requests in flight.
     Status {
-        /// The node's control endpoint.
-        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
-        control: String,
+        #[command(flatten)]
+        control: ControlArgs,
     },
     /// Open, confirm, cancel, close or list channels on chain.
     Channel {
@@ -168,10 +165,27 @@ enum NodeCommand {
     },
     /// Ask a running node to shut down gracefully.
     Stop {
-        /// The node's control endpoint.
-        #[arg(long, env = "POR_CONTROL", default_value = "127.0.0.1:7100")]
-        control: String,
+        #[command(flatten)]
+        control: ControlArgs,
     },
+}
+
+/// How commands reach a running node's control endpoint: its address and its control
+/// token, given directly or found through the node's config file.
+#[derive(clap::Args, Debug)]
+struct ControlArgs {
+    /// The node's config file: its `control` address and, in its `data_dir`, the
+    /// control token.
+    #[arg(long = "config", env = "POR_CONFIG")]
+    node_config: Option<PathBuf>,
+    /// The node's control endpoint (default: the config's `control`, else
+    /// 127.0.0.1:7100).
+    #[arg(long, env = "POR_CONTROL")]
+    control: Option<String>,
+    /// The file holding the node's control token (`control.token` in its data
+    /// directory, written by the node at start, mode 0600).
+    #[arg(long, env = "POR_CONTROL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 }
 
 /// How channel and topology commands reach the chain: a node's config file, with
