@@ -155,9 +155,9 @@ fn field<'a>(req: &'a Value, k: &str) -> Result<&'a Value, NodeError> {
 
 async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
     let text = |k: &str| -> Result<String, NodeError> {
-        Ok(field(&req, k)?.as_str().unwrap_or_default().to_string())
+        Ok(field(req, k)?.as_str().unwrap_or_default().to_string())
     };
-    match field(&req, "op")?.as_str().unwrap_or_default() {
+    match field(req, "op")?.as_str().unwrap_or_default() {
         "status" => Ok(status_json(&node.status().await?)),
         "quote" => {
             let server = resolve(node, &text("server")?).await?;
