@@ -31,14 +31,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// NEP-297 events by (block height, index in block), as JSON.
 const EVENTS: TableDefinition<(u64, u32), &str> = TableDefinition::new("events");
 
-/// The NEAR protocol version whose runtime configuration (gas costs, limits, wasm
-/// features) the local chain applies.
-pub const PROTOCOL_VERSION: u32 = 88;
-
-/// The oldest protocol version whose wasm rules the contract must satisfy (bulk
-/// memory, reference types and the other features recent Rust emits are accepted
-/// from protocol 84 on).
-pub const MIN_PROTOCOL_VERSION: u32 = 84;
+/// The oldest NEAR protocol version the contract claims to run on (docs/contract.md),
+/// and the one whose runtime configuration the local chain applies: gas costs, limits,
+/// wasm features and the host functions a contract may import. So the embedded chain
+/// refuses whatever that protocol would refuse; a contract importing a host function
+/// added later (gas keys arrive in 85, universal accounts in 88) cannot be deployed
+/// on it. Later protocols run the contract unchanged.
+pub const PROTOCOL_VERSION: u32 = 84;
 
 /// Gas attached to calls by default: 300 Tgas, NEAR's per-transaction maximum.
 pub const DEFAULT_GAS: u64 = 300_000_000_000_000;
@@ -149,6 +148,18 @@ impl LocalChain {
         contract: &str,
         clock: Clock,
     ) -> Result<LocalChain, ChainError> {
+        Self::open_at(path, wasm, contract, clock, PROTOCOL_VERSION)
+    }
+
+    /// As [`LocalChain::open`], applying the runtime configuration of another NEAR
+    /// protocol version (to see what it would accept).
+    pub fn open_at(
+        path: &Path,
+        wasm: &[u8],
+        contract: &str,
+        clock: Clock,
+        protocol_version: u32,
+    ) -> Result<LocalChain, ChainError> {
         let db = Database::create(path).map_err(db_err)?;
         let mut state = HashMap::new();
         let mut accounts = BTreeMap::new();
@@ -194,7 +205,7 @@ impl LocalChain {
             now_ns = now_ns.max(start);
         }
         let store = RuntimeConfigStore::new(None);
-        let config = store.get_config(PROTOCOL_VERSION).clone();
+        let config = store.get_config(protocol_version).clone();
         let contract_id = account(contract)?;
         accounts.entry(contract.to_string()).or_insert(0);
         Ok(LocalChain {

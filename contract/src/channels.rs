@@ -2,9 +2,9 @@
 
 use near_sdk::json_types::{U128, U64};
 use near_sdk::serde_json::json;
-use near_sdk::{env, near, AccountId, NearToken, Promise};
+use near_sdk::{env, near, AccountId};
 
-use crate::common::{emit, pair, MAX_LISTED};
+use crate::common::{emit, pair, transfer, MAX_LISTED};
 use crate::error::{ok, ContractError, R};
 use crate::state::{Channel, ChannelState, PorContract, PorContractExt, Terms};
 
@@ -180,9 +180,10 @@ impl PorContract {
         ok(self.do_confirm(env::predecessor_account_id(), dep, id.0));
     }
 
-    /// Cancels a proposal; the proposer's deposit is returned.
-    pub fn cancel_channel(&mut self, id: U64) -> Promise {
+    /// Cancels a proposal; the proposer's deposit is returned. Returns the refund.
+    pub fn cancel_channel(&mut self, id: U64) -> U128 {
         let (a, refund) = ok(self.do_cancel(env::predecessor_account_id(), id.0));
-        Promise::new(a).transfer(NearToken::from_yoctonear(refund))
+        transfer(&a, refund);
+        U128(refund)
     }
 }

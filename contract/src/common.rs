@@ -3,21 +3,29 @@
 
 use near_sdk::json_types::U128;
 use near_sdk::serde_json::{self, json};
-use near_sdk::{env, AccountId, NearToken, Promise};
+use near_sdk::{env, AccountId, NearToken};
 use por_protocol::crypto::Signable;
 
 use crate::error::{ContractError, R};
 
+/// Schedules a transfer of `amount` yoctoNEAR to `to` (nothing for zero).
+///
+/// Through the two host functions a transfer needs, not near-sdk's `Promise`: a
+/// `Promise` links every action NEAR has, and with them host functions that older
+/// protocols lack (gas keys, universal accounts), so a wasm using it cannot even be
+/// deployed there. `chain/tests/wasm_build.rs` checks the import list.
+pub(crate) fn transfer(to: &AccountId, amount: u128) {
+    if amount > 0 {
+        let promise = env::promise_batch_create(to);
+        env::promise_batch_action_transfer(promise, NearToken::from_yoctonear(amount));
+    }
+}
+
 /// Sends both sides their payout. Two independent transfers: NEAR does not allow a
 /// method to return a joint promise, so they are scheduled and the amounts returned.
 pub(crate) fn pay_out(a: AccountId, pa: u128, b: AccountId, pb: u128) -> [U128; 2] {
-    for (to, amount) in [(a, pa), (b, pb)] {
-        if amount > 0 {
-            Promise::new(to)
-                .transfer(NearToken::from_yoctonear(amount))
-                .detach();
-        }
-    }
+    transfer(&a, pa);
+    transfer(&b, pb);
     [U128(pa), U128(pb)]
 }
 

@@ -2,9 +2,9 @@
 
 use near_sdk::json_types::{U128, U64};
 use near_sdk::serde_json::json;
-use near_sdk::{env, near, AccountId, NearToken, Promise};
+use near_sdk::{env, near, AccountId};
 
-use crate::common::{check_addresses, emit, hex32, to_hex};
+use crate::common::{check_addresses, emit, hex32, to_hex, transfer};
 use crate::error::{add, ok, sub, ContractError, R};
 use crate::state::{Node, PorContract, PorContractExt};
 
@@ -160,11 +160,12 @@ impl PorContract {
         ));
     }
 
-    /// Withdraws unbonded stake.
-    pub fn withdraw(&mut self) -> Promise {
+    /// Withdraws unbonded stake. Returns the amount sent.
+    pub fn withdraw(&mut self) -> U128 {
         let caller = env::predecessor_account_id();
         let amount = ok(self.do_withdraw(caller.clone(), env::block_timestamp()));
-        Promise::new(caller).transfer(NearToken::from_yoctonear(amount))
+        transfer(&caller, amount);
+        U128(amount)
     }
 
     /// Replaces the caller's network addresses.
