@@ -1,6 +1,17 @@
-//! Tells the tests whether a NEAR sandbox binary is available: the near-workspaces
-//! integration tests run only then, and are reported as ignored (never as passed)
-//! otherwise.
+//! Two things for por-chain:
+//! - builds the contract wasm, the way cargo-near builds it (`--cfg near -C
+//!   link-arg=-s`, profile `contract`), so that every binary carries the exact bytes its
+//!   embedded chain runs (`por_chain::wasm::CONTRACT`), and a `por` binary copied to
+//!   another machine needs no source tree;
+//! - tells the tests whether a NEAR sandbox binary is available: the near-workspaces
+//!   integration tests run only then, and are reported as ignored (never as passed)
+//!   otherwise.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=NEAR_SANDBOX_BIN_PATH");
@@ -8,4 +19,66 @@ fn main() {
     if std::env::var_os("NEAR_SANDBOX_BIN_PATH").is_some_and(|p| !p.is_empty()) {
         println!("cargo:rustc-cfg=near_sandbox");
     }
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let workspace = manifest.join("..");
+    for p in [
+        "contract/src",
+        "contract/Cargo.toml",
+        "protocol/src",
+        "protocol/Cargo.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(p).display());
+    }
+    // Best effort: a toolchain without rustup may have the target already.
+    let _ = Command::new("rustup")
+        .args(["target", "add", "wasm32-unknown-unknown"])
+        .output();
+    let target_dir = workspace.join("target").join("contract-wasm");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(&workspace)
+        .env("RUSTFLAGS", "--cfg near -C link-arg=-s")
+        // What the outer build set for itself is not for the contract's build.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_PRIMARY_PACKAGE")
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "por-contract",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--profile",
+            "contract",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running cargo to build the contract wasm: {e}"));
+    if !out.status.success() {
+        panic!(
+            "building the contract wasm (rustup target add wasm32-unknown-unknown may be \
+             needed):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let built = target_dir
+        .join("wasm32-unknown-unknown")
+        .join("contract")
+        .join("por_contract.wasm");
+    let bytes =
+        std::fs::read(&built).unwrap_or_else(|e| panic!("reading {}: {e}", built.display()));
+    let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("por_contract.wasm");
+    std::fs::write(&dest, &bytes).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
+    let hash: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("cargo:rustc-env=POR_CONTRACT_SHA256={hash}");
 }

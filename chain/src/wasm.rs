@@ -1,11 +1,20 @@
-//! Building the contract wasm from the workspace, the way cargo-near does
-//! (`--cfg near -C link-arg=-s`, profile `contract`). The embedded chain always runs
-//! what this builds from the current sources: nothing is downloaded or checked in.
+//! The contract wasm. The crate's build script builds it the way cargo-near does
+//! (`--cfg near -C link-arg=-s`, profile `contract`) and the bytes are carried in the
+//! binary: [`CONTRACT`] is what the embedded chain runs and `por contract deploy`
+//! deploys, and [`CONTRACT_SHA256`] (printed by `por --version`) names it. Nothing is
+//! downloaded or checked in. [`build_contract`] builds the same from a source tree at
+//! run time, for tools that want the file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::ChainError;
+
+/// The contract wasm, built with this crate from the sources beside it.
+pub const CONTRACT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/por_contract.wasm"));
+
+/// SHA-256 of [`CONTRACT`], hex.
+pub const CONTRACT_SHA256: &str = env!("POR_CONTRACT_SHA256");
 
 /// Builds `por-contract` for `wasm32-unknown-unknown` (installing the target with
 /// rustup if needed) and returns the path of the wasm.

@@ -333,10 +333,10 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// The chain client this configuration names, signing as `account`.
-    pub fn chain_client(&self, workspace: &Path) -> Result<AnyChain, NodeError> {
+    pub fn chain_client(&self) -> Result<AnyChain, NodeError> {
         Ok(match &self.chain {
             ChainTarget::Embedded(path) => {
-                let chain = open_embedded(path, workspace)?;
+                let chain = open_embedded(path)?;
                 AnyChain::Local(LocalClient::new(chain, &self.account))
             }
             ChainTarget::Served(addr) => AnyChain::Remote(RemoteClient::new(*addr, &self.account)),
@@ -347,17 +347,12 @@ impl NodeConfig {
     }
 }
 
-/// Opens (creating and initialising if new) the embedded chain at `path`, with the
-/// contract built from `workspace`.
+/// Opens (creating and initialising if new) the embedded chain at `path`, running the
+/// contract wasm this binary carries ([`por_chain::wasm::CONTRACT`]).
 pub fn open_embedded(
     path: &Path,
-    workspace: &Path,
 ) -> Result<std::sync::Arc<std::sync::Mutex<por_chain::local::LocalChain>>, NodeError> {
-    let wasm_path = por_chain::wasm::build_contract(workspace)?;
-    let wasm = std::fs::read(&wasm_path).map_err(|e| NodeError::File {
-        path: wasm_path.clone(),
-        detail: e.to_string(),
-    })?;
+    let wasm = por_chain::wasm::CONTRACT;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| NodeError::File {
             path: dir.to_path_buf(),
@@ -366,7 +361,7 @@ pub fn open_embedded(
     }
     let mut chain = por_chain::local::LocalChain::open(
         path,
-        &wasm,
+        wasm,
         "por.local",
         por_chain::local::Clock::Wall,
     )?;

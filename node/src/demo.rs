@@ -39,8 +39,6 @@ pub struct DemoOptions {
     /// Links are shaped to this share of each edge's promised latency (percent): a
     /// real operator promises a little more than the link's latency.
     pub link_percent: u64,
-    /// The workspace, to build the contract wasm from.
-    pub workspace: PathBuf,
 }
 
 impl DemoOptions {
@@ -50,7 +48,6 @@ impl DemoOptions {
             transport,
             dir: std::env::temp_dir().join(format!("por-demo-{}", std::process::id())),
             link_percent: DEFAULT_LINK_PERCENT,
-            workspace: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
         }
     }
 }
@@ -125,19 +122,14 @@ impl Network {
         dir: &Path,
         transport: TransportKind,
         link_percent: u64,
-        workspace: &Path,
     ) -> Result<Network, NodeError> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| NodeError::File {
             path: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
-        let wasm_path = por_chain::wasm::build_contract(workspace)?;
-        let wasm = std::fs::read(&wasm_path).map_err(|e| NodeError::File {
-            path: wasm_path.clone(),
-            detail: e.to_string(),
-        })?;
-        let mut local = LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall)?;
+        let wasm = por_chain::wasm::CONTRACT;
+        let mut local = LocalChain::open(&dir.join("chain.redb"), wasm, "por.local", Clock::Wall)?;
         let mut config = dev_config();
         config["min_deposit"] = "1".into();
         local.ensure_initialised(config)?;
@@ -443,7 +435,6 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, NodeError> {
         &options.dir,
         options.transport,
         options.link_percent,
-        &options.workspace,
     )
     .await?;
     let rate = Amount(1_000);

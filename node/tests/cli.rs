@@ -117,6 +117,20 @@ fn demo_runs_the_paper_network_on_real_sockets() {
 }
 
 #[test]
+fn version_names_the_contract_wasm_the_binary_carries() {
+    let out = por(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(por_chain::wasm::CONTRACT_SHA256),
+        "{text} should name {}",
+        por_chain::wasm::CONTRACT_SHA256
+    );
+    assert_eq!(por_chain::wasm::CONTRACT_SHA256.len(), 64);
+    assert_eq!(&por_chain::wasm::CONTRACT[..4], b"\0asm");
+}
+
+#[test]
 fn every_command_has_help() {
     for args in [
         &["--help"][..],

@@ -3,7 +3,6 @@
 //! the contract wasm. Timings are asserted as windows: this is a real clock.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use por_node::demo::{Network, PAPER_TOPOLOGY};
@@ -17,13 +16,11 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 async fn network(name: &str, transport: TransportKind) -> Network {
     let dir = std::env::temp_dir().join(format!("por-e2e-{}-{name}", std::process::id()));
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     Network::start(
         Scenario::from_toml(PAPER_TOPOLOGY).unwrap(),
         &dir,
         transport,
         85,
-        &workspace,
     )
     .await
     .unwrap()

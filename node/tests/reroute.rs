@@ -3,8 +3,6 @@
 //! the proof back; the client's SDK routes around it and gets the response.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use por_node::demo::Network;
 use por_node::{Outcome, RequestOptions, TransportKind};
 use por_protocol::NodeId;
@@ -78,13 +76,11 @@ deposit_b = 1_000_000_000
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proof_sends_the_client_around_the_severed_edge() {
     let dir = std::env::temp_dir().join(format!("por-reroute-{}", std::process::id()));
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let net = Network::start(
         Scenario::from_toml(TOPOLOGY).unwrap(),
         &dir,
         TransportKind::Tcp,
         90,
-        &workspace,
     )
     .await
     .unwrap();

@@ -11,10 +11,6 @@ use serde_json::{json, Value};
 
 use crate::{ChainArgs, ChainCommand, ChannelCommand, ControlArgs};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn amount(text: &str, what: &str) -> Result<Amount> {
     text.parse()
         .map(Amount)
@@ -54,7 +50,7 @@ fn settings(file: Option<&Path>, flags: &Settings) -> Result<Settings> {
 pub(crate) async fn node_run(file: Option<&Path>, flags: &Settings) -> Result<()> {
     let cfg = settings(file, flags)?.resolve()?;
     let key = config::read_key(&cfg.key_file)?;
-    let chain = cfg.chain_client(&workspace())?;
+    let chain = cfg.chain_client()?;
     let mut b = NodeBuilder::new(key, chain, &cfg.data_dir)
         .listen(&cfg.listen)
         .transport(cfg.transport)
@@ -133,7 +129,7 @@ pub(crate) async fn control(args: &ControlArgs, request: Value) -> Result<()> {
 
 async fn chain_of(args: &ChainArgs) -> Result<por_chain::AnyChain> {
     let cfg = settings(args.config.as_deref(), &args.settings)?.resolve()?;
-    Ok(cfg.chain_client(&workspace())?)
+    Ok(cfg.chain_client()?)
 }
 
 fn terms(
@@ -299,7 +295,7 @@ pub(crate) async fn chain(command: ChainCommand) -> Result<()> {
             if !addr.ip().is_loopback() && !allow_remote {
                 bail!("--listen {listen}: not loopback; a served chain trusts its clients (pass --allow-remote to serve anyway)");
             }
-            let chain = config::open_embedded(&path, &workspace())?;
+            let chain = config::open_embedded(&path)?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;

@@ -15,7 +15,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Proof of Response node and tools.
 #[derive(Parser, Debug)]
-#[command(name = "por", version, about)]
+#[command(name = "por", about)]
 struct Cli {
     /// Log format on stderr. The filter comes from RUST_LOG (e.g. `info`,
     /// `por_node=debug`).
@@ -395,8 +395,24 @@ fn transport_name(t: TransportArg) -> &'static str {
     }
 }
 
+/// `por --version`: the crate version and the hash of the contract wasm this binary
+/// carries (and deploys, and runs on its embedded chain).
+fn version() -> &'static str {
+    let text = format!(
+        "{} (contract wasm sha256 {})",
+        env!("CARGO_PKG_VERSION"),
+        por_chain::wasm::CONTRACT_SHA256
+    );
+    Box::leak(text.into_boxed_str())
+}
+
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().version(version()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. });
     init_logs(cli.log_format, if quiet { "error" } else { "info" });
     match cli.command {
