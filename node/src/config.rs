@@ -359,12 +359,8 @@ pub fn open_embedded(
             detail: e.to_string(),
         })?;
     }
-    let mut chain = por_chain::local::LocalChain::open(
-        path,
-        wasm,
-        "por.local",
-        por_chain::local::Clock::Wall,
-    )?;
+    let mut chain =
+        por_chain::local::LocalChain::open(path, wasm, "por.local", por_chain::local::Clock::Wall)?;
     chain.ensure_initialised(por_chain::local::dev_config())?;
     Ok(std::sync::Arc::new(std::sync::Mutex::new(chain)))
 }
