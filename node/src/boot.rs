@@ -120,6 +120,7 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
             chain.clone(),
             cursor,
             b.chain_poll,
+            b.watch_after,
             chain_ev_tx,
             action_rx,
             links.addresses(),

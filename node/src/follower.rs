@@ -1,11 +1,13 @@
 //! Following the chain: where to start after a restart, the events that become the
 //! engine's chain events, and submitting the engine's chain actions.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use por_chain::{AnyChain, Chain};
 use por_protocol::engine::{ChainAction, ChainEvent};
+use por_protocol::types::{ChannelId, SignedSeverNotice};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -46,49 +48,86 @@ pub(crate) async fn start_cursor(
 /// snapshot), severances become [`ChainEvent::EdgeSevered`] with their notices, each
 /// page ends with [`ChainInput::Through`]; and the engine's chain actions are
 /// submitted. It never stores the cursor itself (see [`ChainInput::Through`]).
+///
+/// A notice someone else signed ([`ChainAction::Watch`]) is submitted only if no
+/// `edge_severed` event for its channel has been seen `watch_after` later: its
+/// severer should have made it final, and a repeat would cost gas for nothing.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn follow_chain(
     chain: Arc<AnyChain>,
     mut cursor: u64,
     every: Duration,
+    watch_after: Duration,
     events: mpsc::Sender<ChainInput>,
     mut actions: mpsc::UnboundedReceiver<ChainAction>,
     addresses: Arc<std::sync::RwLock<std::collections::HashMap<por_protocol::NodeId, Vec<String>>>>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Notices of others, by channel, with when to submit them if still not final.
+    let mut watched: BTreeMap<ChannelId, (tokio::time::Instant, SignedSeverNotice)> =
+        BTreeMap::new();
     loop {
         tokio::select! {
-            Some(action) = actions.recv() => {
-                let chain = chain.clone();
-                tokio::spawn(async move { submit(&chain, action).await });
-            }
+            Some(action) = actions.recv() => match action {
+                ChainAction::Sever(notice) => {
+                    let chain = chain.clone();
+                    tokio::spawn(async move { submit(&chain, notice).await });
+                }
+                ChainAction::Watch(notice) => {
+                    let due = tokio::time::Instant::now() + watch_after;
+                    watched.entry(notice.notice.channel).or_insert((due, notice));
+                }
+            },
             _ = tick.tick() => {
                 match poll(&chain, cursor, &events, &addresses).await {
-                    Ok(through) if through != cursor => {
-                        cursor = through;
-                        if events.send(ChainInput::Through(through)).await.is_err() {
-                            return;
+                    Ok((through, severed)) => {
+                        for channel in severed {
+                            watched.remove(&channel);
+                        }
+                        if through != cursor {
+                            cursor = through;
+                            if events.send(ChainInput::Through(through)).await.is_err() {
+                                return;
+                            }
                         }
                     }
-                    Ok(_) => {}
                     Err(e) => warn!("following the chain: {e}"),
+                }
+                let now = tokio::time::Instant::now();
+                let due: Vec<ChannelId> = watched
+                    .iter()
+                    .filter(|(_, (at, _))| *at <= now)
+                    .map(|(c, _)| *c)
+                    .collect();
+                for channel in due {
+                    if let Some((_, notice)) = watched.remove(&channel) {
+                        warn!(%channel, severer = %notice.notice.severer,
+                              "a peer's severing notice is not final on chain: submitting it");
+                        let chain = chain.clone();
+                        tokio::spawn(async move { submit(&chain, notice).await });
+                    }
                 }
             }
         }
     }
 }
 
+/// One page of events from `cursor`: returns the height it is complete through and the
+/// channels it saw severed.
 async fn poll(
     chain: &AnyChain,
     cursor: u64,
     events: &mpsc::Sender<ChainInput>,
     addresses: &std::sync::RwLock<std::collections::HashMap<por_protocol::NodeId, Vec<String>>>,
-) -> Result<u64, NodeError> {
+) -> Result<(u64, Vec<ChannelId>), NodeError> {
     let page = chain.events_since(cursor).await?;
     let mut resnapshot = false;
+    let mut severed = Vec::new();
     for (height, event) in &page.events {
         debug!(height, event = %event["event"], "chain event");
         if let Some(notice) = por_chain::json::sever_notice_of(event) {
+            severed.push(notice.notice.channel);
             let _ = events
                 .send(ChainInput::Event(ChainEvent::EdgeSevered(notice)))
                 .await;
@@ -117,12 +156,12 @@ async fn poll(
                 .await;
         }
     }
-    Ok(page.through)
+    Ok((page.through, severed))
 }
 
-/// Submits the engine's chain actions.
-async fn submit(chain: &AnyChain, action: ChainAction) {
-    let ChainAction::Sever(notice) = action;
+/// Submits a severing notice, retrying what may be passing (the chain unreachable);
+/// the submitter's account pays the gas.
+async fn submit(chain: &AnyChain, notice: SignedSeverNotice) {
     let mut backoff = Duration::from_millis(200);
     for attempt in 1..=5 {
         match chain.sever(&notice).await {

@@ -279,8 +279,14 @@ impl Pump {
             }
         }
         while let Some(action) = self.engine.poll_chain_action() {
-            let ChainAction::Sever(notice) = &action;
-            info!(channel = %notice.notice.channel, "submitting a severing notice to the chain");
+            match &action {
+                ChainAction::Sever(n) => {
+                    info!(channel = %n.notice.channel, "submitting a severing notice to the chain");
+                }
+                ChainAction::Watch(n) => {
+                    info!(channel = %n.notice.channel, "watching for a peer's severing notice on chain");
+                }
+            }
             let _ = self.actions.send(action);
         }
         while let Some(event) = self.engine.poll_event() {

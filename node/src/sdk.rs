@@ -217,6 +217,7 @@ pub struct NodeBuilder {
     pub(crate) metrics_addr: Option<String>,
     pub(crate) register_stake: Option<Amount>,
     pub(crate) chain_poll: Duration,
+    pub(crate) watch_after: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) commit_interval: Duration,
 }
@@ -238,6 +239,7 @@ impl NodeBuilder {
             metrics_addr: None,
             register_stake: None,
             chain_poll: Duration::from_millis(250),
+            watch_after: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             commit_interval: Duration::from_millis(2),
         }
@@ -296,6 +298,14 @@ impl NodeBuilder {
     /// Register on chain with this stake if not registered yet.
     pub fn register(mut self, stake: Amount) -> Self {
         self.register_stake = Some(stake);
+        self
+    }
+
+    /// How long to wait for a severing notice someone else signed (a peer's, or a
+    /// proof that answered a request) to become final on chain before submitting it
+    /// ourselves, paying the gas (default 10 s).
+    pub fn watch_after(mut self, after: Duration) -> Self {
+        self.watch_after = after;
         self
     }
 

@@ -15,7 +15,7 @@ use por_node::{handler_fn, NodeBuilder, NodeHandle, Outcome, RequestOptions};
 use por_protocol::engine::Event;
 use por_protocol::messages::{self, Message};
 use por_protocol::testing::TestNode;
-use por_protocol::types::{EdgeTerms, Route};
+use por_protocol::types::{EdgeTerms, Route, SeverReason};
 use por_protocol::{Amount, EngineConfig, Keypair, Time};
 use por_transport::tcp::TcpTransport;
 use por_transport::{Connection, Transport, TransportConfig};
@@ -103,6 +103,7 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
         )
         .register(Amount(10 * NEAR))
         .chain_poll(Duration::from_millis(50))
+        .watch_after(Duration::from_millis(300))
         .metrics("127.0.0.1:0")
         .handler(handler_fn(|req| async move { req.body }))
         .start()
@@ -298,6 +299,42 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     assert!(http_get(bob.metrics_address().unwrap(), "/nope")
         .await
         .starts_with("HTTP/1.1 404"));
+
+    // 6. Mallory severs her edge and tells Bob, but never submits her notice: Bob, who
+    // holds it, makes it final on chain himself once it is overdue there.
+    let conn = dial().await;
+    mallory_node.engine.peer_connected(bob.id(), now());
+    mallory_node
+        .engine
+        .sever(to_bob, SeverReason::Operator, now())
+        .unwrap();
+    for t in mallory_node.flush() {
+        let _ = conn
+            .send(0, Bytes::from(messages::encode_frame(&t.message).unwrap()))
+            .await;
+    }
+    let never_submitted = mallory_node.chain_actions();
+    assert_eq!(never_submitted.len(), 1, "{never_submitted:?}");
+    let mut severed = false;
+    for _ in 0..200 {
+        let snap = mallory.snapshot().await.unwrap();
+        if !snap.edges.iter().any(|e| e.id == to_bob) {
+            severed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(severed, "Bob submits the notice Mallory kept to herself");
+    let events = mallory.events_since(0).await.unwrap();
+    let notice = events
+        .events
+        .iter()
+        .find_map(|(_, e)| por_chain::json::sever_notice_of(e))
+        .unwrap();
+    assert_eq!(
+        (notice.notice.channel, notice.notice.severer),
+        (to_bob, mkey.id())
+    );
 
     alice.shutdown().await.unwrap();
     bob.shutdown().await.unwrap();

@@ -18,8 +18,13 @@ pub struct Transmit {
 /// Something for the node's operator or the chain client to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChainAction {
-    /// Submit this severing notice to the contract.
+    /// Submit this severing notice to the contract: we severed the edge.
     Sever(SignedSeverNotice),
+    /// A severing notice someone else signed reached us (from the severer, or as the
+    /// proof that answered a request). Its severer should submit it; if the edge is
+    /// not severed on chain within a bound, submit it ourselves (anyone may), so that
+    /// a node cannot answer with a notice it never makes final and keep the edge open.
+    Watch(SignedSeverNotice),
 }
 
 /// What the chain reports to the engine.

@@ -105,6 +105,7 @@ impl Engine {
                         source,
                     }
                 })?;
+                self.watch(&notice);
                 self.apply_severance(&notice, now, None);
                 Ok(())
             }

@@ -170,8 +170,18 @@ impl Engine {
         if p.down.as_ref().is_some_and(|d| d.resolved.is_some()) {
             return Ok(());
         }
+        self.watch(&notice);
         self.apply_severance(&notice, now, None);
         Ok(())
+    }
+
+    /// A verified notice someone else signed, for an edge not yet severed as far as we
+    /// know: ask for it to be watched on chain (see [`ChainAction::Watch`]).
+    pub(super) fn watch(&mut self, notice: &SignedSeverNotice) {
+        if notice.notice.severer != self.id && !self.topology.is_severed(notice.notice.channel) {
+            self.chain_actions
+                .push_back(ChainAction::Watch(notice.clone()));
+        }
     }
 
     /// A proof is valid for a request when the notice is signed by an endpoint of an

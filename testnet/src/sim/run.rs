@@ -11,6 +11,10 @@ use por_protocol::{messages, ChainAction, ChainEvent, NodeId, Time};
 
 use crate::scenario::FaultSpec;
 
+/// How long a simulated node waits for a severing notice it did not sign to become
+/// final on chain before submitting it itself (the node's default, `NodeBuilder::watch_after`).
+const WATCH_MS: u64 = 10_000;
+
 use super::{Ev, Record, Report, Sim};
 
 impl Sim {
@@ -266,9 +270,16 @@ impl Sim {
             }
             while let Some(action) = self.nodes[i].node.engine.poll_chain_action() {
                 progressed = true;
-                let ChainAction::Sever(notice) = action;
-                let at = now.plus(self.scenario.chain_delay_ms);
-                self.push(at, Ev::ChainSever(Box::new(notice)));
+                // Our own notice goes on chain after the chain's delay; someone else's
+                // only if it is still not final after the watch bound (then it is a
+                // repeat the chain ignores, unless its severer never submitted it).
+                let (notice, delay) = match action {
+                    ChainAction::Sever(n) => (n, self.scenario.chain_delay_ms),
+                    ChainAction::Watch(n) => {
+                        (n, self.scenario.chain_delay_ms.saturating_add(WATCH_MS))
+                    }
+                };
+                self.push(now.plus(delay), Ev::ChainSever(Box::new(notice)));
             }
             if !progressed {
                 break;
