@@ -159,16 +159,29 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     };
     let transport = TcpTransport::new(&mkey, big).unwrap();
     let dial = || async {
-        let mut conn = None;
+        let bob_has_mallory = || async {
+            bob.status()
+                .await
+                .unwrap()
+                .channels
+                .iter()
+                .any(|c| c.peer == mkey.id() && c.connected)
+        };
         for _ in 0..100 {
-            // Bob accepts Mallory once he has seen the channel on chain.
+            // Bob keeps Mallory's connection once he has seen the channel on chain (a
+            // handshake can complete before he has, and he then closes it): wait until
+            // he reports her connected.
             if let Ok(c) = transport.dial(bob.address(), bob.id()).await {
-                conn = Some(c);
-                break;
+                for _ in 0..20 {
+                    if bob_has_mallory().await {
+                        return c;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        conn.unwrap()
+        panic!("Bob never kept a connection from Mallory")
     };
     // Pumps Mallory's engine over `conn` until `done` sees an event it wants.
     async fn pump(
