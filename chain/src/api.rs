@@ -119,6 +119,32 @@ pub trait Chain: Send + Sync + 'static {
         }
     }
 
+    /// Adds `amount` to this node's stake.
+    fn add_stake(&self, amount: Amount) -> impl Future<Output = Result<(), ChainError>> + Send {
+        async move {
+            self.call("add_stake", json!({}), amount.0)
+                .await
+                .map(|_| ())
+        }
+    }
+
+    /// Starts unbonding `amount` of this node's stake.
+    fn unstake(&self, amount: Amount) -> impl Future<Output = Result<(), ChainError>> + Send {
+        async move {
+            self.call("unstake", json!({"amount": amount.0.to_string()}), 0)
+                .await
+                .map(|_| ())
+        }
+    }
+
+    /// Withdraws stake whose unbonding period is over; returns the amount sent.
+    fn withdraw(&self) -> impl Future<Output = Result<Amount, ChainError>> + Send {
+        async move {
+            let v = self.call("withdraw", json!({}), 0).await?;
+            crate::json::amount(&v)
+        }
+    }
+
     /// Proposes an edge to `peer` (an account) with our deposit.
     fn propose_channel(
         &self,

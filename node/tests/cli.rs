@@ -145,6 +145,10 @@ fn every_command_has_help() {
         &["channel", "confirm", "--help"],
         &["channel", "close", "--help"],
         &["channel", "list", "--help"],
+        &["channel", "challenge", "--help"],
+        &["stake", "add", "--help"],
+        &["stake", "unstake", "--help"],
+        &["stake", "withdraw", "--help"],
         &["topology", "--help"],
         &["chain", "serve", "--help"],
     ] {

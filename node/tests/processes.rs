@@ -477,6 +477,83 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         .find(|c| c["id"].to_string().trim_matches('"') == id)
         .unwrap();
     assert_eq!(rec["state"], "Closed", "{rec}");
+
+    // An adversarial close answered from the command line: relay2 starts it with what
+    // it holds (`--force`), the server answers with the states relay2 signed to it
+    // (`por channel challenge`), and the chain keeps what pays the server.
+    let server_end = {
+        let s = control(&procs[3], json!({"op": "status"})).await.unwrap();
+        s["channels"][0].clone()
+    };
+    let id2 = server_end["id"].as_u64().unwrap().to_string();
+    let cli = |name: &str, p: &Proc, args: &[&str]| {
+        let conf = dir.join(format!("{name}/por.toml"));
+        let out = Command::new(env!("CARGO_BIN_EXE_por"))
+            .args(args)
+            .args([
+                "--config",
+                conf.to_str().unwrap(),
+                "--chain",
+                "served",
+                "--chain-addr",
+                &chain_addr,
+                "--control",
+                p.ready["control"].as_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let started = cli(
+        "relay2",
+        &procs[2],
+        &["channel", "close", "--id", &id2, "--force"],
+    );
+    assert!(started["challenge_ends_ns"].is_string(), "{started}");
+    let challenged = cli("server", &procs[3], &["channel", "challenge", "--id", &id2]);
+    assert_eq!(challenged["challenged"].to_string(), id2, "{challenged}");
+    let rec = RemoteClient::new(addr, "server.local")
+        .channels_of("server.local")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c["id"].to_string().trim_matches('"') == id2)
+        .unwrap();
+    assert!(rec["state"]["Closing"].is_object(), "{rec}");
+    // a = relay2 (it proposed the channel): what it paid the server is on chain.
+    assert_eq!(
+        amount(&rec["paid_ab"][1]),
+        amount(&server_end["received"]),
+        "{rec}"
+    );
+
+    // Stake from the command line: added, then part of it unbonding.
+    let before = RemoteClient::new(addr, "client.local")
+        .snapshot()
+        .await
+        .unwrap()
+        .nodes
+        .into_iter()
+        .find(|n| n.account == "client.local")
+        .unwrap()
+        .stake;
+    let added = cli("client", &procs[0], &["stake", "add", "--amount", "1000"]);
+    assert_eq!(added["account"], "client.local", "{added}");
+    let after = RemoteClient::new(addr, "client.local")
+        .snapshot()
+        .await
+        .unwrap()
+        .nodes
+        .into_iter()
+        .find(|n| n.account == "client.local")
+        .unwrap()
+        .stake;
+    assert_eq!(after.0, before.0 + 1000);
     drop(procs);
     drop(chain);
     let _ = std::fs::remove_dir_all(&dir);

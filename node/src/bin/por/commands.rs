@@ -9,7 +9,7 @@ use por_protocol::types::{ChannelId, EdgeTerms, SignedUpdate};
 use por_protocol::{wire, Amount};
 use serde_json::{json, Value};
 
-use crate::{ChainArgs, ChainCommand, ChannelCommand, ControlArgs};
+use crate::{ChainArgs, ChainCommand, ChannelCommand, ControlArgs, StakeCommand};
 
 fn amount(text: &str, what: &str) -> Result<Amount> {
     text.parse()
@@ -245,10 +245,57 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
                 println!("{}", json!({"close_proposed": id}));
             }
         }
+        ChannelCommand::Challenge { chain, id } => {
+            let cfg = settings(chain.config.as_deref(), &chain.settings)?.resolve()?;
+            let token =
+                por_node::control::read_token(&por_node::control::token_path(&cfg.data_dir))?;
+            let states = held_states(&cfg.control, &token, id).await?;
+            if states.is_empty() {
+                bail!("channel {id}: the node holds no state signed by its peer to challenge with");
+            }
+            chain_of(&chain)
+                .await?
+                .challenge(ChannelId(id), &states)
+                .await
+                .with_context(|| format!("challenging the close of channel {id}"))?;
+            println!("{}", json!({"challenged": id, "states": states.len()}));
+        }
         ChannelCommand::List { chain } => {
             let c = chain_of(&chain).await?;
             let list = c.channels_of(c.account()).await?;
             println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+    }
+    Ok(())
+}
+
+/// `por stake ...`.
+pub(crate) async fn stake(command: StakeCommand) -> Result<()> {
+    match command {
+        StakeCommand::Add { chain, amount: a } => {
+            let c = chain_of(&chain).await?;
+            c.add_stake(amount(&a, "amount")?)
+                .await
+                .with_context(|| format!("adding stake for {}", c.account()))?;
+            println!("{}", json!({"stake_added": a, "account": c.account()}));
+        }
+        StakeCommand::Unstake { chain, amount: a } => {
+            let c = chain_of(&chain).await?;
+            c.unstake(amount(&a, "amount")?)
+                .await
+                .with_context(|| format!("unstaking for {}", c.account()))?;
+            println!("{}", json!({"unbonding": a, "account": c.account()}));
+        }
+        StakeCommand::Withdraw { chain } => {
+            let c = chain_of(&chain).await?;
+            let sent = c
+                .withdraw()
+                .await
+                .with_context(|| format!("withdrawing for {}", c.account()))?;
+            println!(
+                "{}",
+                json!({"withdrawn": sent.0.to_string(), "account": c.account()})
+            );
         }
     }
     Ok(())

@@ -118,6 +118,11 @@ enum Command {
         #[command(subcommand)]
         command: ChainCommand,
     },
+    /// Add to, unbond or withdraw this node's stake on chain.
+    Stake {
+        #[command(subcommand)]
+        command: StakeCommand,
+    },
     /// Run the paper's section 5 network as real nodes on loopback: the embedded chain,
     /// Alex, Alice, Bob, Carol, Dave and Eve over real sockets with shaped links; the
     /// happy case (Alex → Carol), then Eve offline (Alex → Dave). Prints the timelines
@@ -200,6 +205,32 @@ struct ChainArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum StakeCommand {
+    /// Add to the stake (the amount is attached as the call's deposit).
+    Add {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// yoctoNEAR.
+        #[arg(long)]
+        amount: String,
+    },
+    /// Start unbonding part of the stake (withdrawable after the contract's unbonding
+    /// period; refused below the minimum stake while channels are open).
+    Unstake {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// yoctoNEAR.
+        #[arg(long)]
+        amount: String,
+    },
+    /// Withdraw stake whose unbonding period is over.
+    Withdraw {
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ChannelCommand {
     /// Propose a channel to a peer account, with our deposit and the terms.
     Open {
@@ -267,6 +298,15 @@ enum ChannelCommand {
         /// Pay out after the challenge period.
         #[arg(long)]
         finalize: bool,
+    },
+    /// Answer an adversarial close with the latest states this node holds (asks the
+    /// running node for them): the states that pay it more replace the ones submitted.
+    Challenge {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The channel.
+        #[arg(long)]
+        id: u64,
     },
     /// Channels of our account.
     List {
@@ -477,6 +517,7 @@ fn main() -> Result<()> {
         Command::Channel { command } => runtime()?.block_on(commands::channel(command))?,
         Command::Topology { chain } => runtime()?.block_on(commands::topology(&chain))?,
         Command::Chain { command } => runtime()?.block_on(commands::chain(command))?,
+        Command::Stake { command } => runtime()?.block_on(commands::stake(command))?,
         Command::Simulate {
             paths,
             strict,
