@@ -11,6 +11,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+include!("src/contract_build.rs");
+
 use sha2::{Digest, Sha256};
 
 fn main() {
@@ -31,34 +33,13 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", workspace.join(p).display());
     }
+    println!("cargo:rerun-if-changed=src/contract_build.rs");
     // Best effort: a toolchain without rustup may have the target already.
     let _ = Command::new("rustup")
         .args(["target", "add", "wasm32-unknown-unknown"])
         .output();
-    let target_dir = workspace.join("target").join("contract-wasm");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(&workspace)
-        .env("RUSTFLAGS", "--cfg near -C link-arg=-s")
-        // What the outer build set for itself is not for the contract's build.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_PRIMARY_PACKAGE")
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "por-contract",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--profile",
-            "contract",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
+    let target_dir = contract_target_dir(&workspace);
+    let out = contract_build_command(&workspace, &target_dir)
         .output()
         .unwrap_or_else(|e| panic!("running cargo to build the contract wasm: {e}"));
     if !out.status.success() {
@@ -68,10 +49,7 @@ fn main() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let built = target_dir
-        .join("wasm32-unknown-unknown")
-        .join("contract")
-        .join("por_contract.wasm");
+    let built = contract_wasm_path(&target_dir);
     let bytes =
         std::fs::read(&built).unwrap_or_else(|e| panic!("reading {}: {e}", built.display()));
     let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("por_contract.wasm");

@@ -10,6 +10,8 @@ use std::process::Command;
 
 use crate::ChainError;
 
+include!("contract_build.rs");
+
 /// The contract wasm, built with this crate from the sources beside it.
 pub const CONTRACT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/por_contract.wasm"));
 
@@ -30,24 +32,8 @@ pub fn build_contract(workspace: &Path) -> Result<PathBuf, ChainError> {
             String::from_utf8_lossy(&status.stderr).into_owned(),
         ));
     }
-    let target_dir = workspace.join("target").join("contract-wasm");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(workspace)
-        .env("RUSTFLAGS", "--cfg near -C link-arg=-s")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "por-contract",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--profile",
-            "contract",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
+    let target_dir = contract_target_dir(workspace);
+    let out = contract_build_command(workspace, &target_dir)
         .output()
         .map_err(|e| build("running cargo", e.to_string()))?;
     if !out.status.success() {
@@ -56,8 +42,5 @@ pub fn build_contract(workspace: &Path) -> Result<PathBuf, ChainError> {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ));
     }
-    Ok(target_dir
-        .join("wasm32-unknown-unknown")
-        .join("contract")
-        .join("por_contract.wasm"))
+    Ok(contract_wasm_path(&target_dir))
 }

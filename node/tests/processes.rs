@@ -437,55 +437,7 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     let (client_end, relay_end) = (&ends[0], &ends[1]);
     assert_eq!(amount(&client_end["paid"]), amount(&relay_end["received"]));
     let id = client_end["id"].as_u64().unwrap().to_string();
-    let close = |name: &str, p: &Proc, extra: &[&str]| {
-        let conf = dir.join(format!("{name}/por.toml"));
-        let out = Command::new(env!("CARGO_BIN_EXE_por"))
-            .args(["channel", "close", "--id", &id])
-            .args(extra)
-            .args([
-                "--config",
-                conf.to_str().unwrap(),
-                "--chain",
-                "served",
-                "--chain-addr",
-                &chain_addr,
-                "--control",
-                p.ready["control"].as_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "close {extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
-    let proposed = close("client", &procs[0], &[]);
-    assert_eq!(proposed["close_proposed"].to_string(), id, "{proposed}");
-    let closed = close("relay1", &procs[1], &["--confirm"]);
-    let want_client = NEAR + amount(&client_end["received"]) - amount(&client_end["paid"]);
-    let want_relay = NEAR + amount(&relay_end["received"]) - amount(&relay_end["paid"]);
-    assert_eq!(amount(&closed["paid_a"]), want_client, "{closed}");
-    assert_eq!(amount(&closed["paid_b"]), want_relay, "{closed}");
-    let on_chain = RemoteClient::new(addr, "client.local")
-        .channels_of("client.local")
-        .await
-        .unwrap();
-    let rec = on_chain
-        .iter()
-        .find(|c| c["id"].to_string().trim_matches('"') == id)
-        .unwrap();
-    assert_eq!(rec["state"], "Closed", "{rec}");
-
-    // An adversarial close answered from the command line: relay2 starts it with what
-    // it holds (`--force`), the server answers with the states relay2 signed to it
-    // (`por channel challenge`), and the chain keeps what pays the server.
-    let server_end = {
-        let s = control(&procs[3], json!({"op": "status"})).await.unwrap();
-        s["channels"][0].clone()
-    };
-    let id2 = server_end["id"].as_u64().unwrap().to_string();
+    // `por` with a node's config, the served chain and the node's control endpoint.
     let cli = |name: &str, p: &Proc, args: &[&str]| {
         let conf = dir.join(format!("{name}/por.toml"));
         let out = Command::new(env!("CARGO_BIN_EXE_por"))
@@ -509,6 +461,35 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
+    let proposed = cli("client", &procs[0], &["channel", "close", "--id", &id]);
+    assert_eq!(proposed["close_proposed"].to_string(), id, "{proposed}");
+    let closed = cli(
+        "relay1",
+        &procs[1],
+        &["channel", "close", "--id", &id, "--confirm"],
+    );
+    let want_client = NEAR + amount(&client_end["received"]) - amount(&client_end["paid"]);
+    let want_relay = NEAR + amount(&relay_end["received"]) - amount(&relay_end["paid"]);
+    assert_eq!(amount(&closed["paid_a"]), want_client, "{closed}");
+    assert_eq!(amount(&closed["paid_b"]), want_relay, "{closed}");
+    let on_chain = RemoteClient::new(addr, "client.local")
+        .channels_of("client.local")
+        .await
+        .unwrap();
+    let rec = on_chain
+        .iter()
+        .find(|c| c["id"].to_string().trim_matches('"') == id)
+        .unwrap();
+    assert_eq!(rec["state"], "Closed", "{rec}");
+
+    // An adversarial close answered from the command line: relay2 starts it with what
+    // it holds (`--force`), the server answers with the states relay2 signed to it
+    // (`por channel challenge`), and the chain keeps what pays the server.
+    let server_end = {
+        let s = control(&procs[3], json!({"op": "status"})).await.unwrap();
+        s["channels"][0].clone()
+    };
+    let id2 = server_end["id"].as_u64().unwrap().to_string();
     let started = cli(
         "relay2",
         &procs[2],
