@@ -357,8 +357,9 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         other.load(Ordering::SeqCst)
     );
     // The command line sees the same network.
-    let conf = dir.join("client/por.toml");
-    let por = |args: &[&str]| {
+    // `por` with a node's config, the served chain and the node's control endpoint.
+    let cli = |name: &str, p: &Proc, args: &[&str]| {
+        let conf = dir.join(format!("{name}/por.toml"));
         let out = Command::new(env!("CARGO_BIN_EXE_por"))
             .args(args)
             .args([
@@ -368,6 +369,8 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
                 "served",
                 "--chain-addr",
                 &chain_addr,
+                "--control",
+                p.ready["control"].as_str().unwrap(),
             ])
             .output()
             .unwrap();
@@ -378,10 +381,10 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
-    let topo = por(&["topology"]);
+    let topo = cli("client", &procs[0], &["topology"]);
     assert_eq!(topo["nodes"].as_array().unwrap().len(), 4);
     assert_eq!(topo["edges"].as_array().unwrap().len(), 3);
-    let mine = por(&["channel", "list"]);
+    let mine = cli("client", &procs[0], &["channel", "list"]);
     assert_eq!(mine.as_array().unwrap().len(), 1);
     // And `por request` through the client's control endpoint.
     let out = Command::new(env!("CARGO_BIN_EXE_por"))
@@ -437,30 +440,6 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     let (client_end, relay_end) = (&ends[0], &ends[1]);
     assert_eq!(amount(&client_end["paid"]), amount(&relay_end["received"]));
     let id = client_end["id"].as_u64().unwrap().to_string();
-    // `por` with a node's config, the served chain and the node's control endpoint.
-    let cli = |name: &str, p: &Proc, args: &[&str]| {
-        let conf = dir.join(format!("{name}/por.toml"));
-        let out = Command::new(env!("CARGO_BIN_EXE_por"))
-            .args(args)
-            .args([
-                "--config",
-                conf.to_str().unwrap(),
-                "--chain",
-                "served",
-                "--chain-addr",
-                &chain_addr,
-                "--control",
-                p.ready["control"].as_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
     let proposed = cli("client", &procs[0], &["channel", "close", "--id", &id]);
     assert_eq!(proposed["close_proposed"].to_string(), id, "{proposed}");
     let closed = cli(
