@@ -492,28 +492,22 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         "{rec}"
     );
 
-    // Stake from the command line: added, then part of it unbonding.
-    let before = RemoteClient::new(addr, "client.local")
-        .snapshot()
-        .await
-        .unwrap()
-        .nodes
-        .into_iter()
-        .find(|n| n.account == "client.local")
-        .unwrap()
-        .stake;
+    // Stake added from the command line.
+    let client_stake = || async {
+        let snap = RemoteClient::new(addr, "client.local")
+            .snapshot()
+            .await
+            .unwrap();
+        snap.nodes
+            .into_iter()
+            .find(|n| n.account == "client.local")
+            .unwrap()
+            .stake
+    };
+    let before = client_stake().await;
     let added = cli("client", &procs[0], &["stake", "add", "--amount", "1000"]);
     assert_eq!(added["account"], "client.local", "{added}");
-    let after = RemoteClient::new(addr, "client.local")
-        .snapshot()
-        .await
-        .unwrap()
-        .nodes
-        .into_iter()
-        .find(|n| n.account == "client.local")
-        .unwrap()
-        .stake;
-    assert_eq!(after.0, before.0 + 1000);
+    assert_eq!(client_stake().await.0, before.0 + 1000);
     drop(procs);
     drop(chain);
     let _ = std::fs::remove_dir_all(&dir);

@@ -150,8 +150,12 @@ fn terms(
     })
 }
 
-async fn held_states(control: &str, token: &str, id: u64) -> Result<Vec<SignedUpdate>> {
-    let v = por_node::control::call(control, token, json!({"op": "close_states", "channel": id}))
+/// The states the running node of `cfg` holds for channel `id` (signed by its peer),
+/// asked through its control endpoint with its token.
+async fn held_states(cfg: &por_node::NodeConfig, id: u64) -> Result<Vec<SignedUpdate>> {
+    let token = por_node::control::read_token(&por_node::control::token_path(&cfg.data_dir))?;
+    let request = json!({"op": "close_states", "channel": id});
+    let v = por_node::control::call(&cfg.control, &token, request)
         .await
         .context("asking the running node for the states it holds")?;
     let mut out = Vec::new();
@@ -214,10 +218,7 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
             finalize,
         } => {
             let cfg = settings(chain.config.as_deref(), &chain.settings)?.resolve()?;
-            let control = cfg.control.clone();
-            let token =
-                por_node::control::read_token(&por_node::control::token_path(&cfg.data_dir))?;
-            let c = chain_of(&chain).await?;
+            let c = cfg.chain_client()?;
             let ch = ChannelId(id);
             if finalize {
                 let (a, b) = c.finalize_close(ch).await?;
@@ -227,7 +228,7 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
                 );
                 return Ok(());
             }
-            let states = held_states(&control, &token, id).await?;
+            let states = held_states(&cfg, id).await?;
             if force {
                 let until = c.start_close(ch, &states).await?;
                 println!(
@@ -247,14 +248,11 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
         }
         ChannelCommand::Challenge { chain, id } => {
             let cfg = settings(chain.config.as_deref(), &chain.settings)?.resolve()?;
-            let token =
-                por_node::control::read_token(&por_node::control::token_path(&cfg.data_dir))?;
-            let states = held_states(&cfg.control, &token, id).await?;
+            let states = held_states(&cfg, id).await?;
             if states.is_empty() {
                 bail!("channel {id}: the node holds no state signed by its peer to challenge with");
             }
-            chain_of(&chain)
-                .await?
+            cfg.chain_client()?
                 .challenge(ChannelId(id), &states)
                 .await
                 .with_context(|| format!("challenging the close of channel {id}"))?;
