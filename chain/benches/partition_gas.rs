@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use por_chain::local::{Clock, LocalChain};
 use por_protocol::types::{ChannelId, SeverNotice, SeverReason, SignedSeverNotice};
-use por_protocol::{wire, Keypair};
+use por_protocol::{wire, Deployment, Keypair};
 use serde_json::json;
 
 const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
@@ -36,7 +36,7 @@ fn run(n: usize, wasm: &[u8]) {
     chain.fund("por.local", 10 * NEAR).unwrap();
     let config = json!({"config": {"min_stake": NEAR.to_string(), "min_deposit": "1",
         "unbonding_ns": "1", "challenge_ns": "1", "sever_penalty": (NEAR / 100).to_string(),
-        "partition_slash_bps": 100}});
+        "partition_slash_bps": 100, "network": "test"}});
     chain.call_json("por.local", "new", config, 0).unwrap();
     let mut register_gas = 0;
     for i in 0..n {
@@ -44,6 +44,9 @@ fn run(n: usize, wasm: &[u8]) {
         let hex: String = key(i).id().0.iter().map(|b| format!("{b:02x}")).collect();
         // Stakes differ so that the two halves do too.
         let stake = (2 + (i % 7) as u128) * NEAR;
+        chain
+            .call_json(&acc(i), "storage_deposit", json!({}), NEAR / 10)
+            .unwrap();
         let out = chain
             .call_json(
                 &acc(i),
@@ -108,7 +111,9 @@ fn run(n: usize, wasm: &[u8]) {
             reason: SeverReason::Unresponsive,
             at_ms: 0,
         };
-        let sig = key(a).sign(&n).unwrap();
+        let sig = key(a)
+            .sign(&Deployment::of("test", "por.local"), &n)
+            .unwrap();
         let bytes = wire::encode(&SignedSeverNotice { notice: n, sig }).unwrap();
         let out = chain
             .call_json(&acc(a), "sever", json!({"notice": b64(&bytes)}), 0)

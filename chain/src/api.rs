@@ -7,7 +7,7 @@
 use std::future::Future;
 
 use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, SignedSeverNotice, SignedUpdate};
-use por_protocol::{topology::Topology, Amount, NodeId};
+use por_protocol::{topology::Topology, Amount, Deployment, NodeId};
 use serde_json::{json, Value};
 
 use crate::json::{channel_id, encoded, hex, payouts, states, terms_json};
@@ -101,7 +101,49 @@ pub trait Chain: Send + Sync + 'static {
         height: u64,
     ) -> impl Future<Output = Result<EventPage, ChainError>> + Send;
 
-    /// Registers this node with its key, addresses and stake.
+    /// This account's storage balance: what is left of its storage deposits after
+    /// the storage its calls added (0 if it never deposited).
+    fn storage_balance(&self) -> impl Future<Output = Result<Amount, ChainError>> + Send {
+        async move {
+            let v = self
+                .view("storage_balance_of", json!({"account_id": self.account()}))
+                .await?;
+            if v.is_null() {
+                return Ok(Amount::ZERO);
+            }
+            crate::json::amount(&v["total"])
+        }
+    }
+
+    /// Adds `amount` to this account's storage balance.
+    fn storage_deposit(
+        &self,
+        amount: Amount,
+    ) -> impl Future<Output = Result<(), ChainError>> + Send {
+        async move {
+            self.call("storage_deposit", json!({}), amount.0)
+                .await
+                .map(|_| ())
+        }
+    }
+
+    /// Tops this account's storage balance up to [`STORAGE_TOP_UP`] when it is below
+    /// [`STORAGE_LOW`], before a call that adds storage (a node record, a channel):
+    /// callers pay for the storage they add, and the contract refuses a call whose
+    /// storage the balance does not cover.
+    fn ensure_storage(&self) -> impl Future<Output = Result<(), ChainError>> + Send {
+        async move {
+            let have = self.storage_balance().await?;
+            if have < STORAGE_LOW {
+                let top_up = STORAGE_TOP_UP.checked_sub(have).unwrap_or(STORAGE_TOP_UP);
+                self.storage_deposit(top_up).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Registers this node with its key, addresses and stake (topping its storage
+    /// balance up first: see [`Chain::ensure_storage`]).
     fn register(
         &self,
         key: NodeId,
@@ -109,6 +151,7 @@ pub trait Chain: Send + Sync + 'static {
         stake: Amount,
     ) -> impl Future<Output = Result<(), ChainError>> + Send {
         async move {
+            self.ensure_storage().await?;
             self.call(
                 "register",
                 json!({"key": hex(&key.0), "addresses": addresses}),
@@ -154,6 +197,7 @@ pub trait Chain: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ChannelId, ChainError>> + Send {
         let args = json!({"peer": peer, "terms": terms_json(terms)});
         async move {
+            self.ensure_storage().await?;
             let v = self.call("propose_channel", args, deposit.0).await?;
             channel_id(&v)
         }
@@ -166,6 +210,7 @@ pub trait Chain: Send + Sync + 'static {
         deposit: Amount,
     ) -> impl Future<Output = Result<(), ChainError>> + Send {
         async move {
+            self.ensure_storage().await?;
             self.call(
                 "confirm_channel",
                 json!({"id": id.0.to_string()}),
@@ -257,6 +302,17 @@ pub trait Chain: Send + Sync + 'static {
         }
     }
 
+    /// The deployment every signature on this chain must be made for: the contract's
+    /// `get_deployment` view.
+    fn deployment(&self) -> impl Future<Output = Result<Deployment, ChainError>> + Send {
+        async move {
+            let v = self.view("get_deployment", json!({})).await?;
+            v.as_str()
+                .and_then(Deployment::from_hex)
+                .ok_or_else(|| ChainError::Decode(format!("get_deployment: {v}")))
+        }
+    }
+
     /// Nodes and live edges now.
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, ChainError>> + Send {
         async move {
@@ -301,6 +357,12 @@ async fn paged<C: Chain + ?Sized>(chain: &C, method: &str) -> Result<Vec<Value>,
         }
     }
 }
+
+/// Below this storage balance, [`Chain::ensure_storage`] tops it up (0.01 NEAR: a
+/// node record or a channel costs a few thousandths).
+pub const STORAGE_LOW: Amount = Amount(10_000_000_000_000_000_000_000);
+/// What [`Chain::ensure_storage`] tops a storage balance up to (0.05 NEAR).
+pub const STORAGE_TOP_UP: Amount = Amount(50_000_000_000_000_000_000_000);
 
 /// Most events one `events_since` answer carries; ask again from the last height.
 pub const EVENT_PAGE: usize = 10_000;

@@ -151,6 +151,82 @@ pub fn sever_notice_of(event: &Value) -> Option<SignedSeverNotice> {
     wire::decode(&unbase64(text)?).ok()
 }
 
+/// How far a channel's close has gone, as a close event or a channel view says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseKind {
+    /// A cooperative close awaits the other endpoint (`close_proposed`).
+    Proposed,
+    /// An adversarial close is in its challenge period (`close_started`,
+    /// `close_challenged`, or a channel viewed in state `Closing`).
+    Challengeable,
+    /// Paid out (`channel_closed`).
+    Closed,
+}
+
+/// A close of a channel as the watchtower reads it: the endpoints' accounts and the
+/// cumulative totals the contract holds for each direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseNotice {
+    /// The channel.
+    pub channel: ChannelId,
+    /// How far the close has gone.
+    pub kind: CloseKind,
+    /// The proposing endpoint's account.
+    pub a: String,
+    /// The confirming endpoint's account.
+    pub b: String,
+    /// Held as paid from `a` to `b`.
+    pub paid_ab: Amount,
+    /// Held as paid from `b` to `a`.
+    pub paid_ba: Amount,
+}
+
+fn amount_of(v: &Value) -> Option<Amount> {
+    v.as_str()?.parse().ok().map(Amount)
+}
+
+/// Decodes a `close_proposed`, `close_started`, `close_challenged` or `channel_closed`
+/// event; `None` for any other event or a malformed one.
+pub fn close_of(event: &Value) -> Option<CloseNotice> {
+    let kind = match event["event"].as_str()? {
+        "close_proposed" => CloseKind::Proposed,
+        "close_started" | "close_challenged" => CloseKind::Challengeable,
+        "channel_closed" => CloseKind::Closed,
+        _ => return None,
+    };
+    let d = &event["data"][0];
+    Some(CloseNotice {
+        channel: channel_id(&d["id"]).ok()?,
+        kind,
+        a: d["a"].as_str()?.to_string(),
+        b: d["b"].as_str()?.to_string(),
+        paid_ab: amount_of(&d["paid_ab"])?,
+        paid_ba: amount_of(&d["paid_ba"])?,
+    })
+}
+
+/// The close a channel view (`get_channel`, `get_channels`) shows, if its close has
+/// begun.
+pub fn close_of_view(c: &Value) -> Option<CloseNotice> {
+    let kind = if c["state"].get("Closing").is_some() {
+        CloseKind::Challengeable
+    } else if c["state"].get("ClosePending").is_some() {
+        CloseKind::Proposed
+    } else if c["state"] == "Closed" {
+        CloseKind::Closed
+    } else {
+        return None;
+    };
+    Some(CloseNotice {
+        channel: channel_id(&c["id"]).ok()?,
+        kind,
+        a: c["a"].as_str()?.to_string(),
+        b: c["b"].as_str()?.to_string(),
+        paid_ab: amount_of(&c["paid_ab"][1])?,
+        paid_ba: amount_of(&c["paid_ba"][1])?,
+    })
+}
+
 /// Decodes standard padded base64; `None` if malformed.
 pub fn unbase64(text: &str) -> Option<Vec<u8>> {
     let val = |c: u8| -> Option<u32> {

@@ -17,7 +17,7 @@ pub mod serve;
 pub mod wasm;
 
 pub use any::AnyChain;
-pub use api::{Chain, ChainNode, EventPage, Snapshot, EVENT_PAGE};
+pub use api::{Chain, ChainNode, EventPage, Snapshot, EVENT_PAGE, STORAGE_LOW, STORAGE_TOP_UP};
 pub use local_client::LocalClient;
 pub use near::{NearClient, NearConfig};
 pub use serve::RemoteClient;

@@ -55,7 +55,8 @@ pub fn dev_config() -> serde_json::Value {
     serde_json::json!({
         "min_stake": NEAR.to_string(), "min_deposit": (NEAR / 1000).to_string(),
         "unbonding_ns": "60000000000", "challenge_ns": "60000000000",
-        "sever_penalty": (NEAR / 100).to_string(), "partition_slash_bps": 1000})
+        "sever_penalty": (NEAR / 100).to_string(), "partition_slash_bps": 1000,
+        "network": "embedded"})
 }
 
 /// Where block time comes from.
@@ -361,6 +362,12 @@ impl LocalChain {
 
     /// A read-only call: nothing changes, whatever the method tries.
     pub fn view(&self, method: &str, args: &[u8]) -> Result<Vec<u8>, ChainError> {
+        self.view_with_gas(method, args).map(|(out, _)| out)
+    }
+
+    /// [`LocalChain::view`], with the gas the view burnt (NEAR limits a view's gas as
+    /// it limits a call's; benchmarks watch it).
+    pub fn view_with_gas(&self, method: &str, args: &[u8]) -> Result<(Vec<u8>, u64), ChainError> {
         let ctx = self.context(&self.contract, args, 0, DEFAULT_GAS, true);
         let (outcome, _) = self.execute(self.state.clone(), &ctx, method)?;
         if let Some(err) = outcome.aborted {
@@ -370,10 +377,14 @@ impl LocalChain {
                 logs: outcome.logs,
             });
         }
-        Ok(match outcome.return_data {
-            ReturnData::Value(v) => v,
-            _ => Vec::new(),
-        })
+        let gas = outcome.burnt_gas.as_gas();
+        Ok((
+            match outcome.return_data {
+                ReturnData::Value(v) => v,
+                _ => Vec::new(),
+            },
+            gas,
+        ))
     }
 
     /// A view returning JSON.

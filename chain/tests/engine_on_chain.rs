@@ -22,17 +22,14 @@ fn chain(name: &str) -> Arc<Mutex<LocalChain>> {
     let dir = std::env::temp_dir().join(format!("por-chain-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut c = LocalChain::open(
-        &dir.join("chain.redb"),
-        &wasm,
-        "por.local",
-        Clock::Manual(0),
-    )
-    .unwrap();
-    c.fund("por.local", 10 * NEAR).unwrap();
-    c.call_json("por.local", "new", json!({"config": {"min_stake": NEAR.to_string(), "min_deposit": "1",
+    // Deployed as `por.test` on network `test`: the deployment the test engines sign
+    // for (`Deployment::test`).
+    let mut c =
+        LocalChain::open(&dir.join("chain.redb"), &wasm, "por.test", Clock::Manual(0)).unwrap();
+    c.fund("por.test", 10 * NEAR).unwrap();
+    c.call_json("por.test", "new", json!({"config": {"min_stake": NEAR.to_string(), "min_deposit": "1",
         "unbonding_ns": "1", "challenge_ns": (60 * SEC).to_string(), "sever_penalty": (NEAR / 100).to_string(),
-        "partition_slash_bps": 100}}), 0).unwrap();
+        "partition_slash_bps": 100, "network": "test"}}), 0).unwrap();
     for who in ["alice.local", "bob.local"] {
         c.fund(who, 100 * NEAR).unwrap();
     }

@@ -11,7 +11,7 @@ use por_protocol::types::{
     ChannelId, ChannelUpdate, Memo, RequestId, SeverNotice, SeverReason, SignedSeverNotice,
     SignedUpdate,
 };
-use por_protocol::{wire, Amount, Keypair};
+use por_protocol::{wire, Amount, Deployment, Keypair};
 use serde_json::{json, Value};
 
 const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
@@ -58,13 +58,17 @@ fn new_chain(path: &std::path::Path) -> LocalChain {
     let config = json!({"config": {
         "min_stake": (10 * NEAR).to_string(), "min_deposit": NEAR.to_string(),
         "unbonding_ns": (100 * SEC).to_string(), "challenge_ns": (60 * SEC).to_string(),
-        "sever_penalty": (NEAR / 10).to_string(), "partition_slash_bps": 1000}});
+        "sever_penalty": (NEAR / 10).to_string(), "partition_slash_bps": 1000, "network": "test"}});
     chain.call_json(CONTRACT, "new", config, 0).unwrap();
     chain
 }
 
 fn register(chain: &mut LocalChain, n: &str, stake: u128) {
     chain.fund(&acc(n), 1_000 * NEAR).unwrap();
+    // Callers pay for the storage they add: a balance for it first.
+    chain
+        .call_json(&acc(n), "storage_deposit", json!({}), NEAR / 10)
+        .unwrap();
     chain
         .call_json(&acc(n), "register", json!({"key": hex(&key(n).id().0), "addresses": [format!("127.0.0.1:{}", 9000 + n.len())]}), stake)
         .unwrap();
@@ -100,7 +104,12 @@ fn update(payer: &str, payee: &str, channel: u64, seq: u64, cumulative: u128) ->
             amount: Amount(1),
         },
     };
-    b64(&wire::encode(&SignedUpdate::sign_alone(&key(payer), u).unwrap()).unwrap())
+    b64(&wire::encode(&SignedUpdate::sign_alone(&key(payer), &dep(), u).unwrap()).unwrap())
+}
+
+/// The deployment the test contract binds signatures to.
+fn dep() -> Deployment {
+    Deployment::of("test", CONTRACT)
 }
 
 fn notice(severer: &str, peer: &str, channel: u64) -> String {
@@ -111,7 +120,7 @@ fn notice(severer: &str, peer: &str, channel: u64) -> String {
         reason: SeverReason::Unresponsive,
         at_ms: 0,
     };
-    let sig = key(severer).sign(&n).unwrap();
+    let sig = key(severer).sign(&dep(), &n).unwrap();
     b64(&wire::encode(&SignedSeverNotice { notice: n, sig }).unwrap())
 }
 
@@ -128,7 +137,8 @@ fn open_pay_close_adversarially_through_the_wasm() {
     let mut chain = new_chain(&path);
     register(&mut chain, "alice", 100 * NEAR);
     register(&mut chain, "bob", 100 * NEAR);
-    assert_eq!(chain.balance(&acc("alice")), Some(900 * NEAR));
+    // 100 NEAR staked, 0.1 NEAR deposited for storage.
+    assert_eq!(chain.balance(&acc("alice")), Some(900 * NEAR - NEAR / 10));
     let id = open(&mut chain, "alice", "bob");
     let start = chain
         .call_json(
@@ -259,12 +269,25 @@ fn refusals_change_nothing_and_say_why() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("insufficient deposit"), "{err}");
+    // Enough stake, but no storage balance for the records a registration adds.
+    let err = chain
+        .call_json(
+            &acc("alice"),
+            "register",
+            json!({"key": hex(&key("alice").id().0), "addresses": []}),
+            20 * NEAR,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("call storage_deposit first"),
+        "{err}"
+    );
     assert_eq!(
         chain.balance(&acc("alice")),
         Some(100 * NEAR),
         "the deposit came back"
     );
-    assert_eq!(chain.height(), h + 1, "a refused call still takes a block");
+    assert_eq!(chain.height(), h + 2, "a refused call still takes a block");
     let err = chain
         .call_json(&acc("alice"), "register", json!({}), 0)
         .unwrap_err();
@@ -312,7 +335,7 @@ fn sever_and_partition_with_real_gas_and_events() {
     for e in [
         "edge_severed",
         "node_disconnected",
-        "penalty_reimbursed",
+        "penalties_reimbursed",
         "partition_checked",
     ] {
         assert!(events.contains(&e.to_string()), "{e} missing: {events:?}");
@@ -334,7 +357,7 @@ fn sever_and_partition_with_real_gas_and_events() {
         at_ms: 0,
     };
     let forged = SignedSeverNotice {
-        sig: key("bob").sign(&n).unwrap(),
+        sig: key("bob").sign(&dep(), &n).unwrap(),
         notice: n,
     };
     let err = chain
@@ -359,12 +382,13 @@ fn state_survives_a_restart() {
         register(&mut chain, "alice", 100 * NEAR);
         register(&mut chain, "bob", 100 * NEAR);
         open(&mut chain, "alice", "bob");
-        // new, two registrations, propose, confirm: one block each (funding is free).
-        assert_eq!(chain.height(), 5);
+        // new, two storage deposits and registrations, propose, confirm: one block
+        // each (funding is free).
+        assert_eq!(chain.height(), 7);
     }
     let chain = LocalChain::open(&path, wasm(), CONTRACT, Clock::Manual(0)).unwrap();
     assert!(chain.initialised());
-    assert_eq!(chain.height(), 5);
+    assert_eq!(chain.height(), 7);
     assert_eq!(stake(&chain, "alice"), 100 * NEAR);
     let edges: Vec<Value> = chain
         .view_json("get_edges", json!({"from": 0, "limit": 10}))
@@ -372,7 +396,7 @@ fn state_survives_a_restart() {
     assert_eq!(edges.len(), 1);
     assert_eq!(
         chain.balance(&acc("alice")),
-        Some(1_000 * NEAR - 100 * NEAR - 5 * NEAR)
+        Some(1_000 * NEAR - 100 * NEAR - 5 * NEAR - NEAR / 10)
     );
     let center: Option<String> = chain.view_json("get_center", json!({})).unwrap();
     assert!(center.is_some());

@@ -13,7 +13,7 @@ use por_protocol::types::{
     ChannelId, ChannelUpdate, Memo, RequestId, SeverNotice, SeverReason, SignedSeverNotice,
     SignedUpdate,
 };
-use por_protocol::{wire, Amount, Keypair};
+use por_protocol::{wire, Amount, Deployment, Keypair};
 use serde_json::{json, Value};
 
 fn hex(b: &[u8]) -> String {
@@ -35,7 +35,7 @@ async fn deploy() -> (
         .args_json(
             json!({"config": {"min_stake": near.to_string(), "min_deposit": "1",
             "unbonding_ns": "1", "challenge_ns": "1", "sever_penalty": (near / 100).to_string(),
-            "partition_slash_bps": 1000}}),
+            "partition_slash_bps": 1000, "network": "test"}}),
         )
         .transact()
         .await
@@ -59,6 +59,14 @@ async fn open_pay_close_sever_partition_on_a_near_sandbox() {
     );
     let (ka, kb) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
     for (acc, k) in [(&alice, &ka), (&bob, &kb)] {
+        acc.call(contract.id(), "storage_deposit")
+            .args_json(json!({}))
+            .deposit(NearToken::from_millinear(100))
+            .transact()
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap();
         acc.call(contract.id(), "register")
             .args_json(json!({"key": hex(&k.id().0), "addresses": []}))
             .deposit(NearToken::from_near(2))
@@ -99,7 +107,8 @@ async fn open_pay_close_sever_partition_on_a_near_sandbox() {
             amount: Amount(1),
         },
     };
-    let su = SignedUpdate::sign_alone(&ka, u).unwrap();
+    let su =
+        SignedUpdate::sign_alone(&ka, &Deployment::of("test", contract.id().as_str()), u).unwrap();
     let b64 = por_chain::json::base64(&wire::encode(&su).unwrap());
     bob.call(contract.id(), "start_close")
         .args_json(json!({"id": id, "updates": [b64]}))
@@ -148,7 +157,9 @@ async fn open_pay_close_sever_partition_on_a_near_sandbox() {
         at_ms: 0,
     };
     let notice = SignedSeverNotice {
-        sig: kb.sign(&n).unwrap(),
+        sig: kb
+            .sign(&Deployment::of("test", contract.id().as_str()), &n)
+            .unwrap(),
         notice: n,
     };
     let split: bool = alice

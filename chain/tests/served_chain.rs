@@ -65,7 +65,12 @@ async fn clients_share_a_served_chain() {
         .await
         .unwrap();
     bob.confirm_channel(id, Amount(NEAR)).await.unwrap();
-    assert_eq!(alice.balance("alice.local").await.unwrap(), Some(7 * NEAR));
+    // 10 NEAR, less 2 staked, 1 deposited in the channel, and the storage deposit the
+    // client made before registering.
+    assert_eq!(
+        alice.balance("alice.local").await.unwrap(),
+        Some(7 * NEAR - por_chain::STORAGE_TOP_UP.0)
+    );
 
     // The contract's refusals come back as refusals, with its message.
     let err = alice.confirm_channel(id, Amount(NEAR)).await.unwrap_err();

@@ -15,6 +15,7 @@ use por_chain::local::{Clock, LocalChain, DEFAULT_GAS, NEAR, PROTOCOL_VERSION};
 const IMPORTS: &[&str] = &[
     "attached_deposit",
     "block_timestamp",
+    "current_account_id",
     "ed25519_verify",
     "input",
     "log_utf8",
@@ -28,6 +29,7 @@ const IMPORTS: &[&str] = &[
     "storage_has_key",
     "storage_read",
     "storage_remove",
+    "storage_usage",
     "storage_write",
     "value_return",
 ];
@@ -146,6 +148,11 @@ fn contract_wasm_is_built_small_with_every_method_exported() {
         "get_center",
         "get_pool",
         "get_account_of_key",
+        "get_deployment",
+        "storage_deposit",
+        "storage_withdraw",
+        "storage_balance_of",
+        "storage_balance_bounds",
     ] {
         let found = bytes.windows(export.len()).any(|w| w == export.as_bytes());
         assert!(found, "export {export} missing from the wasm");

@@ -45,6 +45,7 @@ impl PorContract {
             .ok_or(ContractError::Overflow)?;
         let id = self.next_channel;
         self.pairs.insert(pair(&caller, &peer), id);
+        self.count_proposal(&caller, &peer, true)?;
         emit(
             "channel_proposed",
             json!({"id": U64(id), "a": caller, "b": peer, "deposit": U128(deposit), "terms": terms}),
@@ -89,6 +90,7 @@ impl PorContract {
                 needed: min,
             });
         }
+        self.count_proposal(&ch.a, &ch.b, false)?;
         let (ia, ib) = (self.node(&ch.a)?.index, self.node(&ch.b)?.index);
         let g = self.graph_mut();
         g.add_edge(ia, ib, id);
@@ -109,6 +111,7 @@ impl PorContract {
             c.deposit_b = U128(deposit);
             c.state = ChannelState::Open;
         }
+        self.open.insert(id);
         emit(
             "channel_opened",
             json!({"id": U64(id), "a": ch.a, "b": ch.b, "deposit_a": ch.deposit_a, "deposit_b": U128(deposit), "terms": ch.terms}),
@@ -130,9 +133,8 @@ impl PorContract {
             });
         }
         self.pairs.remove(&pair(&ch.a, &ch.b));
-        if let Some(c) = self.channels.get_mut(&id) {
-            c.state = ChannelState::Cancelled;
-        }
+        self.count_proposal(&ch.a, &ch.b, false)?;
+        self.retire_channel(id, ChannelState::Cancelled);
         emit(
             "channel_cancelled",
             json!({"id": U64(id), "by": caller, "refund": ch.deposit_a}),
@@ -155,6 +157,22 @@ impl PorContract {
         let (ia, ib) = (self.node(&ch.a)?.index, self.node(&ch.b)?.index);
         self.graph_mut().remove_edge(ia, ib, ch.id.0);
         self.pairs.remove(&pair(&ch.a, &ch.b));
+        self.open.remove(&ch.id.0);
+        Ok(())
+    }
+
+    /// Counts a proposal in (or out) for both endpoints: while one is pending, neither
+    /// may unstake below the minimum.
+    fn count_proposal(&mut self, a: &AccountId, b: &AccountId, up: bool) -> R<()> {
+        for account in [a, b] {
+            let index = self.node(account)?.index;
+            let g = self.gnode(index)?;
+            g.proposals = if up {
+                g.proposals.checked_add(1).ok_or(ContractError::Overflow)?
+            } else {
+                g.proposals.saturating_sub(1)
+            };
+        }
         Ok(())
     }
 }
@@ -165,24 +183,25 @@ impl PorContract {
     #[payable]
     pub fn propose_channel(&mut self, peer: AccountId, terms: Terms) -> U64 {
         let dep = env::attached_deposit().as_yoctonear();
-        U64(ok(self.do_propose(
-            env::predecessor_account_id(),
-            dep,
-            peer,
-            terms,
-        )))
+        U64(ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_propose(env::predecessor_account_id(), dep, peer, terms)
+        })))
     }
 
     /// Confirms a proposed edge with the attached deposit.
     #[payable]
     pub fn confirm_channel(&mut self, id: U64) {
         let dep = env::attached_deposit().as_yoctonear();
-        ok(self.do_confirm(env::predecessor_account_id(), dep, id.0));
+        ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_confirm(env::predecessor_account_id(), dep, id.0)
+        }));
     }
 
     /// Cancels a proposal; the proposer's deposit is returned. Returns the refund.
     pub fn cancel_channel(&mut self, id: U64) -> U128 {
-        let (a, refund) = ok(self.do_cancel(env::predecessor_account_id(), id.0));
+        let (a, refund) = ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_cancel(env::predecessor_account_id(), id.0)
+        }));
         transfer(&a, refund);
         U128(refund)
     }

@@ -45,7 +45,13 @@ impl PorContract {
             } else {
                 return Err(ContractError::ForeignState(ch.id.0));
             };
-            verify(&batch, &su.sig, &u.payer.0, "channel update")?;
+            verify(
+                &self.deployment,
+                &batch,
+                &su.sig,
+                &u.payer.0,
+                "channel update",
+            )?;
             out.push((a_pays, u));
         }
         Ok(out)
@@ -105,9 +111,7 @@ impl PorContract {
     pub(crate) fn settle(&mut self, id: u64) -> R<(AccountId, u128, AccountId, u128)> {
         let ch = self.channel(id)?.clone();
         let (pa, pb) = Self::payout(&ch)?;
-        if let Some(c) = self.channels.get_mut(&id) {
-            c.state = ChannelState::Closed;
-        }
+        self.retire_channel(id, ChannelState::Closed);
         emit(
             "channel_closed",
             json!({"id": U64(id), "a": ch.a, "payout_a": U128(pa), "b": ch.b, "payout_b": U128(pb), "paid_ab": ch.paid_ab.1, "paid_ba": ch.paid_ba.1}),
@@ -115,12 +119,30 @@ impl PorContract {
         Ok((ch.a, pa, ch.b, pb))
     }
 
-    /// An endpoint proposes a cooperative close with the latest states it holds.
+    /// Emits a close event with what a watchtower needs to decide whether to challenge
+    /// without a view: both endpoints and the cumulative totals now held per direction.
+    fn emit_close(&self, event: &str, id: u64, by: &AccountId, until_ns: Option<u64>) {
+        let Some(ch) = self.channels.get(&id) else {
+            return;
+        };
+        let mut data = json!({"id": U64(id), "by": by, "a": ch.a, "b": ch.b,
+            "paid_ab": ch.paid_ab.1, "paid_ba": ch.paid_ba.1});
+        if let (Some(until), Some(map)) = (until_ns, data.as_object_mut()) {
+            map.insert("until_ns".into(), json!(U64(until)));
+        }
+        emit(event, data);
+    }
+
+    /// An endpoint proposes a cooperative close with the latest states it holds. The
+    /// edge leaves the topology at once, and, as for a sever, the partition check runs:
+    /// a node cannot escape a split's slash and reimbursements by closing its last
+    /// edge instead of being severed.
     pub fn do_propose_close(
         &mut self,
         caller: AccountId,
         id: u64,
         updates: Vec<Base64VecU8>,
+        now: u64,
     ) -> R<()> {
         let ch = self.channel(id)?.clone();
         Self::endpoint(&ch, &caller)?;
@@ -137,7 +159,8 @@ impl PorContract {
         if let Some(c) = self.channels.get_mut(&id) {
             c.state = ChannelState::ClosePending { by: caller.clone() };
         }
-        emit("close_proposed", json!({"id": U64(id), "by": caller}));
+        self.emit_close("close_proposed", id, &caller, None);
+        self.partition_check(&ch, now)?;
         Ok(())
     }
 
@@ -166,7 +189,9 @@ impl PorContract {
         self.settle(id)
     }
 
-    /// An endpoint starts an adversarial close with the states it holds.
+    /// An endpoint starts an adversarial close with the states it holds. If the edge
+    /// was still open, it leaves the topology and the partition check runs (see
+    /// [`PorContract::do_propose_close`]).
     pub fn do_start_close(
         &mut self,
         caller: AccountId,
@@ -188,7 +213,8 @@ impl PorContract {
         }
         let states = self.verified_states(&ch, &updates)?;
         self.record_states(id, states, false)?;
-        if ch.state == ChannelState::Open {
+        let was_open = ch.state == ChannelState::Open;
+        if was_open {
             self.unlink(&ch)?;
         }
         let until = now.saturating_add(self.config.challenge_ns.0);
@@ -197,10 +223,10 @@ impl PorContract {
                 until_ns: U64(until),
             };
         }
-        emit(
-            "close_started",
-            json!({"id": U64(id), "by": caller, "until_ns": U64(until)}),
-        );
+        self.emit_close("close_started", id, &caller, Some(until));
+        if was_open {
+            self.partition_check(&ch, now)?;
+        }
         Ok(until)
     }
 
@@ -231,7 +257,7 @@ impl PorContract {
         }
         let states = self.verified_states(&ch, &updates)?;
         self.record_states(id, states, true)?;
-        emit("close_challenged", json!({"id": U64(id), "by": caller}));
+        self.emit_close("close_challenged", id, &caller, None);
         Ok(())
     }
 
@@ -263,40 +289,54 @@ impl PorContract {
 impl PorContract {
     /// Proposes a cooperative close with the caller's latest signed states.
     pub fn propose_close(&mut self, id: U64, updates: Vec<Base64VecU8>) {
-        ok(self.do_propose_close(env::predecessor_account_id(), id.0, updates));
+        ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_propose_close(
+                env::predecessor_account_id(),
+                id.0,
+                updates,
+                env::block_timestamp(),
+            )
+        }));
     }
 
     /// Confirms a cooperative close: paid out at once. Returns the payouts `[a, b]`
     /// (two transfers are scheduled; NEAR does not allow returning a joint promise).
     pub fn confirm_close(&mut self, id: U64, updates: Vec<Base64VecU8>) -> [U128; 2] {
-        let (a, pa, b, pb) =
-            ok(self.do_confirm_close(env::predecessor_account_id(), id.0, updates));
+        let (a, pa, b, pb) = ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_confirm_close(env::predecessor_account_id(), id.0, updates)
+        }));
         pay_out(a, pa, b, pb)
     }
 
     /// Starts an adversarial close with the caller's latest signed states.
     pub fn start_close(&mut self, id: U64, updates: Vec<Base64VecU8>) -> U64 {
-        U64(ok(self.do_start_close(
-            env::predecessor_account_id(),
-            id.0,
-            updates,
-            env::block_timestamp(),
-        )))
+        U64(ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_start_close(
+                env::predecessor_account_id(),
+                id.0,
+                updates,
+                env::block_timestamp(),
+            )
+        })))
     }
 
     /// Submits newer states during the challenge period.
     pub fn challenge(&mut self, id: U64, updates: Vec<Base64VecU8>) {
-        ok(self.do_challenge(
-            env::predecessor_account_id(),
-            id.0,
-            updates,
-            env::block_timestamp(),
-        ));
+        ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_challenge(
+                env::predecessor_account_id(),
+                id.0,
+                updates,
+                env::block_timestamp(),
+            )
+        }));
     }
 
     /// Pays out a channel whose challenge period is over. Returns the payouts `[a, b]`.
     pub fn finalize_close(&mut self, id: U64) -> [U128; 2] {
-        let (a, pa, b, pb) = ok(self.do_finalize_close(id.0, env::block_timestamp()));
+        let (a, pa, b, pb) = ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_finalize_close(id.0, env::block_timestamp())
+        }));
         pay_out(a, pa, b, pb)
     }
 }

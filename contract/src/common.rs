@@ -78,13 +78,14 @@ pub(crate) fn to_hex(b: &[u8]) -> String {
 }
 
 pub(crate) fn verify<T: Signable>(
+    deployment: &[u8; 32],
     value: &T,
     sig: &por_protocol::Signature,
     key: &[u8; 32],
     what: &'static str,
 ) -> R<()> {
     let bytes = value
-        .signing_bytes()
+        .signing_bytes(&por_protocol::Deployment(por_protocol::Hash(*deployment)))
         .map_err(|e| ContractError::Malformed {
             what,
             detail: e.to_string(),

@@ -30,6 +30,19 @@ pub enum ContractError {
         /// Required yoctoNEAR.
         needed: u128,
     },
+    /// The caller's storage balance does not cover the storage its call adds.
+    #[error(
+        "storage: {account} has {have} yoctoNEAR of storage deposit, this call adds \
+         storage costing {need}: call storage_deposit first"
+    )]
+    StorageDeposit {
+        /// The account that pays.
+        account: String,
+        /// What the added storage costs.
+        need: u128,
+        /// Its storage balance.
+        have: u128,
+    },
     /// Not enough stake for the request.
     #[error("insufficient stake: {0}")]
     InsufficientStake(String),

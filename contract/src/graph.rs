@@ -7,7 +7,10 @@ use std::collections::VecDeque;
 use near_sdk::{near, AccountId};
 
 /// One node: its account, its stake (this is where stakes live), whether a partition
-/// check disconnected it, and its live edges `(peer index, channel id)`.
+/// check disconnected it, its live edges `(peer index, channel id)`, and what a split
+/// needs to know about it without another storage read: stake still unbonding (still
+/// slashable), stake added recently (not yet weighed), proposals it is party to, and
+/// the penalties its peers paid for edges severed with it.
 #[near(serializers = [borsh])]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GNode {
@@ -20,16 +23,54 @@ pub struct GNode {
     pub disconnected: bool,
     /// Live edges.
     pub edges: Vec<(u32, u64)>,
+    /// Stake asked back and not yet withdrawn: it no longer counts, but a partition
+    /// check still slashes it and reimbursements still draw on it.
+    pub unbonding: u128,
+    /// Stake added by `add_stake` that does not count for weighing the sides of a
+    /// split until `recent_until_ns` (see [`GNode::weight`]).
+    pub recent: u128,
+    /// When `recent` starts to count.
+    pub recent_until_ns: u64,
+    /// Channels proposed and not yet confirmed or cancelled that this node is an
+    /// endpoint of.
+    pub proposals: u32,
+    /// Penalties peers paid for edges severed with this node, not yet reimbursed:
+    /// `(peer index, amount, channel)`. If a split puts this node on the smaller side
+    /// and the peer on the larger, this node pays the peer back.
+    pub owed: Vec<(u32, u128, u64)>,
 }
 
 impl GNode {
-    /// The stake that counts for partitions and the center.
+    /// The stake that counts for the center.
     pub fn counted(&self) -> u128 {
         if self.disconnected {
             0
         } else {
             self.stake
         }
+    }
+
+    /// The stake that weighs this node's side of a split at `now_ns`: its counted
+    /// stake less what `add_stake` added within the last unbonding period, so that
+    /// stake added just before a split cannot make a side heavier.
+    pub fn weight(&self, now_ns: u64) -> u128 {
+        let recent = if now_ns < self.recent_until_ns {
+            self.recent
+        } else {
+            0
+        };
+        self.counted().saturating_sub(recent)
+    }
+
+    /// Takes up to `amount` from this node's stake, then from its unbonding stake;
+    /// returns what was taken.
+    pub fn take(&mut self, amount: u128) -> u128 {
+        let from_stake = amount.min(self.stake);
+        self.stake = self.stake.saturating_sub(from_stake);
+        let from_unbonding = amount.saturating_sub(from_stake).min(self.unbonding);
+        self.unbonding = self.unbonding.saturating_sub(from_unbonding);
+        self.recent = self.recent.min(self.stake);
+        from_stake.saturating_add(from_unbonding)
     }
 }
 
@@ -63,6 +104,11 @@ impl Graph {
             stake,
             disconnected: false,
             edges: Vec::new(),
+            unbonding: 0,
+            recent: 0,
+            recent_until_ns: 0,
+            proposals: 0,
+            owed: Vec::new(),
         });
         u32::try_from(self.nodes.len().saturating_sub(1)).unwrap_or(u32::MAX)
     }
@@ -131,8 +177,8 @@ impl Graph {
 
     /// Whether `a` and `b` are connected, by a search that grows the two sides in turn
     /// (the smaller frontier first) and stops as soon as they meet; if they do not, the
-    /// two whole components with their stakes.
-    pub fn split(&self, a: u32, b: u32) -> Split {
+    /// two whole components with their weights at `now_ns` (see [`GNode::weight`]).
+    pub fn split(&self, a: u32, b: u32, now_ns: u64) -> Split {
         let n = self.nodes.len();
         // 0 = unseen, 1 = reached from a, 2 = reached from b.
         let mut side = vec![0u8; n];
@@ -170,7 +216,7 @@ impl Graph {
         }
         let stake = |m: &Vec<u32>| {
             m.iter()
-                .map(|i| self.nodes[*i as usize].counted())
+                .map(|i| self.nodes[*i as usize].weight(now_ns))
                 .fold(0u128, u128::saturating_add)
         };
         let [ma, mb] = members;
@@ -240,9 +286,9 @@ mod tests {
         let mut g = line(5);
         g.add_edge(0, 4, 99); // a ring: removing one edge leaves it connected
         assert!(g.remove_edge(1, 2, 2));
-        assert_eq!(g.split(1, 2), Split::Connected);
+        assert_eq!(g.split(1, 2, 0), Split::Connected);
         assert!(g.remove_edge(0, 4, 99));
-        match g.split(1, 2) {
+        match g.split(1, 2, 0) {
             Split::Partitioned { a, b } => {
                 assert_eq!((a.0.len(), a.1), (2, 20));
                 assert_eq!((b.0.len(), b.1), (3, 30));

@@ -14,7 +14,7 @@
 // helpers) that cannot carry doc comments; every item written here has one.
 #![allow(missing_docs)]
 
-use near_sdk::store::{IterableMap, LazyOption, LookupMap};
+use near_sdk::store::{IterableMap, IterableSet, LazyOption, LookupMap};
 use near_sdk::{env, near};
 
 mod channels;
@@ -25,6 +25,7 @@ pub mod graph;
 mod nodes;
 mod sever;
 mod state;
+mod storage;
 mod views;
 
 pub use common::{MAX_ADDRESSES, MAX_ADDRESS_LEN};
@@ -42,11 +43,20 @@ impl PorContract {
         if config.partition_slash_bps > 10_000 {
             env::panic_str("invalid argument: partition_slash_bps above 10000");
         }
+        if config.network.is_empty() || config.network.len() > 64 {
+            env::panic_str("invalid argument: network must be 1 to 64 characters");
+        }
+        let deployment =
+            por_protocol::Deployment::of(&config.network, env::current_account_id().as_str());
         PorContract {
+            deployment: deployment.0 .0,
             config,
             nodes: IterableMap::new(Key::Nodes),
             keys: LookupMap::new(Key::Keys),
             channels: IterableMap::new(Key::Channels),
+            settled: LookupMap::new(Key::Settled),
+            open: IterableSet::new(Key::Open),
+            storage: LookupMap::new(Key::Storage),
             pairs: LookupMap::new(Key::Pairs),
             graph: LazyOption::new(Key::Graph, Some(Graph::default())),
             next_channel: 0,

@@ -44,18 +44,28 @@ impl PorContract {
                 account: caller,
                 key,
                 addresses,
-                unbonding: None,
+                unbonding_until: None,
                 index,
-                severed: Vec::new(),
             },
         );
         Ok(())
     }
 
-    /// Adds `deposit` to the caller's stake.
-    pub fn do_add_stake(&mut self, caller: AccountId, deposit: u128) -> R<()> {
+    /// Adds `deposit` to the caller's stake. It counts at once for everything but the
+    /// weighing of a split, where it counts once `unbonding_ns` has passed (so that
+    /// stake added just before a split cannot decide which side is lighter).
+    pub fn do_add_stake(&mut self, caller: AccountId, deposit: u128, now: u64) -> R<()> {
         let stake = add(self.stake_of(&caller)?, deposit)?;
         self.set_stake(&caller, stake)?;
+        let index = self.node(&caller)?.index;
+        let until = now.saturating_add(self.config.unbonding_ns.0);
+        let g = self.gnode(index)?;
+        g.recent = if now < g.recent_until_ns {
+            add(g.recent, deposit)?
+        } else {
+            deposit
+        };
+        g.recent_until_ns = until;
         emit(
             "stake_added",
             json!({"account": caller, "amount": U128(deposit), "stake": U128(stake)}),
@@ -66,7 +76,7 @@ impl PorContract {
     /// Starts unbonding `amount` of the caller's stake.
     pub fn do_unstake(&mut self, caller: AccountId, amount: u128, now: u64) -> R<()> {
         let node = self.node(&caller)?.clone();
-        if node.unbonding.is_some() {
+        if node.unbonding_until.is_some() {
             return Err(ContractError::Invalid(
                 "an unbonding is already in progress".into(),
             ));
@@ -74,21 +84,26 @@ impl PorContract {
         let stake = self.stake_of(&caller)?;
         let left = sub(stake, amount)
             .map_err(|_| ContractError::InsufficientStake(format!("stake is {stake}")))?;
-        let live = self
+        let (live, proposals) = self
             .graph
             .get()
             .as_ref()
-            .map_or(0, |g| g.degree(node.index));
-        if left < self.config.min_stake.0 && live > 0 {
+            .and_then(|g| g.node(node.index))
+            .map_or((0, 0), |g| (g.edges.len(), g.proposals));
+        if left < self.config.min_stake.0 && (live > 0 || proposals > 0) {
             return Err(ContractError::InsufficientStake(format!(
-                "{live} live edges need at least {} staked",
+                "{live} live and {proposals} proposed edges need at least {} staked",
                 self.config.min_stake.0
             )));
         }
         let release = now.saturating_add(self.config.unbonding_ns.0);
         self.set_stake(&caller, left)?;
+        // The unbonding amount stays in the graph, slashable until withdrawn.
+        let g = self.gnode(node.index)?;
+        g.unbonding = amount;
+        g.recent = g.recent.min(left);
         if let Some(n) = self.nodes.get_mut(&caller) {
-            n.unbonding = Some((U128(amount), U64(release)));
+            n.unbonding_until = Some(U64(release));
         }
         emit(
             "unstake_started",
@@ -98,10 +113,12 @@ impl PorContract {
     }
 
     /// Completes an unbonding; returns the amount to transfer.
+    /// What a slash or a reimbursement took of the unbonding stake is not sent.
     pub fn do_withdraw(&mut self, caller: AccountId, now: u64) -> R<u128> {
         let node = self.node(&caller)?;
-        let (amount, release) = node
-            .unbonding
+        let index = node.index;
+        let release = node
+            .unbonding_until
             .ok_or_else(|| ContractError::Invalid("nothing is unbonding".into()))?;
         if now < release.0 {
             return Err(ContractError::TooEarly {
@@ -109,14 +126,16 @@ impl PorContract {
                 at_ns: release.0,
             });
         }
+        let g = self.gnode(index)?;
+        let amount = std::mem::take(&mut g.unbonding);
         if let Some(n) = self.nodes.get_mut(&caller) {
-            n.unbonding = None;
+            n.unbonding_until = None;
         }
         emit(
             "stake_withdrawn",
-            json!({"account": caller, "amount": amount}),
+            json!({"account": caller, "amount": U128(amount)}),
         );
-        Ok(amount.0)
+        Ok(amount)
     }
 
     /// Replaces the caller's addresses.
@@ -141,35 +160,45 @@ impl PorContract {
     #[payable]
     pub fn register(&mut self, key: String, addresses: Vec<String>) {
         let dep = env::attached_deposit().as_yoctonear();
-        ok(self.do_register(env::predecessor_account_id(), dep, key, addresses));
+        ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_register(env::predecessor_account_id(), dep, key, addresses)
+        }));
     }
 
     /// Adds the attached deposit to the caller's stake.
     #[payable]
     pub fn add_stake(&mut self) {
         let dep = env::attached_deposit().as_yoctonear();
-        ok(self.do_add_stake(env::predecessor_account_id(), dep));
+        ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_add_stake(env::predecessor_account_id(), dep, env::block_timestamp())
+        }));
     }
 
     /// Starts unbonding part of the caller's stake.
     pub fn unstake(&mut self, amount: U128) {
-        ok(self.do_unstake(
-            env::predecessor_account_id(),
-            amount.0,
-            env::block_timestamp(),
-        ));
+        ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_unstake(
+                env::predecessor_account_id(),
+                amount.0,
+                env::block_timestamp(),
+            )
+        }));
     }
 
     /// Withdraws unbonded stake. Returns the amount sent.
     pub fn withdraw(&mut self) -> U128 {
         let caller = env::predecessor_account_id();
-        let amount = ok(self.do_withdraw(caller.clone(), env::block_timestamp()));
+        let amount = ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_withdraw(caller.clone(), env::block_timestamp())
+        }));
         transfer(&caller, amount);
         U128(amount)
     }
 
     /// Replaces the caller's network addresses.
     pub fn update_addresses(&mut self, addresses: Vec<String>) {
-        ok(self.do_update_addresses(env::predecessor_account_id(), addresses));
+        ok(self.charged(&env::predecessor_account_id(), |c| {
+            c.do_update_addresses(env::predecessor_account_id(), addresses)
+        }));
     }
 }

@@ -2,7 +2,7 @@
 //! records its views return.
 
 use near_sdk::json_types::{U128, U64};
-use near_sdk::store::{IterableMap, LazyOption, LookupMap};
+use near_sdk::store::{IterableMap, IterableSet, LazyOption, LookupMap};
 use near_sdk::{near, AccountId, BorshStorageKey, PanicOnDefault};
 use por_protocol::types::EdgeTerms;
 use por_protocol::Amount;
@@ -14,6 +14,10 @@ use crate::graph::{self, Graph};
 #[near(serializers = [borsh, json])]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// The network this deployment is on (`mainnet`, `testnet`, `sandbox`, `embedded`,
+    /// ...). With the contract's own account it names the deployment every signature
+    /// is bound to (see `por_protocol::crypto::Deployment`).
+    pub network: String,
     /// Minimum stake to register (yoctoNEAR).
     pub min_stake: U128,
     /// Minimum deposit per side to open a channel.
@@ -69,12 +73,11 @@ pub struct Node {
     pub key: String,
     /// Network addresses peers dial.
     pub addresses: Vec<String>,
-    /// Amount unbonding and when it can be withdrawn.
-    pub unbonding: Option<(U128, U64)>,
+    /// When the stake unbonding (held in the graph, where it stays slashable) can be
+    /// withdrawn.
+    pub unbonding_until: Option<U64>,
     /// Index in the graph.
     pub index: u32,
-    /// Severed channels it was an endpoint of.
-    pub severed: Vec<u64>,
 }
 
 /// A node as the views show it.
@@ -89,14 +92,15 @@ pub struct NodeView {
     pub stake: U128,
     /// Network addresses peers dial.
     pub addresses: Vec<String>,
-    /// Amount unbonding and when it can be withdrawn.
+    /// Amount unbonding (less what slashes and reimbursements took of it) and when it
+    /// can be withdrawn.
     pub unbonding: Option<(U128, U64)>,
     /// Set once a partition check found it on the disconnected side.
     pub disconnected: bool,
     /// Live edges.
     pub degree: u32,
-    /// Severed channels it was an endpoint of.
-    pub severed: Vec<U64>,
+    /// Penalties this node would reimburse if a split left it on the smaller side.
+    pub owed: U128,
 }
 
 /// Where a channel is in its life.
@@ -150,8 +154,6 @@ pub struct SeverRecord {
     pub penalty_a: U128,
     /// Penalty `b` paid.
     pub penalty_b: U128,
-    /// Whether the penalties have been reimbursed by an isolated node.
-    pub reimbursed: bool,
 }
 
 /// A channel (edge).
@@ -189,6 +191,9 @@ pub(crate) enum Key {
     Channels,
     Graph,
     Pairs,
+    Settled,
+    Open,
+    Storage,
 }
 
 /// The contract.
@@ -198,13 +203,25 @@ pub struct PorContract {
     pub(crate) config: Config,
     pub(crate) nodes: IterableMap<AccountId, Node>,
     pub(crate) keys: LookupMap<String, AccountId>,
+    /// Channels not yet settled: proposed, open, or closing. Only these are paged.
     pub(crate) channels: IterableMap<u64, Channel>,
+    /// Settled channels (closed or cancelled), out of every paged view: looked up by
+    /// id only, so history never slows the views down.
+    pub(crate) settled: LookupMap<u64, Channel>,
+    /// Ids of the open channels: the live edges, paged in O(page).
+    pub(crate) open: IterableSet<u64>,
+    /// Each account's storage balance: what it deposited for the storage its calls
+    /// add, less what they added (see `storage.rs`).
+    pub(crate) storage: LookupMap<AccountId, u128>,
     /// Live or proposed channel per unordered pair of accounts.
     pub(crate) pairs: LookupMap<(AccountId, AccountId), u64>,
     pub(crate) graph: LazyOption<Graph>,
     pub(crate) next_channel: u64,
     /// Penalties and slashes collected and not reimbursed.
     pub(crate) pool: u128,
+    /// `Deployment::of(config.network, current_account_id)`, fixed at `new`: the only
+    /// deployment whose signatures this contract accepts.
+    pub(crate) deployment: [u8; 32],
 }
 
 impl PorContract {
@@ -217,7 +234,17 @@ impl PorContract {
     pub(crate) fn channel(&self, id: u64) -> R<&Channel> {
         self.channels
             .get(&id)
+            .or_else(|| self.settled.get(&id))
             .ok_or(ContractError::UnknownChannel(id))
+    }
+
+    /// Moves a paid-out or cancelled channel out of the paged collections.
+    pub(crate) fn retire_channel(&mut self, id: u64, state: ChannelState) {
+        if let Some(mut c) = self.channels.remove(&id) {
+            c.state = state;
+            self.open.remove(&id);
+            self.settled.insert(id, c);
+        }
     }
 
     pub(crate) fn graph_mut(&mut self) -> &mut Graph {
@@ -248,10 +275,16 @@ impl PorContract {
             key: n.key.clone(),
             stake: U128(g.map_or(0, |g| g.stake)),
             addresses: n.addresses.clone(),
-            unbonding: n.unbonding,
+            unbonding: n
+                .unbonding_until
+                .map(|until| (U128(g.map_or(0, |g| g.unbonding)), until)),
             disconnected: g.is_some_and(|g| g.disconnected),
             degree: g.map_or(0, |g| u32::try_from(g.edges.len()).unwrap_or(u32::MAX)),
-            severed: n.severed.iter().map(|c| U64(*c)).collect(),
+            owed: U128(g.map_or(0, |g| {
+                g.owed
+                    .iter()
+                    .fold(0u128, |sum, (_, amount, _)| sum.saturating_add(*amount))
+            })),
         }
     }
 }

@@ -8,7 +8,7 @@ use por_protocol::types::{
     ChannelId, ChannelUpdate, Memo, RequestId, SeverNotice, SeverReason, SignedSeverNotice,
     SignedUpdate,
 };
-use por_protocol::{wire, Amount, Hash, Keypair, NodeId};
+use por_protocol::{wire, Amount, Deployment, Hash, Keypair, NodeId};
 
 use super::*;
 use crate::common::hex32;
@@ -25,7 +25,13 @@ fn config() -> Config {
         challenge_ns: U64(60 * SEC),
         sever_penalty: U128(NEAR / 10),
         partition_slash_bps: 1_000,
+        network: "test".into(),
     }
+}
+
+/// The deployment the contract under test accepts signatures for.
+fn dep() -> Deployment {
+    Deployment::of("test", near_sdk::env::current_account_id().as_str())
 }
 
 fn acc(name: &str) -> AccountId {
@@ -92,7 +98,7 @@ fn update(payer: &str, payee: &str, channel: u64, seq: u64, cumulative: u128) ->
             amount: Amount(1),
         },
     };
-    Base64VecU8(wire::encode(&SignedUpdate::sign_alone(&key(payer), u).unwrap()).unwrap())
+    Base64VecU8(wire::encode(&SignedUpdate::sign_alone(&key(payer), &dep(), u).unwrap()).unwrap())
 }
 
 fn notice(severer: &str, peer: &str, channel: u64) -> Base64VecU8 {
@@ -103,7 +109,7 @@ fn notice(severer: &str, peer: &str, channel: u64) -> Base64VecU8 {
         reason: SeverReason::Unresponsive,
         at_ms: 0,
     };
-    let sig = key(severer).sign(&n).unwrap();
+    let sig = key(severer).sign(&dep(), &n).unwrap();
     Base64VecU8(wire::encode(&SignedSeverNotice { notice: n, sig }).unwrap())
 }
 
@@ -162,14 +168,14 @@ fn register_and_its_refusals() {
 #[test]
 fn stake_unstake_withdraw() {
     let mut c = setup(&["alice", "bob"]);
-    c.do_add_stake(acc("alice"), 5 * NEAR).unwrap();
+    c.do_add_stake(acc("alice"), 5 * NEAR, 0).unwrap();
     assert_eq!(stake(&c, "alice"), 105 * NEAR);
     assert!(matches!(
-        c.do_add_stake(acc("nobody"), 1),
+        c.do_add_stake(acc("nobody"), 1, 0),
         Err(ContractError::UnknownNode(_))
     ));
     assert_eq!(
-        c.do_add_stake(acc("alice"), u128::MAX),
+        c.do_add_stake(acc("alice"), u128::MAX, 0),
         Err(ContractError::Overflow)
     );
     // With a live edge, stake may not drop under the minimum.
@@ -311,7 +317,7 @@ fn cooperative_close_pays_out_at_once() {
         update("alice", "bob", id, 7, 3 * NEAR),
         update("bob", "alice", id, 2, NEAR),
     ];
-    c.do_propose_close(acc("alice"), id, states).unwrap();
+    c.do_propose_close(acc("alice"), id, states, 0).unwrap();
     assert!(
         c.get_edges(0, 10).is_empty(),
         "a closing channel no longer routes"
@@ -374,10 +380,27 @@ fn adversarial_close_newer_state_wins() {
             got: 3 * NEAR
         })
     );
+    // Signed by Alice, but for another deployment of the contract (same channel id,
+    // same keys): refused.
+    for other in [
+        Deployment::of("mainnet", near_sdk::env::current_account_id().as_str()),
+        Deployment::of("test", "por-old.test"),
+    ] {
+        let mut replayed: SignedUpdate =
+            wire::decode(&update("alice", "bob", id, 10, 5 * NEAR).0).unwrap();
+        replayed.sig = key("alice")
+            .sign(&other, &replayed.batch().unwrap())
+            .unwrap();
+        let replayed = Base64VecU8(wire::encode(&replayed).unwrap());
+        assert_eq!(
+            c.do_challenge(acc("bob"), id, vec![replayed], 3_000),
+            Err(ContractError::BadSignature("channel update"))
+        );
+    }
     // Forged: Bob signs "Alice paid Bob" himself.
     let mut forged: SignedUpdate =
         wire::decode(&update("alice", "bob", id, 10, 5 * NEAR).0).unwrap();
-    forged.sig = key("bob").sign(&forged.batch().unwrap()).unwrap();
+    forged.sig = key("bob").sign(&dep(), &forged.batch().unwrap()).unwrap();
     let forged = Base64VecU8(wire::encode(&forged).unwrap());
     assert_eq!(
         c.do_challenge(acc("bob"), id, vec![forged], 3_000),
@@ -531,7 +554,7 @@ fn batch_member(channel: u64) -> SignedUpdate {
     ];
     let (root, proofs) = por_protocol::merkle::build(&leaves).unwrap();
     su.sig = key("alice")
-        .sign(&por_protocol::types::BatchRoot { root, leaves: 3 })
+        .sign(&dep(), &por_protocol::types::BatchRoot { root, leaves: 3 })
         .unwrap();
     su.proof = proofs[1].clone();
     su
@@ -578,7 +601,7 @@ fn sever_charges_both_and_is_submittable_by_anyone() {
     let ca = open(&mut c, "carol", "alice");
     // A notice not signed by its severer.
     let mut bad: SignedSeverNotice = wire::decode(&notice("bob", "carol", bc).0).unwrap();
-    bad.sig = key("alice").sign(&bad.notice).unwrap();
+    bad.sig = key("alice").sign(&dep(), &bad.notice).unwrap();
     assert_eq!(
         c.do_sever(Base64VecU8(wire::encode(&bad).unwrap()), 0),
         Err(ContractError::BadSignature("sever notice"))
@@ -669,9 +692,154 @@ fn partition_slashes_the_lighter_side_and_the_isolated_node_reimburses() {
     assert!(!c.get_node(acc("bob")).unwrap().disconnected);
     assert_eq!(c.get_pool().0, 2 * (NEAR / 10) + slashed);
     let ev = events();
-    for e in ["node_disconnected", "penalty_reimbursed"] {
+    for e in ["node_disconnected", "penalties_reimbursed"] {
         assert!(ev.contains(&e.to_string()), "{e}: {ev:?}");
     }
+}
+
+/// `a` - `b` - `c` - `d` with the given stakes (NEAR).
+fn line(stakes: [u128; 4]) -> (PorContract, [u64; 3]) {
+    at(0);
+    let mut c = PorContract::new(config());
+    let names = ["a", "b", "c", "d"];
+    for (n, s) in names.iter().zip(stakes) {
+        c.do_register(acc(n), s * NEAR, hex(key(n).id()), vec![])
+            .unwrap();
+    }
+    let ids = [
+        open(&mut c, "a", "b"),
+        open(&mut c, "b", "c"),
+        open(&mut c, "c", "d"),
+    ];
+    (c, ids)
+}
+
+#[test]
+fn the_smaller_side_reimburses_the_penalties_the_larger_side_paid_across_the_split() {
+    // a - b - c - d, then a - c too: severing b-c (by b) splits nothing (b reaches c
+    // through a). Then severing a-b (by a) leaves b alone: b, the lighter side, pays
+    // back both penalties its peers on the larger side paid: a's for a-b, and c's for
+    // the earlier b-c.
+    let (mut c, [ab, bc, _]) = line([100, 30, 100, 100]);
+    open(&mut c, "a", "c");
+    let pen = NEAR / 10;
+    assert_eq!(
+        c.do_sever(notice("b", "c", bc), 0).unwrap(),
+        Split::Connected
+    );
+    assert_eq!(stake(&c, "c"), 100 * NEAR - pen);
+    assert_eq!(c.get_node(acc("b")).unwrap().owed, U128(pen));
+    let Split::Partitioned { .. } = c.do_sever(notice("a", "b", ab), 1).unwrap() else {
+        panic!("b is cut off")
+    };
+    // a and c are made whole; b paid two penalties, was slashed 10% and paid two back.
+    assert_eq!(stake(&c, "a"), 100 * NEAR);
+    assert_eq!(stake(&c, "c"), 100 * NEAR);
+    let after_penalties = 30 * NEAR - 2 * pen;
+    let slashed = after_penalties / 10;
+    assert_eq!(stake(&c, "b"), after_penalties - slashed - 2 * pen);
+    assert_eq!(c.get_node(acc("b")).unwrap().owed, U128(0));
+    assert!(c.get_node(acc("b")).unwrap().disconnected);
+    // Penalties owed within one side stay owed: a owes b nothing more, c owes b its
+    // share of b-c only if a later split parts them with c on the smaller side.
+    assert_eq!(c.get_node(acc("c")).unwrap().owed, U128(pen));
+}
+
+#[test]
+fn closing_the_edge_that_splits_the_graph_runs_the_partition_check() {
+    // d (light) closes its only edge instead of being severed: it is slashed all the
+    // same, and reimburses c's penalty from their earlier severed edge... here c - d
+    // was never severed, so only the slash applies.
+    let (mut c, [_, _, cd]) = line([100, 100, 100, 20]);
+    c.do_start_close(acc("d"), cd, vec![], 0).unwrap();
+    assert!(c.get_node(acc("d")).unwrap().disconnected);
+    assert_eq!(stake(&c, "d"), 20 * NEAR - 2 * NEAR);
+    assert!(events().contains(&"partition_checked".to_string()));
+    // A cooperative close that splits runs it too.
+    let (mut c, [ab, _, _]) = line([20, 100, 100, 100]);
+    c.do_propose_close(acc("a"), ab, vec![], 0).unwrap();
+    assert!(c.get_node(acc("a")).unwrap().disconnected);
+    assert_eq!(stake(&c, "a"), 18 * NEAR);
+}
+
+#[test]
+fn unbonding_stake_stays_slashable_and_min_stake_holds_while_a_proposal_is_pending() {
+    let (mut c, [_, _, cd]) = line([100, 100, 100, 50]);
+    // d unstakes down to the minimum (10 NEAR) while its edge is open.
+    c.do_unstake(acc("d"), 40 * NEAR, 0).unwrap();
+    assert_eq!(stake(&c, "d"), 10 * NEAR);
+    // Then c severs it: the penalty and the slash reach the unbonding 40 NEAR.
+    c.do_sever(notice("c", "d", cd), 1).unwrap();
+    let view = c.get_node(acc("d")).unwrap();
+    assert!(view.disconnected);
+    let pen = NEAR / 10;
+    let slash = (50 * NEAR - pen) / 10;
+    let left = 50 * NEAR - pen - slash - pen;
+    let unbonding = view.unbonding.unwrap().0 .0;
+    assert_eq!(view.stake.0 + unbonding, left);
+    // What is withdrawn is what is left of the unbonding stake, not what was asked.
+    at(1_000 * SEC);
+    assert_eq!(c.do_withdraw(acc("d"), 1_000 * SEC).unwrap(), unbonding);
+    // A pending proposal holds the minimum too.
+    at(0);
+    let mut c = setup(&["x", "y"]);
+    c.do_propose(acc("x"), 5 * NEAR, acc("y"), terms()).unwrap();
+    assert!(matches!(
+        c.do_unstake(acc("y"), 95 * NEAR, 0),
+        Err(ContractError::InsufficientStake(_))
+    ));
+    assert!(matches!(
+        c.do_unstake(acc("x"), 95 * NEAR, 0),
+        Err(ContractError::InsufficientStake(_))
+    ));
+    c.do_unstake(acc("x"), 90 * NEAR, 0).unwrap();
+}
+
+#[test]
+fn stake_added_just_before_a_split_does_not_decide_the_lighter_side() {
+    // a - b - c - d, all 100 NEAR, and c adds 200 NEAR just before b severs b-c.
+    // Weighed with it, {c, d} would be heavier and {a, b} slashed; it does not count
+    // for an unbonding period, so the sides tie at 200 each and the tie rule (the
+    // smaller component, then b's side: {c, d}) decides, as it would have without it.
+    let (mut c, [_, bc, _]) = line([100, 100, 100, 100]);
+    c.do_add_stake(acc("c"), 200 * NEAR, 10 * SEC).unwrap();
+    c.do_sever(notice("b", "c", bc), 11 * SEC).unwrap();
+    assert!(c.get_node(acc("c")).unwrap().disconnected);
+    assert!(!c.get_node(acc("b")).unwrap().disconnected);
+    // Once the period has passed, added stake weighs like any other.
+    let (mut c, [_, bc, _]) = line([100, 100, 100, 100]);
+    c.do_add_stake(acc("c"), 200 * NEAR, 10 * SEC).unwrap();
+    c.do_sever(notice("b", "c", bc), 200 * SEC).unwrap();
+    assert!(!c.get_node(acc("c")).unwrap().disconnected);
+    assert!(c.get_node(acc("b")).unwrap().disconnected);
+}
+
+#[test]
+fn settled_channels_leave_the_paged_views() {
+    let mut c = setup(&["alice", "bob", "carol"]);
+    // History: many proposals cancelled, one channel closed.
+    for _ in 0..20 {
+        let id = c
+            .do_propose(acc("alice"), 5 * NEAR, acc("bob"), terms())
+            .unwrap();
+        c.do_cancel(acc("bob"), id).unwrap();
+    }
+    let closed = open(&mut c, "alice", "carol");
+    c.do_propose_close(acc("alice"), closed, vec![], 0).unwrap();
+    c.do_confirm_close(acc("carol"), closed, vec![]).unwrap();
+    let live = open(&mut c, "bob", "carol");
+    let edges: Vec<u64> = c.get_edges(0, 10).iter().map(|e| e.id.0).collect();
+    assert_eq!(edges, vec![live]);
+    assert_eq!(c.get_channels(0, 100).len(), 1);
+    // Settled ones are still there by id.
+    assert_eq!(
+        c.get_channel(U64(closed)).unwrap().state,
+        ChannelState::Closed
+    );
+    assert_eq!(
+        c.get_channel(U64(1)).unwrap().state,
+        ChannelState::Cancelled
+    );
 }
 
 #[test]
@@ -690,7 +858,7 @@ fn a_disconnected_node_that_reconnects_counts_again() {
     assert!(events().contains(&"node_reconnected".to_string()));
     // Her stake counts again. Bob adds 10 NEAR: alone he outweighs Alice, but not
     // Alice and Carol together, so severing alice-bob disconnects Bob.
-    c.do_add_stake(acc("bob"), 10 * NEAR).unwrap();
+    c.do_add_stake(acc("bob"), 10 * NEAR, 0).unwrap();
     let ab = c
         .get_edges(0, 10)
         .into_iter()
@@ -748,12 +916,28 @@ fn center_matches_the_protocol_crate() {
 fn bindings_take_deposits_from_the_environment() {
     at(0);
     let mut c = PorContract::new(config());
-    testing_env!(VMContextBuilder::new()
-        .predecessor_account_id(acc("alice"))
-        .attached_deposit(NearToken::from_yoctonear(12 * NEAR))
-        .build());
+    let as_alice = |yocto: u128| {
+        testing_env!(VMContextBuilder::new()
+            .predecessor_account_id(acc("alice"))
+            .attached_deposit(NearToken::from_yoctonear(yocto))
+            .build());
+    };
+    as_alice(NEAR / 10);
+    let deposited = c.storage_deposit(None, None).total.0;
+    as_alice(12 * NEAR);
     c.register(hex(key("alice").id()), vec![]);
+    // The stake is exactly what was attached; the storage came out of the balance.
     assert_eq!(stake(&c, "alice"), 12 * NEAR);
+    let left = c.storage_balance_of(acc("alice")).unwrap().total.0;
+    assert!(left < deposited && left > 0, "{left} of {deposited}");
+    // Bob, with no storage balance, is refused (on chain the call reverts whole).
+    let refused = c.charged(&acc("bob"), |c| {
+        c.do_register(acc("bob"), 12 * NEAR, hex(key("bob").id()), vec![])
+    });
+    assert!(
+        matches!(&refused, Err(ContractError::StorageDeposit { have: 0, .. })),
+        "{refused:?}"
+    );
     assert_eq!(c.get_config(), config());
 }
 

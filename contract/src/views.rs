@@ -3,13 +3,19 @@
 use near_sdk::json_types::{U128, U64};
 use near_sdk::{near, AccountId};
 
-use crate::state::{Channel, ChannelState, Config, Node, NodeView, PorContract, PorContractExt};
+use crate::state::{Channel, Config, Node, NodeView, PorContract, PorContractExt};
 
 #[near]
 impl PorContract {
     /// The configuration.
     pub fn get_config(&self) -> Config {
         self.config.clone()
+    }
+
+    /// The deployment every signature must be made for, as lower-case hex (see
+    /// `por_protocol::crypto::Deployment`).
+    pub fn get_deployment(&self) -> String {
+        crate::common::to_hex(&self.deployment)
     }
 
     /// One node.
@@ -34,10 +40,15 @@ impl PorContract {
 
     /// One channel.
     pub fn get_channel(&self, id: U64) -> Option<Channel> {
-        self.channels.get(&id.0).cloned()
+        self.channels
+            .get(&id.0)
+            .or_else(|| self.settled.get(&id.0))
+            .cloned()
     }
 
-    /// Channels in any state, paged.
+    /// Channels not yet settled (proposed, open, or closing), paged. Settled ones are
+    /// only looked up by id ([`PorContract::get_channel`]); their history is in the
+    /// events.
     pub fn get_channels(&self, from: u32, limit: u32) -> Vec<Channel> {
         self.channels
             .values()
@@ -47,13 +58,14 @@ impl PorContract {
             .collect()
     }
 
-    /// Live edges (open channels), paged.
+    /// Live edges (open channels), paged in O(`limit`): the page is read from the
+    /// set of open ids, whatever the number of channels ever made.
     pub fn get_edges(&self, from: u32, limit: u32) -> Vec<Channel> {
-        self.channels
-            .values()
-            .filter(|c| c.state == ChannelState::Open)
+        self.open
+            .iter()
             .skip(from as usize)
             .take(limit as usize)
+            .filter_map(|id| self.channels.get(id))
             .cloned()
             .collect()
     }

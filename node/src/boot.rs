@@ -73,10 +73,13 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         }
         Some(_) => {}
     }
+    let deployment = chain.deployment().await?;
+    db.bind_deployment(&deployment)?;
     let t = now();
     let mut engine = Engine::restore(
         b.engine.clone(),
         b.key.clone(),
+        deployment,
         snapshot.topology(),
         db.store(),
         t,
@@ -108,6 +111,7 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
     );
     let mut links = Links::new(
         id,
+        deployment,
         transport,
         link_tx,
         b.shape.clone(),

@@ -235,6 +235,7 @@ pub fn status_json(s: &Status) -> Value {
             "id": c.id.0, "peer": crate::key_hex(&c.peer), "balance": c.balance.0.to_string(),
             "received": c.received.0.to_string(), "paid": c.paid.0.to_string(),
             "unacked": c.unacked.0.to_string(), "connected": c.connected, "severed": c.severed,
+            "close": format!("{:?}", c.close).to_lowercase(),
         })).collect::<Vec<_>>(),
     })
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use por_protocol::store::{Store, StoreError, Write};
 use por_protocol::types::{ChannelId, RequestId};
-use por_protocol::wire;
+use por_protocol::{wire, Deployment};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::wal::Wal;
@@ -34,6 +34,8 @@ const CHANNELS: TableDefinition<u64, &[u8]> = TableDefinition::new("channels");
 const UNACKED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("unacked");
 const PENDING: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("pending");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The contract deployment the records were signed for (one row, key `deployment`).
+const DEPLOYMENT: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("deployment");
 /// The generation of the write-ahead log whose records are not yet in the tables.
 const WAL_GENERATION: &str = "wal_generation";
 /// The meta key of the chain height the node has followed to (see `follower.rs`).
@@ -78,7 +80,9 @@ impl Dirty {
                 let slot = self.acked.entry(channel.0).or_default();
                 *slot = (*slot).max(*seq);
             }
-            Write::Incoming { channel, .. } | Write::Severed { channel, .. } => {
+            Write::Incoming { channel, .. }
+            | Write::Severed { channel, .. }
+            | Write::Close { channel, .. } => {
                 self.channels.insert(*channel);
             }
             Write::Pending(p) => {
@@ -353,6 +357,36 @@ impl NodeDb {
         Ok(t.get(key).map_err(|e| err(&e))?.map(|v| v.value()))
     }
 
+    /// Binds the records to `deployment` the first time, and refuses a database whose
+    /// records were signed for another: its channel ids and states mean nothing on
+    /// this chain (ids restart at 1 in every deployment).
+    pub fn bind_deployment(&self, deployment: &Deployment) -> Result<(), NodeError> {
+        let err = db_err(&self.path);
+        let w = self.db.begin_write().map_err(|e| err(&e))?;
+        {
+            let mut t = w.open_table(DEPLOYMENT).map_err(|e| err(&e))?;
+            let held = t
+                .get("deployment")
+                .map_err(|e| err(&e))?
+                .map(|v| *v.value());
+            match held {
+                Some(held) if held != deployment.0 .0 => {
+                    return Err(NodeError::WrongDeployment {
+                        path: self.path.clone(),
+                        held: Deployment(por_protocol::Hash(held)).to_hex(),
+                        chain: deployment.to_hex(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    t.insert("deployment", &deployment.0 .0)
+                        .map_err(|e| err(&e))?;
+                }
+            }
+        }
+        w.commit().map_err(|e| err(&e))
+    }
+
     /// Sets a number kept beside the records, durably.
     pub fn set_meta(&self, key: &str, value: u64) -> Result<(), NodeError> {
         let err = db_err(&self.path);
@@ -370,6 +404,26 @@ mod tests {
     use super::*;
     use por_protocol::types::{EdgeInfo, EdgeTerms, Route};
     use por_protocol::{Amount, ChainEvent, Engine, EngineConfig, Keypair, NodeId, Time};
+
+    #[test]
+    fn a_database_stays_with_the_deployment_it_was_first_bound_to() {
+        let dir = std::env::temp_dir().join(format!("por-db-{}-deployment", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = NodeDb::open(&dir.join("node.redb")).unwrap();
+        let ours = Deployment::of("testnet", "por.testnet");
+        db.bind_deployment(&ours).unwrap();
+        db.bind_deployment(&ours).unwrap();
+        let other = Deployment::of("mainnet", "por.near");
+        let err = db.bind_deployment(&other).unwrap_err();
+        assert!(
+            matches!(&err, NodeError::WrongDeployment { held, chain, .. }
+                if *held == ours.to_hex() && *chain == other.to_hex()),
+            "{err}"
+        );
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Three engines (client, relay, server) exchange requests in memory; the relay's
     /// writes go through a real database in small batches, some requests left
@@ -401,7 +455,12 @@ mod tests {
         let mut engines: Vec<Engine> = keys
             .iter()
             .map(|k| {
-                let mut e = Engine::new(EngineConfig::default(), k.clone(), Time::ZERO);
+                let mut e = Engine::new(
+                    EngineConfig::default(),
+                    k.clone(),
+                    Deployment::test(),
+                    Time::ZERO,
+                );
                 for ed in &edges {
                     e.handle_chain_event(ChainEvent::EdgeOpened(ed.clone()), Time::ZERO);
                 }
@@ -473,6 +532,7 @@ mod tests {
         let restored = Engine::restore(
             EngineConfig::default(),
             keys[1].clone(),
+            Deployment::test(),
             por_protocol::topology::Topology::new(),
             reopened.store(),
             t,

@@ -1,13 +1,14 @@
 //! Following the chain: where to start after a restart, the events that become the
 //! engine's chain events, and submitting the engine's chain actions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use por_chain::json::{CloseKind, CloseNotice};
 use por_chain::{AnyChain, Chain};
 use por_protocol::engine::{ChainAction, ChainEvent};
-use por_protocol::types::{ChannelId, SignedSeverNotice};
+use por_protocol::types::{ChannelId, SignedSeverNotice, SignedUpdate};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -51,7 +52,15 @@ pub(crate) async fn start_cursor(
 ///
 /// A notice someone else signed ([`ChainAction::Watch`]) is submitted only if no
 /// `edge_severed` event for its channel has been seen `watch_after` later: its
-/// severer should have made it final, and a repeat would cost gas for nothing.
+/// severer should have made it final, and a repeat would cost gas for nothing (nor is
+/// it for a channel whose close began: the contract only severs open edges).
+///
+/// The watchtower: close events of our own channels (`close_proposed`,
+/// `close_started`, `close_challenged`, `channel_closed`) become
+/// [`ChainEvent::CloseOnChain`] and [`ChainEvent::ChannelClosed`]; the engine decides
+/// whether to challenge ([`ChainAction::Challenge`], submitted here). On start, the
+/// closes of our channels already under way are handed over first, so a node that was
+/// down when a close began still challenges it within its period.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn follow_chain(
     chain: Arc<AnyChain>,
@@ -67,6 +76,19 @@ pub(crate) async fn follow_chain(
     // Notices of others, by channel, with when to submit them if still not final.
     let mut watched: BTreeMap<ChannelId, (tokio::time::Instant, SignedSeverNotice)> =
         BTreeMap::new();
+    // Channels seen severed or closing: a notice for them is never submitted.
+    let mut settled: BTreeSet<ChannelId> = BTreeSet::new();
+    match closes_under_way(&chain).await {
+        Ok(closes) => {
+            for (channel, ev) in closes {
+                settled.insert(channel);
+                if events.send(ChainInput::Event(ev)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        Err(e) => warn!("reading the closes of our channels: {e}"),
+    }
     loop {
         tokio::select! {
             Some(action) = actions.recv() => match action {
@@ -75,8 +97,14 @@ pub(crate) async fn follow_chain(
                     tokio::spawn(async move { submit(&chain, notice).await });
                 }
                 ChainAction::Watch(notice) => {
-                    let due = tokio::time::Instant::now() + watch_after;
-                    watched.entry(notice.notice.channel).or_insert((due, notice));
+                    if !settled.contains(&notice.notice.channel) {
+                        let due = tokio::time::Instant::now() + watch_after;
+                        watched.entry(notice.notice.channel).or_insert((due, notice));
+                    }
+                }
+                ChainAction::Challenge { channel, updates } => {
+                    let chain = chain.clone();
+                    tokio::spawn(async move { challenge(&chain, channel, updates).await });
                 }
             },
             _ = tick.tick() => {
@@ -84,6 +112,10 @@ pub(crate) async fn follow_chain(
                     Ok((through, severed)) => {
                         for channel in severed {
                             watched.remove(&channel);
+                            if settled.len() >= MAX_SETTLED {
+                                settled.pop_first();
+                            }
+                            settled.insert(channel);
                         }
                         if through != cursor {
                             cursor = through;
@@ -113,8 +145,34 @@ pub(crate) async fn follow_chain(
     }
 }
 
+/// Most severed or closing channel ids remembered (the oldest ids go first).
+const MAX_SETTLED: usize = 65_536;
+
+/// Closes of our channels already under way on chain, as engine events.
+async fn closes_under_way(chain: &AnyChain) -> Result<Vec<(ChannelId, ChainEvent)>, NodeError> {
+    let mine = chain.channels_of(chain.account()).await?;
+    Ok(mine
+        .iter()
+        .filter_map(por_chain::json::close_of_view)
+        .map(|c| (c.channel, close_event(&c)))
+        .collect())
+}
+
+/// The engine event for a close of one of our channels.
+fn close_event(c: &CloseNotice) -> ChainEvent {
+    match c.kind {
+        CloseKind::Closed => ChainEvent::ChannelClosed(c.channel),
+        kind => ChainEvent::CloseOnChain {
+            channel: c.channel,
+            adversarial: kind == CloseKind::Challengeable,
+            paid_ab: c.paid_ab,
+            paid_ba: c.paid_ba,
+        },
+    }
+}
+
 /// One page of events from `cursor`: returns the height it is complete through and the
-/// channels it saw severed.
+/// channels it saw severed or closing.
 async fn poll(
     chain: &AnyChain,
     cursor: u64,
@@ -131,6 +189,14 @@ async fn poll(
             let _ = events
                 .send(ChainInput::Event(ChainEvent::EdgeSevered(notice)))
                 .await;
+        } else if let Some(close) = por_chain::json::close_of(event) {
+            severed.push(close.channel);
+            resnapshot = true;
+            let me = chain.account();
+            if close.a == me || close.b == me {
+                info!(channel = %close.channel, kind = ?close.kind, "a close of our channel on chain");
+                let _ = events.send(ChainInput::Event(close_event(&close))).await;
+            }
         } else {
             resnapshot = true;
         }
@@ -157,6 +223,30 @@ async fn poll(
         }
     }
     Ok((page.through, severed))
+}
+
+/// Challenges the close of `channel` with the states the engine chose, retrying what
+/// may be passing (the chain unreachable); our account pays the gas.
+async fn challenge(chain: &AnyChain, channel: ChannelId, updates: Vec<SignedUpdate>) {
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1..=5 {
+        match chain.challenge(channel, &updates).await {
+            Ok(()) => {
+                info!(%channel, "challenged the close with our latest state");
+                return;
+            }
+            Err(por_chain::ChainError::Aborted { message, .. }) => {
+                warn!(%channel, "challenge refused by the contract: {message}");
+                return;
+            }
+            Err(e) => {
+                warn!(attempt, %channel, "submitting a challenge failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2);
+            }
+        }
+    }
+    tracing::error!(%channel, "could not submit a challenge");
 }
 
 /// Submits a severing notice, retrying what may be passing (the chain unreachable);

@@ -79,6 +79,20 @@ pub enum NodeError {
         /// The round-trip limit asked for.
         max_rtt_ms: u64,
     },
+    /// The node database holds channels signed for another contract deployment than
+    /// the chain's (another contract account or network).
+    #[error(
+        "database {path} belongs to deployment {held}, but the chain's contract is \
+         deployment {chain}: use a data directory of its own for each network"
+    )]
+    WrongDeployment {
+        /// The database file.
+        path: PathBuf,
+        /// The deployment its records are for (hex).
+        held: String,
+        /// The chain contract's deployment (hex).
+        chain: String,
+    },
     /// This node is not registered on the chain.
     #[error("node key {0} is not registered on the chain")]
     NotRegistered(String),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use por_chain::Snapshot;
-use por_protocol::{Engine, NodeId};
+use por_protocol::{Deployment, Engine, NodeId};
 use por_transport::shaped::Shaped;
 use por_transport::{AnyConnection, AnyListener, AnyTransport, Connection, Listener, Transport};
 use tokio::sync::mpsc;
@@ -53,6 +53,8 @@ type Shape = Arc<dyn Fn(NodeId) -> Option<Duration> + Send + Sync>;
 #[derive(Clone)]
 pub(crate) struct Shared {
     me: NodeId,
+    /// What signatures are checked ahead of the engine for.
+    deployment: Deployment,
     transport: AnyTransport,
     events: mpsc::Sender<LinkEvent>,
     neighbours: Arc<RwLock<HashSet<NodeId>>>,
@@ -103,6 +105,7 @@ impl Link {
 impl Links {
     pub(crate) fn new(
         me: NodeId,
+        deployment: Deployment,
         transport: AnyTransport,
         events: mpsc::Sender<LinkEvent>,
         shape: Option<Shape>,
@@ -112,6 +115,7 @@ impl Links {
         Links {
             shared: Shared {
                 me,
+                deployment,
                 transport,
                 events,
                 neighbours: Arc::default(),
@@ -365,7 +369,7 @@ async fn run_link(shared: Shared, conn: AnyConnection) {
                     Ok(message) => {
                         // Spread signature work over the cores: the engine task
                         // finds these already checked.
-                        message.preverify(&shared.me);
+                        message.preverify(&shared.deployment, &shared.me);
                         Ok(Box::new(message))
                     }
                     Err(_) => Err(frame),

@@ -286,6 +286,9 @@ impl Pump {
                 ChainAction::Watch(n) => {
                     info!(channel = %n.notice.channel, "watching for a peer's severing notice on chain");
                 }
+                ChainAction::Challenge { channel, .. } => {
+                    warn!(%channel, "a close on chain holds an older state than ours: challenging");
+                }
             }
             let _ = self.actions.send(action);
         }

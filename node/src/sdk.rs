@@ -185,6 +185,8 @@ pub struct ChannelStatus {
     pub connected: bool,
     /// Severed (by either side).
     pub severed: bool,
+    /// How far the chain has taken its close.
+    pub close: por_protocol::channel::CloseStage,
 }
 
 /// What the node holds.

@@ -32,6 +32,7 @@ pub(crate) fn status(engine: &Engine, links: &Links, address: &str) -> Status {
                 }),
             connected: links.is_connected(&c.peer),
             severed: c.severed.is_some(),
+            close: c.close,
         })
         .collect();
     Status {

@@ -129,7 +129,12 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     }
     // Mallory's own engine, knowing the edges.
     let snap = mallory.snapshot().await.unwrap();
-    let mut mallory_node = TestNode::new(EngineConfig::default(), mkey.clone(), now());
+    let mut mallory_node = TestNode::for_deployment(
+        EngineConfig::default(),
+        mkey.clone(),
+        mallory.deployment().await.unwrap(),
+        now(),
+    );
     mallory_node.open(&snap.edges, now());
     let to_bob = snap
         .edges

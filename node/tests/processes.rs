@@ -358,9 +358,9 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     );
     // The command line sees the same network.
     // `por` with a node's config, the served chain and the node's control endpoint.
-    let cli = |name: &str, p: &Proc, args: &[&str]| {
+    let cli_out = |name: &str, p: &Proc, args: &[&str]| {
         let conf = dir.join(format!("{name}/por.toml"));
-        let out = Command::new(env!("CARGO_BIN_EXE_por"))
+        Command::new(env!("CARGO_BIN_EXE_por"))
             .args(args)
             .args([
                 "--config",
@@ -373,7 +373,10 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
                 p.ready["control"].as_str().unwrap(),
             ])
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let cli = |name: &str, p: &Proc, args: &[&str]| {
+        let out = cli_out(name, p, args);
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -451,19 +454,24 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     let want_relay = NEAR + amount(&relay_end["received"]) - amount(&relay_end["paid"]);
     assert_eq!(amount(&closed["paid_a"]), want_client, "{closed}");
     assert_eq!(amount(&closed["paid_b"]), want_relay, "{closed}");
-    let on_chain = RemoteClient::new(addr, "client.local")
+    // Settled: out of the paged views, still there by id.
+    let on_chain = RemoteClient::new(addr, "client.local");
+    assert!(!on_chain
         .channels_of("client.local")
         .await
-        .unwrap();
-    let rec = on_chain
+        .unwrap()
         .iter()
-        .find(|c| c["id"].to_string().trim_matches('"') == id)
+        .any(|c| c["id"].to_string().trim_matches('"') == id));
+    let rec = on_chain
+        .view("get_channel", serde_json::json!({"id": id}))
+        .await
         .unwrap();
     assert_eq!(rec["state"], "Closed", "{rec}");
 
-    // An adversarial close answered from the command line: relay2 starts it with what
-    // it holds (`--force`), the server answers with the states relay2 signed to it
-    // (`por channel challenge`), and the chain keeps what pays the server.
+    // An adversarial close: relay2 starts it with what it holds (`--force`), the
+    // server's watchtower answers with the states relay2 signed to it, and the chain
+    // keeps what pays the server. `por channel challenge` by hand then has nothing
+    // newer to submit, and says so.
     let server_end = {
         let s = control(&procs[3], json!({"op": "status"})).await.unwrap();
         s["channels"][0].clone()
@@ -475,21 +483,33 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         &["channel", "close", "--id", &id2, "--force"],
     );
     assert!(started["challenge_ends_ns"].is_string(), "{started}");
-    let challenged = cli("server", &procs[3], &["channel", "challenge", "--id", &id2]);
-    assert_eq!(challenged["challenged"].to_string(), id2, "{challenged}");
-    let rec = RemoteClient::new(addr, "server.local")
-        .channels_of("server.local")
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|c| c["id"].to_string().trim_matches('"') == id2)
-        .unwrap();
+    let held = || async {
+        RemoteClient::new(addr, "server.local")
+            .view("get_channel", json!({"id": id2}))
+            .await
+            .unwrap()
+    };
+    // a = relay2 (it proposed the channel): what it paid the server is on chain once
+    // the watchtower has challenged (the challenge period is a minute).
+    let mut rec = held().await;
+    for _ in 0..400 {
+        if amount(&rec["paid_ab"][1]) == amount(&server_end["received"]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        rec = held().await;
+    }
     assert!(rec["state"]["Closing"].is_object(), "{rec}");
-    // a = relay2 (it proposed the channel): what it paid the server is on chain.
     assert_eq!(
         amount(&rec["paid_ab"][1]),
         amount(&server_end["received"]),
         "{rec}"
+    );
+    let again = cli_out("server", &procs[3], &["channel", "challenge", "--id", &id2]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("stale state"),
+        "{stderr}"
     );
 
     // Stake added from the command line.

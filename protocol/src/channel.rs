@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::amount::Amount;
-use crate::crypto::{self, Keypair, NodeId, Signature};
+use crate::crypto::{self, Deployment, Keypair, NodeId, Signature};
 use crate::error::ProtocolError;
 use crate::messages::Message;
 use crate::types::{
@@ -45,6 +45,20 @@ pub struct Incoming {
     pub latest: Option<SignedUpdate>,
 }
 
+/// Where the chain says a channel is in its close. It only moves forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CloseStage {
+    /// Open (or a cooperative close proposed and not yet confirmed: the channel is
+    /// out of the topology, but no money moves without our confirmation).
+    #[default]
+    Open,
+    /// An adversarial close is in its challenge period: the states on chain decide the
+    /// payout unless newer ones are submitted in time.
+    Closing,
+    /// Paid out on chain: the channel is gone for good.
+    Closed,
+}
+
 /// The durable record of one channel. Written before any signature or ack that
 /// depends on it leaves the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +75,8 @@ pub struct ChannelRecord {
     pub incoming: Incoming,
     /// Set once the edge is severed (by either side).
     pub severed: Option<SignedSeverNotice>,
+    /// How far the chain has taken this channel's close.
+    pub close: CloseStage,
 }
 
 impl ChannelRecord {
@@ -74,6 +90,7 @@ impl ChannelRecord {
             outgoing: Outgoing::default(),
             incoming: Incoming::default(),
             severed: None,
+            close: CloseStage::Open,
         })
     }
 
@@ -113,11 +130,12 @@ impl ChannelRecord {
     pub fn pay(
         &mut self,
         key: &Keypair,
+        deployment: &Deployment,
         memo: Memo,
         carrier: impl FnOnce(SignedUpdate) -> Message,
     ) -> Result<SignedUpdate, ProtocolError> {
         let update = self.next_update(memo)?;
-        let signed = SignedUpdate::sign_alone(key, update).map_err(|source| {
+        let signed = SignedUpdate::sign_alone(key, deployment, update).map_err(|source| {
             ProtocolError::BadSignature {
                 what: "own update",
                 source,
@@ -190,7 +208,11 @@ impl ChannelRecord {
     }
 
     /// Checks an update from the peer without applying it.
-    pub fn check_incoming(&self, su: &SignedUpdate) -> Result<(), ProtocolError> {
+    pub fn check_incoming(
+        &self,
+        deployment: &Deployment,
+        su: &SignedUpdate,
+    ) -> Result<(), ProtocolError> {
         self.live()?;
         let u = &su.update;
         if u.channel != self.id() {
@@ -238,7 +260,7 @@ impl ChannelRecord {
             what: "channel update proof",
             source: crypto::CryptoError::BadSignature,
         })?;
-        crypto::verify_cached(&self.peer, &batch, &su.sig).map_err(|source| {
+        crypto::verify_cached(deployment, &self.peer, &batch, &su.sig).map_err(|source| {
             ProtocolError::BadSignature {
                 what: "channel update",
                 source,
@@ -250,10 +272,11 @@ impl ChannelRecord {
     pub fn receive(
         &mut self,
         key: &Keypair,
+        deployment: &Deployment,
         su: &SignedUpdate,
     ) -> Result<Signature, ProtocolError> {
-        self.accept(su)?;
-        key.sign(&AckOf(&su.update))
+        self.accept(deployment, su)?;
+        key.sign(deployment, &AckOf(&su.update))
             .map_err(|source| ProtocolError::BadSignature {
                 what: "own ack",
                 source,
@@ -263,8 +286,12 @@ impl ChannelRecord {
     /// Checks and applies an update from the peer without acknowledging it yet: the
     /// engine acknowledges a run of updates with one ack of the last (an ack of `seq`
     /// acknowledges every update up to it).
-    pub fn accept(&mut self, su: &SignedUpdate) -> Result<(), ProtocolError> {
-        self.check_incoming(su)?;
+    pub fn accept(
+        &mut self,
+        deployment: &Deployment,
+        su: &SignedUpdate,
+    ) -> Result<(), ProtocolError> {
+        self.check_incoming(deployment, su)?;
         self.incoming.seq = su.update.seq;
         self.incoming.cumulative = su.update.cumulative;
         self.incoming.latest = Some(su.clone());
@@ -273,7 +300,12 @@ impl ChannelRecord {
 
     /// Applies the peer's ack of our update `seq`; returns the acked update's memos in
     /// seq order (every update up to `seq` is acknowledged by it).
-    pub fn acked(&mut self, seq: u64, sig: &Signature) -> Result<Vec<Memo>, ProtocolError> {
+    pub fn acked(
+        &mut self,
+        deployment: &Deployment,
+        seq: u64,
+        sig: &Signature,
+    ) -> Result<Vec<Memo>, ProtocolError> {
         if seq <= self.outgoing.acked_seq {
             return Err(ProtocolError::ReplayedAck {
                 channel: self.id(),
@@ -288,7 +320,7 @@ impl ChannelRecord {
                 channel: self.id(),
                 seq,
             })?;
-        crypto::verify(&self.peer, &AckOf(update), sig).map_err(|source| {
+        crypto::verify(deployment, &self.peer, &AckOf(update), sig).map_err(|source| {
             ProtocolError::BadSignature {
                 what: "ack",
                 source,
@@ -324,6 +356,8 @@ mod tests {
     use super::*;
     use crate::types::{EdgeTerms, RequestId};
 
+    const D: Deployment = Deployment(crate::crypto::Hash([5; 32]));
+
     fn setup() -> (Keypair, Keypair, ChannelRecord, ChannelRecord) {
         let a = Keypair::from_seed([1; 32]);
         let b = Keypair::from_seed([2; 32]);
@@ -358,26 +392,26 @@ mod tests {
     fn pay_receive_ack_roundtrip() {
         let (a, b, mut ca, mut cb) = setup();
         let u1 = ca
-            .pay(&a, memo(30), |_| Message::Ping { nonce: 1 })
+            .pay(&a, &D, memo(30), |_| Message::Ping { nonce: 1 })
             .unwrap();
         let u2 = ca
-            .pay(&a, memo(20), |_| Message::Ping { nonce: 2 })
+            .pay(&a, &D, memo(20), |_| Message::Ping { nonce: 2 })
             .unwrap();
         assert_eq!(u2.update.cumulative, Amount(50));
-        let ack1 = cb.receive(&b, &u1).unwrap();
+        let ack1 = cb.receive(&b, &D, &u1).unwrap();
         // Replaying the same update is a stale state, refused without change.
         assert!(matches!(
-            cb.receive(&b, &u1),
+            cb.receive(&b, &D, &u1),
             Err(ProtocolError::StaleState { .. })
         ));
-        let ack2 = cb.receive(&b, &u2).unwrap();
+        let ack2 = cb.receive(&b, &D, &u2).unwrap();
         assert_eq!(cb.incoming.cumulative, Amount(50));
         assert_eq!(cb.balance().unwrap(), Amount(100));
         assert_eq!(ca.balance().unwrap(), Amount(50));
         // Acks are cumulative; an older ack after a newer one is a replay.
-        assert_eq!(ca.acked(2, &ack2).unwrap().len(), 2);
+        assert_eq!(ca.acked(&D, 2, &ack2).unwrap().len(), 2);
         assert!(matches!(
-            ca.acked(1, &ack1),
+            ca.acked(&D, 1, &ack1),
             Err(ProtocolError::ReplayedAck { .. })
         ));
         assert!(ca.outgoing.unacked.is_empty());
@@ -387,47 +421,47 @@ mod tests {
     fn forged_gapped_and_insolvent_updates_are_refused() {
         let (a, b, mut ca, mut cb) = setup();
         let mut forged = ca
-            .pay(&a, memo(10), |_| Message::Ping { nonce: 0 })
+            .pay(&a, &D, memo(10), |_| Message::Ping { nonce: 0 })
             .unwrap();
         forged.update.cumulative = Amount(11);
         forged.update.memo = memo(11);
         assert!(matches!(
-            cb.receive(&b, &forged),
+            cb.receive(&b, &D, &forged),
             Err(ProtocolError::BadSignature { .. })
         ));
         // A signature by the wrong key (b signs as if a).
         let mut by_b = forged.clone();
-        by_b.sig = b.sign(&by_b.batch().unwrap()).unwrap();
+        by_b.sig = b.sign(&D, &by_b.batch().unwrap()).unwrap();
         assert!(matches!(
-            cb.receive(&b, &by_b),
+            cb.receive(&b, &D, &by_b),
             Err(ProtocolError::BadSignature { .. })
         ));
         // An unsealed update (no proof) and a proof that does not lead to the root
         // that was signed.
         let mut unsealed = forged.clone();
         unsealed.proof = crate::types::unsealed_proof();
-        let mut misplaced = SignedUpdate::sign_alone(&a, forged.update.clone()).unwrap();
+        let mut misplaced = SignedUpdate::sign_alone(&a, &D, forged.update.clone()).unwrap();
         misplaced.proof.leaves = 2;
         misplaced.proof.siblings.push(crate::crypto::Hash::of(b"x"));
         for bad in [unsealed, misplaced] {
             assert!(matches!(
-                cb.receive(&b, &bad),
+                cb.receive(&b, &D, &bad),
                 Err(ProtocolError::BadSignature { .. })
             ));
         }
         let _u2 = ca
-            .pay(&a, memo(10), |_| Message::Ping { nonce: 0 })
+            .pay(&a, &D, memo(10), |_| Message::Ping { nonce: 0 })
             .unwrap();
         let u3 = ca
-            .pay(&a, memo(10), |_| Message::Ping { nonce: 0 })
+            .pay(&a, &D, memo(10), |_| Message::Ping { nonce: 0 })
             .unwrap();
         assert!(matches!(
-            cb.receive(&b, &u3),
+            cb.receive(&b, &D, &u3),
             Err(ProtocolError::SequenceGap { .. })
         ));
         // a's deposit is 100: paying 71 more (total 101) is refused locally.
         assert!(matches!(
-            ca.pay(&a, memo(71), |_| Message::Ping { nonce: 0 }),
+            ca.pay(&a, &D, memo(71), |_| Message::Ping { nonce: 0 }),
             Err(ProtocolError::Insolvent { .. })
         ));
         assert_eq!(ca.outgoing.seq, 3, "a refused payment leaves no trace");
@@ -438,7 +472,8 @@ mod tests {
     fn retransmit_and_impossible_claims() {
         let (a, _b, mut ca, _cb) = setup();
         for n in 0..3 {
-            ca.pay(&a, memo(1), |_| Message::Ping { nonce: n }).unwrap();
+            ca.pay(&a, &D, memo(1), |_| Message::Ping { nonce: n })
+                .unwrap();
         }
         let again = ca.retransmit_after(1).unwrap();
         assert_eq!(

@@ -1,7 +1,9 @@
 //! Identities, hashes and domain-separated signatures.
 //!
 //! Every signed type implements [`Signable`]: its signing bytes are a per-type domain
-//! tag followed by the canonical wire encoding of the value (see [`crate::wire`]).
+//! tag, then the [`Deployment`] the signature is for, then the canonical wire encoding
+//! of the value (see [`crate::wire`]). A signature made for one contract deployment
+//! (one account on one network) therefore verifies in no other.
 //! The contract verifies exactly these bytes with `env::ed25519_verify`, so the types
 //! here build for `wasm32-unknown-unknown` without the `crypto` feature.
 
@@ -59,6 +61,59 @@ impl Hash {
     }
 }
 
+/// The contract deployment a signature is for: `SHA-256("por/v1/deployment" ||
+/// encode((network, contract_account)))`. Every signed type's signing bytes carry it, so
+/// channel states and notices signed for one deployment (channel ids restart at 1 in
+/// each) can never be replayed against another. The contract computes it at `new`
+/// from its own account and the network named in its config; nodes read it from the
+/// contract's `get_deployment` view.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Deployment(pub Hash);
+
+impl Deployment {
+    /// The deployment of contract account `contract` on `network`.
+    pub fn of(network: &str, contract: &str) -> Deployment {
+        let mut data = Vec::with_capacity(
+            network
+                .len()
+                .saturating_add(contract.len())
+                .saturating_add(2),
+        );
+        data.extend_from_slice(network.as_bytes());
+        data.push(0);
+        data.extend_from_slice(contract.as_bytes());
+        Deployment(Hash::tagged(b"por/v1/deployment", &data))
+    }
+
+    /// The deployment simulations and unit tests sign for.
+    pub fn test() -> Deployment {
+        Deployment::of("test", "por.test")
+    }
+
+    /// Lower-case hex of the hash, as the contract's `get_deployment` view returns it.
+    pub fn to_hex(&self) -> String {
+        self.0 .0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses [`Deployment::to_hex`]'s form.
+    pub fn from_hex(s: &str) -> Option<Deployment> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (slot, i) in out.iter_mut().zip((0usize..64).step_by(2)) {
+            *slot = u8::from_str_radix(s.get(i..i.checked_add(2)?)?, 16).ok()?;
+        }
+        Some(Deployment(Hash(out)))
+    }
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Deployment({})", &self.to_hex()[..12])
+    }
+}
+
 /// An ed25519 signature (64 bytes).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Signature(pub [u8; 64]);
@@ -111,11 +166,17 @@ pub trait Signable: Serialize {
     /// The domain-separation tag, unique per signed type and protocol version.
     const DOMAIN: &'static [u8];
 
-    /// The exact bytes that are signed: `DOMAIN || canonical_encoding(self)`.
-    fn signing_bytes(&self) -> Result<Vec<u8>, WireError> {
+    /// The exact bytes that are signed: `DOMAIN || deployment || canonical_encoding(self)`.
+    fn signing_bytes(&self, deployment: &Deployment) -> Result<Vec<u8>, WireError> {
         let body = wire::encode(self)?;
-        let mut out = Vec::with_capacity(Self::DOMAIN.len().saturating_add(body.len()));
+        let mut out = Vec::with_capacity(
+            Self::DOMAIN
+                .len()
+                .saturating_add(32)
+                .saturating_add(body.len()),
+        );
         out.extend_from_slice(Self::DOMAIN);
+        out.extend_from_slice(&deployment.0 .0);
         out.extend_from_slice(&body);
         Ok(out)
     }
@@ -176,9 +237,15 @@ mod keys {
             Signature(self.signing.sign(bytes).to_bytes())
         }
 
-        /// Signs `value` under its domain tag.
-        pub fn sign<T: Signable>(&self, value: &T) -> Result<Signature, CryptoError> {
-            let bytes = value.signing_bytes().map_err(|_| CryptoError::Encoding)?;
+        /// Signs `value` under its domain tag, for `deployment`.
+        pub fn sign<T: Signable>(
+            &self,
+            deployment: &Deployment,
+            value: &T,
+        ) -> Result<Signature, CryptoError> {
+            let bytes = value
+                .signing_bytes(deployment)
+                .map_err(|_| CryptoError::Encoding)?;
             Ok(self.sign_bytes(&bytes))
         }
     }
@@ -224,8 +291,13 @@ mod keys {
     /// it, so that the engine's own check of the same signature over the same bytes is
     /// a lookup. Returns whether it verified (a failure is not remembered: the engine
     /// checks again and refuses).
-    pub fn preverify<T: Signable>(signer: &NodeId, value: &T, sig: &Signature) -> bool {
-        let Ok(bytes) = value.signing_bytes() else {
+    pub fn preverify<T: Signable>(
+        deployment: &Deployment,
+        signer: &NodeId,
+        value: &T,
+        sig: &Signature,
+    ) -> bool {
+        let Ok(bytes) = value.signing_bytes(deployment) else {
             return false;
         };
         let ok = verifying_key(signer).is_ok_and(|key| {
@@ -296,6 +368,7 @@ mod keys {
     /// rest a lookup. Only verified signatures are remembered, so the result is always
     /// the same as [`verify`]'s.
     pub fn verify_cached<T: Signable>(
+        deployment: &Deployment,
         signer: &NodeId,
         value: &T,
         sig: &Signature,
@@ -307,7 +380,9 @@ mod keys {
         type Seen = HashMap<[u8; 64], ([u8; 32], [u8; 32])>;
         static SEEN: OnceLock<Mutex<Seen>> = OnceLock::new();
         let seen = SEEN.get_or_init(|| Mutex::new(HashMap::new()));
-        let bytes = value.signing_bytes().map_err(|_| CryptoError::Encoding)?;
+        let bytes = value
+            .signing_bytes(deployment)
+            .map_err(|_| CryptoError::Encoding)?;
         let entry = (signer.0, <[u8; 32]>::from(Sha256::digest(&bytes)));
         if seen
             .lock()
@@ -325,13 +400,16 @@ mod keys {
         Ok(())
     }
 
-    /// Verifies `sig` by `signer` over `value` under its domain tag.
+    /// Verifies `sig` by `signer` over `value` under its domain tag, for `deployment`.
     pub fn verify<T: Signable>(
+        deployment: &Deployment,
         signer: &NodeId,
         value: &T,
         sig: &Signature,
     ) -> Result<(), CryptoError> {
-        let bytes = value.signing_bytes().map_err(|_| CryptoError::Encoding)?;
+        let bytes = value
+            .signing_bytes(deployment)
+            .map_err(|_| CryptoError::Encoding)?;
         verify_bytes(signer, &bytes, sig)
     }
 }
@@ -342,6 +420,8 @@ pub use keys::{preverify, verify, verify_bytes, verify_cached, Keypair};
 #[cfg(all(test, feature = "crypto"))]
 mod tests {
     use super::*;
+
+    const D: Deployment = Deployment(Hash([3; 32]));
 
     #[derive(Serialize)]
     struct A(u64);
@@ -358,53 +438,80 @@ mod tests {
     fn preverification_changes_no_result() {
         let k = Keypair::from_seed([9; 32]);
         let other = Keypair::from_seed([10; 32]);
-        let sig = k.sign(&A(41)).unwrap();
-        assert!(preverify(&k.id(), &A(41), &sig));
+        let sig = k.sign(&D, &A(41)).unwrap();
+        assert!(preverify(&D, &k.id(), &A(41), &sig));
         // The memo answers only the same signer, bytes and signature.
         assert_eq!(
-            verify(&other.id(), &A(41), &sig),
+            verify(&D, &other.id(), &A(41), &sig),
             Err(CryptoError::BadSignature)
         );
         assert_eq!(
-            verify(&k.id(), &A(42), &sig),
+            verify(&D, &k.id(), &A(42), &sig),
             Err(CryptoError::BadSignature)
         );
         assert_eq!(
-            verify(&k.id(), &B(41), &sig),
+            verify(&D, &k.id(), &B(41), &sig),
             Err(CryptoError::BadSignature)
         );
-        assert_eq!(verify(&k.id(), &A(41), &sig), Ok(()));
+        assert_eq!(verify(&D, &k.id(), &A(41), &sig), Ok(()));
         // A forgery is not remembered: it fails ahead of time and again later.
-        let mut forged = k.sign(&A(43)).unwrap();
+        let mut forged = k.sign(&D, &A(43)).unwrap();
         forged.0[3] ^= 1;
-        assert!(!preverify(&k.id(), &A(43), &forged));
+        assert!(!preverify(&D, &k.id(), &A(43), &forged));
         assert_eq!(
-            verify(&k.id(), &A(43), &forged),
+            verify(&D, &k.id(), &A(43), &forged),
             Err(CryptoError::BadSignature)
         );
         // And a real signature still verifies after its memo entry is used.
-        assert_eq!(verify(&k.id(), &A(41), &sig), Ok(()));
+        assert_eq!(verify(&D, &k.id(), &A(41), &sig), Ok(()));
     }
 
     #[test]
     fn signatures_are_domain_separated() {
         let k = Keypair::from_seed([7; 32]);
-        let sig = k.sign(&A(5)).unwrap();
-        assert_eq!(verify(&k.id(), &A(5), &sig), Ok(()));
+        let sig = k.sign(&D, &A(5)).unwrap();
+        assert_eq!(verify(&D, &k.id(), &A(5), &sig), Ok(()));
         // Same encoding, different domain: refused.
-        assert_eq!(verify(&k.id(), &B(5), &sig), Err(CryptoError::BadSignature));
-        assert_eq!(verify(&k.id(), &A(6), &sig), Err(CryptoError::BadSignature));
+        assert_eq!(
+            verify(&D, &k.id(), &B(5), &sig),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(
+            verify(&D, &k.id(), &A(6), &sig),
+            Err(CryptoError::BadSignature)
+        );
         let other = Keypair::from_seed([8; 32]);
         assert_eq!(
-            verify(&other.id(), &A(5), &sig),
+            verify(&D, &other.id(), &A(5), &sig),
             Err(CryptoError::BadSignature)
         );
     }
 
     #[test]
+    fn signatures_are_bound_to_their_deployment() {
+        let k = Keypair::from_seed([7; 32]);
+        let testnet = Deployment::of("testnet", "por.testnet");
+        let sig = k.sign(&testnet, &A(5)).unwrap();
+        assert_eq!(verify(&testnet, &k.id(), &A(5), &sig), Ok(()));
+        for other in [
+            Deployment::of("mainnet", "por.testnet"),
+            Deployment::of("testnet", "por2.testnet"),
+            Deployment::of("testnetp", "or.testnet"),
+        ] {
+            assert_ne!(other, testnet);
+            assert_eq!(
+                verify(&other, &k.id(), &A(5), &sig),
+                Err(CryptoError::BadSignature)
+            );
+        }
+        assert_eq!(Deployment::from_hex(&testnet.to_hex()), Some(testnet));
+        assert_eq!(Deployment::from_hex("zz"), None);
+    }
+
+    #[test]
     fn signature_serde_roundtrip_and_length_check() {
         let k = Keypair::from_seed([1; 32]);
-        let sig = k.sign(&A(1)).unwrap();
+        let sig = k.sign(&D, &A(1)).unwrap();
         let bytes = wire::encode(&sig).unwrap();
         let back: Signature = wire::decode(&bytes).unwrap();
         assert_eq!(back, sig);

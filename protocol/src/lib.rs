@@ -39,7 +39,7 @@ pub mod store;
 pub mod testing;
 
 pub use amount::Amount;
-pub use crypto::{Hash, NodeId, Signature};
+pub use crypto::{Deployment, Hash, NodeId, Signature};
 pub use time::Time;
 pub use types::*;
 

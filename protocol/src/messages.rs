@@ -140,17 +140,23 @@ impl Message {
     /// checks lookups (see [`crate::crypto::preverify`]). This is how a node spreads
     /// signature work over its cores. Returns how many verified.
     #[cfg(feature = "crypto")]
-    pub fn preverify(&self, me: &crate::crypto::NodeId) -> usize {
+    pub fn preverify(
+        &self,
+        deployment: &crate::crypto::Deployment,
+        me: &crate::crypto::NodeId,
+    ) -> usize {
         use crate::crypto::preverify;
         let mut ok = 0usize;
         let mut count = |verified: bool| ok = ok.saturating_add(usize::from(verified));
         // Updates are signed in batches: the first of a batch costs a verification,
         // the rest (here or in the engine) a lookup.
         let update = |u: &SignedUpdate| {
-            u.batch()
-                .is_some_and(|b| crate::crypto::verify_cached(&u.update.payer, &b, &u.sig).is_ok())
+            u.batch().is_some_and(|b| {
+                crate::crypto::verify_cached(deployment, &u.update.payer, &b, &u.sig).is_ok()
+            })
         };
-        let notice = |n: &SignedSeverNotice| preverify(&n.notice.severer, &n.notice, &n.sig);
+        let notice =
+            |n: &SignedSeverNotice| preverify(deployment, &n.notice.severer, &n.notice, &n.sig);
         let fee = |f: &Option<FeePayment>| f.as_ref().is_some_and(|f| update(&f.update));
         match self {
             Message::Request(r) => {
@@ -158,7 +164,13 @@ impl Message {
                 count(update(&r.payment));
                 if core.server == *me {
                     count(r.header.client_batch().is_some_and(|b| {
-                        crate::crypto::verify_cached(&core.client, &b, &r.header.client_sig).is_ok()
+                        crate::crypto::verify_cached(
+                            deployment,
+                            &core.client,
+                            &b,
+                            &r.header.client_sig,
+                        )
+                        .is_ok()
                     }));
                 }
             }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::channel::ChannelRecord;
+use crate::channel::{ChannelRecord, CloseStage};
 use crate::crypto::Signature;
 use crate::messages::Message;
 use crate::pending::Pending;
@@ -52,6 +52,13 @@ pub enum Write {
         channel: ChannelId,
         /// The notice.
         notice: Box<SignedSeverNotice>,
+    },
+    /// The chain took the channel's close this far (never backwards).
+    Close {
+        /// The channel.
+        channel: ChannelId,
+        /// The stage reached.
+        stage: CloseStage,
     },
     /// A request's state (inserted or replaced).
     Pending(Box<Pending>),
@@ -144,6 +151,10 @@ impl Store {
             Write::Severed { channel, notice } => {
                 let rec = self.channel(channel)?;
                 rec.severed.get_or_insert(*notice);
+            }
+            Write::Close { channel, stage } => {
+                let rec = self.channel(channel)?;
+                rec.close = rec.close.max(stage);
             }
             Write::Pending(p) => {
                 self.pending.insert(p.id, *p);

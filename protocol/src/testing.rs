@@ -10,7 +10,7 @@
 
 use crate::channel::ChannelRecord;
 use crate::config::EngineConfig;
-use crate::crypto::{Keypair, NodeId};
+use crate::crypto::{Deployment, Keypair, NodeId};
 use crate::engine::{ChainAction, ChainEvent, Engine, Event, Transmit};
 use crate::error::ProtocolError;
 use crate::messages::Message;
@@ -33,10 +33,20 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// A node with an empty topology and store.
+    /// A node with an empty topology and store, signing for [`Deployment::test`].
     pub fn new(config: EngineConfig, key: Keypair, now: Time) -> TestNode {
+        TestNode::for_deployment(config, key, Deployment::test(), now)
+    }
+
+    /// A node with an empty topology and store, signing for `deployment`.
+    pub fn for_deployment(
+        config: EngineConfig,
+        key: Keypair,
+        deployment: Deployment,
+        now: Time,
+    ) -> TestNode {
         TestNode {
-            engine: Engine::new(config.clone(), key.clone(), now),
+            engine: Engine::new(config.clone(), key.clone(), deployment, now),
             key,
             config,
             store: Store::default(),
@@ -107,9 +117,11 @@ impl TestNode {
     /// A crash and restart: the engine is rebuilt from the store and `topology`, so
     /// whatever was not durable is gone.
     pub fn crash(&mut self, topology: Topology, now: Time) {
+        let deployment = *self.engine.deployment();
         self.engine = Engine::restore(
             self.config.clone(),
             self.key.clone(),
+            deployment,
             topology,
             &self.store,
             now,

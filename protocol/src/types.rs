@@ -228,17 +228,18 @@ impl SignedUpdate {
         BatchRoot::of(self.update.leaf().ok()?, &self.proof)
     }
 
-    /// `update` signed by `key` on its own: a batch of one.
+    /// `update` signed by `key` for `deployment` on its own: a batch of one.
     #[cfg(feature = "crypto")]
     pub fn sign_alone(
         key: &crate::crypto::Keypair,
+        deployment: &crate::crypto::Deployment,
         update: ChannelUpdate,
     ) -> Result<SignedUpdate, crate::crypto::CryptoError> {
         let leaf = update
             .leaf()
             .map_err(|_| crate::crypto::CryptoError::Encoding)?;
         let (root, proof) = BatchRoot::single(leaf);
-        let sig = key.sign(&root)?;
+        let sig = key.sign(deployment, &root)?;
         Ok(SignedUpdate { update, proof, sig })
     }
 
@@ -339,17 +340,19 @@ impl RequestHeader {
         BatchRoot::of(self.core.leaf().ok()?, &self.client_proof)
     }
 
-    /// The header of `core` signed by `key` on its own (a batch of one).
+    /// The header of `core` signed by `key` for `deployment` on its own (a batch of
+    /// one).
     #[cfg(feature = "crypto")]
     pub fn sign_alone(
         key: &crate::crypto::Keypair,
+        deployment: &crate::crypto::Deployment,
         core: RequestCore,
         budget_ms: u64,
     ) -> Result<RequestHeader, crate::crypto::CryptoError> {
         let encoding = |_| crate::crypto::CryptoError::Encoding;
         let (root, client_proof) = BatchRoot::single(core.leaf().map_err(encoding)?);
         Ok(RequestHeader {
-            client_sig: key.sign(&root)?,
+            client_sig: key.sign(deployment, &root)?,
             client_proof,
             id: core.id().map_err(encoding)?,
             core,
@@ -461,6 +464,9 @@ pub enum SeverReason {
     Misbehaviour,
     /// The operator asked for it.
     Operator,
+    /// A close of the channel began on chain: the edge left the topology, and the
+    /// notice is the proof of that for the requests that were routed over it.
+    Closing,
 }
 
 /// A severing notice: the proof that an edge no longer exists.

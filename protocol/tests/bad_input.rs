@@ -11,7 +11,8 @@ use por_protocol::types::{
     SeverReason, SignedSeverNotice,
 };
 use por_protocol::{
-    wire, Amount, ChainEvent, EngineConfig, Event, Hash, Keypair, NodeId, ProtocolError, Time,
+    wire, Amount, ChainEvent, Deployment, EngineConfig, Event, Hash, Keypair, NodeId,
+    ProtocolError, Time,
 };
 use proptest::prelude::*;
 
@@ -113,6 +114,18 @@ impl Net {
     /// A request from A to C signed and paid by A's key, with the given amount and
     /// budget, as a raw message (bypassing A's engine).
     fn crafted_request(&self, amount: u128, budget_ms: u64, rate: u128, nonce: u64) -> Message {
+        self.crafted_request_for(&Deployment::test(), amount, budget_ms, rate, nonce)
+    }
+
+    /// [`Self::crafted_request`], signed for `deployment`.
+    fn crafted_request_for(
+        &self,
+        deployment: &Deployment,
+        amount: u128,
+        budget_ms: u64,
+        rate: u128,
+        nonce: u64,
+    ) -> Message {
         let body = b"hello".to_vec();
         let core = RequestCore {
             client: self.id(0),
@@ -124,7 +137,7 @@ impl Net {
             route: self.route.clone(),
         };
         let id = core.id().unwrap();
-        let header = RequestHeader::sign_alone(&self.keys[0], core, budget_ms).unwrap();
+        let header = RequestHeader::sign_alone(&self.keys[0], deployment, core, budget_ms).unwrap();
         let mut ch = self.channel(0, 1);
         let memo = Memo::Request {
             request: id,
@@ -133,7 +146,9 @@ impl Net {
             late_fee_rate: Amount(rate),
         };
         let payment = ch
-            .pay(&self.keys[0], memo, |_| Message::Ping { nonce: 0 })
+            .pay(&self.keys[0], deployment, memo, |_| Message::Ping {
+                nonce: 0,
+            })
             .unwrap();
         Message::Request(Box::new(RequestMsg {
             header,
@@ -240,7 +255,7 @@ fn the_server_refuses_a_request_whose_client_signature_fails() {
         match forgery {
             0 => {
                 let batch = r.header.client_batch().unwrap();
-                r.header.client_sig = n.keys[1].sign(&batch).unwrap();
+                r.header.client_sig = n.keys[1].sign(&Deployment::test(), &batch).unwrap();
             }
             1 => r.header.client_proof.siblings.push(Hash::of(b"extra")),
             _ => r.header.client_proof = por_protocol::types::unsealed_proof(),
@@ -306,7 +321,7 @@ fn request_over_a_severed_edge_is_answered_with_the_proof() {
         reason: SeverReason::Operator,
         at_ms: 0,
     };
-    let sig = n.keys[2].sign(&notice).unwrap();
+    let sig = n.keys[2].sign(&Deployment::test(), &notice).unwrap();
     let signed = SignedSeverNotice { notice, sig };
     // Only B learns (the chain reached B first); C's edge to B is the severed one, so
     // requests through it are answered with the proof, not refused.
@@ -379,6 +394,37 @@ fn replayed_request_is_a_stale_state() {
 }
 
 #[test]
+fn a_payment_signed_for_another_deployment_is_refused() {
+    let mut n = net();
+    // Same keys, same channel id, same everything: only the contract deployment the
+    // payer signed for differs (channel ids restart at 1 in every deployment).
+    let other = Deployment::of("testnet", "por.testnet");
+    let replayed = n.crafted_request_for(&other, COST, RTT, 5, 7);
+    let err = n.net.nodes[1]
+        .engine
+        .handle_message(n.ids[0], replayed, T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::BadSignature {
+                what: "channel update",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(n.channel(1, 1).net(), 0);
+    // The same request signed for this deployment is taken.
+    let genuine = n.crafted_request(COST, RTT, 5, 7);
+    n.net.nodes[1]
+        .engine
+        .handle_message(n.ids[0], genuine, T0)
+        .unwrap();
+    assert_eq!(n.channel(1, 1).net(), i128::try_from(COST).unwrap());
+}
+
+#[test]
 fn duplicate_request_id_with_a_fresh_payment_is_refunded() {
     let mut n = net();
     let first = n.crafted_request(COST, RTT, 5, 7);
@@ -395,9 +441,12 @@ fn duplicate_request_id_with_a_fresh_payment_is_refunded() {
     ch.outgoing.cumulative = Amount(COST);
     ch.incoming = n.channel(1, 1).outgoing.clone().into_incoming_for_test();
     let payment = ch
-        .pay(&n.keys[0], r.payment.update.memo.clone(), |_| {
-            Message::Ping { nonce: 0 }
-        })
+        .pay(
+            &n.keys[0],
+            &Deployment::test(),
+            r.payment.update.memo.clone(),
+            |_| Message::Ping { nonce: 0 },
+        )
         .unwrap();
     let again = Message::Request(Box::new(RequestMsg {
         payment,
@@ -552,7 +601,7 @@ fn forged_response_and_forged_proof_are_refused() {
     // Signed by the wrong key (B pretends to be the server).
     let batch = response.batch().unwrap();
     let genuine = response.sig;
-    response.sig = n.keys[1].sign(&batch).unwrap();
+    response.sig = n.keys[1].sign(&Deployment::test(), &batch).unwrap();
     let err = n.net.nodes[1]
         .engine
         .handle_message(
@@ -621,7 +670,7 @@ fn forged_response_and_forged_proof_are_refused() {
         reason: SeverReason::Unresponsive,
         at_ms: 0,
     };
-    let sig = n.keys[0].sign(&notice).unwrap();
+    let sig = n.keys[0].sign(&Deployment::test(), &notice).unwrap();
     let err = n.net.nodes[1]
         .engine
         .handle_message(

@@ -4,7 +4,7 @@ use crate::amount::Amount;
 use crate::crypto::NodeId;
 use crate::messages::{Message, RejectReason};
 use crate::time::Time;
-use crate::types::{ChannelId, EdgeInfo, RequestId, SeverReason, SignedSeverNotice};
+use crate::types::{ChannelId, EdgeInfo, RequestId, SeverReason, SignedSeverNotice, SignedUpdate};
 
 /// A frame for a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +25,14 @@ pub enum ChainAction {
     /// not severed on chain within a bound, submit it ourselves (anyone may), so that
     /// a node cannot answer with a notice it never makes final and keep the edge open.
     Watch(SignedSeverNotice),
+    /// An adversarial close of our channel holds an older state for what the peer paid
+    /// us than we do: submit ours (the contract's `challenge`) before the period ends.
+    Challenge {
+        /// The closing channel.
+        channel: ChannelId,
+        /// The latest update the peer signed to us.
+        updates: Vec<SignedUpdate>,
+    },
 }
 
 /// What the chain reports to the engine.
@@ -41,6 +49,23 @@ pub enum ChainEvent {
     EdgeOpened(EdgeInfo),
     /// An edge was severed on chain with this notice.
     EdgeSevered(SignedSeverNotice),
+    /// A close of the channel began on chain (`close_proposed`, `close_started`) or its
+    /// states were challenged (`close_challenged`). `paid_ab` and `paid_ba` are the
+    /// cumulative totals the contract holds for each direction of the edge (`a` is
+    /// the proposing endpoint of [`EdgeInfo`]).
+    CloseOnChain {
+        /// The channel.
+        channel: ChannelId,
+        /// Whether it is an adversarial close in its challenge period (otherwise a
+        /// cooperative close awaiting the other endpoint's confirmation).
+        adversarial: bool,
+        /// What the contract holds as paid from `a` to `b`.
+        paid_ab: Amount,
+        /// What the contract holds as paid from `b` to `a`.
+        paid_ba: Amount,
+    },
+    /// The channel was paid out on chain (`channel_closed`).
+    ChannelClosed(ChannelId),
 }
 
 /// Application-level events.
@@ -154,6 +179,25 @@ pub enum Event {
         peer: NodeId,
         /// Why.
         reason: SeverReason,
+    },
+    /// A close of one of our channels began on chain; the channel no longer carries
+    /// requests or payments.
+    CloseSeen {
+        /// The channel.
+        channel: ChannelId,
+        /// The other endpoint.
+        peer: NodeId,
+        /// An adversarial close (else a cooperative one awaiting confirmation).
+        adversarial: bool,
+        /// Whether we asked to challenge it with newer states.
+        challenged: bool,
+    },
+    /// One of our channels was paid out on chain.
+    ChannelClosed {
+        /// The channel.
+        channel: ChannelId,
+        /// The other endpoint.
+        peer: NodeId,
     },
     /// We passed a proof of severance upstream.
     SeverProofForwarded {

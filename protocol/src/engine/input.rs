@@ -99,12 +99,12 @@ impl Engine {
                 if notice.notice.channel != channel || notice.notice.severer != from {
                     return Err(ProtocolError::Misaddressed("sever notice"));
                 }
-                crypto::verify(&from, &notice.notice, &notice.sig).map_err(|source| {
-                    ProtocolError::BadSignature {
+                crypto::verify(&self.deployment, &from, &notice.notice, &notice.sig).map_err(
+                    |source| ProtocolError::BadSignature {
                         what: "sever notice",
                         source,
-                    }
-                })?;
+                    },
+                )?;
                 self.watch(&notice);
                 self.apply_severance(&notice, now, None);
                 Ok(())
@@ -158,11 +158,25 @@ impl Engine {
                 }
             }
             ChainEvent::EdgeSevered(notice) => {
-                if crypto::verify(&notice.notice.severer, &notice.notice, &notice.sig).is_err() {
+                if crypto::verify(
+                    &self.deployment,
+                    &notice.notice.severer,
+                    &notice.notice,
+                    &notice.sig,
+                )
+                .is_err()
+                {
                     return;
                 }
                 self.apply_severance(&notice, now, None);
             }
+            ChainEvent::CloseOnChain {
+                channel,
+                adversarial,
+                paid_ab,
+                paid_ba,
+            } => self.on_close_on_chain(channel, adversarial, paid_ab, paid_ba, now),
+            ChainEvent::ChannelClosed(channel) => self.on_channel_closed(channel, now),
         }
     }
 }

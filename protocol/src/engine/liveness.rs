@@ -85,13 +85,13 @@ impl Engine {
             self.send(from, m);
         }
         if let Some(update) = reack {
-            let sig =
-                self.key
-                    .sign(&AckOf(&update))
-                    .map_err(|source| ProtocolError::BadSignature {
-                        what: "own ack",
-                        source,
-                    })?;
+            let sig = self
+                .key
+                .sign(&self.deployment, &AckOf(&update))
+                .map_err(|source| ProtocolError::BadSignature {
+                    what: "own ack",
+                    source,
+                })?;
             self.send(
                 from,
                 Message::Ack {

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::channel::ChannelRecord;
 use crate::config::EngineConfig;
-use crate::crypto::{Hash, Keypair, NodeId};
+use crate::crypto::{Deployment, Hash, Keypair, NodeId};
 use crate::messages::Message;
 use crate::store::{Store, Write};
 use crate::time::Time;
@@ -23,6 +23,7 @@ use crate::topology::{Quote, Topology};
 use crate::types::{ChannelId, RequestId};
 
 mod channels;
+mod closes;
 mod events;
 mod fees;
 mod input;
@@ -51,6 +52,8 @@ enum Timer {
 #[derive(Debug)]
 pub struct Engine {
     key: Keypair,
+    /// The deployment every signature made or checked here is for.
+    deployment: Deployment,
     id: NodeId,
     config: EngineConfig,
     topology: Topology,
@@ -83,10 +86,11 @@ pub struct WriteBatch {
 
 impl Engine {
     /// A new engine with an empty topology.
-    pub fn new(config: EngineConfig, key: Keypair, now: Time) -> Engine {
+    pub fn new(config: EngineConfig, key: Keypair, deployment: Deployment, now: Time) -> Engine {
         Engine {
             id: key.id(),
             key,
+            deployment,
             config,
             topology: Topology::new(),
             channels: BTreeMap::new(),
@@ -112,11 +116,12 @@ impl Engine {
     pub fn restore(
         config: EngineConfig,
         key: Keypair,
+        deployment: Deployment,
         topology: Topology,
         store: &Store,
         now: Time,
     ) -> Engine {
-        let mut e = Engine::new(config, key, now);
+        let mut e = Engine::new(config, key, deployment, now);
         e.topology = topology;
         for rec in store.channels.values() {
             if rec.me != e.id {
@@ -143,6 +148,11 @@ impl Engine {
     /// This node's identity.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The contract deployment this engine signs and verifies for.
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
     }
 
     /// The engine's configuration.

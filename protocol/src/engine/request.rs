@@ -382,7 +382,8 @@ impl Engine {
         }
         if position.saturating_add(1) == route.nodes.len()
             && header.client_batch().is_none_or(|batch| {
-                crypto::verify_cached(&core.client, &batch, &header.client_sig).is_err()
+                crypto::verify_cached(&self.deployment, &core.client, &batch, &header.client_sig)
+                    .is_err()
             })
         {
             return Err((R::BadRequest, "client signature does not verify".into()));
@@ -471,7 +472,7 @@ impl Engine {
         let batch = response
             .batch()
             .ok_or(ProtocolError::BadResponse(request))?;
-        crypto::verify_cached(&p.core.server, &batch, &response.sig)
+        crypto::verify_cached(&self.deployment, &p.core.server, &batch, &response.sig)
             .map_err(|_| ProtocolError::BadResponse(request))?;
         if let Some(f) = &fee {
             self.on_fee(from, channel, f, now)?;

@@ -93,7 +93,7 @@ impl Engine {
             };
             // Encoding a root and a count cannot fail; were it to, the values would
             // stay unsigned and peers would refuse them.
-            let Ok(sig) = self.key.sign(&batch) else {
+            let Ok(sig) = self.key.sign(&self.deployment, &batch) else {
                 continue;
             };
             signed.extend(proofs.into_iter().map(|p| (p, sig)));
@@ -201,7 +201,7 @@ impl Engine {
             .channels
             .get_mut(&channel)
             .ok_or(ProtocolError::UnknownPeer(from))?;
-        ch.rec.accept(su)?;
+        ch.rec.accept(&self.deployment, su)?;
         self.write(Write::Incoming {
             channel,
             update: Box::new(su.clone()),
@@ -241,7 +241,7 @@ impl Engine {
             let Some(update) = last else { continue };
             // Signing a well-formed value cannot fail to encode; were it to, the
             // payer would retransmit the update after a reconnect and be re-acked.
-            let Ok(sig) = self.key.sign(&AckOf(&update)) else {
+            let Ok(sig) = self.key.sign(&self.deployment, &AckOf(&update)) else {
                 continue;
             };
             let message = Message::Ack {
@@ -268,7 +268,7 @@ impl Engine {
             .channels
             .get_mut(&channel)
             .ok_or(ProtocolError::InvalidCall("no such channel".into()))?;
-        let memos = ch.rec.acked(seq, sig)?;
+        let memos = ch.rec.acked(&self.deployment, seq, sig)?;
         self.write(Write::Acked {
             channel,
             seq,

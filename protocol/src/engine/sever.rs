@@ -32,6 +32,20 @@ impl Engine {
         now: Time,
         in_sync_of: Option<ChannelId>,
     ) -> Result<(), ProtocolError> {
+        self.sever_signed(channel, reason, now, in_sync_of, true)
+    }
+
+    /// Signs a notice severing `channel`, applies it and tells the peer; asks for it
+    /// to be submitted on chain if `submit` (not for a channel whose close already
+    /// took it out of the topology on chain).
+    pub(super) fn sever_signed(
+        &mut self,
+        channel: ChannelId,
+        reason: SeverReason,
+        now: Time,
+        in_sync_of: Option<ChannelId>,
+        submit: bool,
+    ) -> Result<(), ProtocolError> {
         let ch = self
             .channels
             .get(&channel)
@@ -47,21 +61,22 @@ impl Engine {
             reason,
             at_ms: now.ms(),
         };
-        let sig = self
-            .key
-            .sign(&notice)
-            .map_err(|source| ProtocolError::BadSignature {
+        let sig = self.key.sign(&self.deployment, &notice).map_err(|source| {
+            ProtocolError::BadSignature {
                 what: "own notice",
                 source,
-            })?;
+            }
+        })?;
         let signed = SignedSeverNotice { notice, sig };
         self.events.push_back(Event::SeverInitiated {
             channel,
             peer,
             reason,
         });
-        self.chain_actions
-            .push_back(ChainAction::Sever(signed.clone()));
+        if submit {
+            self.chain_actions
+                .push_back(ChainAction::Sever(signed.clone()));
+        }
         self.apply_severance(&signed, now, in_sync_of);
         self.send(peer, Message::Severed { notice: signed });
         Ok(())
@@ -214,9 +229,11 @@ impl Engine {
         if !endpoints_ok {
             return Err(bad("severer is not an endpoint of the edge"));
         }
-        crypto::verify(&n.severer, n, &notice.sig).map_err(|source| ProtocolError::BadSignature {
-            what: "sever notice",
-            source,
+        crypto::verify(&self.deployment, &n.severer, n, &notice.sig).map_err(|source| {
+            ProtocolError::BadSignature {
+                what: "sever notice",
+                source,
+            }
         })
     }
 

@@ -291,6 +291,23 @@ impl Sim {
                 r.peer = Some(self.name_of(&peer));
                 r.detail = Some(format!("{channel} {reason:?}"));
             }
+            Event::CloseSeen {
+                channel,
+                peer,
+                adversarial,
+                challenged,
+            } => {
+                r.kind = "close_seen";
+                r.peer = Some(self.name_of(&peer));
+                r.detail = Some(format!(
+                    "{channel} adversarial={adversarial} challenged={challenged}"
+                ));
+            }
+            Event::ChannelClosed { channel, peer } => {
+                r.kind = "channel_closed";
+                r.peer = Some(self.name_of(&peer));
+                r.detail = Some(channel.to_string());
+            }
             Event::SeverProofForwarded {
                 request,
                 to,

@@ -278,6 +278,9 @@ impl Sim {
                     ChainAction::Watch(n) => {
                         (n, self.scenario.chain_delay_ms.saturating_add(WATCH_MS))
                     }
+                    // The simulated chain closes no channels, so no close is ever
+                    // challenged here; closes are tested on the embedded chain.
+                    ChainAction::Challenge { .. } => continue,
                 };
                 self.push(now.plus(delay), Ev::ChainSever(Box::new(notice)));
             }
