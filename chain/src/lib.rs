@@ -28,6 +28,10 @@ pub enum ChainError {
     /// The embedded database failed.
     #[error("chain database: {0}")]
     Db(String),
+    /// A served chain refused the request: an unsigned or wrongly signed call, a
+    /// replayed nonce, or the faucet off.
+    #[error("refused by the served chain: {0}")]
+    Unauthorized(String),
     /// The VM could not run the contract at all (not a contract panic).
     #[error("vm: {0}")]
     Vm(String),

@@ -28,6 +28,9 @@ use crate::ChainError;
 const STORAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("contract_storage");
 const ACCOUNTS: TableDefinition<&str, u128> = TableDefinition::new("accounts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Accounts' keys, as a served chain checks calls against them: the ed25519 public
+/// key (32 bytes) and the highest call nonce used (8 bytes, little-endian).
+const ACCOUNT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("account_keys");
 /// NEP-297 events by (block height, index in block), as JSON.
 const EVENTS: TableDefinition<(u64, u32), &str> = TableDefinition::new("events");
 
@@ -172,6 +175,7 @@ impl LocalChain {
             w.open_table(ACCOUNTS).map_err(db_err)?;
             w.open_table(META).map_err(db_err)?;
             w.open_table(EVENTS).map_err(db_err)?;
+            w.open_table(ACCOUNT_KEYS).map_err(db_err)?;
             w.commit().map_err(db_err)?;
         }
         {
@@ -273,6 +277,45 @@ impl LocalChain {
         w.open_table(ACCOUNTS)
             .map_err(db_err)?
             .insert(id, total)
+            .map_err(db_err)?;
+        w.commit().map_err(db_err)
+    }
+
+    /// The public key an account's calls must be signed with, and the highest nonce
+    /// it has used (see `serve`).
+    pub fn account_key(&self, id: &str) -> Result<Option<([u8; 32], u64)>, ChainError> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(ACCOUNT_KEYS).map_err(db_err)?;
+        let Some(v) = t.get(id).map_err(db_err)? else {
+            return Ok(None);
+        };
+        let bytes = v.value();
+        let key: [u8; 32] = bytes
+            .get(..32)
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| ChainError::Db(format!("account key of {id} is damaged")))?;
+        let nonce = bytes
+            .get(32..40)
+            .and_then(|n| n.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| ChainError::Db(format!("account nonce of {id} is damaged")))?;
+        Ok(Some((key, nonce)))
+    }
+
+    /// Records an account's key and highest nonce, durably.
+    pub fn set_account_key(
+        &mut self,
+        id: &str,
+        key: [u8; 32],
+        nonce: u64,
+    ) -> Result<(), ChainError> {
+        account(id)?;
+        let mut bytes = key.to_vec();
+        bytes.extend_from_slice(&nonce.to_le_bytes());
+        let w = self.db.begin_write().map_err(db_err)?;
+        w.open_table(ACCOUNT_KEYS)
+            .map_err(db_err)?
+            .insert(id, bytes.as_slice())
             .map_err(db_err)?;
         w.commit().map_err(db_err)
     }

@@ -2,9 +2,14 @@
 //! processes share one chain, and [`RemoteClient`], the [`Chain`] that talks to it.
 //!
 //! The protocol is one JSON object per line each way, request then answer, on plain
-//! TCP. A served chain is a development chain, like a NEAR sandbox: it trusts the
-//! `signer` a request names (there are no account keys), and it has a faucet. It binds
-//! to loopback unless told otherwise; see docs/contract.md.
+//! TCP. A served chain is a development chain, like a NEAR sandbox, but it may be
+//! served to other hosts (the devnet), so it takes a call only signed by the calling
+//! account's key: every account has one ed25519 key, set when the faucet creates it
+//! (or, for an account made in process without one, by its first signed call), and
+//! each call carries a nonce above the account's last, so a call cannot be replayed.
+//! Views and events are open to all. The faucet answers only if the chain was served
+//! with it on ([`ServeOptions::faucet`]). It binds to loopback unless told otherwise;
+//! see docs/contract.md.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +19,9 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LinesCodec};
 
+use por_protocol::crypto::{verify_bytes, Keypair};
+use por_protocol::{NodeId, Signature};
+
 use crate::api::{Chain, EventPage, EVENT_PAGE};
 use crate::local::{LocalChain, DEFAULT_GAS};
 use crate::ChainError;
@@ -21,10 +29,23 @@ use crate::ChainError;
 /// Longest request or answer line: a page of events or a close with many states fits.
 pub const MAX_LINE: usize = 16 << 20;
 
+/// The domain tag of a served call's signature: the signed bytes are this tag
+/// followed by the call's JSON payload, exactly as sent.
+pub const CALL_DOMAIN: &[u8] = b"por/v1/served-call\0";
+
+/// How a chain is served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Answer `fund` requests (create and credit accounts). Off unless asked for:
+    /// anyone who can reach a faucet can mint balance.
+    pub faucet: bool,
+}
+
 /// Serves `chain` on `listener` until the future `shutdown` completes.
 pub async fn serve(
     chain: Arc<Mutex<LocalChain>>,
     listener: TcpListener,
+    options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -35,7 +56,7 @@ pub async fn serve(
                 let (stream, peer) = accepted?;
                 let chain = chain.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(chain, stream).await {
+                    if let Err(e) = connection(chain, stream, options).await {
                         tracing::debug!(%peer, "chain client dropped: {e}");
                     }
                 });
@@ -44,13 +65,17 @@ pub async fn serve(
     }
 }
 
-async fn connection(chain: Arc<Mutex<LocalChain>>, stream: TcpStream) -> Result<(), ChainError> {
+async fn connection(
+    chain: Arc<Mutex<LocalChain>>,
+    stream: TcpStream,
+    options: ServeOptions,
+) -> Result<(), ChainError> {
     let _ = stream.set_nodelay(true);
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
     while let Some(line) = lines.next().await {
         let line = line.map_err(|e| ChainError::Remote(e.to_string()))?;
         let chain = chain.clone();
-        let answer = tokio::task::spawn_blocking(move || answer(&chain, &line))
+        let answer = tokio::task::spawn_blocking(move || answer(&chain, &line, options))
             .await
             .map_err(|e| ChainError::Remote(e.to_string()))?;
         let text = match answer {
@@ -77,7 +102,90 @@ fn u128_field(req: &Value, k: &str) -> Result<u128, ChainError> {
         .map_err(|_| ChainError::Remote(format!("request field {k:?} is not an amount")))
 }
 
-fn answer(chain: &Mutex<LocalChain>, line: &str) -> Result<Value, ChainError> {
+fn hex32(s: &str, what: &str) -> Result<[u8; 32], ChainError> {
+    let bad = || ChainError::Remote(format!("{what} is not 64 hex digits"));
+    if s.len() != 64 || !s.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (slot, i) in out.iter_mut().zip((0usize..64).step_by(2)) {
+        *slot = u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks a signed call: the signature over [`CALL_DOMAIN`] and the payload, by the
+/// key of the account the payload names, with a nonce above its last. Returns the
+/// payload and its signer's new nonce.
+fn checked_call(chain: &mut LocalChain, req: &Value) -> Result<Value, ChainError> {
+    let refuse = |why: String| ChainError::Unauthorized(why);
+    let payload_text = str_field(req, "payload")
+        .map_err(|_| refuse("the served chain takes calls only signed by the calling account's key (a `payload` with `key` and `sig`)".into()))?;
+    let payload: Value = serde_json::from_str(payload_text)
+        .map_err(|e| ChainError::Remote(format!("bad call payload: {e}")))?;
+    let signer = str_field(&payload, "signer")?;
+    let key = hex32(str_field(req, "key")?, "key")?;
+    let sig_hex = str_field(req, "sig")?;
+    let sig_bytes: Vec<u8> = (0..sig_hex.len())
+        .step_by(2)
+        .map(|i| {
+            sig_hex
+                .get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| ChainError::Remote("sig is not hex".into()))?;
+    let sig = Signature(
+        sig_bytes
+            .try_into()
+            .map_err(|_| ChainError::Remote("sig is not 64 bytes".into()))?,
+    );
+    let nonce = payload["nonce"]
+        .as_u64()
+        .ok_or_else(|| ChainError::Remote("call payload field \"nonce\" missing".into()))?;
+    let mut bytes = CALL_DOMAIN.to_vec();
+    bytes.extend_from_slice(payload_text.as_bytes());
+    verify_bytes(&NodeId(key), &bytes, &sig).map_err(|_| {
+        refuse(format!(
+            "the signature of the call as {signer} does not verify"
+        ))
+    })?;
+    match chain.account_key(signer)? {
+        Some((held, _)) if held != key => {
+            return Err(refuse(format!(
+                "{signer}'s calls are signed with key {}, not {}",
+                hex(&held),
+                hex(&key)
+            )))
+        }
+        Some((_, last)) if nonce <= last => {
+            return Err(refuse(format!(
+                "replayed or stale call as {signer}: nonce {nonce} is not above {last}"
+            )))
+        }
+        _ => {}
+    }
+    // An account made without a key (in process) takes the key of its first call.
+    chain.set_account_key(signer, key, nonce)?;
+    Ok(payload)
+}
+
+fn answer(
+    chain: &Mutex<LocalChain>,
+    line: &str,
+    options: ServeOptions,
+) -> Result<Value, ChainError> {
     let req: Value =
         serde_json::from_str(line).map_err(|e| ChainError::Remote(format!("bad request: {e}")))?;
     let mut chain = chain
@@ -85,11 +193,12 @@ fn answer(chain: &Mutex<LocalChain>, line: &str) -> Result<Value, ChainError> {
         .map_err(|_| ChainError::Db("chain lock poisoned".into()))?;
     match str_field(&req, "op")? {
         "call" => {
+            let payload = checked_call(&mut chain, &req)?;
             let out = chain.call(
-                str_field(&req, "signer")?,
-                str_field(&req, "method")?,
-                req["args"].to_string().as_bytes(),
-                u128_field(&req, "deposit")?,
+                str_field(&payload, "signer")?,
+                str_field(&payload, "method")?,
+                payload["args"].to_string().as_bytes(),
+                u128_field(&payload, "deposit")?,
                 DEFAULT_GAS,
             )?;
             if out.value.is_empty() {
@@ -111,8 +220,21 @@ fn answer(chain: &Mutex<LocalChain>, line: &str) -> Result<Value, ChainError> {
                 .collect();
             Ok(json!({"events": events, "through": page.through}))
         }
+        "fund" if !options.faucet => Err(ChainError::Unauthorized(
+            "the faucet is off (serve the chain with `por chain serve --faucet`)".into(),
+        )),
         "fund" => {
             let account = str_field(&req, "account")?;
+            let key = hex32(str_field(&req, "public_key")?, "public_key")?;
+            match chain.account_key(account)? {
+                Some((held, _)) if held != key => {
+                    return Err(ChainError::Unauthorized(format!(
+                        "{account} already exists with another key"
+                    )))
+                }
+                Some(_) => {}
+                None => chain.set_account_key(account, key, 0)?,
+            }
             chain.fund(account, u128_field(&req, "amount")?)?;
             Ok(json!(chain.balance(account).map(|b| b.to_string())))
         }
@@ -135,6 +257,7 @@ fn error_json(e: &ChainError) -> Value {
             message,
             logs,
         } => json!({"kind": "aborted", "method": method, "message": message, "logs": logs}),
+        ChainError::Unauthorized(why) => json!({"kind": "unauthorized", "message": why}),
         other => json!({"kind": "other", "message": other.to_string()}),
     }
 }
@@ -147,6 +270,7 @@ fn error_of(v: &Value) -> ChainError {
             message: text("message"),
             logs: serde_json::from_value(v["logs"].clone()).unwrap_or_default(),
         },
+        Some("unauthorized") => ChainError::Unauthorized(text("message")),
         _ => ChainError::Remote(text("message")),
     }
 }
@@ -156,23 +280,48 @@ fn error_of(v: &Value) -> ChainError {
 pub struct RemoteClient {
     addr: SocketAddr,
     signer: String,
+    key: Option<Keypair>,
+    /// The last nonce used.
+    nonce: std::sync::atomic::AtomicU64,
     conn: tokio::sync::Mutex<Option<Framed<TcpStream, LinesCodec>>>,
 }
 
 impl RemoteClient {
-    /// A client of the chain served at `addr`, signing as `signer`. Connects lazily
-    /// and reconnects after a failure.
+    /// A client of the chain served at `addr`, as `signer`, without a key: views and
+    /// events only (the served chain refuses its calls). Connects lazily and
+    /// reconnects after a failure.
     pub fn new(addr: SocketAddr, signer: &str) -> RemoteClient {
         RemoteClient {
             addr,
             signer: signer.to_string(),
+            key: None,
+            nonce: std::sync::atomic::AtomicU64::new(0),
             conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A client that signs its calls as `signer` with `key` (the account's key: for
+    /// a node, its node key).
+    pub fn with_key(addr: SocketAddr, signer: &str, key: Keypair) -> RemoteClient {
+        RemoteClient {
+            key: Some(key),
+            ..RemoteClient::new(addr, signer)
         }
     }
 
     /// Sends one request and waits for its answer.
     pub async fn request(&self, req: Value) -> Result<Value, ChainError> {
+        self.request_with(|| Ok(req)).await
+    }
+
+    /// Sends the request `build` makes once the connection is ours (so that calls
+    /// leave in the order of their nonces), and waits for its answer.
+    async fn request_with(
+        &self,
+        build: impl FnOnce() -> Result<Value, ChainError>,
+    ) -> Result<Value, ChainError> {
         let mut conn = self.conn.lock().await;
+        let req = build()?;
         if conn.is_none() {
             let stream = TcpStream::connect(self.addr)
                 .await
@@ -198,10 +347,19 @@ impl RemoteClient {
         }
     }
 
-    /// Credits `amount` to `account` from the served chain's faucet; returns its balance.
-    pub async fn fund(&self, account: &str, amount: u128) -> Result<u128, ChainError> {
+    /// Credits `amount` to `account` from the served chain's faucet, creating it with
+    /// `public_key` as the key its calls must be signed with; returns its balance.
+    pub async fn fund(
+        &self,
+        account: &str,
+        public_key: &NodeId,
+        amount: u128,
+    ) -> Result<u128, ChainError> {
         let v = self
-            .request(json!({"op": "fund", "account": account, "amount": amount.to_string()}))
+            .request(
+                json!({"op": "fund", "account": account, "public_key": hex(&public_key.0),
+                            "amount": amount.to_string()}),
+            )
             .await?;
         v.as_str()
             .and_then(|s| s.parse().ok())
@@ -244,10 +402,33 @@ impl Chain for RemoteClient {
     }
 
     async fn call(&self, method: &str, args: Value, deposit: u128) -> Result<Value, ChainError> {
-        self.request(
-            json!({"op": "call", "signer": self.signer, "method": method,
-                            "args": args, "deposit": deposit.to_string()}),
-        )
+        let key = self.key.as_ref().ok_or_else(|| {
+            ChainError::Unauthorized(format!(
+                "no key to sign calls as {} with (RemoteClient::with_key)",
+                self.signer
+            ))
+        })?;
+        self.request_with(|| {
+            // Above the last one and at least the clock (in µs), so that calls from
+            // another process signing as the same account (the CLI beside a node) and
+            // a restart never reuse or undercut a nonce.
+            let nonce = self
+                .nonce
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .saturating_add(1)
+                .max(now_micros());
+            self.nonce.store(nonce, std::sync::atomic::Ordering::SeqCst);
+            let payload = json!({"signer": self.signer, "method": method, "args": args,
+                                 "deposit": deposit.to_string(), "nonce": nonce})
+            .to_string();
+            let mut bytes = CALL_DOMAIN.to_vec();
+            bytes.extend_from_slice(payload.as_bytes());
+            let sig = key.sign_bytes(&bytes);
+            Ok(
+                json!({"op": "call", "payload": payload, "key": hex(&key.id().0),
+                      "sig": hex(&sig.0)}),
+            )
+        })
         .await
     }
 

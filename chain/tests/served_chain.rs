@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
+use por_chain::serve::{ServeOptions, CALL_DOMAIN};
 use por_chain::{Chain, ChainError, RemoteClient};
 use por_protocol::types::EdgeTerms;
 use por_protocol::{Amount, Keypair};
-use tokio::io::AsyncWriteExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn chain(name: &str) -> LocalChain {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -41,18 +43,27 @@ async fn clients_share_a_served_chain() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(por_chain::serve::serve(shared.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let faucet = ServeOptions { faucet: true };
+    let server = tokio::spawn(por_chain::serve::serve(
+        shared.clone(),
+        listener,
+        faucet,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
-    let alice = RemoteClient::new(addr, "alice.local");
-    let bob = RemoteClient::new(addr, "bob.local");
+    let (ka, kb) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
+    let alice = RemoteClient::with_key(addr, "alice.local", ka.clone());
+    let bob = RemoteClient::with_key(addr, "bob.local", kb.clone());
     assert_eq!(
-        alice.fund("alice.local", 10 * NEAR).await.unwrap(),
+        alice
+            .fund("alice.local", &ka.id(), 10 * NEAR)
+            .await
+            .unwrap(),
         10 * NEAR
     );
-    bob.fund("bob.local", 10 * NEAR).await.unwrap();
-    let (ka, kb) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
+    bob.fund("bob.local", &kb.id(), 10 * NEAR).await.unwrap();
     alice
         .register(ka.id(), vec!["127.0.0.1:7001".into()], Amount(2 * NEAR))
         .await
@@ -83,7 +94,7 @@ async fn clients_share_a_served_chain() {
     assert_eq!(method, "confirm_channel");
     assert!(!message.is_empty());
     // The chain's own refusals too (no such account, not enough balance).
-    let err = RemoteClient::new(addr, "nobody.local")
+    let err = RemoteClient::with_key(addr, "nobody.local", Keypair::from_seed([9; 32]))
         .register(kb.id(), vec![], Amount(NEAR))
         .await
         .unwrap_err();
@@ -142,6 +153,90 @@ async fn clients_share_a_served_chain() {
     let alice = RemoteClient::new(addr, "alice.local");
     let err = alice.snapshot().await.unwrap_err();
     assert!(matches!(err, ChainError::Remote(_)), "{err}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One raw request line and its answer.
+async fn raw(addr: std::net::SocketAddr, req: &Value) -> Value {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).await.unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).await.unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test]
+async fn a_served_chain_takes_only_calls_signed_by_the_account_and_no_faucet_unless_asked() {
+    let mut c = chain("signed");
+    c.ensure_initialised(dev_config()).unwrap();
+    c.fund("alice.local", 10 * NEAR).unwrap();
+    let shared = Arc::new(Mutex::new(c));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(por_chain::serve::serve(
+        shared.clone(),
+        listener,
+        ServeOptions::default(),
+        std::future::pending(),
+    ));
+    let ka = Keypair::from_seed([1; 32]);
+    // The faucet is off.
+    let err = RemoteClient::new(addr, "mallory.local")
+        .fund("mallory.local", &ka.id(), NEAR)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ChainError::Unauthorized(m) if m.contains("faucet is off")),
+        "{err}"
+    );
+    // An unsigned call, as before, is refused.
+    let unsigned = raw(
+        addr,
+        &json!({"op": "call", "signer": "alice.local", "method": "storage_deposit",
+                "args": {}, "deposit": NEAR.to_string()}),
+    )
+    .await;
+    assert_eq!(unsigned["err"]["kind"], "unauthorized", "{unsigned}");
+    // Alice's first signed call binds her key; the next must carry a higher nonce.
+    let signed = |key: &Keypair, nonce: u64| {
+        let payload = json!({"signer": "alice.local", "method": "storage_deposit",
+            "args": {}, "deposit": (NEAR / 10).to_string(), "nonce": nonce})
+        .to_string();
+        let mut bytes = CALL_DOMAIN.to_vec();
+        bytes.extend_from_slice(payload.as_bytes());
+        json!({"op": "call", "payload": payload, "key": hex(&key.id().0),
+               "sig": hex(&key.sign_bytes(&bytes).0)})
+    };
+    let first = signed(&ka, 5);
+    assert!(raw(addr, &first).await.get("ok").is_some());
+    let balance = || shared.lock().unwrap().balance("alice.local").unwrap();
+    let after_one = balance();
+    // Replayed: refused, nothing spent.
+    let replay = raw(addr, &first).await;
+    assert_eq!(replay["err"]["kind"], "unauthorized", "{replay}");
+    assert!(replay["err"]["message"].as_str().unwrap().contains("nonce"));
+    // Another key signing as Alice: refused.
+    let mallory = Keypair::from_seed([7; 32]);
+    let forged = raw(addr, &signed(&mallory, 6)).await;
+    assert_eq!(forged["err"]["kind"], "unauthorized", "{forged}");
+    // A tampered payload: the signature no longer verifies.
+    let mut tampered = signed(&ka, 7);
+    tampered["payload"] = tampered["payload"]
+        .as_str()
+        .unwrap()
+        .replace("alice.local", "bob.local")
+        .into();
+    let t = raw(addr, &tampered).await;
+    assert_eq!(t["err"]["kind"], "unauthorized", "{t}");
+    assert_eq!(balance(), after_one);
+    // Alice's client, with her key, calls as usual; views need no key.
+    let alice = RemoteClient::with_key(addr, "alice.local", ka.clone());
+    alice.storage_deposit(Amount(NEAR / 10)).await.unwrap();
+    assert_eq!(balance(), after_one - NEAR / 10);
+    assert!(RemoteClient::new(addr, "anyone").snapshot().await.is_ok());
 }
 
 #[test]

@@ -339,7 +339,12 @@ impl NodeConfig {
                 let chain = open_embedded(path)?;
                 AnyChain::Local(LocalClient::new(chain, &self.account))
             }
-            ChainTarget::Served(addr) => AnyChain::Remote(RemoteClient::new(*addr, &self.account)),
+            // A served chain takes calls only signed by the account's key: the node's.
+            ChainTarget::Served(addr) => AnyChain::Remote(RemoteClient::with_key(
+                *addr,
+                &self.account,
+                read_key(&self.key_file)?,
+            )),
             ChainTarget::Near { config, key_file } => {
                 AnyChain::Near(NearClient::new(config, key_file)?)
             }

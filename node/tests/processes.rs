@@ -197,14 +197,16 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
             dir.join("chain.redb").to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--faucet",
         ],
         &dir.join("chain.log"),
     );
     let chain_addr = chain.ready["chain"].as_str().unwrap().to_string();
     let addr = chain_addr.parse().unwrap();
     for n in names {
+        let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
         RemoteClient::new(addr, "faucet")
-            .fund(&format!("{n}.local"), 100 * NEAR)
+            .fund(&format!("{n}.local"), &key.id(), 100 * NEAR)
             .await
             .unwrap();
     }
@@ -221,9 +223,12 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(1_000),
     };
+    let signer = |n: &str| {
+        let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
+        RemoteClient::with_key(addr, &format!("{n}.local"), key)
+    };
     for w in names.windows(2) {
-        let a = RemoteClient::new(addr, &format!("{}.local", w[0]));
-        let b = RemoteClient::new(addr, &format!("{}.local", w[1]));
+        let (a, b) = (signer(w[0]), signer(w[1]));
         let id = a
             .propose_channel(&format!("{}.local", w[1]), &terms, Amount(NEAR))
             .await

@@ -333,12 +333,13 @@ pub(crate) async fn chain(command: ChainCommand) -> Result<()> {
             path,
             listen,
             allow_remote,
+            faucet,
         } => {
             let addr: std::net::SocketAddr = listen
                 .parse()
                 .with_context(|| format!("--listen {listen:?}"))?;
             if !addr.ip().is_loopback() && !allow_remote {
-                bail!("--listen {listen}: not loopback; a served chain trusts its clients (pass --allow-remote to serve anyway)");
+                bail!("--listen {listen}: not loopback; pass --allow-remote to serve other hosts (calls are still taken only signed by the calling account's key)");
             }
             let chain = config::open_embedded(&path)?;
             let listener = tokio::net::TcpListener::bind(addr)
@@ -347,12 +348,14 @@ pub(crate) async fn chain(command: ChainCommand) -> Result<()> {
             let bound = listener.local_addr()?;
             println!(
                 "{}",
-                json!({"event": "ready", "chain": bound.to_string(), "path": path.display().to_string()})
+                json!({"event": "ready", "chain": bound.to_string(), "path": path.display().to_string(),
+                       "faucet": faucet})
             );
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .context("installing the SIGTERM handler")?;
-            por_chain::serve::serve(chain, listener, async move {
+            let options = por_chain::serve::ServeOptions { faucet };
+            por_chain::serve::serve(chain, listener, options, async move {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
@@ -362,14 +365,19 @@ pub(crate) async fn chain(command: ChainCommand) -> Result<()> {
         }
         ChainCommand::Fund {
             chain_addr,
+            key_file,
             account,
             amount: a,
         } => {
             let addr = chain_addr
                 .parse()
                 .with_context(|| format!("--chain-addr {chain_addr:?}"))?;
+            let key = config::read_key(&key_file)?;
             let client = por_chain::RemoteClient::new(addr, &account);
-            let balance = client.fund(&account, amount(&a, "amount")?.0).await?;
+            let balance = client
+                .fund(&account, &key.id(), amount(&a, "amount")?.0)
+                .await
+                .with_context(|| format!("funding {account}"))?;
             println!(
                 "{}",
                 json!({"account": account, "balance": balance.to_string()})

@@ -325,15 +325,25 @@ enum ChainCommand {
         /// Address to serve on.
         #[arg(long, env = "POR_CHAIN_ADDR", default_value = "127.0.0.1:3031")]
         listen: String,
-        /// Serve on a non-loopback address (a served chain trusts its clients).
+        /// Serve on a non-loopback address (a devnet). Calls are still taken only
+        /// signed by the calling account's key.
         #[arg(long)]
         allow_remote: bool,
+        /// Answer `por chain fund` (create and credit accounts). Off by default:
+        /// anyone who reaches a faucet can mint balance.
+        #[arg(long)]
+        faucet: bool,
     },
-    /// Credit an account from a served chain's faucet.
+    /// Credit an account from a served chain's faucet (served with `--faucet`),
+    /// creating it with the key its calls will be signed with.
     Fund {
         /// The served chain.
         #[arg(long, env = "POR_CHAIN_ADDR", default_value = "127.0.0.1:3031")]
         chain_addr: String,
+        /// The node key file whose public key the account's calls are signed with
+        /// (`por init` writes it as `node.key`).
+        #[arg(long, env = "POR_KEY_FILE")]
+        key_file: PathBuf,
         /// The account.
         account: String,
         /// yoctoNEAR.
