@@ -5,14 +5,16 @@
 
 use std::path::Path;
 
-use near_crypto::{InMemorySigner, Signer};
+use near_crypto::{InMemorySigner, PublicKey, Signer};
 use near_jsonrpc_client::{methods, JsonRpcClient};
 use near_jsonrpc_primitives::types::query::QueryResponseKind;
 use near_jsonrpc_primitives::types::transactions::TransactionInfo;
+use near_primitives::account::AccessKey;
 use near_primitives::gas::Gas;
 use near_primitives::hash::CryptoHash;
 use near_primitives::transaction::{
-    Action, FunctionCallAction, SignedTransaction, Transaction, TransactionV0,
+    Action, AddKeyAction, CreateAccountAction, DeployContractAction, FunctionCallAction,
+    SignedTransaction, Transaction, TransactionV0, TransferAction,
 };
 use near_primitives::types::{AccountId, Balance, BlockId, BlockReference, Finality};
 use near_primitives::views::{FinalExecutionStatus, QueryRequest, TxExecutionStatus};
@@ -71,21 +73,69 @@ pub fn function_call(
     args: &Value,
     deposit: u128,
 ) -> SignedTransaction {
+    signed(
+        signer,
+        contract,
+        nonce,
+        block_hash,
+        vec![call_action(method, args, deposit)],
+    )
+}
+
+fn call_action(method: &str, args: &Value, deposit: u128) -> Action {
+    Action::FunctionCall(Box::new(FunctionCallAction {
+        method_name: method.to_string(),
+        args: args.to_string().into_bytes(),
+        gas: Gas::from_gas(DEFAULT_GAS),
+        deposit: Balance::from_yoctonear(deposit),
+    }))
+}
+
+/// Builds and signs a transaction of `actions` to `receiver`.
+fn signed(
+    signer: &Signer,
+    receiver: &AccountId,
+    nonce: u64,
+    block_hash: CryptoHash,
+    actions: Vec<Action>,
+) -> SignedTransaction {
     let tx = Transaction::V0(TransactionV0 {
         signer_id: signer.get_account_id(),
         public_key: signer.public_key(),
         nonce,
-        receiver_id: contract.clone(),
+        receiver_id: receiver.clone(),
         block_hash,
-        actions: vec![Action::FunctionCall(Box::new(FunctionCallAction {
-            method_name: method.to_string(),
-            args: args.to_string().into_bytes(),
-            gas: Gas::from_gas(DEFAULT_GAS),
-            deposit: Balance::from_yoctonear(deposit),
-        }))],
+        actions,
     });
     let (hash, _) = tx.get_hash_and_size();
     SignedTransaction::new(signer.sign(hash.as_ref()), tx)
+}
+
+/// The actions that create `account` with `balance` yoctoNEAR and `key` as its
+/// full-access key.
+fn create_actions(balance: u128, key: PublicKey) -> Vec<Action> {
+    vec![
+        Action::CreateAccount(CreateAccountAction {}),
+        Action::Transfer(TransferAction {
+            deposit: Balance::from_yoctonear(balance),
+        }),
+        Action::AddKey(Box::new(AddKeyAction {
+            public_key: key,
+            access_key: AccessKey::full_access(),
+        })),
+    ]
+}
+
+/// What [`NearClient::deploy`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployed {
+    /// The contract account.
+    pub contract: String,
+    /// Whether the account was created for it (else the code went into the signer's
+    /// own account).
+    pub created: bool,
+    /// The deployment every signature for this contract is bound to (hex).
+    pub deployment: String,
 }
 
 fn parse_value(bytes: &[u8]) -> Result<Value, ChainError> {
@@ -222,21 +272,114 @@ impl NearClient {
     }
 
     async fn send(&self, method: &str, args: &Value, deposit: u128) -> Result<Value, ChainError> {
+        let contract = self.contract.clone();
+        self.send_actions(method, &contract, vec![call_action(method, args, deposit)])
+            .await
+    }
+
+    /// Whether `account` exists.
+    pub async fn account_exists(&self, account: &str) -> Result<bool, ChainError> {
+        let resp = self
+            .rpc
+            .call(methods::query::RpcQueryRequest {
+                block_reference: BlockReference::Finality(Finality::Final),
+                request: QueryRequest::ViewAccount {
+                    account_id: account_id(account)?,
+                },
+            })
+            .await;
+        match resp {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.to_string().contains("UNKNOWN_ACCOUNT")
+                    || e.to_string().contains("does not exist") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(rpc_err("reading an account", e)),
+        }
+    }
+
+    /// Creates `account` (a sub-account of the signer's on NEAR networks) with
+    /// `balance` yoctoNEAR, and `key` as its full-access key.
+    pub async fn create_account(
+        &self,
+        account: &str,
+        balance: u128,
+        key: PublicKey,
+    ) -> Result<(), ChainError> {
+        let id = account_id(account)?;
+        self.send_actions("create_account", &id, create_actions(balance, key))
+            .await
+            .map(|_| ())
+    }
+
+    /// `por contract deploy`: deploys `wasm` at this client's contract account and
+    /// initialises it with `config` (`new`), in one transaction signed by this
+    /// client's key, so that a contract never exists uninitialised. If the contract
+    /// account is the signer's own, the code goes into it; otherwise the account is
+    /// created first with `initial_balance` (it pays for the code's storage) and the
+    /// signer's key as its full-access key. An account that exists already and is not
+    /// the signer's is refused: deploy into it with its own key.
+    pub async fn deploy(
+        &self,
+        wasm: &[u8],
+        config: &Value,
+        initial_balance: u128,
+    ) -> Result<Deployed, ChainError> {
+        let contract = self.contract.clone();
+        let own = contract == self.signer.get_account_id();
+        let exists = self.account_exists(contract.as_str()).await?;
+        let mut actions = Vec::new();
+        match (own, exists) {
+            (true, _) => {}
+            (false, false) => {
+                actions.extend(create_actions(initial_balance, self.signer.public_key()));
+            }
+            (false, true) => {
+                return Err(ChainError::BadAccount(format!(
+                    "{contract} exists and is not {}: deploy into it with its own key",
+                    self.account
+                )))
+            }
+        }
+        actions.push(Action::DeployContract(DeployContractAction {
+            code: wasm.to_vec(),
+        }));
+        actions.push(call_action(
+            "new",
+            &serde_json::json!({ "config": config }),
+            0,
+        ));
+        self.send_actions("deploy", &contract, actions).await?;
+        let deployment = self
+            .view("get_deployment", serde_json::json!({}))
+            .await?
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ChainError::Decode("get_deployment".into()))?;
+        Ok(Deployed {
+            contract: contract.to_string(),
+            created: !own,
+            deployment,
+        })
+    }
+
+    /// Signs and sends a transaction of `actions` to `receiver`, waiting until it is
+    /// final; returns the value of its last receipt.
+    async fn send_actions(
+        &self,
+        method: &str,
+        receiver: &AccountId,
+        actions: Vec<Action>,
+    ) -> Result<Value, ChainError> {
         let mut nonce = self.nonce.lock().await;
         let (last, block_hash) = match *nonce {
             Some(n) => (n, self.access_key().await?.1),
             None => self.access_key().await?,
         };
         let next = last.saturating_add(1);
-        let tx = function_call(
-            &self.signer,
-            &self.contract,
-            next,
-            block_hash,
-            method,
-            args,
-            deposit,
-        );
+        let tx = signed(&self.signer, receiver, next, block_hash, actions);
         let sent = self
             .rpc
             .call(methods::send_tx::RpcSendTransactionRequest {

@@ -58,6 +58,45 @@ fn errors_name_the_file_and_the_fault() {
 
     let dir = std::env::temp_dir().join(format!("por-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // `por contract deploy`: a missing key file is named; an unreachable node names
+    // the contract it was deploying.
+    let out = por(&[
+        "contract",
+        "deploy",
+        "--near-rpc",
+        "http://127.0.0.1:9",
+        "--contract",
+        "por.test.near",
+        "--near-key-file",
+        "no/such/key.json",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no/such/key.json"),
+        "{err}"
+    );
+    let key = dir.join("deployer.json");
+    std::fs::write(
+        &key,
+        r#"{"account_id":"test.near","public_key":"ed25519:57AdtrNKn5KrfHV3FqQNv8NavJM6jMLDfyszTv1epQRL","private_key":"ed25519:5mpzKvoRMTQMppBGTuiaYBU9p35zhsVczm3bdFqSA815Sh9obfKMy6MszRhvALuzmfmFEk2UNAGGNmCtGv13Rz5U"}"#,
+    )
+    .unwrap();
+    let out = por(&[
+        "contract",
+        "deploy",
+        "--near-rpc",
+        "http://127.0.0.1:9",
+        "--contract",
+        "por.test.near",
+        "--near-key-file",
+        key.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("deploying the contract to por.test.near"),
+        "{err}"
+    );
+
     let bad_key = dir.join("bad-key.toml");
     std::fs::write(
         &bad_key,
@@ -151,6 +190,8 @@ fn every_command_has_help() {
         &["stake", "withdraw", "--help"],
         &["topology", "--help"],
         &["chain", "serve", "--help"],
+        &["chain", "fund", "--help"],
+        &["contract", "deploy", "--help"],
     ] {
         let out = por(args);
         assert!(out.status.success(), "{args:?}");

@@ -9,7 +9,7 @@ use por_protocol::types::{ChannelId, EdgeTerms, SignedUpdate};
 use por_protocol::{wire, Amount};
 use serde_json::{json, Value};
 
-use crate::{ChainArgs, ChainCommand, ChannelCommand, ControlArgs, StakeCommand};
+use crate::{ChainArgs, ChainCommand, ChannelCommand, ContractCommand, ControlArgs, StakeCommand};
 
 fn amount(text: &str, what: &str) -> Result<Amount> {
     text.parse()
@@ -323,6 +323,60 @@ pub(crate) async fn topology(args: &ChainArgs) -> Result<()> {
         "{}",
         serde_json::to_string_pretty(&json!({"nodes": nodes, "edges": edges, "center": center}))?
     );
+    Ok(())
+}
+
+/// `por contract ...`.
+pub(crate) async fn contract(command: ContractCommand) -> Result<()> {
+    match command {
+        ContractCommand::Deploy {
+            near_rpc,
+            near_key_file,
+            contract,
+            network,
+            config,
+            initial_balance,
+        } => {
+            let network = network.unwrap_or_else(|| match near_rpc.as_str() {
+                "sandbox" | "localnet" | "testnet" | "mainnet" => near_rpc.clone(),
+                _ => "custom".into(),
+            });
+            let mut cfg = match &config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    serde_json::from_str::<Value>(&text)
+                        .with_context(|| format!("{}: not JSON", path.display()))?
+                }
+                None => por_chain::local::dev_config(),
+            };
+            let Some(fields) = cfg.as_object_mut() else {
+                bail!("the contract configuration must be a JSON object");
+            };
+            fields.insert("network".into(), json!(network));
+            let client = por_chain::NearClient::new(
+                &por_chain::NearConfig {
+                    rpc_url: por_chain::NearConfig::endpoint(&near_rpc),
+                    contract: contract.clone(),
+                },
+                &near_key_file,
+            )?;
+            let done = client
+                .deploy(
+                    por_chain::wasm::CONTRACT,
+                    &cfg,
+                    amount(&initial_balance, "initial-balance")?.0,
+                )
+                .await
+                .with_context(|| format!("deploying the contract to {contract}"))?;
+            println!(
+                "{}",
+                json!({"deployed": done.contract, "created": done.created,
+                       "network": network, "deployment": done.deployment,
+                       "code_sha256": por_chain::wasm::CONTRACT_SHA256})
+            );
+        }
+    }
     Ok(())
 }
 

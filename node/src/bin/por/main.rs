@@ -123,6 +123,11 @@ enum Command {
         #[command(subcommand)]
         command: StakeCommand,
     },
+    /// The contract on a NEAR network.
+    Contract {
+        #[command(subcommand)]
+        command: ContractCommand,
+    },
     /// Run the paper's section 5 network as real nodes on loopback: the embedded chain,
     /// Alex, Alice, Bob, Carol, Dave and Eve over real sockets with shaped links; the
     /// happy case (Alex → Carol), then Eve offline (Alex → Dave). Prints the timelines
@@ -312,6 +317,37 @@ enum ChannelCommand {
     List {
         #[command(flatten)]
         chain: ChainArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ContractCommand {
+    /// Deploy the contract wasm this binary carries (`por --version` prints its hash)
+    /// and initialise it, in one transaction: the contract account is created (a
+    /// sub-account of the signer's) unless it is the signer's own.
+    Deploy {
+        /// NEAR JSON-RPC endpoint: `sandbox`, `testnet`, `mainnet` or a URL.
+        #[arg(long, env = "POR_NEAR_RPC")]
+        near_rpc: String,
+        /// The signer's near-cli key file (`account_id`, `public_key`, `private_key`).
+        #[arg(long, env = "POR_NEAR_KEY_FILE")]
+        near_key_file: PathBuf,
+        /// The contract account.
+        #[arg(long, env = "POR_NEAR_CONTRACT")]
+        contract: String,
+        /// The network name every signature is bound to, with the contract account
+        /// (default: the `--near-rpc` name, or `custom` for a URL).
+        #[arg(long)]
+        network: Option<String>,
+        /// The contract configuration as a JSON file (`min_stake`, `min_deposit`,
+        /// `unbonding_ns`, `challenge_ns`, `sever_penalty`, `partition_slash_bps`);
+        /// default: the development configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// yoctoNEAR the new contract account starts with (pays for the code's
+        /// storage: about 4 NEAR for the wasm).
+        #[arg(long, default_value = "10000000000000000000000000")]
+        initial_balance: String,
     },
 }
 
@@ -528,6 +564,7 @@ fn main() -> Result<()> {
         Command::Topology { chain } => runtime()?.block_on(commands::topology(&chain))?,
         Command::Chain { command } => runtime()?.block_on(commands::chain(command))?,
         Command::Stake { command } => runtime()?.block_on(commands::stake(command))?,
+        Command::Contract { command } => runtime()?.block_on(commands::contract(command))?,
         Command::Simulate {
             paths,
             strict,
