@@ -58,6 +58,22 @@ fn account_id(s: &str) -> Result<AccountId, ChainError> {
         .map_err(|e| ChainError::BadAccount(format!("{s}: {e}")))
 }
 
+/// Writes `text` to a new file at `path` readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), ChainError> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let key = |e: std::io::Error| ChainError::Key(format!("{}: {e}", path.display()));
+    let mut f = options.open(path).map_err(key)?;
+    f.write_all(text.as_bytes()).map_err(key)?;
+    f.sync_all().map_err(key)
+}
+
 /// Reads a NEAR key file (`{"account_id", "public_key", "private_key"}`).
 pub fn read_key_file(path: &Path) -> Result<Signer, ChainError> {
     InMemorySigner::from_file(path).map_err(|e| ChainError::Key(format!("{}: {e}", path.display())))
@@ -312,6 +328,24 @@ impl NearClient {
         self.send_actions("create_account", &id, create_actions(balance, key))
             .await
             .map(|_| ())
+    }
+
+    /// Creates `account` with `balance` and a fresh key, written as a near-cli key
+    /// file to `path` (mode 0600) so that a node can sign as it.
+    pub async fn create_account_with_key_file(
+        &self,
+        account: &str,
+        balance: u128,
+        path: &Path,
+    ) -> Result<(), ChainError> {
+        let secret = near_crypto::SecretKey::from_random(near_crypto::KeyType::ED25519);
+        let text = serde_json::json!({"account_id": account,
+            "public_key": secret.public_key().to_string(),
+            "private_key": secret.to_string()})
+        .to_string();
+        write_private(path, &text)?;
+        self.create_account(account, balance, secret.public_key())
+            .await
     }
 
     /// `por contract deploy`: deploys `wasm` at this client's contract account and

@@ -91,10 +91,30 @@ pub struct Balance {
     pub stake: u128,
 }
 
-/// A running network of named nodes on one embedded chain.
+/// The chain a demo network runs on.
+#[derive(Clone, Debug)]
+pub enum DemoChain {
+    /// A fresh embedded chain in the network's directory (the default).
+    Embedded,
+    /// A NEAR network (a sandbox `neard`, say) where the contract is deployed: each
+    /// node gets an account created under the creator's, with a key file of its own.
+    Near {
+        /// The JSON-RPC endpoint.
+        rpc_url: String,
+        /// The contract account.
+        contract: String,
+        /// The near-cli key file of the account that creates the nodes' accounts and
+        /// funds them (a sandbox's `validator_key.json`, say).
+        creator_key_file: PathBuf,
+    },
+}
+
+/// A running network of named nodes on one chain.
 pub struct Network {
-    /// The shared chain.
-    pub chain: Arc<Mutex<LocalChain>>,
+    /// A client of the chain, for views.
+    pub viewer: Arc<AnyChain>,
+    /// Each node's chain account, by name.
+    pub accounts: HashMap<String, String>,
     /// Nodes by name.
     pub nodes: HashMap<String, NodeHandle>,
     /// Names by key.
@@ -115,9 +135,92 @@ fn key(name: &str) -> Keypair {
     Keypair::from_seed(seed)
 }
 
+/// Makes each node's chain client.
+enum Clients {
+    Local(Arc<Mutex<LocalChain>>),
+    Near {
+        config: por_chain::NearConfig,
+        dir: PathBuf,
+    },
+}
+
+impl Clients {
+    /// Sets up the chain and every node's account on it; returns the clients' maker,
+    /// a viewer and the accounts by name.
+    async fn prepare(
+        chain: &DemoChain,
+        scenario: &Scenario,
+        dir: &Path,
+    ) -> Result<(Clients, AnyChain, HashMap<String, String>), NodeError> {
+        match chain {
+            DemoChain::Embedded => {
+                let wasm = por_chain::wasm::CONTRACT;
+                let mut local =
+                    LocalChain::open(&dir.join("chain.redb"), wasm, "por.local", Clock::Wall)?;
+                let mut config = dev_config();
+                config["min_deposit"] = "1".into();
+                local.ensure_initialised(config)?;
+                let mut accounts = HashMap::new();
+                for n in &scenario.nodes {
+                    local.fund(&account(&n.name), 100 * NEAR)?;
+                    accounts.insert(n.name.clone(), account(&n.name));
+                }
+                let local = Arc::new(Mutex::new(local));
+                let viewer = AnyChain::Local(LocalClient::new(local.clone(), "por.local"));
+                Ok((Clients::Local(local), viewer, accounts))
+            }
+            DemoChain::Near {
+                rpc_url,
+                contract,
+                creator_key_file,
+            } => {
+                let config = por_chain::NearConfig {
+                    rpc_url: rpc_url.clone(),
+                    contract: contract.clone(),
+                };
+                let creator = por_chain::NearClient::new(&config, creator_key_file)?;
+                let mut accounts = HashMap::new();
+                for n in &scenario.nodes {
+                    let id = format!("{}.{}", n.name.to_lowercase(), creator.account());
+                    let file = dir.join(format!("{}.near-key.json", n.name.to_lowercase()));
+                    creator
+                        .create_account_with_key_file(&id, 100 * NEAR, &file)
+                        .await?;
+                    accounts.insert(n.name.clone(), id);
+                }
+                let viewer = AnyChain::Near(creator);
+                let dir = dir.to_path_buf();
+                Ok((Clients::Near { config, dir }, viewer, accounts))
+            }
+        }
+    }
+
+    fn client(&self, name: &str, account: &str) -> Result<AnyChain, NodeError> {
+        Ok(match self {
+            Clients::Local(chain) => AnyChain::Local(LocalClient::new(chain.clone(), account)),
+            Clients::Near { config, dir } => AnyChain::Near(por_chain::NearClient::new(
+                config,
+                &dir.join(format!("{}.near-key.json", name.to_lowercase())),
+            )?),
+        })
+    }
+}
+
 impl Network {
     /// Starts `scenario`'s nodes and channels on a fresh embedded chain in `dir`.
     pub async fn start(
+        scenario: Scenario,
+        dir: &Path,
+        transport: TransportKind,
+        link_percent: u64,
+    ) -> Result<Network, NodeError> {
+        Network::start_on(&DemoChain::Embedded, scenario, dir, transport, link_percent).await
+    }
+
+    /// Starts `scenario`'s nodes and channels on `chain`, with the nodes' files in
+    /// `dir`.
+    pub async fn start_on(
+        chain: &DemoChain,
         scenario: Scenario,
         dir: &Path,
         transport: TransportKind,
@@ -128,15 +231,8 @@ impl Network {
             path: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
-        let wasm = por_chain::wasm::CONTRACT;
-        let mut local = LocalChain::open(&dir.join("chain.redb"), wasm, "por.local", Clock::Wall)?;
-        let mut config = dev_config();
-        config["min_deposit"] = "1".into();
-        local.ensure_initialised(config)?;
-        for n in &scenario.nodes {
-            local.fund(&account(&n.name), 100 * NEAR)?;
-        }
-        let chain = Arc::new(Mutex::new(local));
+        let (clients, viewer, accounts) = Clients::prepare(chain, &scenario, dir).await?;
+        let account = |name: &str| accounts.get(name).cloned().unwrap_or_default();
         let names: HashMap<NodeId, String> = scenario
             .nodes
             .iter()
@@ -159,8 +255,8 @@ impl Network {
             engine.fee_tolerance_ms = 50;
             let name = n.name.clone();
             let delay = delay.clone();
-            let client = LocalClient::new(chain.clone(), &account(&n.name));
-            let node = NodeBuilder::new(k, AnyChain::Local(client), dir.join(&n.name))
+            let client = clients.client(&n.name, &account(&n.name))?;
+            let node = NodeBuilder::new(k, client, dir.join(&n.name))
                 .transport(transport)
                 .engine_config(engine)
                 .register(Amount(10 * NEAR))
@@ -180,8 +276,8 @@ impl Network {
             nodes.insert(n.name.clone(), node);
         }
         for e in &scenario.edges {
-            let a = LocalClient::new(chain.clone(), &account(&e.a));
-            let b = LocalClient::new(chain.clone(), &account(&e.b));
+            let a = clients.client(&e.a, &account(&e.a))?;
+            let b = clients.client(&e.b, &account(&e.b))?;
             let terms = EdgeTerms {
                 latency_ms: e.latency_ms,
                 base_cost: Amount(e.base_cost.0),
@@ -196,7 +292,8 @@ impl Network {
             b.confirm_channel(id, Amount(e.deposit_b.0)).await?;
         }
         let net = Network {
-            chain,
+            viewer: Arc::new(viewer),
+            accounts,
             nodes,
             names,
             scenario,
@@ -257,9 +354,7 @@ impl Network {
     /// The route through the named nodes, over the edges the chain lists.
     pub async fn route(&self, names: &[&str]) -> Result<Route, NodeError> {
         let nodes: Vec<NodeId> = names.iter().map(|n| key(n).id()).collect();
-        let snap = LocalClient::new(self.chain.clone(), "por.local")
-            .snapshot()
-            .await?;
+        let snap = self.viewer.snapshot().await?;
         let mut channels = Vec::new();
         for w in nodes.windows(2) {
             let e = snap
@@ -324,8 +419,7 @@ impl Network {
         &self,
         last_seen: &HashMap<String, crate::Status>,
     ) -> Result<Vec<Balance>, NodeError> {
-        let client = LocalClient::new(self.chain.clone(), "por.local");
-        let snap = client.snapshot().await?;
+        let snap = self.viewer.snapshot().await?;
         let mut out = Vec::new();
         for n in &self.scenario.nodes {
             let status = match self.node(&n.name)?.status().await {

@@ -1,0 +1,358 @@
+//! The node suite on a real NEAR node: a sandbox `neard` (`NEAR_SANDBOX_BIN_PATH`),
+//! the contract put there by `por contract deploy`, and nodes whose chain is
+//! `NearClient` over JSON-RPC, each with a NEAR account of its own created under the
+//! sandbox's root account. The paper's §5.1 and §5.2 run on it, and so does the
+//! watchtower. Without the variable these tests are reported as ignored, with the
+//! reason; `docs/guide-node.md` says how a sandbox `neard` is built.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use por_chain::{AnyChain, Chain, ChainError, NearClient, NearConfig};
+use por_node::demo::{DemoChain, Network, PAPER_TOPOLOGY};
+use por_node::{Outcome, RequestOptions, TransportKind};
+use por_protocol::types::ChannelId;
+use por_protocol::Amount;
+use por_testnet::scenario::Scenario;
+use serde_json::{json, Value};
+
+/// The challenge period of the contract deployed here: NEAR blocks are about a second
+/// apart and a transaction is final a few blocks later.
+const CHALLENGE_NS: u64 = 40_000_000_000;
+
+/// A sandbox `neard` in a home of its own, killed when dropped.
+struct Sandbox {
+    child: Child,
+    home: PathBuf,
+    rpc_url: String,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `neard` with the open-file limit it insists on (65,535; this machine's default is
+/// lower, and root may raise it).
+fn neard(args: &[&str]) -> Command {
+    let bin = std::env::var("NEAR_SANDBOX_BIN_PATH").unwrap();
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("ulimit -n 65536 2>/dev/null || true; exec \"$0\" \"$@\"")
+        .arg(bin)
+        .args(args);
+    c
+}
+
+impl Sandbox {
+    async fn start(name: &str) -> Sandbox {
+        let home = std::env::temp_dir().join(format!("por-neard-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        let h = home.to_str().unwrap().to_string();
+        let init = neard(&["--home", &h, "init", "--fast"]).output().unwrap();
+        assert!(
+            init.status.success(),
+            "neard init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let (rpc, net) = (free_port(), free_port());
+        let log = std::fs::File::create(home.join("neard.log")).unwrap();
+        let child = neard(&[
+            "--home",
+            &h,
+            "run",
+            "--rpc-addr",
+            &format!("127.0.0.1:{rpc}"),
+            "--network-addr",
+            &format!("127.0.0.1:{net}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+        let sb = Sandbox {
+            child,
+            home,
+            rpc_url: format!("http://127.0.0.1:{rpc}"),
+        };
+        // Up once it has a final block past genesis.
+        let root = sb.root("por.test.near");
+        for _ in 0..600 {
+            if root.height().await.is_ok_and(|h| h > 1) {
+                return sb;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "neard did not start: see {}",
+            sb.home.join("neard.log").display()
+        );
+    }
+
+    fn root_key(&self) -> PathBuf {
+        self.home.join("validator_key.json")
+    }
+
+    /// A client signing as the root account (`test.near`), for `contract`.
+    fn root(&self, contract: &str) -> NearClient {
+        NearClient::new(
+            &NearConfig {
+                rpc_url: self.rpc_url.clone(),
+                contract: contract.into(),
+            },
+            &self.root_key(),
+        )
+        .unwrap()
+    }
+
+    /// `por contract deploy` of the contract as `por.test.near`; returns its account.
+    fn deploy(&self, dir: &Path) -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut config = por_chain::local::dev_config();
+        config["min_deposit"] = "1".into();
+        config["challenge_ns"] = CHALLENGE_NS.to_string().into();
+        let file = dir.join("contract-config.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_por"))
+            .args([
+                "contract",
+                "deploy",
+                "--near-rpc",
+                &self.rpc_url,
+                "--near-key-file",
+                self.root_key().to_str().unwrap(),
+                "--contract",
+                "por.test.near",
+                "--network",
+                "sandbox",
+                "--config",
+                file.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "por contract deploy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(done["created"], true, "{done}");
+        assert_eq!(done["code_sha256"], por_chain::wasm::CONTRACT_SHA256);
+        done["deployed"].as_str().unwrap().to_string()
+    }
+
+    fn chain(&self, contract: &str) -> DemoChain {
+        DemoChain::Near {
+            rpc_url: self.rpc_url.clone(),
+            contract: contract.into(),
+            creator_key_file: self.root_key(),
+        }
+    }
+}
+
+fn dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("por-near-{}-{name}", std::process::id()))
+}
+
+/// Waits (up to a minute: NEAR finality) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within a minute");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(near_sandbox),
+    ignore = "NEAR_SANDBOX_BIN_PATH is not set: no NEAR sandbox neard on this machine (docs/guide-node.md says how to build one)"
+)]
+async fn paper_5_1_and_5_2_on_a_near_sandbox() {
+    let sb = Sandbox::start("paper").await;
+    let d = dir("paper");
+    let contract = sb.deploy(&d);
+    let net = Network::start_on(
+        &sb.chain(&contract),
+        Scenario::from_toml(PAPER_TOPOLOGY).unwrap(),
+        &d.join("nodes"),
+        TransportKind::Tcp,
+        85,
+    )
+    .await
+    .unwrap();
+    // §5.1: Alex → Carol, answered within the path's 800 ms round trip.
+    let (outcome, _) = net
+        .run_request(
+            &["Alex", "Alice", "Bob", "Carol"],
+            "ping",
+            Amount(1_000),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+    let Outcome::Response {
+        body, latency_ms, ..
+    } = &outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(body, b"Carol says: ping");
+    assert!((640..=900).contains(latency_ms), "{latency_ms} ms");
+    let b = net.balances(&Default::default()).await.unwrap();
+    let get = |n: &str| b.iter().find(|x| x.name == n).unwrap().clone();
+    assert_eq!(get("Alex").net, -30_120);
+    assert_eq!(get("Alice").net, 10_040);
+    assert_eq!(b.iter().map(|x| x.net).sum::<i128>(), 0);
+
+    // §5.2: Eve offline; Bob severs Bob–Eve and the proof reaches Alex in time.
+    net.node("Eve").unwrap().shutdown().await.unwrap();
+    let bob_eve = net.route(&["Bob", "Eve"]).await.unwrap().channels[0];
+    let (outcome, _) = net
+        .run_request(
+            &["Alex", "Alice", "Bob", "Eve", "Dave"],
+            "ping",
+            Amount(1_000),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+    let Outcome::Proof {
+        channel,
+        latency_ms,
+        ..
+    } = &outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(*channel, bob_eve);
+    assert!((600..=1100).contains(latency_ms), "{latency_ms} ms");
+    // Bob's notice becomes final on NEAR: the edge leaves the topology, and both
+    // endpoints paid the penalty.
+    eventually("the sever final on chain", || async {
+        net.route(&["Bob", "Eve"]).await.is_err()
+    })
+    .await;
+    let b = net.balances(&Default::default()).await.unwrap();
+    let stake = |n: &str| b.iter().find(|x| x.name == n).unwrap().stake;
+    let penalty: u128 = por_chain::local::dev_config()["sever_penalty"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(stake("Bob"), 10 * por_chain::local::NEAR - penalty);
+    assert_eq!(b.iter().map(|x| x.net).sum::<i128>(), 0);
+    net.shutdown().await;
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Two nodes, one edge.
+const PAIR: &str = r#"
+name = "pair"
+duration_ms = 1000
+[[nodes]]
+name = "Alice"
+[[nodes]]
+name = "Bob"
+[[edges]]
+a = "Alice"
+b = "Bob"
+latency_ms = 50
+base_cost = 100
+byte_cost = 1
+sync_interval_ms = 500
+max_late_fee_rate = 10
+deposit_a = 1_000_000_000_000
+deposit_b = 1_000_000_000_000
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(near_sandbox),
+    ignore = "NEAR_SANDBOX_BIN_PATH is not set: no NEAR sandbox neard on this machine (docs/guide-node.md says how to build one)"
+)]
+async fn the_watchtower_challenges_an_old_close_on_a_near_sandbox() {
+    let sb = Sandbox::start("watchtower").await;
+    let d = dir("watchtower");
+    let contract = sb.deploy(&d);
+    let net = Network::start_on(
+        &sb.chain(&contract),
+        Scenario::from_toml(PAIR).unwrap(),
+        &d.join("nodes"),
+        TransportKind::Quic,
+        100,
+    )
+    .await
+    .unwrap();
+    let (alice, bob) = (net.node("Alice").unwrap(), net.node("Bob").unwrap());
+    for i in 0..3 {
+        let out = alice
+            .request(
+                bob.id(),
+                format!("request {i}").into_bytes(),
+                RequestOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(out, Outcome::Response { .. }), "{out:?}");
+    }
+    let s = bob.status().await.unwrap();
+    let held = s.channels.iter().find(|c| c.peer == alice.id()).unwrap();
+    let (channel, received, owed) = (held.id, held.received, held.balance);
+    assert!(received > Amount::ZERO);
+    // Alice closes with no state at all, with her own NEAR account's key.
+    let config = NearConfig {
+        rpc_url: sb.rpc_url.clone(),
+        contract: contract.clone(),
+    };
+    let alice_chain = NearClient::new(&config, &d.join("nodes/alice.near-key.json")).unwrap();
+    alice_chain.start_close(channel, &[]).await.unwrap();
+    // Bob's watchtower challenges with what Alice signed to him.
+    let viewer = AnyChain::Near(sb.root(&contract));
+    let paid_ab = |c: Value| Amount(c["paid_ab"][1].as_str().unwrap().parse().unwrap());
+    let view = |id: ChannelId| {
+        let viewer = &viewer;
+        async move {
+            viewer
+                .view("get_channel", json!({"id": id.0.to_string()}))
+                .await
+                .unwrap()
+        }
+    };
+    eventually("Bob's challenge on chain", || async {
+        paid_ab(view(channel).await) == received
+    })
+    .await;
+    // After the period, the payout pays Bob everything he holds.
+    let paid = loop {
+        match viewer.finalize_close(channel).await {
+            Ok(p) => break p,
+            Err(ChainError::Aborted { message, .. }) if message.contains("challenge period") => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("finalize: {e}"),
+        }
+    };
+    assert_eq!(paid.1, owed);
+    net.shutdown().await;
+    let _ = std::fs::remove_dir_all(&d);
+}
