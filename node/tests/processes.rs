@@ -1,8 +1,12 @@
-//! Real `por` processes on loopback: a served embedded chain and four nodes (client,
-//! two relays, server) on it. A relay is killed with SIGKILL under load and
-//! restarted: every channel's two ends agree afterwards (money conserved), and the
-//! client paid for each request exactly once.
+//! Real `por` processes on loopback: a chain and four nodes (client, two relays,
+//! server) on it. A relay is killed with SIGKILL under load and restarted: every
+//! channel's two ends agree afterwards (money conserved), and the client paid for
+//! each request exactly once. The chain is a served embedded chain (`por chain serve`),
+//! or, when `NEAR_SANDBOX_BIN_PATH` names one, a sandbox `neard` with the contract put
+//! there by `por contract deploy` (`--chain near`).
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -12,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use por_chain::local::NEAR;
-use por_chain::{Chain, RemoteClient};
+use por_chain::{AnyChain, Chain, NearClient, NearConfig, RemoteClient};
 use por_protocol::types::EdgeTerms;
 use por_protocol::Amount;
 use serde_json::{json, Value};
@@ -50,38 +54,120 @@ fn spawn(args: &[&str], log: &Path) -> Proc {
     Proc { child, ready }
 }
 
-fn node(dir: &Path, name: &str, chain: &str, transport: &str) -> Proc {
-    let d = dir.join(name);
-    spawn(
-        &[
-            "--log-format",
-            "json",
-            "node",
-            "run",
-            "--transport",
-            transport,
-            "--config",
-            d.join("por.toml").to_str().unwrap(),
-            "--chain",
-            "served",
-            "--chain-addr",
-            chain,
-            "--listen",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-            "--sever-policy",
-            "never",
-            // A relay that was dead at a sync pays that sync's late fees only after
-            // it is back: with the §5.4 heuristic on, its peers would (rightly) count
-            // that as a loss and sever. This test is about what the restart keeps.
-            "--heuristic-window-ms",
-            "0",
-            "--chain-poll-ms",
-            "100",
-        ],
-        &dir.join(format!("{name}.log")),
-    )
+/// The chain the processes share.
+enum Ground {
+    /// `por chain serve`, with its faucet on.
+    Served { _proc: Proc, chain_addr: String },
+    /// A sandbox `neard` with the contract deployed.
+    Near {
+        sandbox: common::Sandbox,
+        contract: String,
+    },
+}
+
+impl Ground {
+    /// The chain account of node `name`.
+    fn account(&self, name: &str) -> String {
+        match self {
+            Ground::Served { .. } => format!("{name}.local"),
+            Ground::Near { .. } => format!("{name}.test.near"),
+        }
+    }
+
+    /// The `por` flags that point a command at this chain as node `name`.
+    fn flags(&self, dir: &Path, name: &str) -> Vec<String> {
+        match self {
+            Ground::Served { chain_addr, .. } => {
+                vec![
+                    "--chain".into(),
+                    "served".into(),
+                    "--chain-addr".into(),
+                    chain_addr.clone(),
+                ]
+            }
+            Ground::Near { sandbox, contract } => vec![
+                "--chain".into(),
+                "near".into(),
+                "--near-rpc".into(),
+                sandbox.rpc_url.clone(),
+                "--near-contract".into(),
+                contract.clone(),
+                "--near-key-file".into(),
+                near_key(dir, name).to_str().unwrap().to_string(),
+            ],
+        }
+    }
+
+    /// A client signing as node `name`.
+    fn client(&self, dir: &Path, name: &str) -> AnyChain {
+        match self {
+            Ground::Served { chain_addr, .. } => {
+                let key =
+                    por_node::config::read_key(&dir.join(format!("{name}/node.key"))).unwrap();
+                AnyChain::Remote(RemoteClient::with_key(
+                    chain_addr.parse().unwrap(),
+                    &self.account(name),
+                    key,
+                ))
+            }
+            Ground::Near { sandbox, contract } => AnyChain::Near(
+                NearClient::new(
+                    &NearConfig {
+                        rpc_url: sandbox.rpc_url.clone(),
+                        contract: contract.clone(),
+                    },
+                    &near_key(dir, name),
+                )
+                .unwrap(),
+            ),
+        }
+    }
+
+    /// A client for views.
+    fn viewer(&self) -> AnyChain {
+        match self {
+            Ground::Served { chain_addr, .. } => {
+                AnyChain::Remote(RemoteClient::new(chain_addr.parse().unwrap(), "viewer"))
+            }
+            Ground::Near { sandbox, contract } => AnyChain::Near(sandbox.root(contract)),
+        }
+    }
+}
+
+fn near_key(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}.near-key.json"))
+}
+
+fn node(dir: &Path, name: &str, ground: &Ground, transport: &str) -> Proc {
+    let conf = dir.join(name).join("por.toml");
+    let flags = ground.flags(dir, name);
+    let mut args: Vec<&str> = vec![
+        "--log-format",
+        "json",
+        "node",
+        "run",
+        "--transport",
+        transport,
+        "--config",
+        conf.to_str().unwrap(),
+    ];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+        "--sever-policy",
+        "never",
+        // A relay that was dead at a sync pays that sync's late fees only after
+        // it is back: with the §5.4 heuristic on, its peers would (rightly) count
+        // that as a loss and sever. This test is about what the restart keeps.
+        "--heuristic-window-ms",
+        "0",
+        "--chain-poll-ms",
+        "100",
+    ]);
+    spawn(&args, &dir.join(format!("{name}.log")))
 }
 
 /// The node's control token, from the file its ready line names.
@@ -158,20 +244,66 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_killed_under_load_over_tcp() {
-    relay_killed_under_load_loses_and_duplicates_nothing("tcp").await;
+    relay_killed_under_load_loses_and_duplicates_nothing("tcp", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_killed_under_load_over_quic() {
-    relay_killed_under_load_loses_and_duplicates_nothing("quic").await;
+    relay_killed_under_load_loses_and_duplicates_nothing("quic", false).await;
 }
 
-async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(near_sandbox),
+    ignore = "NEAR_SANDBOX_BIN_PATH is not set: no NEAR sandbox neard on this machine (docs/guide-node.md says how to build one)"
+)]
+async fn relay_killed_under_load_on_a_near_sandbox() {
+    relay_killed_under_load_loses_and_duplicates_nothing("tcp", true).await;
+}
+
+async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str, near: bool) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let dir = std::env::temp_dir().join(format!("por-procs-{}-{transport}", std::process::id()));
+    let tag = if near { "near" } else { "served" };
+    let dir = std::env::temp_dir().join(format!(
+        "por-procs-{}-{transport}-{tag}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let names = ["client", "relay1", "relay2", "server"];
+    let ground = if near {
+        let sandbox = common::Sandbox::start("procs").await;
+        let contract = sandbox.deploy(&dir);
+        let root = sandbox.root(&contract);
+        for n in names {
+            root.create_account_with_key_file(
+                &format!("{n}.test.near"),
+                100 * NEAR,
+                &near_key(&dir, n),
+            )
+            .await
+            .unwrap();
+        }
+        Ground::Near { sandbox, contract }
+    } else {
+        let proc = spawn(
+            &[
+                "chain",
+                "serve",
+                "--path",
+                dir.join("chain.redb").to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--faucet",
+            ],
+            &dir.join("chain.log"),
+        );
+        let chain_addr = proc.ready["chain"].as_str().unwrap().to_string();
+        Ground::Served {
+            _proc: proc,
+            chain_addr,
+        }
+    };
     for n in names {
         let out = Command::new(env!("CARGO_BIN_EXE_por"))
             .args([
@@ -179,7 +311,7 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
                 "--dir",
                 dir.join(n).to_str().unwrap(),
                 "--account",
-                &format!("{n}.local"),
+                &ground.account(n),
             ])
             .output()
             .unwrap();
@@ -189,30 +321,18 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let chain = spawn(
-        &[
-            "chain",
-            "serve",
-            "--path",
-            dir.join("chain.redb").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--faucet",
-        ],
-        &dir.join("chain.log"),
-    );
-    let chain_addr = chain.ready["chain"].as_str().unwrap().to_string();
-    let addr = chain_addr.parse().unwrap();
-    for n in names {
-        let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
-        RemoteClient::new(addr, "faucet")
-            .fund(&format!("{n}.local"), &key.id(), 100 * NEAR)
-            .await
-            .unwrap();
+    if let Ground::Served { chain_addr, .. } = &ground {
+        for n in names {
+            let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
+            RemoteClient::new(chain_addr.parse().unwrap(), "faucet")
+                .fund(&ground.account(n), &key.id(), 100 * NEAR)
+                .await
+                .unwrap();
+        }
     }
     let mut procs: Vec<Proc> = names
         .iter()
-        .map(|n| node(&dir, n, &chain_addr, transport))
+        .map(|n| node(&dir, n, &ground, transport))
         .collect();
     // Channels client–relay1–relay2–server, 20 ms each.
     let terms = EdgeTerms {
@@ -223,14 +343,10 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(1_000),
     };
-    let signer = |n: &str| {
-        let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
-        RemoteClient::with_key(addr, &format!("{n}.local"), key)
-    };
     for w in names.windows(2) {
-        let (a, b) = (signer(w[0]), signer(w[1]));
+        let (a, b) = (ground.client(&dir, w[0]), ground.client(&dir, w[1]));
         let id = a
-            .propose_channel(&format!("{}.local", w[1]), &terms, Amount(NEAR))
+            .propose_channel(&ground.account(w[1]), &terms, Amount(NEAR))
             .await
             .unwrap();
         b.confirm_channel(id, Amount(NEAR)).await.unwrap();
@@ -301,7 +417,7 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     procs[1].child.kill().unwrap();
     procs[1].child.wait().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    procs[1] = node(&dir, "relay1", &chain_addr, transport);
+    procs[1] = node(&dir, "relay1", &ground, transport);
     wait_connected(&procs[1], 2).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::SeqCst);
@@ -362,21 +478,14 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
         other.load(Ordering::SeqCst)
     );
     // The command line sees the same network.
-    // `por` with a node's config, the served chain and the node's control endpoint.
+    // `por` with a node's config, the chain and the node's control endpoint.
     let cli_out = |name: &str, p: &Proc, args: &[&str]| {
         let conf = dir.join(format!("{name}/por.toml"));
         Command::new(env!("CARGO_BIN_EXE_por"))
             .args(args)
-            .args([
-                "--config",
-                conf.to_str().unwrap(),
-                "--chain",
-                "served",
-                "--chain-addr",
-                &chain_addr,
-                "--control",
-                p.ready["control"].as_str().unwrap(),
-            ])
+            .args(["--config", conf.to_str().unwrap()])
+            .args(ground.flags(&dir, name))
+            .args(["--control", p.ready["control"].as_str().unwrap()])
             .output()
             .unwrap()
     };
@@ -403,7 +512,7 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
             "--token-file",
             procs[0].ready["token_file"].as_str().unwrap(),
             "--server",
-            "server.local",
+            &ground.account("server"),
             "over the CLI",
         ])
         .output()
@@ -460,9 +569,9 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     assert_eq!(amount(&closed["paid_a"]), want_client, "{closed}");
     assert_eq!(amount(&closed["paid_b"]), want_relay, "{closed}");
     // Settled: out of the paged views, still there by id.
-    let on_chain = RemoteClient::new(addr, "client.local");
+    let on_chain = ground.viewer();
     assert!(!on_chain
-        .channels_of("client.local")
+        .channels_of(&ground.account("client"))
         .await
         .unwrap()
         .iter()
@@ -489,7 +598,8 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
     );
     assert!(started["challenge_ends_ns"].is_string(), "{started}");
     let held = || async {
-        RemoteClient::new(addr, "server.local")
+        ground
+            .viewer()
             .view("get_channel", json!({"id": id2}))
             .await
             .unwrap()
@@ -519,21 +629,18 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str) {
 
     // Stake added from the command line.
     let client_stake = || async {
-        let snap = RemoteClient::new(addr, "client.local")
-            .snapshot()
-            .await
-            .unwrap();
+        let snap = ground.viewer().snapshot().await.unwrap();
         snap.nodes
             .into_iter()
-            .find(|n| n.account == "client.local")
+            .find(|n| n.account == ground.account("client"))
             .unwrap()
             .stake
     };
     let before = client_stake().await;
     let added = cli("client", &procs[0], &["stake", "add", "--amount", "1000"]);
-    assert_eq!(added["account"], "client.local", "{added}");
+    assert_eq!(added["account"], ground.account("client"), "{added}");
     assert_eq!(client_stake().await.0, before.0 + 1000);
     drop(procs);
-    drop(chain);
+    drop(ground);
     let _ = std::fs::remove_dir_all(&dir);
 }
