@@ -235,8 +235,19 @@ impl NearClient {
             .await
         {
             Ok(b) => b,
-            // A height with no block (skipped) has no events.
-            Err(e) if e.to_string().contains("UNKNOWN_BLOCK") => return Ok(Vec::new()),
+            // A height with no block (skipped, or garbage-collected by a non-archival
+            // node: its events are out of reach, which is why a node also reads the
+            // closes of its channels and the topology from views at start) has no
+            // events. neard answers UNKNOWN_BLOCK with HTTP 200 for a height it never
+            // had and with 422 for one whose block it no longer holds; the client
+            // reports the latter by its status alone.
+            Err(e)
+                if e.to_string().contains("UNKNOWN_BLOCK")
+                    || e.to_string().contains("422 Unprocessable Entity") =>
+            {
+                tracing::debug!(height, "no block at this height: {e}");
+                return Ok(Vec::new());
+            }
             Err(e) => return Err(rpc_err("reading a block", e)),
         };
         let mut out = Vec::new();

@@ -104,8 +104,9 @@ async fn paper_5_1_and_5_2_on_a_near_sandbox() {
     };
     assert_eq!(*channel, bob_eve);
     assert!((600..=1100).contains(latency_ms), "{latency_ms} ms");
-    // Bob's notice becomes final on NEAR: the edge leaves the topology, and both
-    // endpoints paid the penalty.
+    // Bob's notice becomes final on NEAR: the edge leaves the topology, both endpoints
+    // pay the penalty, and the split it makes ({Eve, Dave} against the rest) slashes
+    // the smaller side, whose Eve pays Bob's penalty back (paper §2).
     eventually("the sever final on chain", || async {
         net.route(&["Bob", "Eve"]).await.is_err()
     })
@@ -117,7 +118,11 @@ async fn paper_5_1_and_5_2_on_a_near_sandbox() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(stake("Bob"), 10 * por_chain::local::NEAR - penalty);
+    let near = por_chain::local::NEAR;
+    assert_eq!(stake("Bob"), 10 * near, "made whole by Eve");
+    let eve = 10 * near - penalty;
+    assert_eq!(stake("Eve"), eve - eve / 10 - penalty);
+    assert_eq!(stake("Dave"), 10 * near - near);
     assert_eq!(b.iter().map(|x| x.net).sum::<i128>(), 0);
     net.shutdown().await;
     let _ = std::fs::remove_dir_all(&d);

@@ -63,6 +63,12 @@ impl Sandbox {
             "neard init: {}",
             String::from_utf8_lossy(&init.stderr)
         );
+        // rocksdb's open files, doubled for state snapshots, must stay under the
+        // machine's hard limit (20,000 here, and not raisable without privileges).
+        let config = home.join("config.json");
+        let mut c: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        c["store"]["max_open_files"] = 4_000.into();
+        std::fs::write(&config, c.to_string()).unwrap();
         let (rpc, net) = (free_port(), free_port());
         let log = std::fs::File::create(home.join("neard.log")).unwrap();
         let child = neard(&[
