@@ -154,6 +154,13 @@ pub struct Deployed {
     pub deployment: String,
 }
 
+/// The access key's nonce an `InvalidNonce` refusal names (`ak_nonce: N`).
+fn ak_nonce_of(text: &str) -> Option<u64> {
+    let rest = &text[text.find("ak_nonce: ")?.saturating_add("ak_nonce: ".len())..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 fn parse_value(bytes: &[u8]) -> Result<Value, ChainError> {
     if bytes.is_empty() {
         return Ok(Value::Null);
@@ -419,29 +426,41 @@ impl NearClient {
         actions: Vec<Action>,
     ) -> Result<Value, ChainError> {
         let mut nonce = self.nonce.lock().await;
-        let (last, block_hash) = match *nonce {
-            Some(n) => (n, self.access_key().await?.1),
-            None => self.access_key().await?,
-        };
-        let next = last.saturating_add(1);
-        let tx = signed(&self.signer, receiver, next, block_hash, actions);
-        let sent = self
-            .rpc
-            .call(methods::send_tx::RpcSendTransactionRequest {
-                signed_transaction: tx,
-                wait_until: TxExecutionStatus::Final,
-            })
-            .await;
-        let resp = match sent {
-            Ok(r) => {
-                *nonce = Some(next);
-                r
-            }
-            Err(e) => {
-                // The nonce may have moved (another client of the same key): read it
-                // again next time.
-                *nonce = None;
-                return Err(rpc_err(method, e));
+        let mut attempt = 0u32;
+        let resp = loop {
+            attempt = attempt.saturating_add(1);
+            let (last, block_hash) = match *nonce {
+                Some(n) => (n, self.access_key().await?.1),
+                None => self.access_key().await?,
+            };
+            let next = last.saturating_add(1);
+            let tx = signed(&self.signer, receiver, next, block_hash, actions.clone());
+            let sent = self
+                .rpc
+                .call(methods::send_tx::RpcSendTransactionRequest {
+                    signed_transaction: tx,
+                    wait_until: TxExecutionStatus::Final,
+                })
+                .await;
+            match sent {
+                Ok(r) => {
+                    *nonce = Some(next);
+                    break r;
+                }
+                Err(e) => {
+                    // The nonce may have moved (another client of the same key: the
+                    // CLI beside a node): read it again. A transaction refused for its
+                    // nonce was not applied, so it alone is safe to send again.
+                    let text = e.to_string();
+                    // The refusal names the key's nonce as NEAR holds it (ahead of
+                    // what a final-block read shows): go on from there.
+                    *nonce = ak_nonce_of(&text);
+                    if text.contains("InvalidNonce") && attempt < 8 {
+                        tracing::debug!(method, attempt, "nonce moved under us: {text}");
+                        continue;
+                    }
+                    return Err(rpc_err(method, e));
+                }
             }
         };
         drop(nonce);
@@ -519,6 +538,14 @@ impl Chain for NearClient {
 mod tests {
     use super::*;
     use near_crypto::{KeyType, SecretKey};
+
+    #[test]
+    fn an_invalid_nonce_refusal_names_the_nonce_to_go_on_from() {
+        let text = "storage_deposit: handler error: [An error happened during transaction \
+                    execution: InvalidNonce { tx_nonce: 13000001, ak_nonce: 13000002 }]";
+        assert_eq!(ak_nonce_of(text), Some(13_000_002));
+        assert_eq!(ak_nonce_of("connection refused"), None);
+    }
 
     #[test]
     fn reads_a_near_cli_key_file_and_signs_verifiable_calls() {

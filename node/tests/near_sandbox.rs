@@ -219,3 +219,48 @@ async fn the_watchtower_challenges_an_old_close_on_a_near_sandbox() {
     net.shutdown().await;
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(near_sandbox),
+    ignore = "NEAR_SANDBOX_BIN_PATH is not set: no NEAR sandbox neard on this machine (docs/guide-node.md says how to build one)"
+)]
+async fn two_clients_of_one_key_do_not_lose_calls_to_each_others_nonces() {
+    // A node and the CLI beside it sign with the same NEAR key: each client counts
+    // nonces on its own, so their transactions collide. A collision is refused by
+    // NEAR before it is applied, and the client sends it again with a fresh nonce.
+    let sb = Sandbox::start("nonces").await;
+    let d = dir("nonces");
+    let contract = sb.deploy(&d);
+    let key = d.join("shared.near-key.json");
+    sb.root(&contract)
+        .create_account_with_key_file("shared.test.near", 10 * por_chain::local::NEAR, &key)
+        .await
+        .unwrap();
+    let config = NearConfig {
+        rpc_url: sb.rpc_url.clone(),
+        contract: contract.clone(),
+    };
+    let (a, b) = (
+        NearClient::new(&config, &key).unwrap(),
+        NearClient::new(&config, &key).unwrap(),
+    );
+    // Different amounts, so that the two clients never sign the very same
+    // transaction (NEAR would take two identical transactions for one).
+    let unit = por_chain::local::NEAR / 100;
+    let each = |c: NearClient, amount: u128| async move {
+        for _ in 0..4 {
+            c.storage_deposit(Amount(amount)).await.unwrap();
+        }
+        c
+    };
+    let (a, _) = tokio::join!(each(a, unit), each(b, 2 * unit));
+    // Eight deposits, none lost: the balance is their sum less the record's cost.
+    let balance = a.storage_balance().await.unwrap();
+    let total = 4 * unit + 4 * 2 * unit;
+    assert!(
+        balance.0 < total && balance.0 > total - unit,
+        "{balance:?} of {total}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
