@@ -92,22 +92,13 @@ pub(crate) fn states(list: &[SignedUpdate]) -> Result<Vec<String>, ChainError> {
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    por_protocol::hex::encode(b)
 }
 
 pub(crate) fn key_of(s: &str) -> Result<NodeId, ChainError> {
-    let bad = || ChainError::Decode(format!("node key {s:?}"));
-    if s.len() != 64 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = s
-            .get(i * 2..i * 2 + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .ok_or_else(bad)?;
-    }
-    Ok(NodeId(out))
+    por_protocol::hex::decode(s)
+        .map(NodeId)
+        .ok_or_else(|| ChainError::Decode(format!("node key {s:?}")))
 }
 
 pub(crate) fn amount(v: &Value) -> Result<Amount, ChainError> {
@@ -181,10 +172,6 @@ pub struct CloseNotice {
     pub paid_ba: Amount,
 }
 
-fn amount_of(v: &Value) -> Option<Amount> {
-    v.as_str()?.parse().ok().map(Amount)
-}
-
 /// Decodes a `close_proposed`, `close_started`, `close_challenged` or `channel_closed`
 /// event; `None` for any other event or a malformed one.
 pub fn close_of(event: &Value) -> Option<CloseNotice> {
@@ -200,8 +187,8 @@ pub fn close_of(event: &Value) -> Option<CloseNotice> {
         kind,
         a: d["a"].as_str()?.to_string(),
         b: d["b"].as_str()?.to_string(),
-        paid_ab: amount_of(&d["paid_ab"])?,
-        paid_ba: amount_of(&d["paid_ba"])?,
+        paid_ab: amount(&d["paid_ab"]).ok()?,
+        paid_ba: amount(&d["paid_ba"]).ok()?,
     })
 }
 
@@ -222,8 +209,8 @@ pub fn close_of_view(c: &Value) -> Option<CloseNotice> {
         kind,
         a: c["a"].as_str()?.to_string(),
         b: c["b"].as_str()?.to_string(),
-        paid_ab: amount_of(&c["paid_ab"][1])?,
-        paid_ba: amount_of(&c["paid_ba"][1])?,
+        paid_ab: amount(&c["paid_ab"][1]).ok()?,
+        paid_ba: amount(&c["paid_ba"][1]).ok()?,
     })
 }
 

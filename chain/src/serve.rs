@@ -23,6 +23,7 @@ use por_protocol::crypto::{verify_bytes, Keypair};
 use por_protocol::{NodeId, Signature};
 
 use crate::api::{Chain, EventPage, EVENT_PAGE};
+use crate::json::hex;
 use crate::local::{LocalChain, DEFAULT_GAS};
 use crate::ChainError;
 
@@ -103,15 +104,16 @@ fn u128_field(req: &Value, k: &str) -> Result<u128, ChainError> {
 }
 
 fn hex32(s: &str, what: &str) -> Result<[u8; 32], ChainError> {
-    let bad = || ChainError::Remote(format!("{what} is not 64 hex digits"));
-    if s.len() != 64 || !s.is_ascii() {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (slot, i) in out.iter_mut().zip((0usize..64).step_by(2)) {
-        *slot = u8::from_str_radix(s.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    por_protocol::hex::decode(s)
+        .ok_or_else(|| ChainError::Remote(format!("{what} is not 64 hex digits")))
+}
+
+/// The bytes a served call's signature is over: [`CALL_DOMAIN`], then the payload
+/// exactly as sent.
+fn call_signing_bytes(payload: &str) -> Vec<u8> {
+    let mut bytes = CALL_DOMAIN.to_vec();
+    bytes.extend_from_slice(payload.as_bytes());
+    bytes
 }
 
 fn now_micros() -> u64 {
@@ -121,13 +123,9 @@ fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Checks a signed call: the signature over [`CALL_DOMAIN`] and the payload, by the
-/// key of the account the payload names, with a nonce above its last. Returns the
-/// payload and its signer's new nonce.
+/// key of the account the payload names, with a nonce above its last (recorded as its
+/// new last). Returns the payload.
 fn checked_call(chain: &mut LocalChain, req: &Value) -> Result<Value, ChainError> {
     let refuse = |why: String| ChainError::Unauthorized(why);
     let payload_text = str_field(req, "payload")
@@ -136,27 +134,13 @@ fn checked_call(chain: &mut LocalChain, req: &Value) -> Result<Value, ChainError
         .map_err(|e| ChainError::Remote(format!("bad call payload: {e}")))?;
     let signer = str_field(&payload, "signer")?;
     let key = hex32(str_field(req, "key")?, "key")?;
-    let sig_hex = str_field(req, "sig")?;
-    let sig_bytes: Vec<u8> = (0..sig_hex.len())
-        .step_by(2)
-        .map(|i| {
-            sig_hex
-                .get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(|| ChainError::Remote("sig is not hex".into()))?;
-    let sig = Signature(
-        sig_bytes
-            .try_into()
-            .map_err(|_| ChainError::Remote("sig is not 64 bytes".into()))?,
-    );
+    let sig = por_protocol::hex::decode(str_field(req, "sig")?)
+        .map(Signature)
+        .ok_or_else(|| ChainError::Remote("sig is not 128 hex digits".into()))?;
     let nonce = payload["nonce"]
         .as_u64()
         .ok_or_else(|| ChainError::Remote("call payload field \"nonce\" missing".into()))?;
-    let mut bytes = CALL_DOMAIN.to_vec();
-    bytes.extend_from_slice(payload_text.as_bytes());
-    verify_bytes(&NodeId(key), &bytes, &sig).map_err(|_| {
+    verify_bytes(&NodeId(key), &call_signing_bytes(payload_text), &sig).map_err(|_| {
         refuse(format!(
             "the signature of the call as {signer} does not verify"
         ))
@@ -421,9 +405,7 @@ impl Chain for RemoteClient {
             let payload = json!({"signer": self.signer, "method": method, "args": args,
                                  "deposit": deposit.to_string(), "nonce": nonce})
             .to_string();
-            let mut bytes = CALL_DOMAIN.to_vec();
-            bytes.extend_from_slice(payload.as_bytes());
-            let sig = key.sign_bytes(&bytes);
+            let sig = key.sign_bytes(&call_signing_bytes(&payload));
             Ok(
                 json!({"op": "call", "payload": payload, "key": hex(&key.id().0),
                       "sig": hex(&sig.0)}),

@@ -62,19 +62,11 @@ pub(crate) fn hex32(s: &str) -> R<[u8; 32]> {
     if s.len() != 64 {
         return Err(ContractError::Invalid("a node key is 64 hex digits".into()));
     }
-    let mut out = [0u8; 32];
-    for (i, slot) in out.iter_mut().enumerate() {
-        let byte = s
-            .get(i * 2..i * 2 + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .ok_or_else(|| ContractError::Invalid("node key is not hex".into()))?;
-        *slot = byte;
-    }
-    Ok(out)
+    por_protocol::hex::decode(s).ok_or_else(|| ContractError::Invalid("node key is not hex".into()))
 }
 
 pub(crate) fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    por_protocol::hex::encode(b)
 }
 
 pub(crate) fn verify<T: Signable>(

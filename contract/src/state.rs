@@ -238,11 +238,11 @@ impl PorContract {
             .ok_or(ContractError::UnknownChannel(id))
     }
 
-    /// Moves a paid-out or cancelled channel out of the paged collections.
+    /// Moves a paid-out or cancelled channel out of the paged collections. It is not
+    /// in `open`: a proposal never was, and a close or sever unlinked it first.
     pub(crate) fn retire_channel(&mut self, id: u64, state: ChannelState) {
         if let Some(mut c) = self.channels.remove(&id) {
             c.state = state;
-            self.open.remove(&id);
             self.settled.insert(id, c);
         }
     }

@@ -40,10 +40,7 @@ impl PorContract {
 
     /// One channel.
     pub fn get_channel(&self, id: U64) -> Option<Channel> {
-        self.channels
-            .get(&id.0)
-            .or_else(|| self.settled.get(&id.0))
-            .cloned()
+        self.channel(id.0).ok().cloned()
     }
 
     /// Channels not yet settled (proposed, open, or closing), paged. Settled ones are

@@ -135,6 +135,11 @@ fn key(name: &str) -> Keypair {
     Keypair::from_seed(seed)
 }
 
+/// Where node `name`'s NEAR account key is kept, in the network's directory.
+fn near_key_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{}.near-key.json", name.to_lowercase()))
+}
+
 /// Makes each node's chain client.
 enum Clients {
     Local(Arc<Mutex<LocalChain>>),
@@ -182,9 +187,8 @@ impl Clients {
                 let mut accounts = HashMap::new();
                 for n in &scenario.nodes {
                     let id = format!("{}.{}", n.name.to_lowercase(), creator.account());
-                    let file = dir.join(format!("{}.near-key.json", n.name.to_lowercase()));
                     creator
-                        .create_account_with_key_file(&id, 100 * NEAR, &file)
+                        .create_account_with_key_file(&id, 100 * NEAR, &near_key_file(dir, &n.name))
                         .await?;
                     accounts.insert(n.name.clone(), id);
                 }
@@ -200,7 +204,7 @@ impl Clients {
             Clients::Local(chain) => AnyChain::Local(LocalClient::new(chain.clone(), account)),
             Clients::Near { config, dir } => AnyChain::Near(por_chain::NearClient::new(
                 config,
-                &dir.join(format!("{}.near-key.json", name.to_lowercase())),
+                &near_key_file(dir, name),
             )?),
         })
     }

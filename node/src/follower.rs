@@ -225,51 +225,65 @@ async fn poll(
     Ok((page.through, severed))
 }
 
-/// Challenges the close of `channel` with the states the engine chose, retrying what
-/// may be passing (the chain unreachable); our account pays the gas.
-async fn challenge(chain: &AnyChain, channel: ChannelId, updates: Vec<SignedUpdate>) {
-    let mut backoff = Duration::from_millis(200);
-    for attempt in 1..=5 {
-        match chain.challenge(channel, &updates).await {
-            Ok(()) => {
-                info!(%channel, "challenged the close with our latest state");
-                return;
-            }
-            Err(por_chain::ChainError::Aborted { message, .. }) => {
-                warn!(%channel, "challenge refused by the contract: {message}");
-                return;
-            }
-            Err(e) => {
-                warn!(attempt, %channel, "submitting a challenge failed: {e}");
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
-            }
-        }
-    }
-    tracing::error!(%channel, "could not submit a challenge");
+/// How a submission ended.
+enum Submitted<T> {
+    /// The chain took it.
+    Done(T),
+    /// The contract refused it, for good (its message).
+    Refused(String),
+    /// The chain stayed unreachable through every retry.
+    GaveUp,
 }
 
-/// Submits a severing notice, retrying what may be passing (the chain unreachable);
-/// the submitter's account pays the gas.
-async fn submit(chain: &AnyChain, notice: SignedSeverNotice) {
+/// Submits `what` for `channel` with `call`, retrying what may be passing (the chain
+/// unreachable); a refusal by the contract is final. The submitter's account pays the
+/// gas.
+async fn submitted<T, F, Fut>(what: &str, channel: ChannelId, mut call: F) -> Submitted<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, por_chain::ChainError>>,
+{
     let mut backoff = Duration::from_millis(200);
     for attempt in 1..=5 {
-        match chain.sever(&notice).await {
-            Ok(split) => {
-                info!(channel = %notice.notice.channel, split, "severed on chain");
-                return;
-            }
+        match call().await {
+            Ok(v) => return Submitted::Done(v),
             Err(por_chain::ChainError::Aborted { message, .. }) => {
-                // Refused for good (already severed, say): nothing to retry.
-                info!(channel = %notice.notice.channel, "sever refused by the contract: {message}");
-                return;
+                return Submitted::Refused(message)
             }
             Err(e) => {
-                warn!(attempt, "submitting a sever failed: {e}");
+                warn!(attempt, %channel, "submitting {what} failed: {e}");
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
             }
         }
     }
-    tracing::error!(channel = %notice.notice.channel, "could not submit a severing notice");
+    Submitted::GaveUp
+}
+
+/// Challenges the close of `channel` with the states the engine chose.
+async fn challenge(chain: &AnyChain, channel: ChannelId, updates: Vec<SignedUpdate>) {
+    match submitted("a challenge", channel, || {
+        chain.challenge(channel, &updates)
+    })
+    .await
+    {
+        Submitted::Done(()) => info!(%channel, "challenged the close with our latest state"),
+        Submitted::Refused(message) => {
+            warn!(%channel, "challenge refused by the contract: {message}")
+        }
+        Submitted::GaveUp => tracing::error!(%channel, "could not submit a challenge"),
+    }
+}
+
+/// Submits a severing notice.
+async fn submit(chain: &AnyChain, notice: SignedSeverNotice) {
+    let channel = notice.notice.channel;
+    match submitted("a sever", channel, || chain.sever(&notice)).await {
+        Submitted::Done(split) => info!(%channel, split, "severed on chain"),
+        // Refused for good (already severed, say): nothing to retry.
+        Submitted::Refused(message) => {
+            info!(%channel, "sever refused by the contract: {message}")
+        }
+        Submitted::GaveUp => tracing::error!(%channel, "could not submit a severing notice"),
+    }
 }

@@ -133,18 +133,10 @@ pub fn now() -> por_protocol::Time {
 
 /// Full lowercase hex of a node key (the form the chain and config files use).
 pub fn key_hex(id: &por_protocol::NodeId) -> String {
-    id.0.iter().map(|b| format!("{b:02x}")).collect()
+    por_protocol::hex::encode(&id.0)
 }
 
 /// Parses a node key from 64 hex digits.
 pub fn parse_key(text: &str) -> Option<por_protocol::NodeId> {
-    let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(por_protocol::NodeId(out))
+    por_protocol::hex::decode(text.trim()).map(por_protocol::NodeId)
 }

@@ -62,7 +62,7 @@ impl Hash {
 }
 
 /// The contract deployment a signature is for: `SHA-256("por/v1/deployment" ||
-/// encode((network, contract_account)))`. Every signed type's signing bytes carry it, so
+/// network || 0 || contract_account)`. Every signed type's signing bytes carry it, so
 /// channel states and notices signed for one deployment (channel ids restart at 1 in
 /// each) can never be replayed against another. The contract computes it at `new`
 /// from its own account and the network named in its config; nodes read it from the
@@ -92,19 +92,12 @@ impl Deployment {
 
     /// Lower-case hex of the hash, as the contract's `get_deployment` view returns it.
     pub fn to_hex(&self) -> String {
-        self.0 .0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.0 .0)
     }
 
     /// Parses [`Deployment::to_hex`]'s form.
     pub fn from_hex(s: &str) -> Option<Deployment> {
-        if s.len() != 64 || !s.is_ascii() {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (slot, i) in out.iter_mut().zip((0usize..64).step_by(2)) {
-            *slot = u8::from_str_radix(s.get(i..i.checked_add(2)?)?, 16).ok()?;
-        }
-        Some(Deployment(Hash(out)))
+        crate::hex::decode(s).map(|b| Deployment(Hash(b)))
     }
 }
 

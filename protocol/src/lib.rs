@@ -16,6 +16,7 @@
 pub mod amount;
 pub mod crypto;
 pub mod fixed;
+pub mod hex;
 pub mod merkle;
 pub mod messages;
 pub mod time;

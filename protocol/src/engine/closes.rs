@@ -27,23 +27,13 @@ impl Engine {
         paid_ba: Amount,
         now: Time,
     ) {
-        let Some(ch) = self.channels.get_mut(&channel) else {
+        let Some(ch) = self.channels.get(&channel) else {
             return;
         };
         if ch.rec.close == CloseStage::Closed {
             return;
         }
         let peer = ch.rec.peer;
-        if adversarial && ch.rec.close < CloseStage::Closing {
-            ch.rec.close = CloseStage::Closing;
-            self.write(Write::Close {
-                channel,
-                stage: CloseStage::Closing,
-            });
-        }
-        let Some(ch) = self.channels.get(&channel) else {
-            return;
-        };
         // What the contract holds as paid to us, and the best state we hold of it.
         let held = if ch.rec.edge.a == self.id {
             paid_ba
@@ -55,9 +45,12 @@ impl Engine {
             .incoming
             .latest
             .clone()
-            .filter(|u| u.update.cumulative > held);
-        let challenged = adversarial && ours.is_some();
-        if let (true, Some(update)) = (adversarial, ours) {
+            .filter(|u| adversarial && u.update.cumulative > held);
+        let challenged = ours.is_some();
+        if adversarial {
+            self.advance_close(channel, CloseStage::Closing);
+        }
+        if let Some(update) = ours {
             self.chain_actions.push_back(ChainAction::Challenge {
                 channel,
                 updates: vec![update],
@@ -74,29 +67,37 @@ impl Engine {
 
     /// `channel_closed`: the channel was paid out.
     pub(super) fn on_channel_closed(&mut self, channel: ChannelId, now: Time) {
-        let Some(ch) = self.channels.get_mut(&channel) else {
+        let Some(peer) = self.channels.get(&channel).map(|ch| ch.rec.peer) else {
             return;
         };
-        if ch.rec.close == CloseStage::Closed {
+        if !self.advance_close(channel, CloseStage::Closed) {
             return;
         }
-        ch.rec.close = CloseStage::Closed;
-        let peer = ch.rec.peer;
-        self.write(Write::Close {
-            channel,
-            stage: CloseStage::Closed,
-        });
         self.retire(channel, now);
         self.events
             .push_back(Event::ChannelClosed { channel, peer });
     }
 
-    /// Takes a channel that left the topology on chain out of service: severed here,
-    /// with a notice that answers what was routed over it, and not submitted.
+    /// Moves `channel`'s close stage forward to `stage`, durably; returns whether it
+    /// moved (a stage never goes back).
+    fn advance_close(&mut self, channel: ChannelId, stage: CloseStage) -> bool {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return false;
+        };
+        if ch.rec.close >= stage {
+            return false;
+        }
+        ch.rec.close = stage;
+        self.write(Write::Close { channel, stage });
+        true
+    }
+
+    /// Takes a channel that left the topology on chain out of service: severed here
+    /// (out of our topology), with a notice that answers what was routed over it, and
+    /// not submitted. Nothing to do if it was severed already.
     fn retire(&mut self, channel: ChannelId, now: Time) {
-        self.topology.sever(channel);
         // Signing our own notice for one of our channels cannot fail but for an
-        // encoding error; the channel is out of the topology either way.
+        // encoding error.
         let _ = self.sever_signed(channel, SeverReason::Closing, now, None, false);
     }
 }
