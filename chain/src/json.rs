@@ -111,7 +111,8 @@ pub(crate) fn amount(v: &Value) -> Result<Amount, ChainError> {
 pub(crate) fn terms_json(t: &EdgeTerms) -> Value {
     json!({"latency_ms": t.latency_ms, "base_cost": t.base_cost.0.to_string(),
            "byte_cost": t.byte_cost.0.to_string(), "sync_interval_ms": t.sync_interval_ms,
-           "sync_phase_ms": t.sync_phase_ms, "max_late_fee_rate": t.max_late_fee_rate.0.to_string()})
+           "sync_phase_ms": t.sync_phase_ms, "max_late_fee_rate": t.max_late_fee_rate.0.to_string(),
+           "bandwidth": t.bandwidth})
 }
 
 pub(crate) fn terms_of(v: &Value) -> Result<EdgeTerms, ChainError> {
@@ -126,6 +127,7 @@ pub(crate) fn terms_of(v: &Value) -> Result<EdgeTerms, ChainError> {
         sync_interval_ms: ms("sync_interval_ms")?,
         sync_phase_ms: ms("sync_phase_ms")?,
         max_late_fee_rate: amount(&v["max_late_fee_rate"])?,
+        bandwidth: ms("bandwidth")?,
     })
 }
 

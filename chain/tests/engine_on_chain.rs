@@ -64,6 +64,7 @@ async fn engine_payments_and_notices_settle_on_the_contract() {
         sync_interval_ms: 1000,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(10),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     };
     let id = alice
         .propose_channel("bob.local", &terms, Amount(5 * NEAR))
@@ -84,7 +85,7 @@ async fn engine_payments_and_notices_settle_on_the_contract() {
         };
         net.nodes[0]
             .engine
-            .send_request(route, vec![7; 10], Amount(1), Time(n))
+            .send_request(route, vec![7; 10], 2, Amount(1), Time(n))
             .unwrap();
         pump(&mut net, Time(n));
         let req = std::iter::from_fn(|| net.nodes[1].engine.poll_event())
@@ -100,7 +101,8 @@ async fn engine_payments_and_notices_settle_on_the_contract() {
         pump(&mut net, Time(n));
     }
     let paid = net.nodes[0].engine.channel(id).unwrap().outgoing.cumulative;
-    assert_eq!(paid, Amount(3 * 1_010));
+    // Each: base 1_000 + 1 per byte of the 10-byte body and the 2 bytes bought.
+    assert_eq!(paid, Amount(3 * 1_012));
     // Bob closes adversarially with the latest state Alice signed to him.
     let held = net.nodes[1]
         .engine

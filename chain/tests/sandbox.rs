@@ -243,6 +243,7 @@ async fn near_rpc_client_opens_a_channel_on_a_near_sandbox() {
         sync_interval_ms: 1000,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(1),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     };
     let id = alice
         .propose_channel(bob.account(), &terms, Amount(near))

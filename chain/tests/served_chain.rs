@@ -31,6 +31,7 @@ fn terms() -> EdgeTerms {
         sync_interval_ms: 1000,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(1000),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     }
 }
 

@@ -29,6 +29,9 @@ impl PorContract {
                 needed: min,
             });
         }
+        if terms.bandwidth == 0 {
+            return Err(ContractError::Invalid("bandwidth must be positive".into()));
+        }
         if terms.sync_interval_ms == 0 {
             return Err(ContractError::Invalid(
                 "sync interval must be positive".into(),

@@ -48,6 +48,13 @@ pub struct Terms {
     pub sync_phase_ms: u64,
     /// Highest late-fee rate accepted.
     pub max_late_fee_rate: U128,
+    /// Promised bandwidth, bytes per second (absent in JSON: 125 MB/s).
+    #[serde(default = "default_bandwidth")]
+    pub bandwidth: u64,
+}
+
+fn default_bandwidth() -> u64 {
+    EdgeTerms::DEFAULT_BANDWIDTH
 }
 
 impl From<&Terms> for EdgeTerms {
@@ -59,6 +66,7 @@ impl From<&Terms> for EdgeTerms {
             sync_interval_ms: t.sync_interval_ms,
             sync_phase_ms: t.sync_phase_ms,
             max_late_fee_rate: Amount(t.max_late_fee_rate.0),
+            bandwidth: t.bandwidth,
         }
     }
 }

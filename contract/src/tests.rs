@@ -60,6 +60,7 @@ fn terms() -> Terms {
         sync_interval_ms: 1000,
         sync_phase_ms: 0,
         max_late_fee_rate: U128(1_000),
+        bandwidth: por_protocol::types::EdgeTerms::DEFAULT_BANDWIDTH,
     }
 }
 

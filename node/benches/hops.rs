@@ -92,6 +92,7 @@ async fn por_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
         sync_interval_ms: 1_000,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(1),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     };
     for w in names.windows(2) {
         let a = LocalClient::new(chain.clone(), &w[0]);
@@ -107,7 +108,7 @@ async fn por_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
     let (client, server) = (nodes[0].clone(), nodes[hops].id());
     loop {
         if !client
-            .quote(server, 64, 60_000, 1)
+            .quote(server, 64, 64, 60_000, 1)
             .await
             .unwrap()
             .is_empty()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use por_node::{Handler, IncomingRequest, Outcome, RequestOptions};
+use por_node::{Handler, IncomingRequest, Outcome, RequestOptions, DEFAULT_RESPONSE_LIMIT};
 
 /// Answers every request with its body.
 struct Echo;
@@ -39,9 +39,12 @@ async fn main() -> anyhow::Result<()> {
         ),
         other => println!("outcome: {other:?}"),
     }
-    for q in client.quote(server.id(), 10_000, 60_000, 1).await? {
+    for q in client
+        .quote(server.id(), 10_000, DEFAULT_RESPONSE_LIMIT, 60_000, 1)
+        .await?
+    {
         println!(
-            "a 10 kB request would cost {} yoctoNEAR, answer due within {} ms",
+            "a 10 kB request buying a 4 KiB answer would cost {} yoctoNEAR, answer due within {} ms",
             q.cost, q.rtt_ms
         );
     }

@@ -26,6 +26,8 @@ struct Waiter {
     proofs: Vec<ChannelId>,
     deadline: Option<Time>,
     fees: Amount,
+    /// Paid to the first hop over every attempt.
+    paid: Amount,
 }
 
 impl Waiter {
@@ -83,6 +85,7 @@ impl Client {
             proofs: Vec::new(),
             deadline: None,
             fees: Amount::ZERO,
+            paid: Amount::ZERO,
         };
         self.send_attempt(engine, metrics, waiter, t);
     }
@@ -92,7 +95,12 @@ impl Client {
         let route = match w.options.route.take() {
             Some(r) => Some(r),
             None => engine
-                .quote(&w.server, w.body.len() as u64, w.options.max_rtt_ms, 1)
+                .quote(
+                    &w.server,
+                    (w.body.len() as u64).saturating_add(w.options.response_limit),
+                    w.options.max_rtt_ms,
+                    1,
+                )
                 .into_iter()
                 .next()
                 .map(|q| q.route),
@@ -105,7 +113,14 @@ impl Client {
             };
             return w.fail(err);
         };
-        match engine.send_request(route.clone(), w.body.clone(), w.options.late_fee_rate, t) {
+        let sent = engine.send_request(
+            route.clone(),
+            w.body.clone(),
+            w.options.response_limit,
+            w.options.late_fee_rate,
+            t,
+        );
+        match sent {
             Ok(id) => {
                 w.route = route;
                 metrics.requests_sent.inc();
@@ -138,12 +153,16 @@ impl Client {
     pub(crate) fn on_event(&mut self, engine: &mut Engine, metrics: &Metrics, event: &Event) {
         match event {
             Event::RequestSent {
-                request, deadline, ..
+                request,
+                deadline,
+                amount,
+                ..
             } => {
                 let _span = info_span!("request", id = %request).entered();
                 debug!(%deadline, "sent");
                 if let Some(w) = self.waiters.get_mut(request) {
                     w.deadline = Some(*deadline);
+                    w.paid = w.paid.checked_add(*amount).unwrap_or(Amount(u128::MAX));
                     let check = Time(deadline.ms().saturating_add(w.options.late_after_ms));
                     self.late_checks.insert((check, *request));
                 }
@@ -151,6 +170,7 @@ impl Client {
             Event::ResponseDelivered {
                 request,
                 body,
+                response,
                 latency_ms,
                 on_time,
                 fees_received,
@@ -161,9 +181,11 @@ impl Client {
                     w.answer(Ok(Outcome::Response {
                         request: *request,
                         body: body.clone(),
+                        response: response.clone(),
                         latency_ms: *latency_ms,
                         on_time: *on_time,
                         fees_received: *fees_received,
+                        paid: w.paid,
                         route: w.route.clone(),
                         proofs: w.proofs.clone(),
                     }));
@@ -185,6 +207,7 @@ impl Client {
                         severer: *severer,
                         latency_ms: *latency_ms,
                         fees_received: *fees_received,
+                        paid: w.paid,
                         proofs: w.proofs.clone(),
                     };
                     if w.reply.is_some() && w.reroutes < w.options.max_reroutes {

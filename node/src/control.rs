@@ -162,8 +162,13 @@ async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
         "quote" => {
             let server = resolve(node, &text("server")?).await?;
             let body_len = req["body_len"].as_u64().unwrap_or(0);
+            let response_limit = req["response_limit"]
+                .as_u64()
+                .unwrap_or(crate::sdk::DEFAULT_RESPONSE_LIMIT);
             let max_rtt = req["max_rtt_ms"].as_u64().unwrap_or(60_000);
-            let quotes = node.quote(server, body_len, max_rtt, 3).await?;
+            let quotes = node
+                .quote(server, body_len, response_limit, max_rtt, 3)
+                .await?;
             Ok(Value::Array(
                 quotes
                     .iter()
@@ -182,6 +187,9 @@ async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
             }
             if let Some(m) = req["max_rtt_ms"].as_u64() {
                 options.max_rtt_ms = m;
+            }
+            if let Some(l) = req["response_limit"].as_u64() {
+                options.response_limit = l;
             }
             let body = text("body")?.into_bytes();
             Ok(outcome_json(&node.request(server, body, options).await?))
@@ -249,11 +257,14 @@ pub fn outcome_json(o: &Outcome) -> Value {
             latency_ms,
             on_time,
             fees_received,
+            paid,
             route,
             proofs,
+            ..
         } => json!({"kind": "response", "request": request.to_string(),
             "body": String::from_utf8_lossy(body), "latency_ms": latency_ms, "on_time": on_time,
-            "fees_received": fees_received.0.to_string(), "hops": route.nodes.len().saturating_sub(1),
+            "fees_received": fees_received.0.to_string(), "paid": paid.0.to_string(),
+            "hops": route.nodes.len().saturating_sub(1),
             "proofs": proofs.iter().map(|c| c.0).collect::<Vec<_>>()}),
         Outcome::Proof {
             request,
@@ -261,10 +272,11 @@ pub fn outcome_json(o: &Outcome) -> Value {
             severer,
             latency_ms,
             fees_received,
+            paid,
             proofs,
         } => json!({"kind": "proof", "request": request.to_string(), "channel": channel.0,
             "severer": crate::key_hex(severer), "latency_ms": latency_ms,
-            "fees_received": fees_received.0.to_string(),
+            "fees_received": fees_received.0.to_string(), "paid": paid.0.to_string(),
             "proofs": proofs.iter().map(|c| c.0).collect::<Vec<_>>()}),
         Outcome::Rejected {
             request,

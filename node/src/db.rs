@@ -440,6 +440,7 @@ mod tests {
             sync_interval_ms: 1000,
             sync_phase_ms: 0,
             max_late_fee_rate: Amount(10),
+            bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
         };
         let edges: Vec<EdgeInfo> = [(1, 0, 1), (2, 1, 2)]
             .iter()
@@ -481,7 +482,7 @@ mod tests {
         let t = Time(1);
         for round in 0..20u64 {
             engines[0]
-                .send_request(route.clone(), vec![round as u8; 10], Amount(1), t)
+                .send_request(route.clone(), vec![round as u8; 10], 64, Amount(1), t)
                 .unwrap();
             // Deliver everything; the server answers only even rounds.
             for _ in 0..10 {
@@ -577,6 +578,7 @@ mod tests {
                 sync_interval_ms: 1000,
                 sync_phase_ms: 0,
                 max_late_fee_rate: Amount(1),
+                bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
             },
             deposit_a: Amount(10),
             deposit_b: Amount(10),

@@ -20,7 +20,7 @@ use por_protocol::{Amount, Keypair, NodeId, Time};
 use por_testnet::scenario::Scenario;
 use tokio::sync::broadcast;
 
-use crate::sdk::{handler_fn, NodeBuilder, NodeEvent, NodeHandle, Outcome, RequestOptions};
+use crate::sdk::{Handler, NodeBuilder, NodeEvent, NodeHandle, Outcome, RequestOptions};
 use crate::{NodeError, TransportKind};
 
 /// The paper's topology (with its §5.1 request), as the simulator's scenario.
@@ -123,6 +123,18 @@ pub struct Network {
     pub scenario: Scenario,
 }
 
+/// The demo's answer: "<name> says: <body>".
+#[derive(Clone, Debug)]
+pub struct Says(String);
+
+impl Handler for Says {
+    async fn handle(&self, req: crate::sdk::IncomingRequest) -> Vec<u8> {
+        let mut out = format!("{} says: ", self.0).into_bytes();
+        out.extend_from_slice(&req.body);
+        out
+    }
+}
+
 fn account(name: &str) -> String {
     format!("{}.local", name.to_lowercase())
 }
@@ -222,13 +234,27 @@ impl Network {
     }
 
     /// Starts `scenario`'s nodes and channels on `chain`, with the nodes' files in
-    /// `dir`.
+    /// `dir`. Every node answers "<name> says: <body>".
     pub async fn start_on(
         chain: &DemoChain,
         scenario: Scenario,
         dir: &Path,
         transport: TransportKind,
         link_percent: u64,
+    ) -> Result<Network, NodeError> {
+        let none: HashMap<String, Says> = HashMap::new();
+        Network::start_serving(chain, scenario, dir, transport, link_percent, &none).await
+    }
+
+    /// As [`Network::start_on`], with the nodes named in `serve` answering with
+    /// their handler (the others answer "<name> says: <body>").
+    pub async fn start_serving<H: Handler + Clone>(
+        chain: &DemoChain,
+        scenario: Scenario,
+        dir: &Path,
+        transport: TransportKind,
+        link_percent: u64,
+        serve: &HashMap<String, H>,
     ) -> Result<Network, NodeError> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| NodeError::File {
@@ -260,23 +286,18 @@ impl Network {
             let name = n.name.clone();
             let delay = delay.clone();
             let client = clients.client(&n.name, &account(&n.name))?;
-            let node = NodeBuilder::new(k, client, dir.join(&n.name))
+            let builder = NodeBuilder::new(k, client, dir.join(&n.name))
                 .transport(transport)
                 .engine_config(engine)
                 .register(Amount(10 * NEAR))
                 .chain_poll(Duration::from_millis(100))
                 .shutdown_grace(Duration::from_secs(2))
-                .shape(move |peer| delay.get(&(me, peer)).copied())
-                .handler(handler_fn(move |req| {
-                    let name = name.clone();
-                    async move {
-                        let mut out = format!("{name} says: ").into_bytes();
-                        out.extend_from_slice(&req.body);
-                        out
-                    }
-                }))
-                .start()
-                .await?;
+                .shape(move |peer| delay.get(&(me, peer)).copied());
+            let builder = match serve.get(&n.name) {
+                Some(h) => builder.handler(h.clone()),
+                None => builder.handler(Says(name)),
+            };
+            let node = builder.start().await?;
             nodes.insert(n.name.clone(), node);
         }
         for e in &scenario.edges {
@@ -289,6 +310,7 @@ impl Network {
                 sync_interval_ms: e.sync_interval_ms,
                 sync_phase_ms: e.sync_phase_ms,
                 max_late_fee_rate: Amount(e.max_late_fee_rate.0),
+                bandwidth: e.bandwidth,
             };
             let id = a
                 .propose_channel(&account(&e.b), &terms, Amount(e.deposit_a.0))
@@ -391,8 +413,11 @@ impl Network {
             .iter()
             .map(|(n, h)| (n.clone(), h.events()))
             .collect();
+        // The servers answer "<name> says: <body>": buy exactly that.
+        let response_limit = format!("{} says: ", route[route.len() - 1]).len() + body.len();
         let options = RequestOptions {
             late_fee_rate,
+            response_limit: response_limit as u64,
             route: Some(self.route(route).await?),
             max_reroutes: 0,
             ..RequestOptions::default()

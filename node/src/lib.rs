@@ -29,7 +29,7 @@ mod wal;
 pub use config::{ChainChoice, NodeConfig, Settings, TransportKind};
 pub use sdk::{
     handler_fn, Handler, IncomingRequest, NodeBuilder, NodeEvent, NodeHandle, Outcome,
-    RequestOptions, Status,
+    RequestOptions, Status, DEFAULT_RESPONSE_LIMIT,
 };
 
 use std::path::PathBuf;

@@ -124,6 +124,7 @@ mod tests {
                 sync_interval_ms: 1000,
                 sync_phase_ms: 0,
                 max_late_fee_rate: Amount(1),
+                bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
             },
             deposit_a: Amount(100),
             deposit_b: Amount(100),

@@ -207,12 +207,12 @@ impl Pump {
             }
             Command::Quote {
                 server,
-                body_len,
+                bytes,
                 max_rtt_ms,
                 k,
                 reply,
             } => {
-                let _ = reply.send(self.engine.quote(&server, body_len, max_rtt_ms, k));
+                let _ = reply.send(self.engine.quote(&server, bytes, max_rtt_ms, k));
             }
             Command::Status { reply } => {
                 let _ = reply.send(crate::status::status(
@@ -317,6 +317,7 @@ impl Pump {
                 request,
                 client,
                 body,
+                response_limit,
                 send_deadline,
             } => {
                 m.requests_served.inc();
@@ -325,6 +326,7 @@ impl Pump {
                     id: *request,
                     client: *client,
                     body: body.clone(),
+                    response_limit: *response_limit,
                     send_deadline: *send_deadline,
                 };
                 let commands = self.commands.clone();

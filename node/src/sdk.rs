@@ -12,7 +12,7 @@ use futures::stream::{Stream, StreamExt};
 use por_chain::AnyChain;
 use por_protocol::engine::Event;
 use por_protocol::topology::Quote;
-use por_protocol::types::{ChannelId, RequestId, Route};
+use por_protocol::types::{ChannelId, RequestId, Route, SignedResponse};
 use por_protocol::{Amount, EngineConfig, Keypair, NodeId, Time};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -27,6 +27,10 @@ pub struct RequestOptions {
     pub late_fee_rate: Amount,
     /// Only routes whose round trip fits this (ms).
     pub max_rtt_ms: u64,
+    /// The largest response bought, in bytes (default [`DEFAULT_RESPONSE_LIMIT`]):
+    /// every edge charges its per-byte cost on it and budgets its transmission, and a
+    /// longer response is refused on the way.
+    pub response_limit: u64,
     /// A fixed route instead of the cheapest one (starts here, ends at the server).
     pub route: Option<Route>,
     /// After a proof of a severed edge, try another route up to this many times.
@@ -37,11 +41,15 @@ pub struct RequestOptions {
     pub late_after_ms: u64,
 }
 
+/// The response size a request buys unless it says otherwise: 4 KiB.
+pub const DEFAULT_RESPONSE_LIMIT: u64 = 4096;
+
 impl Default for RequestOptions {
     fn default() -> Self {
         RequestOptions {
             late_fee_rate: Amount(1),
             max_rtt_ms: 60_000,
+            response_limit: DEFAULT_RESPONSE_LIMIT,
             route: None,
             max_reroutes: 2,
             late_after_ms: 2_000,
@@ -58,12 +66,17 @@ pub enum Outcome {
         request: RequestId,
         /// The response body.
         body: Vec<u8>,
+        /// The server's signed statement of the body (verified by every hop and by
+        /// us): evidence against the server if the body is wrong for the request.
+        response: SignedResponse,
         /// From sending to delivery.
         latency_ms: u64,
         /// Within the route's promised round trip.
         on_time: bool,
         /// Late fees received for it.
         fees_received: Amount,
+        /// Paid to the first hop, over every attempt (re-routes included).
+        paid: Amount,
         /// The route it took.
         route: Route,
         /// Proofs received on earlier attempts (re-routed around).
@@ -81,6 +94,8 @@ pub enum Outcome {
         latency_ms: u64,
         /// Late fees received for it.
         fees_received: Amount,
+        /// Paid to the first hop, over every attempt.
+        paid: Amount,
         /// Every proof received, the last one included.
         proofs: Vec<ChannelId>,
     },
@@ -114,6 +129,8 @@ pub struct IncomingRequest {
     pub client: NodeId,
     /// The body.
     pub body: Vec<u8>,
+    /// The largest response the client bought: a longer one is not sent.
+    pub response_limit: u64,
     /// When the response must leave this node to be on time.
     pub send_deadline: Time,
 }
@@ -402,18 +419,19 @@ impl NodeHandle {
         .await?
     }
 
-    /// Up to `k` priced routes to `server` for a body of `body_len` bytes, cheapest
-    /// first, with their deadlines.
+    /// Up to `k` priced routes to `server` for a body of `body_len` bytes buying a
+    /// response of up to `response_limit` bytes, cheapest first, with their deadlines.
     pub async fn quote(
         &self,
         server: NodeId,
         body_len: u64,
+        response_limit: u64,
         max_rtt_ms: u64,
         k: usize,
     ) -> Result<Vec<Quote>, NodeError> {
         self.ask(|reply| Command::Quote {
             server,
-            body_len,
+            bytes: body_len.saturating_add(response_limit),
             max_rtt_ms,
             k,
             reply,
@@ -501,7 +519,7 @@ pub(crate) enum Command {
     },
     Quote {
         server: NodeId,
-        body_len: u64,
+        bytes: u64,
         max_rtt_ms: u64,
         k: usize,
         reply: oneshot::Sender<Vec<Quote>>,

@@ -28,6 +28,7 @@ fn terms() -> EdgeTerms {
         sync_interval_ms: 500,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(10),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     }
 }
 
@@ -226,7 +227,7 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     };
     mallory_node
         .engine
-        .send_request(route.clone(), b"hello".to_vec(), Amount(1), now())
+        .send_request(route.clone(), b"hello".to_vec(), 64, Amount(1), now())
         .unwrap();
     let frames: Vec<Message> = mallory_node
         .flush()
@@ -251,7 +252,8 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
         .await
     );
     let paid_once = received_from(&bob, mkey.id()).await;
-    assert_eq!(paid_once, Amount(105));
+    // 100 + 1 per byte of the 5-byte body and the 64 bytes bought.
+    assert_eq!(paid_once, Amount(169));
 
     // 2. Replaying that payment: refused, nothing paid twice, the connection stays.
     conn.send(0, Bytes::from(messages::encode_frame(&valid).unwrap()))
@@ -264,7 +266,7 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     // 3. A forged payment (signature altered): Mallory is dropped.
     mallory_node
         .engine
-        .send_request(route.clone(), b"forged".to_vec(), Amount(1), now())
+        .send_request(route.clone(), b"forged".to_vec(), 64, Amount(1), now())
         .unwrap();
     let mut forged = None;
     for t in mallory_node.flush() {

@@ -55,15 +55,15 @@ async fn happy_case(transport: TransportKind) {
         pos("Alice") < pos("Bob") && pos("Bob") < pos("Carol"),
         "{lines:?}"
     );
-    // Payments: Alex paid 3 × 10_000 + 3 × 10 × 4 bytes; Alice and Bob kept one
-    // edge's worth each; Carol was paid for the last edge.
+    // Payments: Alex paid 3 × 10_000 + 3 × 10 × (4 bytes + the 16 bytes bought);
+    // Alice and Bob kept one edge's worth each; Carol was paid for the last edge.
     let b = net.balances(&Default::default()).await.unwrap();
     let get = |n: &str| b.iter().find(|x| x.name == n).unwrap().clone();
-    assert_eq!(get("Alex").net, -30_120);
-    assert_eq!(get("Alice").net, 10_040);
+    assert_eq!(get("Alex").net, -30_600);
+    assert_eq!(get("Alice").net, 10_200);
     // Carol answers the instant she receives (her deadline is her receive time) plus
     // the handler's time: any late fee she paid went to Bob, and the sum is conserved.
-    assert_eq!(get("Bob").net + get("Carol").net, 20_080);
+    assert_eq!(get("Bob").net + get("Carol").net, 20_400);
     assert_eq!(b.iter().map(|x| x.net).sum::<i128>(), 0);
     net.shutdown().await;
 }

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use por_node::demo::Network;
-use por_node::{Outcome, RequestOptions, TransportKind};
+use por_node::{Outcome, RequestOptions, TransportKind, DEFAULT_RESPONSE_LIMIT};
 use por_protocol::NodeId;
 use por_testnet::scenario::Scenario;
 
@@ -93,7 +93,10 @@ async fn a_proof_sends_the_client_around_the_severed_edge() {
     };
     let a = net.node("A").unwrap();
     // The cheapest route is A–B–X–S.
-    let quote = a.quote(id("S"), 4, 60_000, 2).await.unwrap();
+    let quote = a
+        .quote(id("S"), 4, DEFAULT_RESPONSE_LIMIT, 60_000, 2)
+        .await
+        .unwrap();
     assert_eq!(
         quote[0].route.nodes,
         vec![id("A"), id("B"), id("X"), id("S")]

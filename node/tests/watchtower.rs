@@ -30,6 +30,7 @@ fn terms() -> EdgeTerms {
         sync_interval_ms: 500,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(10),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     }
 }
 

@@ -43,6 +43,7 @@ fn net() -> Net {
         sync_interval_ms: 1_000_000,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(10),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     };
     let edge = |id, a: usize, b: usize| EdgeInfo {
         id: ChannelId(id),
@@ -94,7 +95,7 @@ impl Net {
         let now = self.now;
         self.net.nodes[0]
             .engine
-            .send_request(self.route.clone(), vec![7u8; BODY], Amount(1), now)
+            .send_request(self.route.clone(), vec![7u8; BODY], 64, Amount(1), now)
             .unwrap();
         let (_, req) = self.drain(0).pop().unwrap();
 

@@ -372,6 +372,7 @@ mod tests {
                 sync_interval_ms: 100,
                 sync_phase_ms: 0,
                 max_late_fee_rate: Amount(10),
+                bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
             },
             deposit_a: Amount(100),
             deposit_b: Amount(50),

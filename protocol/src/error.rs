@@ -112,6 +112,17 @@ pub enum ProtocolError {
     /// A response whose body, request id or signer does not match.
     #[error("forged or mismatched response for {0}")]
     BadResponse(RequestId),
+    /// A validly signed response longer than the request's `response_limit`: the
+    /// server deviated (see `Event::ServerDeviated`).
+    #[error("response for {request} is {len} bytes, over the {limit} bytes bought")]
+    OversizedResponse {
+        /// The request.
+        request: RequestId,
+        /// The signed length.
+        len: u64,
+        /// The limit the client bought.
+        limit: u64,
+    },
     /// A proof of severance that does not prove anything about this request.
     #[error("invalid sever proof for {request}: {detail}")]
     BadProof {

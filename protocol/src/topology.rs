@@ -48,7 +48,9 @@ pub struct Quote {
     pub cost: Amount,
     /// `L(P)`: one-way latency in ms.
     pub one_way_ms: u64,
-    /// `b = 2 L(P)`: the round-trip bound in ms.
+    /// The round-trip bound in ms: `2 L(P)` plus the transmission time of the
+    /// request and its response limit over each edge (see
+    /// [`crate::types::EdgeTerms::round_trip_ms`]).
     pub rtt_ms: u64,
 }
 
@@ -165,20 +167,28 @@ impl Topology {
         })
     }
 
-    /// Cost of the route's edges from position `from` on, for a body of `body_len`.
-    pub fn cost_from(
-        &self,
-        route: &Route,
-        from: usize,
-        body_len: u64,
-    ) -> Result<Amount, RouteError> {
+    /// The round-trip budget of the route's edges from position `from` on, for a
+    /// request priced on `bytes` (request body plus response limit).
+    pub fn budget_from(&self, route: &Route, from: usize, bytes: u64) -> Result<u64, RouteError> {
+        route.channels.iter().skip(from).try_fold(0u64, |acc, ch| {
+            let e = self.edges.get(ch).ok_or(RouteError::UnknownEdge(*ch))?;
+            e.terms
+                .round_trip_ms(bytes)
+                .and_then(|rt| acc.checked_add(rt))
+                .ok_or(RouteError::LatencyOverflow)
+        })
+    }
+
+    /// Cost of the route's edges from position `from` on, for `bytes` carried
+    /// (request body plus response limit).
+    pub fn cost_from(&self, route: &Route, from: usize, bytes: u64) -> Result<Amount, RouteError> {
         route
             .channels
             .iter()
             .skip(from)
             .try_fold(Amount::ZERO, |acc, ch| {
                 let e = self.edges.get(ch).ok_or(RouteError::UnknownEdge(*ch))?;
-                Ok(acc.checked_add(e.terms.cost(body_len)?)?)
+                Ok(acc.checked_add(e.terms.cost(bytes)?)?)
             })
     }
 
@@ -193,48 +203,46 @@ impl Topology {
             })
     }
 
-    /// Prices a route for a body of `body_len` bytes.
-    pub fn quote(&self, route: &Route, body_len: u64) -> Result<Quote, RouteError> {
+    /// Prices a route for `bytes` carried: the request body plus the response limit.
+    pub fn quote(&self, route: &Route, bytes: u64) -> Result<Quote, RouteError> {
         self.validate(route)?;
-        let one_way_ms = self.latency_from(route, 0)?;
         Ok(Quote {
             route: route.clone(),
-            cost: self.cost_from(route, 0, body_len)?,
-            one_way_ms,
-            rtt_ms: one_way_ms
-                .checked_mul(2)
-                .ok_or(RouteError::LatencyOverflow)?,
+            cost: self.cost_from(route, 0, bytes)?,
+            one_way_ms: self.latency_from(route, 0)?,
+            rtt_ms: self.budget_from(route, 0, bytes)?,
         })
     }
 
-    /// Up to `k` cheapest simple routes from `from` to `to` whose round trip is at most
-    /// `max_rtt_ms`, over live edges, cheapest first (ties: lower latency, then fewer hops).
+    /// Up to `k` cheapest simple routes from `from` to `to` for `bytes` carried
+    /// (request body plus response limit) whose round-trip budget is at most
+    /// `max_rtt_ms`, over live edges, cheapest first (ties: lower budget, then fewer
+    /// hops).
     ///
     /// A best-first label search ordered by cost; a partial path is dropped once `k`
-    /// cheaper-or-equal labels with no more latency have left the same node. For `k = 1`
-    /// this is the exact latency-constrained cheapest path. The search stops after
+    /// cheaper-or-equal labels with no more budget have left the same node. For `k = 1`
+    /// this is the exact budget-constrained cheapest path. The search stops after
     /// `MAX_LABELS` expansions on pathological graphs and returns what it found.
     pub fn find_routes(
         &self,
         from: &NodeId,
         to: &NodeId,
-        body_len: u64,
+        bytes: u64,
         max_rtt_ms: u64,
         k: usize,
     ) -> Vec<Quote> {
         const MAX_LABELS: usize = 200_000;
-        let max_one_way = max_rtt_ms / 2;
         let mut out = Vec::new();
         if from == to || k == 0 {
             return out;
         }
-        // (cost, latency, path nodes, path channels)
-        type Label = (Amount, u64, Vec<NodeId>, Vec<ChannelId>);
+        // (cost, round-trip budget, one-way latency, path nodes, path channels)
+        type Label = (Amount, u64, u64, Vec<NodeId>, Vec<ChannelId>);
         let mut heap: BinaryHeap<Reverse<Label>> = BinaryHeap::new();
-        heap.push(Reverse((Amount::ZERO, 0, vec![*from], Vec::new())));
+        heap.push(Reverse((Amount::ZERO, 0, 0, vec![*from], Vec::new())));
         let mut settled: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
         let mut expansions = 0usize;
-        while let Some(Reverse((cost, lat, nodes, channels))) = heap.pop() {
+        while let Some(Reverse((cost, rtt, lat, nodes, channels))) = heap.pop() {
             expansions = expansions.saturating_add(1);
             if expansions > MAX_LABELS {
                 break;
@@ -242,18 +250,18 @@ impl Topology {
             let Some(here) = nodes.last().copied() else {
                 continue;
             };
-            let lats = settled.entry(here).or_default();
-            if lats.iter().filter(|l| **l <= lat).count() >= k {
+            let rtts = settled.entry(here).or_default();
+            if rtts.iter().filter(|r| **r <= rtt).count() >= k {
                 continue;
             }
-            lats.push(lat);
+            rtts.push(rtt);
             if here == *to {
                 let route = Route { nodes, channels };
                 out.push(Quote {
                     route,
                     cost,
                     one_way_ms: lat,
-                    rtt_ms: lat.saturating_mul(2),
+                    rtt_ms: rtt,
                 });
                 if out.len() >= k {
                     break;
@@ -264,20 +272,25 @@ impl Topology {
                 if nodes.contains(&next) {
                     continue;
                 }
-                let Some(nlat) = lat.checked_add(edge.terms.latency_ms) else {
+                let Some(nrtt) = edge
+                    .terms
+                    .round_trip_ms(bytes)
+                    .and_then(|r| r.checked_add(rtt))
+                else {
                     continue;
                 };
-                if nlat > max_one_way {
+                if nrtt > max_rtt_ms {
                     continue;
                 }
-                let Ok(ncost) = edge.terms.cost(body_len).and_then(|c| c.checked_add(cost)) else {
+                let nlat = lat.saturating_add(edge.terms.latency_ms);
+                let Ok(ncost) = edge.terms.cost(bytes).and_then(|c| c.checked_add(cost)) else {
                     continue;
                 };
                 let mut nn = nodes.clone();
                 nn.push(next);
                 let mut nc = channels.clone();
                 nc.push(edge.id);
-                heap.push(Reverse((ncost, nlat, nn, nc)));
+                heap.push(Reverse((ncost, nrtt, nlat, nn, nc)));
             }
         }
         out
@@ -339,6 +352,7 @@ mod tests {
             sync_interval_ms: 1000,
             sync_phase_ms: 0,
             max_late_fee_rate: Amount(1_000_000),
+            bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
         }
     }
 
@@ -543,6 +557,7 @@ mod route_props {
                         sync_interval_ms: 1000,
                         sync_phase_ms: 0,
                         max_late_fee_rate: Amount(1),
+                        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
                     },
                     deposit_a: Amount(1),
                     deposit_b: Amount(1),

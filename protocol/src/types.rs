@@ -32,7 +32,8 @@ pub struct EdgeTerms {
     pub latency_ms: u64,
     /// Base cost per message `c_base_e`.
     pub base_cost: Amount,
-    /// Cost per request-body byte `c_byte_e`.
+    /// Cost per byte carried `c_byte_e`: charged on the request body plus the
+    /// response size the request buys ([`RequestCore::response_limit`]).
     pub byte_cost: Amount,
     /// Interval between periodic syncs (heartbeat + late-fee settlement), in ms.
     pub sync_interval_ms: u64,
@@ -40,14 +41,43 @@ pub struct EdgeTerms {
     pub sync_phase_ms: u64,
     /// The highest late-fee rate (yoctoNEAR per ms) either side accepts on this edge.
     pub max_late_fee_rate: Amount,
+    /// Promised bandwidth in bytes per second: a hop's budget adds the time the
+    /// request and its response take to transmit over each remaining edge (see
+    /// [`EdgeTerms::round_trip_ms`]). Zero is refused by the contract.
+    pub bandwidth: u64,
 }
 
 impl EdgeTerms {
-    /// `c_base_e + c_byte_e * body_len`: what crossing this edge costs.
-    pub fn cost(&self, body_len: u64) -> Result<Amount, AmountOverflow> {
+    /// The default promised bandwidth: 125 MB/s (1 Gbit/s). Bodies under 125 kB then
+    /// add nothing to a budget, so small requests keep the paper's timelines.
+    pub const DEFAULT_BANDWIDTH: u64 = 125_000_000;
+
+    /// `c_base_e + c_byte_e * bytes`: what carrying `bytes` (request body plus
+    /// response limit, [`RequestCore::priced_bytes`]) across this edge costs.
+    pub fn cost(&self, bytes: u64) -> Result<Amount, AmountOverflow> {
         self.byte_cost
-            .checked_mul(u128::from(body_len))?
+            .checked_mul(u128::from(bytes))?
             .checked_add(self.base_cost)
+    }
+
+    /// The whole milliseconds `bytes` take at the promised bandwidth, rounded down
+    /// (so bodies under `bandwidth / 1000` bytes add nothing). A zero bandwidth, which
+    /// the contract refuses, counts as the slowest possible edge.
+    pub fn transmit_ms(&self, bytes: u64) -> u64 {
+        let ms = u128::from(bytes)
+            .saturating_mul(1000)
+            .checked_div(u128::from(self.bandwidth.max(1)))
+            .unwrap_or(u128::MAX);
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
+
+    /// This edge's share of a round-trip budget for a request priced on `bytes`:
+    /// `2 L_e` plus the transmission time of those bytes (the request one way, the
+    /// response the other). `None` on overflow.
+    pub fn round_trip_ms(&self, bytes: u64) -> Option<u64> {
+        self.latency_ms
+            .checked_mul(2)?
+            .checked_add(self.transmit_ms(bytes))
     }
 
     /// The first sync instant strictly after `after` (ms since the shared epoch).
@@ -293,8 +323,12 @@ pub struct RequestCore {
     pub nonce: u64,
     /// SHA-256 of the body.
     pub body_hash: Hash,
-    /// Body length in bytes (what per-byte costs are charged on).
+    /// Body length in bytes (charged per byte, with `response_limit`).
     pub body_len: u64,
+    /// The largest response body the client buys, in bytes: every edge charges its
+    /// per-byte cost on it and budgets its transmission; a longer response is refused
+    /// by the first hop that sees it.
+    pub response_limit: u64,
     /// Late-fee rate, yoctoNEAR per ms, identical on every hop.
     pub late_fee_rate: Amount,
     /// The full path (source routing).
@@ -302,6 +336,12 @@ pub struct RequestCore {
 }
 
 impl RequestCore {
+    /// The bytes every edge charges for and budgets: `body_len + response_limit`
+    /// (saturating: such a request is refused for its size anyway).
+    pub fn priced_bytes(&self) -> u64 {
+        self.body_len.saturating_add(self.response_limit)
+    }
+
     /// This core's leaf in its client's signed batch:
     /// `SHA-256("por/v1/request" || encode(self))`.
     pub fn leaf(&self) -> Result<Hash, WireError> {
@@ -328,8 +368,8 @@ pub struct RequestHeader {
     pub client_sig: Signature,
     /// The id (recomputed and checked by every receiver).
     pub id: RequestId,
-    /// Round-trip budget in ms, counted from the sender's send time: twice the one-way
-    /// latency from the sender to the server along the route.
+    /// Round-trip budget in ms, counted from the sender's send time: the sum of
+    /// [`EdgeTerms::round_trip_ms`] over the edges from the sender to the server.
     pub budget_ms: u64,
 }
 
@@ -368,6 +408,10 @@ pub struct ResponseBody {
     pub request: RequestId,
     /// SHA-256 of the response body.
     pub body_hash: Hash,
+    /// Length of the response body: with the client's signed
+    /// [`RequestCore::response_limit`], a signed response longer than bought is
+    /// evidence of the server's deviation on its own.
+    pub body_len: u64,
 }
 
 impl ResponseBody {

@@ -7,8 +7,8 @@ use por_protocol::merkle::MerkleProof;
 use por_protocol::messages::{self, Message, RejectReason, RequestMsg};
 use por_protocol::testing::Network;
 use por_protocol::types::{
-    ChannelId, EdgeInfo, EdgeTerms, Memo, RequestCore, RequestHeader, Route, SeverNotice,
-    SeverReason, SignedSeverNotice,
+    BatchRoot, ChannelId, EdgeInfo, EdgeTerms, Memo, RequestCore, RequestHeader, ResponseBody,
+    Route, SeverNotice, SeverReason, SignedResponse, SignedSeverNotice,
 };
 use por_protocol::{
     wire, Amount, ChainEvent, Deployment, EngineConfig, Event, Hash, Keypair, NodeId,
@@ -28,7 +28,7 @@ struct Net {
     net: Network,
 }
 
-fn terms(latency_ms: u64) -> EdgeTerms {
+fn terms(latency_ms: u64, bandwidth: u64) -> EdgeTerms {
     EdgeTerms {
         latency_ms,
         base_cost: Amount(100),
@@ -36,6 +36,7 @@ fn terms(latency_ms: u64) -> EdgeTerms {
         sync_interval_ms: 1000,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(10),
+        bandwidth,
     }
 }
 
@@ -46,13 +47,18 @@ fn net() -> Net {
 
 /// The same, with C configured by `server`.
 fn net_with(server: EngineConfig) -> Net {
+    net_on(server, EdgeTerms::DEFAULT_BANDWIDTH)
+}
+
+/// The same, with C configured by `server` and both edges promising `bandwidth`.
+fn net_on(server: EngineConfig, bandwidth: u64) -> Net {
     let keys = [1u8, 2, 3].map(|i| Keypair::from_seed([i; 32]));
     let edges = [
         EdgeInfo {
             id: ChannelId(1),
             a: keys[0].id(),
             b: keys[1].id(),
-            terms: terms(10),
+            terms: terms(10, bandwidth),
             deposit_a: Amount(1_000_000),
             deposit_b: Amount(1_000_000),
         },
@@ -60,7 +66,7 @@ fn net_with(server: EngineConfig) -> Net {
             id: ChannelId(2),
             a: keys[1].id(),
             b: keys[2].id(),
-            terms: terms(20),
+            terms: terms(20, bandwidth),
             deposit_a: Amount(1_000_000),
             deposit_b: Amount(1_000_000),
         },
@@ -133,6 +139,7 @@ impl Net {
             nonce,
             body_hash: Hash::of(&body),
             body_len: body.len() as u64,
+            response_limit: LIMIT,
             late_fee_rate: Amount(rate),
             route: self.route.clone(),
         };
@@ -158,8 +165,10 @@ impl Net {
     }
 }
 
-/// Cost of A->B->C for the 5-byte body: 2 * (100 + 5).
-const COST: u128 = 210;
+/// The response size every request here buys.
+const LIMIT: u64 = 64;
+/// Cost of A->B->C for the 5-byte body and its response limit: 2 * (100 + 5 + 64).
+const COST: u128 = 2 * (100 + 5 + LIMIT as u128);
 /// Round trip: 2 * (10 + 20).
 const RTT: u64 = 60;
 
@@ -168,7 +177,7 @@ fn honest_request_round_trip() {
     let mut n = net();
     let id = n.net.nodes[0]
         .engine
-        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
+        .send_request(n.route.clone(), b"hello".to_vec(), LIMIT, Amount(5), T0)
         .unwrap();
     assert!(n.pump(T0).is_empty());
     let server_events = n.events(2);
@@ -189,8 +198,124 @@ fn honest_request_round_trip() {
     assert_eq!(delivered, (b"world".to_vec(), true));
     assert_eq!(n.channel(0, 1).outgoing.cumulative, Amount(COST));
     assert_eq!(n.channel(1, 1).incoming.cumulative, Amount(COST));
-    assert_eq!(n.channel(1, 2).outgoing.cumulative, Amount(105));
+    assert_eq!(n.channel(1, 2).outgoing.cumulative, Amount(COST / 2));
     assert_eq!(n.channel(0, 1).outgoing.acked_seq, 1, "B acked A's payment");
+}
+
+#[test]
+fn a_slow_edge_adds_the_transmission_time_of_request_and_response_to_budgets() {
+    // 10 kB/s: the 5-byte body and the 64 bytes bought take 6.9 ms, 6 whole ms, per
+    // edge. A's budget: (2*10 + 6) + (2*20 + 6) = 72; B forwards with 46; C must send
+    // its answer at once (its edge's share is all that is left).
+    let mut n = net_on(EngineConfig::default(), 10_000);
+    let id = n.net.nodes[0]
+        .engine
+        .send_request(n.route.clone(), b"hello".to_vec(), LIMIT, Amount(5), T0)
+        .unwrap();
+    assert!(n.pump(T0).is_empty());
+    let sent = n.events(0).into_iter().find_map(|e| match e {
+        Event::RequestSent { deadline, .. } => Some(deadline),
+        _ => None,
+    });
+    assert_eq!(sent, Some(T0.plus(72)));
+    let forwarded = n.events(1).into_iter().find_map(|e| match e {
+        Event::RequestForwarded {
+            budget_ms,
+            send_deadline,
+            ..
+        } => Some((budget_ms, send_deadline)),
+        _ => None,
+    });
+    assert_eq!(forwarded, Some((46, T0.plus(72 - 26))));
+    let received = n.events(2).into_iter().find_map(|e| match e {
+        Event::RequestReceived {
+            request,
+            response_limit,
+            send_deadline,
+            ..
+        } => Some((request, response_limit, send_deadline)),
+        _ => None,
+    });
+    assert_eq!(received, Some((id, LIMIT, T0)));
+    // The quote prices and budgets the same bytes.
+    let quote = n.net.nodes[0]
+        .engine
+        .quote(&n.id(2), 5 + LIMIT, 1_000, 1)
+        .remove(0);
+    assert_eq!((quote.cost, quote.rtt_ms), (Amount(COST), 72));
+    // A budget of 71 is too tight for these bytes and refused.
+    assert!(n.net.nodes[0]
+        .engine
+        .quote(&n.id(2), 5 + LIMIT, 71, 1)
+        .is_empty());
+}
+
+#[test]
+fn a_response_longer_than_bought_is_refused_by_the_first_hop_and_kept_as_evidence() {
+    let mut n = net();
+    let id = n.net.nodes[0]
+        .engine
+        .send_request(n.route.clone(), b"hello".to_vec(), 4, Amount(5), T0)
+        .unwrap();
+    assert!(n.pump(T0).is_empty());
+    // The honest server's engine will not send more than was bought.
+    let err = n.net.nodes[2]
+        .engine
+        .respond(id, b"world".to_vec(), T0)
+        .unwrap_err();
+    assert!(matches!(err, ProtocolError::InvalidCall(_)), "{err}");
+    // A deviating server signs 5 bytes anyway; B, the first hop to see it, refuses it.
+    let body = b"world".to_vec();
+    let rb = ResponseBody {
+        request: id,
+        body_hash: Hash::of(&body),
+        body_len: body.len() as u64,
+    };
+    let (root, proof) = BatchRoot::single(rb.leaf().unwrap());
+    let sig = n.keys[2].sign(&Deployment::test(), &root).unwrap();
+    let response = SignedResponse {
+        body: rb,
+        proof,
+        sig,
+    };
+    let msg = Message::Response {
+        request: id,
+        response: response.clone(),
+        body,
+        fee: None,
+    };
+    let err = n.net.nodes[1]
+        .engine
+        .handle_message(n.ids[2], msg, T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::OversizedResponse {
+                len: 5,
+                limit: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_fatal(), "the server is dropped");
+    let evidence = n.events(1).into_iter().find_map(|e| match e {
+        Event::ServerDeviated {
+            request,
+            server,
+            core,
+            response,
+        } => Some((request, server, core.response_limit, response)),
+        _ => None,
+    });
+    assert_eq!(evidence, Some((id, n.id(2), 4, response)));
+    // Nothing reached the client.
+    assert!(n.pump(T0).is_empty());
+    assert!(!n
+        .events(0)
+        .iter()
+        .any(|e| matches!(e, Event::ResponseDelivered { .. })));
 }
 
 fn refused(errors: &[ProtocolError]) -> Vec<RejectReason> {
@@ -289,7 +414,7 @@ fn rejected_request_reaches_the_client_with_its_refund() {
     });
     let id = n.net.nodes[0]
         .engine
-        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
+        .send_request(n.route.clone(), b"hello".to_vec(), LIMIT, Amount(5), T0)
         .unwrap();
     let errors = n.pump(T0);
     // C refuses; B passes the refusal on as a normal outcome, not an error.
@@ -330,7 +455,7 @@ fn request_over_a_severed_edge_is_answered_with_the_proof() {
         .handle_chain_event(ChainEvent::EdgeSevered(signed), T0);
     let id = n.net.nodes[0]
         .engine
-        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
+        .send_request(n.route.clone(), b"hello".to_vec(), LIMIT, Amount(5), T0)
         .unwrap();
     let errors = n.pump(T0);
     assert!(errors.iter().all(|e| !e.is_fatal()), "{errors:?}");
@@ -507,7 +632,7 @@ fn oversized_and_garbage_frames_do_not_disturb_others() {
     // The engine still serves A and C.
     n.net.nodes[0]
         .engine
-        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
+        .send_request(n.route.clone(), b"hello".to_vec(), LIMIT, Amount(5), T0)
         .unwrap();
     assert!(n.pump(T0).is_empty());
     assert!(n
@@ -523,7 +648,7 @@ fn responses_made_together_share_one_signature_and_each_verifies() {
         .map(|i| {
             n.net.nodes[0]
                 .engine
-                .send_request(n.route.clone(), vec![i; 8], Amount(5), T0)
+                .send_request(n.route.clone(), vec![i; 8], LIMIT, Amount(5), T0)
                 .unwrap()
         })
         .collect();
@@ -578,7 +703,7 @@ fn forged_response_and_forged_proof_are_refused() {
     let mut n = net();
     let id = n.net.nodes[0]
         .engine
-        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
+        .send_request(n.route.clone(), b"hello".to_vec(), LIMIT, Amount(5), T0)
         .unwrap();
     assert!(n.pump(T0).is_empty());
     n.net.nodes[2]
@@ -696,7 +821,7 @@ fn forged_and_replayed_acks_are_refused() {
     let mut n = net();
     n.net.nodes[0]
         .engine
-        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
+        .send_request(n.route.clone(), b"hello".to_vec(), LIMIT, Amount(5), T0)
         .unwrap();
     let (to, req) = n.out(0).remove(0);
     n.net.nodes[1]
@@ -745,7 +870,7 @@ fn late_request_pays_fees_and_stops_at_the_response() {
     let mut n = net();
     let id = n.net.nodes[0]
         .engine
-        .send_request(n.route.clone(), b"hello".to_vec(), Amount(5), T0)
+        .send_request(n.route.clone(), b"hello".to_vec(), LIMIT, Amount(5), T0)
         .unwrap();
     assert!(n.pump(T0).is_empty());
     // The server answers 2500 ms late; B and C pay late fees at their syncs.

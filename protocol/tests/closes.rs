@@ -14,8 +14,10 @@ use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, Route, SeverReason};
 use por_protocol::{Amount, ChainEvent, Keypair, NodeId, Time};
 
 const T0: Time = Time(1_000);
-/// Cost of A->B->C for a 5-byte body: 2 * (100 + 5).
-const COST: u128 = 210;
+/// The response size every request here buys.
+const LIMIT: u64 = 64;
+/// Cost of A->B->C for a 5-byte body and its response limit: 2 * (100 + 5 + 64).
+const COST: u128 = 2 * (100 + 5 + LIMIT as u128);
 
 fn terms(latency_ms: u64) -> EdgeTerms {
     EdgeTerms {
@@ -25,6 +27,7 @@ fn terms(latency_ms: u64) -> EdgeTerms {
         sync_interval_ms: 1000,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(10),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     }
 }
 
@@ -64,7 +67,7 @@ fn setup() -> (Network, [NodeId; 3], Route) {
 fn served(net: &mut Network, route: &Route, now: Time) {
     let id = net.nodes[0]
         .engine
-        .send_request(route.clone(), b"hello".to_vec(), Amount(5), now)
+        .send_request(route.clone(), b"hello".to_vec(), LIMIT, Amount(5), now)
         .unwrap();
     assert!(net.pump(now).is_empty());
     net.nodes[2]
@@ -146,7 +149,7 @@ fn a_closing_channel_carries_nothing_and_what_crossed_it_is_answered_with_a_proo
     // A request C will not answer.
     let id = net.nodes[0]
         .engine
-        .send_request(route.clone(), b"hello".to_vec(), Amount(5), T0)
+        .send_request(route.clone(), b"hello".to_vec(), LIMIT, Amount(5), T0)
         .unwrap();
     assert!(net.pump(T0).is_empty());
     net.events(0);
@@ -186,7 +189,7 @@ fn a_closing_channel_carries_nothing_and_what_crossed_it_is_answered_with_a_proo
     assert!(!net.nodes[1].engine.topology().is_live(ChannelId(2)));
     assert!(net.nodes[0]
         .engine
-        .send_request(route, b"again".to_vec(), Amount(5), t)
+        .send_request(route, b"again".to_vec(), LIMIT, Amount(5), t)
         .is_err());
 }
 

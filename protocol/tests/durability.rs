@@ -15,6 +15,7 @@ fn setup() -> (Vec<Keypair>, Vec<EdgeInfo>) {
         sync_interval_ms: 1000,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(10),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     };
     let edge = |id, a: usize, b: usize| EdgeInfo {
         id: ChannelId(id),
@@ -52,7 +53,7 @@ fn nothing_leaves_before_its_writes_are_durable() {
     let open_b = b.poll_writes().unwrap();
     b.writes_durable(open_b.up_to);
 
-    a.send_request(route(&keys), b"x".to_vec(), Amount(1), Time(5))
+    a.send_request(route(&keys), b"x".to_vec(), 64, Amount(1), Time(5))
         .unwrap();
     assert!(
         a.poll_transmit().is_none(),
@@ -95,7 +96,7 @@ fn one_ack_covers_every_update_made_durable_by_one_commit() {
     // A sends five requests; B receives all five before its next commit.
     let mut requests = Vec::new();
     for i in 0..5u64 {
-        a.send_request(route(&keys), b"x".to_vec(), Amount(1), Time(5 + i))
+        a.send_request(route(&keys), b"x".to_vec(), 64, Amount(1), Time(5 + i))
             .unwrap();
         let w = a.poll_writes().unwrap();
         a.writes_durable(w.up_to);
@@ -146,7 +147,7 @@ fn updates_made_together_share_one_signature_and_are_persisted_signed() {
     // Four requests before A's outputs are polled: four cores and four payments, one
     // signature.
     for i in 0..4u64 {
-        a.send_request(route(&keys), b"x".to_vec(), Amount(1), Time(5 + i))
+        a.send_request(route(&keys), b"x".to_vec(), 64, Amount(1), Time(5 + i))
             .unwrap();
     }
     let w = a.poll_writes().unwrap();
@@ -200,7 +201,7 @@ fn relay_restarted_from_its_store_completes_the_request_once() {
     let r = route(&keys);
     let id = h.nodes[0]
         .engine
-        .send_request(r, b"x".to_vec(), Amount(1), Time(1))
+        .send_request(r, b"x".to_vec(), 64, Amount(1), Time(1))
         .unwrap();
     pump(&mut h, Time(1), false);
     // C has the request; B crashes before C's response arrives (it is lost).
@@ -242,7 +243,7 @@ fn lost_payment_is_retransmitted_not_resigned() {
     let r = route(&keys);
     h.nodes[0]
         .engine
-        .send_request(r, b"x".to_vec(), Amount(1), Time(1))
+        .send_request(r, b"x".to_vec(), 64, Amount(1), Time(1))
         .unwrap();
     // A's request never reaches B (connection drops).
     pump(&mut h, Time(1), true);

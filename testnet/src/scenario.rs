@@ -122,6 +122,10 @@ impl NodeSpec {
     }
 }
 
+fn default_bandwidth() -> u64 {
+    por_protocol::types::EdgeTerms::DEFAULT_BANDWIDTH
+}
+
 fn default_sever() -> SeverPolicy {
     SeverPolicy::Never
 }
@@ -146,7 +150,7 @@ pub struct EdgeSpec {
     /// Base cost per message.
     #[serde(default)]
     pub base_cost: AmountSpec,
-    /// Cost per body byte.
+    /// Cost per byte carried (request body plus response limit).
     #[serde(default)]
     pub byte_cost: AmountSpec,
     /// Sync interval.
@@ -156,6 +160,9 @@ pub struct EdgeSpec {
     pub sync_phase_ms: u64,
     /// Highest late-fee rate accepted.
     pub max_late_fee_rate: AmountSpec,
+    /// Promised bandwidth, bytes per second (default 125 MB/s).
+    #[serde(default = "default_bandwidth")]
+    pub bandwidth: u64,
     /// `a`'s deposit.
     pub deposit_a: AmountSpec,
     /// `b`'s deposit.
@@ -175,6 +182,10 @@ pub struct RequestSpec {
     /// Body text.
     #[serde(default)]
     pub body: String,
+    /// The response size bought, in bytes (absent: the body's length, since simulated
+    /// servers echo the body).
+    #[serde(default)]
+    pub response_limit: Option<u64>,
     /// Late-fee rate per ms.
     pub late_fee_rate: AmountSpec,
     /// Explicit route by node names (client first); otherwise the cheapest route.

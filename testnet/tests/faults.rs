@@ -48,7 +48,7 @@ fn a_slow_link_makes_its_relay_pay_and_record_the_loss() {
     );
     // Carol's 1000 ms sync arrives at 1150.
     assert_eq!(one(&r, "loss_recorded", "Bob"), (1150, Some(50 * R)));
-    assert_eq!(r.balances["Alex"], -30_120 + 50_000);
+    assert_eq!(r.balances["Alex"], -30_240 + 50_000);
 }
 
 #[test]
@@ -92,6 +92,6 @@ fn a_lost_request_trips_the_heuristic_at_the_first_unpaid_sync() {
     assert_eq!(one(&r, "late_fee_paid", "Alice"), (800, Some(100 * R)));
     let p = r.of_kind("sever_proof_delivered").next().unwrap();
     assert_eq!((p.t_ms, p.total), (900, Some(100 * R)));
-    assert_eq!(r.balances["Alex"], -30_120 + 100_000);
+    assert_eq!(r.balances["Alex"], -30_240 + 100_000);
     assert_eq!(r.balances["Bob"], 0, "Bob never received anything");
 }

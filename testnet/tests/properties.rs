@@ -86,6 +86,8 @@ fn scenario(seed: u64, eventually_sever: bool, crashes: bool) -> Scenario {
                 sync_interval_ms: interval,
                 sync_phase_ms: rng.gen_range(0..interval),
                 max_late_fee_rate: AmountSpec(1_000),
+                // Slow edges make the transmission term count in budgets.
+                bandwidth: [1_000u64, 50_000, 125_000_000][rng.gen_range(0..3)],
                 deposit_a: AmountSpec(1_000_000_000_000),
                 deposit_b: AmountSpec(1_000_000_000_000),
             }
@@ -100,11 +102,14 @@ fn scenario(seed: u64, eventually_sever: bool, crashes: bool) -> Scenario {
             if s == c {
                 s = (s + 1) % n;
             }
+            let body = "x".repeat(rng.gen_range(0..64));
             RequestSpec {
                 at_ms: rng.gen_range(0..4000),
                 client: name(c),
                 server: name(s),
-                body: "x".repeat(rng.gen_range(0..64)),
+                // Simulated servers echo: at least the body's length is bought.
+                response_limit: Some(body.len() as u64 + rng.gen_range(0..64)),
+                body,
                 late_fee_rate: AmountSpec(rng.gen_range(1..=1000)),
                 route: None,
                 max_rtt_ms: None,

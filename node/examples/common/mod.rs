@@ -51,6 +51,7 @@ pub(crate) async fn client_and_server(
         sync_interval_ms: 1_000,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(100),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     };
     let id = on("client.local")
         .propose_channel("server.local", &terms, Amount(NEAR))

@@ -110,6 +110,8 @@ pub enum Event {
         client: NodeId,
         /// The body.
         body: Vec<u8>,
+        /// The largest response the client bought (a longer one is refused).
+        response_limit: u64,
         /// When the response must leave.
         send_deadline: Time,
     },
@@ -117,6 +119,19 @@ pub enum Event {
     ResponseSent {
         /// The request.
         request: RequestId,
+    },
+    /// A server signed a response longer than its request's `response_limit`; we
+    /// refused it. `core` (signed by the client) and `response` (signed by the server)
+    /// are the evidence.
+    ServerDeviated {
+        /// The request.
+        request: RequestId,
+        /// The server.
+        server: NodeId,
+        /// The client-signed request core, with its `response_limit`.
+        core: crate::types::RequestCore,
+        /// The server-signed response, with its `body_len`.
+        response: crate::types::SignedResponse,
     },
     /// We relayed a response upstream.
     ResponseForwarded {
@@ -131,6 +146,9 @@ pub enum Event {
         request: RequestId,
         /// The response body.
         body: Vec<u8>,
+        /// The server's signed statement of it (its signature verified): what a layer
+        /// above keeps as evidence if the body turns out wrong for what was asked.
+        response: crate::types::SignedResponse,
         /// Time from sending to delivery.
         latency_ms: u64,
         /// Whether it came within the bound `b`.

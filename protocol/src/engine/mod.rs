@@ -185,11 +185,11 @@ impl Engine {
         self.requests.len()
     }
 
-    /// Up to `k` priced routes to `server` for a body of `body_len` bytes whose round
-    /// trip fits `max_rtt_ms`, cheapest first.
-    pub fn quote(&self, server: &NodeId, body_len: u64, max_rtt_ms: u64, k: usize) -> Vec<Quote> {
+    /// Up to `k` priced routes to `server` for `bytes` carried (request body plus
+    /// response limit) whose round trip fits `max_rtt_ms`, cheapest first.
+    pub fn quote(&self, server: &NodeId, bytes: u64, max_rtt_ms: u64, k: usize) -> Vec<Quote> {
         self.topology
-            .find_routes(&self.id, server, body_len, max_rtt_ms, k)
+            .find_routes(&self.id, server, bytes, max_rtt_ms, k)
     }
 
     // ----------------------------------------------------------------- outputs

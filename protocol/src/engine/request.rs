@@ -23,12 +23,14 @@ use super::seal::Unsealed;
 use super::{Engine, Event, Timer};
 
 impl Engine {
-    /// Sends a request to the last node of `route` as client, paying `C(P, m)` to the
-    /// first hop. Returns the request id; the outcome arrives as events.
+    /// Sends a request to the last node of `route` as client, buying a response of up
+    /// to `response_limit` bytes and paying `C(P, m)` on the body plus that limit to
+    /// the first hop. Returns the request id; the outcome arrives as events.
     pub fn send_request(
         &mut self,
         route: Route,
         body: Vec<u8>,
+        response_limit: u64,
         late_fee_rate: Amount,
         now: Time,
     ) -> Result<RequestId, ProtocolError> {
@@ -38,12 +40,18 @@ impl Engine {
                 body.len()
             )));
         }
+        if response_limit > MAX_BODY_LEN as u64 {
+            return Err(ProtocolError::InvalidCall(format!(
+                "response limit of {response_limit} bytes exceeds {MAX_BODY_LEN}"
+            )));
+        }
         if route.nodes.first() != Some(&self.id) {
             return Err(ProtocolError::InvalidCall(
                 "route does not start here".into(),
             ));
         }
-        let quote = self.topology.quote(&route, body.len() as u64)?;
+        let priced = (body.len() as u64).saturating_add(response_limit);
+        let quote = self.topology.quote(&route, priced)?;
         let max_rate = self.topology.max_fee_rate(&route)?;
         if late_fee_rate > max_rate {
             return Err(ProtocolError::InvalidCall(format!(
@@ -61,6 +69,7 @@ impl Engine {
             nonce: self.next_nonce,
             body_hash: Hash::of(&body),
             body_len: body.len() as u64,
+            response_limit,
             late_fee_rate,
             route,
         };
@@ -193,12 +202,14 @@ impl Engine {
             }
         };
         let id = header.id;
-        let l_in = self
+        // Our answer must leave in time to cross the edge it came over: its share of
+        // the budget is its round trip for these bytes.
+        let rt_in = self
             .channels
             .get(&channel)
-            .map(|c| c.rec.edge.terms.latency_ms)
+            .and_then(|c| c.rec.edge.terms.round_trip_ms(header.core.priced_bytes()))
             .unwrap_or_default();
-        let send_deadline = now.plus(budget_ms.saturating_sub(l_in.saturating_mul(2)));
+        let send_deadline = now.plus(budget_ms.saturating_sub(rt_in));
         let up = Upstream {
             peer: from,
             channel,
@@ -224,6 +235,7 @@ impl Engine {
                 request: id,
                 client: header.core.client,
                 body,
+                response_limit: header.core.response_limit,
                 send_deadline,
             });
             return Ok(());
@@ -316,6 +328,16 @@ impl Engine {
         if body.len() as u64 != core.body_len || Hash::of(body) != core.body_hash {
             return Err((R::BadRequest, "body does not match its hash".into()));
         }
+        if core.response_limit > MAX_BODY_LEN as u64 {
+            return Err((
+                R::BadRequest,
+                format!(
+                    "response limit {} exceeds {MAX_BODY_LEN}",
+                    core.response_limit
+                ),
+            ));
+        }
+        let bytes = core.priced_bytes();
         if self.requests.contains(&request) {
             return Err((R::Duplicate, "request already in flight here".into()));
         }
@@ -355,7 +377,7 @@ impl Engine {
         }
         let cost_here = self
             .topology
-            .cost_from(route, prev, core.body_len)
+            .cost_from(route, prev, bytes)
             .map_err(|e| (R::RouteInvalid, e.to_string()))?;
         if amount < cost_here {
             return Err((
@@ -365,10 +387,8 @@ impl Engine {
         }
         let expect = self
             .topology
-            .latency_from(route, prev)
-            .ok()
-            .and_then(|l| l.checked_mul(2))
-            .ok_or((R::RouteInvalid, "latency overflow".into()))?;
+            .budget_from(route, prev, bytes)
+            .map_err(|e| (R::RouteInvalid, e.to_string()))?;
         if budget_ms != expect {
             let which = if budget_ms < expect {
                 "too small"
@@ -390,14 +410,12 @@ impl Engine {
         }
         let rest_cost = self
             .topology
-            .cost_from(route, position, core.body_len)
+            .cost_from(route, position, bytes)
             .map_err(|e| (R::RouteInvalid, e.to_string()))?;
         let budget_out = self
             .topology
-            .latency_from(route, position)
-            .ok()
-            .and_then(|l| l.checked_mul(2))
-            .ok_or((R::RouteInvalid, "latency overflow".into()))?;
+            .budget_from(route, position, bytes)
+            .map_err(|e| (R::RouteInvalid, e.to_string()))?;
         Ok((position, rest_cost, budget_out))
     }
 
@@ -423,9 +441,17 @@ impl Engine {
                 "not an open request for us as server".into(),
             ));
         }
+        if body.len() as u64 > p.core.response_limit {
+            return Err(ProtocolError::InvalidCall(format!(
+                "response of {} bytes exceeds the {} bytes the client bought",
+                body.len(),
+                p.core.response_limit
+            )));
+        }
         let rb = ResponseBody {
             request,
             body_hash: Hash::of(&body),
+            body_len: body.len() as u64,
         };
         let leaf = rb.leaf().map_err(|_| ProtocolError::BadSignature {
             what: "own response",
@@ -466,7 +492,10 @@ impl Engine {
         now: Time,
     ) -> Result<(), ProtocolError> {
         let p = self.forwarded_to(from, request)?;
-        if response.body.request != request || response.body.body_hash != Hash::of(&body) {
+        if response.body.request != request
+            || response.body.body_len != body.len() as u64
+            || response.body.body_hash != Hash::of(&body)
+        {
             return Err(ProtocolError::BadResponse(request));
         }
         let batch = response
@@ -474,6 +503,23 @@ impl Engine {
             .ok_or(ProtocolError::BadResponse(request))?;
         crypto::verify_cached(&self.deployment, &p.core.server, &batch, &response.sig)
             .map_err(|_| ProtocolError::BadResponse(request))?;
+        if response.body.body_len > p.core.response_limit {
+            // The server signed more than the client bought: refused here, the first
+            // hop to see it, and kept as signed evidence (the client's signed core
+            // and the server's signed response together prove it).
+            let (server, limit) = (p.core.server, p.core.response_limit);
+            self.events.push_back(Event::ServerDeviated {
+                request,
+                server,
+                core: p.core.clone(),
+                response: response.clone(),
+            });
+            return Err(ProtocolError::OversizedResponse {
+                request,
+                len: response.body.body_len,
+                limit,
+            });
+        }
         if let Some(f) = &fee {
             self.on_fee(from, channel, f, now)?;
         }
@@ -494,6 +540,7 @@ impl Engine {
             None => self.events.push_back(Event::ResponseDelivered {
                 request,
                 body,
+                response,
                 latency_ms: now.since(sent_at),
                 on_time: now <= expect_by,
                 fees_received,

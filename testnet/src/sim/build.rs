@@ -75,6 +75,7 @@ impl Sim {
                     sync_interval_ms: e.sync_interval_ms,
                     sync_phase_ms: e.sync_phase_ms,
                     max_late_fee_rate: e.max_late_fee_rate.into(),
+                    bandwidth: e.bandwidth,
                 },
                 deposit_a: e.deposit_a.into(),
                 deposit_b: e.deposit_b.into(),

@@ -194,6 +194,7 @@ impl Sim {
                 client,
                 body,
                 send_deadline,
+                ..
             } => {
                 r.kind = "request_received";
                 r.request = Some(self.label(&request));
@@ -345,6 +346,13 @@ impl Sim {
             Event::ResponseDiscarded { request } => {
                 r.kind = "response_discarded";
                 r.request = Some(self.label(&request));
+            }
+            Event::ServerDeviated {
+                request, server, ..
+            } => {
+                r.kind = "server_deviated";
+                r.request = Some(self.label(&request));
+                r.peer = Some(self.name_of(&server));
             }
             Event::PeerSilent { peer } => {
                 r.kind = "peer_silent";

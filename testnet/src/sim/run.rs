@@ -185,6 +185,8 @@ impl Sim {
             return;
         }
         let body = spec.body.clone().into_bytes();
+        let response_limit = spec.response_limit.unwrap_or(body.len() as u64);
+        let bytes = (body.len() as u64).saturating_add(response_limit);
         let route = match &spec.route {
             Some(names) => self.route_by_names(c, names),
             None => {
@@ -193,7 +195,7 @@ impl Sim {
                 self.nodes[c]
                     .node
                     .engine
-                    .quote(&server, body.len() as u64, max, 1)
+                    .quote(&server, bytes, max, 1)
                     .into_iter()
                     .next()
                     .map(|q| q.route)
@@ -204,7 +206,7 @@ impl Sim {
             self.nodes[c]
                 .node
                 .engine
-                .send_request(route, body, spec.late_fee_rate.into(), now)
+                .send_request(route, body, response_limit, spec.late_fee_rate.into(), now)
                 .map_err(|e| e.to_string())
         });
         match result {

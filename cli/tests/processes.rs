@@ -342,6 +342,7 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str, n
         sync_interval_ms: 200,
         sync_phase_ms: 0,
         max_late_fee_rate: Amount(1_000),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     };
     for w in names.windows(2) {
         let (a, b) = (ground.client(&dir, w[0]), ground.client(&dir, w[1]));
@@ -361,7 +362,7 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str, n
     for _ in 0..100 {
         quote = control(
             &procs[0],
-            json!({"op": "quote", "server": server, "body_len": 4}),
+            json!({"op": "quote", "server": server, "body_len": 4, "response_limit": 4}),
         )
         .await
         .unwrap();
@@ -371,7 +372,8 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str, n
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cost = amount(&quote[0]["cost"]);
-    assert_eq!(cost, 3 * 10_040);
+    // 3 edges × (10_000 + 10 × (4 + 4 bytes)).
+    assert_eq!(cost, 3 * 10_080);
 
     // Load: four workers sending requests back to back through the control endpoint.
     let client_control = procs[0].ready["control"].as_str().unwrap().to_string();

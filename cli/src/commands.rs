@@ -46,18 +46,34 @@ fn settings(file: Option<&Path>, flags: &Settings) -> Result<Settings> {
     Ok(base.overlay(flags))
 }
 
-/// `por node run`.
-pub(crate) async fn node_run(file: Option<&Path>, flags: &Settings) -> Result<()> {
+/// The node a config describes, not started (no handler set).
+pub(crate) fn builder(
+    file: Option<&Path>,
+    flags: &Settings,
+) -> Result<(NodeBuilder, por_node::NodeConfig)> {
     let cfg = settings(file, flags)?.resolve()?;
     let key = config::read_key(&cfg.key_file)?;
     let chain = cfg.chain_client()?;
-    let mut b = NodeBuilder::new(key, chain, &cfg.data_dir)
+    let b = NodeBuilder::new(key, chain, &cfg.data_dir)
         .listen(&cfg.listen)
         .transport(cfg.transport)
         .engine_config(cfg.engine.clone())
         .chain_poll(cfg.chain_poll)
-        .shutdown_grace(cfg.shutdown_grace)
-        .handler(por_node::handler_fn(|req| async move { req.body }));
+        .shutdown_grace(cfg.shutdown_grace);
+    Ok((b, cfg))
+}
+
+/// `por node run`: echoes request bodies, or serves the file store in `serve_files`.
+pub(crate) async fn node_run(
+    file: Option<&Path>,
+    flags: &Settings,
+    serve_files: Option<&Path>,
+) -> Result<()> {
+    let (b, cfg) = builder(file, flags)?;
+    let mut b = match serve_files {
+        Some(dir) => b.handler(por_files::FilesHandler::new(por_files::Store::open(dir)?)),
+        None => b.handler(por_node::handler_fn(|req| async move { req.body })),
+    };
     if let Some(a) = &cfg.advertise {
         b = b.advertise(a);
     }
@@ -139,6 +155,7 @@ fn terms(
     sync_interval_ms: u64,
     sync_phase_ms: u64,
     max_late_fee_rate: &str,
+    bandwidth: u64,
 ) -> Result<EdgeTerms> {
     Ok(EdgeTerms {
         latency_ms,
@@ -147,6 +164,7 @@ fn terms(
         sync_interval_ms,
         sync_phase_ms,
         max_late_fee_rate: amount(max_late_fee_rate, "max-late-fee-rate")?,
+        bandwidth,
     })
 }
 
@@ -182,6 +200,7 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
             sync_interval_ms,
             sync_phase_ms,
             max_late_fee_rate,
+            bandwidth,
         } => {
             let c = chain_of(&chain).await?;
             let t = terms(
@@ -191,6 +210,7 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
                 sync_interval_ms,
                 sync_phase_ms,
                 &max_late_fee_rate,
+                bandwidth,
             )?;
             let id = c
                 .propose_channel(&peer, &t, amount(&deposit, "deposit")?)

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod demo;
+mod files;
 
 /// mimalloc: the node allocates and frees a frame, a write and a few small records per
 /// request on several threads; glibc's allocator cost about a sixth of the CPU.
@@ -68,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// File sharing on PoR: add, get, ls, rm, quote, gateway.
+    Files {
+        #[command(subcommand)]
+        command: files::FilesCommand,
+    },
     /// Send a request through a running node and print its outcome as JSON.
     Request {
         #[command(flatten)]
@@ -81,6 +87,9 @@ enum Command {
         /// Only routes whose round trip fits this (ms).
         #[arg(long, default_value_t = 60_000)]
         max_rtt_ms: u64,
+        /// The largest response bought, in bytes (paid per byte on every edge).
+        #[arg(long, default_value_t = por_node::sdk::DEFAULT_RESPONSE_LIMIT)]
+        response_limit: u64,
         /// The body (text).
         body: String,
     },
@@ -94,6 +103,9 @@ enum Command {
         /// Body size in bytes.
         #[arg(long, default_value_t = 0)]
         body_len: u64,
+        /// The largest response bought, in bytes.
+        #[arg(long, default_value_t = por_node::sdk::DEFAULT_RESPONSE_LIMIT)]
+        response_limit: u64,
         /// Only routes whose round trip fits this (ms).
         #[arg(long, default_value_t = 60_000)]
         max_rtt_ms: u64,
@@ -172,6 +184,9 @@ enum NodeCommand {
         config: Option<PathBuf>,
         #[command(flatten)]
         settings: Box<por_node::Settings>,
+        /// Serve this file store (`por files add`) instead of echoing request bodies.
+        #[arg(long)]
+        serve_files: Option<PathBuf>,
     },
     /// Ask a running node to shut down gracefully.
     Stop {
@@ -265,6 +280,10 @@ enum ChannelCommand {
         /// Highest late-fee rate accepted (yoctoNEAR per ms).
         #[arg(long, default_value = "1000000")]
         max_late_fee_rate: String,
+        /// Promised bandwidth, bytes per second (a hop's budget adds the time the
+        /// request and its response take at this rate).
+        #[arg(long, default_value_t = por_protocol::types::EdgeTerms::DEFAULT_BANDWIDTH)]
+        bandwidth: u64,
     },
     /// Confirm a channel proposed to us, with our deposit.
     Confirm {
@@ -523,12 +542,19 @@ fn main() -> Result<()> {
             listen,
             control,
         } => commands::init(&dir, &account, &listen, &control)?,
+        Command::Files { command } => files::run(command)?,
         Command::Node { command } => {
             let rt = runtime()?;
             match command {
-                NodeCommand::Run { config, settings } => {
-                    rt.block_on(commands::node_run(config.as_deref(), &settings))?
-                }
+                NodeCommand::Run {
+                    config,
+                    settings,
+                    serve_files,
+                } => rt.block_on(commands::node_run(
+                    config.as_deref(),
+                    &settings,
+                    serve_files.as_deref(),
+                ))?,
                 NodeCommand::Stop { control } => rt.block_on(commands::control(
                     &control,
                     serde_json::json!({"op": "shutdown"}),
@@ -540,21 +566,24 @@ fn main() -> Result<()> {
             server,
             late_fee_rate,
             max_rtt_ms,
+            response_limit,
             body,
         } => runtime()?.block_on(commands::control(
             &control,
             serde_json::json!({"op": "request", "server": server, "body": body,
-                "late_fee_rate": late_fee_rate, "max_rtt_ms": max_rtt_ms}),
+                "late_fee_rate": late_fee_rate, "max_rtt_ms": max_rtt_ms,
+                "response_limit": response_limit}),
         ))?,
         Command::Quote {
             control,
             server,
             body_len,
+            response_limit,
             max_rtt_ms,
         } => runtime()?.block_on(commands::control(
             &control,
             serde_json::json!({"op": "quote", "server": server, "body_len": body_len,
-                "max_rtt_ms": max_rtt_ms}),
+                "response_limit": response_limit, "max_rtt_ms": max_rtt_ms}),
         ))?,
         Command::Status { control } => runtime()?.block_on(commands::control(
             &control,

@@ -32,8 +32,9 @@ fn simulate_prints_json_lines_ending_in_final_balances() {
     assert_eq!(delivered["node"], "Alex");
     let last = lines.last().unwrap();
     assert_eq!(last["kind"], "final");
-    assert_eq!(last["balances"]["Alex"], -30120);
-    assert_eq!(last["balances"]["Carol"], 10040);
+    // 3 edges × (10_000 + 10 per byte of "ping" and the 4-byte echo bought).
+    assert_eq!(last["balances"]["Alex"], -30240);
+    assert_eq!(last["balances"]["Carol"], 10080);
 }
 
 #[test]

@@ -78,8 +78,8 @@ async fn paper_5_1_and_5_2_on_a_near_sandbox() {
     assert!((640..=900).contains(latency_ms), "{latency_ms} ms");
     let b = net.balances(&Default::default()).await.unwrap();
     let get = |n: &str| b.iter().find(|x| x.name == n).unwrap().clone();
-    assert_eq!(get("Alex").net, -30_120);
-    assert_eq!(get("Alice").net, 10_040);
+    assert_eq!(get("Alex").net, -30_600);
+    assert_eq!(get("Alice").net, 10_200);
     assert_eq!(b.iter().map(|x| x.net).sum::<i128>(), 0);
 
     // §5.2: Eve offline; Bob severs Bob–Eve and the proof reaches Alex in time.

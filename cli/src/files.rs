@@ -1,0 +1,293 @@
+//! `por files ...`: the file-sharing layer's command line. `add`, `ls` and `rm` work
+//! on a store directly; `get`, `quote` and `gateway` start the node of a config (the
+//! client side of the transfers) for as long as they run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use por_files::progress::{Bars, JsonLines, Progress, Silent};
+use por_files::{transfer, Root, Store, Ticket, TransferOptions};
+use por_protocol::{Amount, NodeId};
+use serde_json::json;
+
+/// `por files`.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum FilesCommand {
+    /// Add a file or a directory to a store; prints its ticket.
+    Add {
+        /// The store's directory.
+        #[arg(long, default_value = "por-files")]
+        store: PathBuf,
+        /// The node serving the store (`por node run --serve-files`): its config,
+        /// for the provider key the ticket names.
+        #[arg(long = "config", env = "POR_CONFIG")]
+        config: Option<PathBuf>,
+        /// The provider key (64 hex digits), instead of a config's; repeatable.
+        #[arg(long)]
+        provider: Vec<String>,
+        /// What to add.
+        path: PathBuf,
+    },
+    /// What a store holds.
+    Ls {
+        /// The store's directory.
+        #[arg(long, default_value = "por-files")]
+        store: PathBuf,
+    },
+    /// Remove an added root (and the blobs only it kept).
+    Rm {
+        /// The store's directory.
+        #[arg(long, default_value = "por-files")]
+        store: PathBuf,
+        /// The root.
+        root: String,
+    },
+    /// Fetch what a ticket names through the config's node.
+    Get {
+        /// The client node's config.
+        #[arg(long = "config", env = "POR_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Box<por_node::Settings>,
+        /// The ticket (`por files add` printed it).
+        ticket: String,
+        /// Where to write the file or directory (must not exist, unless resuming).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The most to spend, in yoctoNEAR.
+        #[arg(long)]
+        spend_cap: Option<String>,
+        /// Requests in flight per provider.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// No progress bars.
+        #[arg(long)]
+        no_progress: bool,
+        /// Progress as JSON lines on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The exact cost and deadline of fetching a ticket's blob (or a byte range of
+    /// it) before anything is spent.
+    Quote {
+        /// The client node's config.
+        #[arg(long = "config", env = "POR_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Box<por_node::Settings>,
+        /// The ticket.
+        ticket: String,
+        /// A byte range `start-end` (end exclusive) instead of the whole blob.
+        #[arg(long)]
+        range: Option<String>,
+    },
+    /// Serve `GET /<root>[/<path>]` over HTTP, fetched through PoR from the providers.
+    Gateway {
+        /// The client node's config.
+        #[arg(long = "config", env = "POR_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Box<por_node::Settings>,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Provider keys (64 hex digits) to fetch from; repeatable.
+        #[arg(long, required = true)]
+        provider: Vec<String>,
+    },
+}
+
+fn key(s: &str) -> Result<NodeId> {
+    por_node::parse_key(s).with_context(|| format!("{s:?} is not a node key (64 hex digits)"))
+}
+
+async fn start(
+    config: Option<&Path>,
+    settings: &por_node::Settings,
+) -> Result<por_node::NodeHandle> {
+    let (b, _) = crate::commands::builder(config, settings)?;
+    let node = b.start().await?;
+    // Routes appear once the chain's topology is read and the channels are up.
+    for _ in 0..100 {
+        let st = node.status().await?;
+        if !st.channels.is_empty() && st.channels.iter().any(|c| c.connected) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(node)
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs a `por files` command.
+pub(crate) fn run(command: FilesCommand) -> Result<()> {
+    match command {
+        FilesCommand::Add {
+            store,
+            config,
+            provider,
+            path,
+        } => {
+            let store = Store::open(&store)?;
+            let mut providers: Vec<NodeId> =
+                provider.iter().map(|p| key(p)).collect::<Result<_>>()?;
+            if let Some(c) = config {
+                let cfg = por_node::Settings::from_file(&c)?.resolve()?;
+                providers.push(por_node::config::read_key(&cfg.key_file)?.id());
+            }
+            if providers.is_empty() {
+                anyhow::bail!(
+                    "name the providing node: --config <its node.toml> or --provider <key>"
+                );
+            }
+            let tag = store.add(&path)?;
+            let ticket = Ticket {
+                kind: tag.kind.into(),
+                root: tag.root,
+                size: tag.size,
+                providers,
+            };
+            println!(
+                "{}",
+                json!({"ticket": ticket.to_string(), "root": tag.root.to_hex(), "size": tag.size,
+                       "kind": tag.kind, "name": tag.name, "files": tag.children.len()})
+            );
+        }
+        FilesCommand::Ls { store } => {
+            for t in Store::open(&store)?.ls()? {
+                println!(
+                    "{}",
+                    json!({"root": t.root.to_hex(), "kind": t.kind, "name": t.name, "size": t.size,
+                           "files": t.children.len()})
+                );
+            }
+        }
+        FilesCommand::Rm { store, root } => {
+            let t = Store::open(&store)?.rm(&Root::parse(&root)?)?;
+            println!("{}", json!({"removed": t.root.to_hex(), "name": t.name}));
+        }
+        FilesCommand::Get {
+            config,
+            settings,
+            ticket,
+            output,
+            spend_cap,
+            window,
+            no_progress,
+            json,
+        } => {
+            let ticket: Ticket = ticket.parse()?;
+            let cap = spend_cap
+                .map(|c| c.parse::<u128>().map(Amount))
+                .transpose()
+                .context("--spend-cap: yoctoNEAR, a whole number")?;
+            let progress: Box<dyn Progress> = match (json, no_progress) {
+                (true, _) => Box::new(JsonLines),
+                (false, true) => Box::new(Silent),
+                (false, false) => Box::new(Bars::default()),
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let node = start(config.as_deref(), &settings).await?;
+                let options = TransferOptions {
+                    window,
+                    spend_cap: cap,
+                    ..TransferOptions::default()
+                };
+                let stop = futures_shared(ctrl_c());
+                let r =
+                    transfer::get(&node, &ticket, &output, options, progress.as_ref(), stop).await;
+                node.shutdown().await?;
+                let r = r?;
+                println!(
+                    "{}",
+                    json!({"event": "done", "output": output, "bytes": r.bytes_fetched,
+                           "resumed_pieces": r.resumed_pieces, "requests": r.requests,
+                           "spent": r.spent.0.to_string(), "evidence": r.evidence})
+                );
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+        FilesCommand::Quote {
+            config,
+            settings,
+            ticket,
+            range,
+        } => {
+            let ticket: Ticket = ticket.parse()?;
+            let range = match range {
+                Some(r) => {
+                    let (a, b) = r.split_once('-').context("--range start-end")?;
+                    (
+                        a.parse().context("--range start")?,
+                        b.parse().context("--range end")?,
+                    )
+                }
+                None => (0, ticket.size),
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let node = start(config.as_deref(), &settings).await?;
+                let q = transfer::quote(
+                    &node,
+                    ticket.root,
+                    ticket.size,
+                    &ticket.providers,
+                    range,
+                    60_000,
+                )
+                .await;
+                node.shutdown().await?;
+                let q = q?;
+                println!(
+                    "{}",
+                    json!({"provider": por_node::key_hex(&q.provider), "requests": q.requests,
+                           "cost": q.cost.0.to_string(), "rtt_ms": q.rtt_ms,
+                           "hops": q.route.channels.len()})
+                );
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+        FilesCommand::Gateway {
+            config,
+            settings,
+            listen,
+            provider,
+        } => {
+            let providers: Vec<NodeId> = provider.iter().map(|p| key(p)).collect::<Result<_>>()?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let node = start(config.as_deref(), &settings).await?;
+                let serve = por_files::gateway::serve(
+                    node.clone(),
+                    providers,
+                    TransferOptions::default(),
+                    &listen,
+                    |a| {
+                        println!(
+                            "{}",
+                            json!({"event": "ready", "gateway": format!("http://{a}")})
+                        );
+                    },
+                );
+                tokio::select! {
+                    r = serve => r?,
+                    () = ctrl_c() => {}
+                }
+                node.shutdown().await?;
+                Ok::<_, anyhow::Error>(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A future that can be cloned (each collection entry's transfer watches it).
+fn futures_shared(
+    f: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Clone {
+    futures::FutureExt::shared(Box::pin(f))
+}

@@ -1,0 +1,316 @@
+//! Content addressing: BLAKE3 roots, verified range encodings (`bao-tree`, 16 KiB
+//! chunk groups) and the pieces a transfer asks for.
+//!
+//! A blob's root is the plain BLAKE3 hash of its bytes. The store keeps, beside each
+//! blob, its pre-order outboard: the hash pairs of the tree down to 16 KiB chunk groups
+//! (64 bytes per 16 KiB, 0.4 % of the blob). The encoding of a range is the parent
+//! hash pairs from the root down to the range, interleaved with the range's data in
+//! pre-order, exactly as `bao_tree::io::sync::encode_ranges_validated` writes it; a
+//! client checks it against the root alone with `DecodeResponseIter`, so a verified
+//! piece never depends on another.
+
+use std::fmt;
+use std::io::Cursor;
+
+use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::io::sync::{DecodeResponseIter, ReadAt};
+use bao_tree::io::BaoContentItem;
+use bao_tree::iter::BaoChunk;
+use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
+use serde::{Deserialize, Serialize};
+
+use crate::error::FilesError;
+
+/// Chunk groups of 2^4 BLAKE3 chunks: 16 KiB, as iroh-blobs uses.
+pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
+
+/// A BLAKE3 chunk: the unit ranges are given in.
+pub const CHUNK_BYTES: u64 = 1024;
+
+/// What one request asks for: 512 KiB (32 chunk groups), so that its encoding stays
+/// well inside a PoR response (1 MiB).
+pub const PIECE_BYTES: u64 = 512 * 1024;
+
+/// The most ranges one `get` may name.
+pub const MAX_RANGES: usize = 64;
+
+/// A blob's name: the BLAKE3 hash of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Root(#[serde(with = "por_protocol::fixed")] pub [u8; 32]);
+
+impl Root {
+    /// The root of `bytes`.
+    pub fn of(bytes: &[u8]) -> Root {
+        Root(*bao_tree::blake3::hash(bytes).as_bytes())
+    }
+
+    /// As BLAKE3's type.
+    pub fn hash(&self) -> bao_tree::blake3::Hash {
+        bao_tree::blake3::Hash::from_bytes(self.0)
+    }
+
+    /// 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        por_protocol::hex::encode(&self.0)
+    }
+
+    /// Parses 64 hex digits.
+    pub fn parse(s: &str) -> Result<Root, FilesError> {
+        por_protocol::hex::decode::<32>(s)
+            .map(Root)
+            .ok_or_else(|| FilesError::BadRoot(s.chars().take(80).collect()))
+    }
+}
+
+impl fmt::Display for Root {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Root {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Root({})", &self.to_hex()[..12])
+    }
+}
+
+/// The tree of a blob of `size` bytes.
+pub fn tree(size: u64) -> BaoTree {
+    BaoTree::new(size, BLOCK_SIZE)
+}
+
+/// How many pieces a blob of `size` bytes has (an empty blob has one, empty).
+pub fn pieces(size: u64) -> u64 {
+    size.div_ceil(PIECE_BYTES).max(1)
+}
+
+/// The byte range of piece `i`.
+pub fn piece_bytes(size: u64, i: u64) -> (u64, u64) {
+    let start = i.saturating_mul(PIECE_BYTES).min(size);
+    (start, start.saturating_add(PIECE_BYTES).min(size))
+}
+
+/// The chunk range of piece `i`, as a `get` names it.
+pub fn piece_chunks(i: u64) -> (u64, u64) {
+    let per = PIECE_BYTES / CHUNK_BYTES;
+    (
+        i.saturating_mul(per),
+        i.saturating_add(1).saturating_mul(per),
+    )
+}
+
+/// The chunk ranges `(start, end)` name, or an error if they are not sorted, disjoint
+/// and non-empty, or too many.
+pub fn chunk_ranges(ranges: &[(u64, u64)]) -> Result<ChunkRanges, FilesError> {
+    if ranges.is_empty() || ranges.len() > MAX_RANGES {
+        return Err(FilesError::BadRanges(format!(
+            "{} ranges (1 to {MAX_RANGES} allowed)",
+            ranges.len()
+        )));
+    }
+    let mut out = ChunkRanges::empty();
+    let mut last_end = 0u64;
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        if start >= end || (i > 0 && start < last_end) {
+            return Err(FilesError::BadRanges(format!(
+                "range {start}..{end} is empty, unsorted or overlapping"
+            )));
+        }
+        last_end = end;
+        out |= ChunkRanges::from(ChunkNum(start)..ChunkNum(end));
+    }
+    Ok(out)
+}
+
+/// The exact length of the encoding of `ranges` of a blob of `size` bytes: 64 bytes
+/// per parent pair on the way, plus the data of every chunk group touched.
+pub fn encoded_len(size: u64, ranges: &ChunkRanges) -> u64 {
+    // The encoder's own walk (pre-order, down to the chunk groups) over the ranges as
+    // it canonicalises them: a range reaching the last chunk runs to the end.
+    let end = ChunkNum::chunks(size);
+    let mut canonical = ChunkRanges::empty();
+    for r in ranges.iter() {
+        let (s, e) = match r {
+            range_collections::range_set::RangeSetRange::Range(r) => (*r.start, Some(*r.end)),
+            range_collections::range_set::RangeSetRange::RangeFrom(r) => (*r.start, None),
+        };
+        if size > 0 && s >= end {
+            continue;
+        }
+        canonical |= match e {
+            Some(e) if e < end => ChunkRanges::from(s..e),
+            _ => ChunkRanges::from(s..),
+        };
+    }
+    tree(size)
+        .ranges_pre_order_chunks_iter_ref(&canonical, 0)
+        .map(|c| match c {
+            BaoChunk::Parent { .. } => 64,
+            BaoChunk::Leaf { size, .. } => size as u64,
+        })
+        .sum()
+}
+
+/// Encodes `ranges` of the blob in `data` with its pre-order `outboard`, checking the
+/// data against the outboard as it goes (a corrupted store is refused, not served).
+pub fn encode(
+    root: Root,
+    size: u64,
+    data: impl ReadAt,
+    outboard: impl ReadAt,
+    ranges: &ChunkRanges,
+) -> Result<Vec<u8>, FilesError> {
+    let ob = PreOrderOutboard {
+        root: root.hash(),
+        tree: tree(size),
+        data: outboard,
+    };
+    let mut out = Vec::new();
+    bao_tree::io::sync::encode_ranges_validated(data, ob, ranges, &mut out)
+        .map_err(|e| FilesError::Corrupt(format!("{root}: {e}")))?;
+    Ok(out)
+}
+
+/// One verified run of bytes at `offset` of the blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Where in the blob.
+    pub offset: u64,
+    /// The bytes.
+    pub data: bytes::Bytes,
+}
+
+/// Checks `encoded` against `root` for `ranges` of a blob of `size` bytes and returns
+/// the verified data. Nothing is returned unless the whole encoding verifies and
+/// nothing follows it.
+pub fn decode(
+    root: Root,
+    size: u64,
+    ranges: &ChunkRanges,
+    encoded: &[u8],
+) -> Result<Vec<Verified>, FilesError> {
+    let expected = encoded_len(size, ranges);
+    if encoded.len() as u64 != expected {
+        return Err(FilesError::Mismatch(format!(
+            "encoding of {} bytes, {expected} expected for these ranges",
+            encoded.len()
+        )));
+    }
+    let mut out = Vec::new();
+    let mut reader = Cursor::new(encoded);
+    for item in DecodeResponseIter::new(root.hash(), tree(size), &mut reader, ranges) {
+        match item.map_err(|e| FilesError::Mismatch(e.to_string()))? {
+            BaoContentItem::Parent(_) => {}
+            BaoContentItem::Leaf(leaf) => out.push(Verified {
+                offset: leaf.offset,
+                data: leaf.data,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// The pre-order outboard of `data` (read once, streaming) and its root.
+pub fn outboard(
+    data: impl std::io::Read,
+    size: u64,
+    outboard: impl bao_tree::io::sync::WriteAt,
+) -> std::io::Result<Root> {
+    let mut ob = PreOrderOutboard {
+        root: bao_tree::blake3::hash(&[]),
+        tree: tree(size),
+        data: outboard,
+    };
+    let root = bao_tree::io::sync::outboard(data, ob.tree, &mut ob)?;
+    Ok(Root(*root.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn setup(n: usize) -> (Vec<u8>, Vec<u8>, Root) {
+        let data = blob(n);
+        let mut ob = Vec::new();
+        let root = outboard(&data[..], n as u64, &mut ob).unwrap();
+        (data, ob, root)
+    }
+
+    #[test]
+    fn roots_are_plain_blake3_and_pieces_round_trip() {
+        let n = 3 * PIECE_BYTES as usize + 12_345;
+        let (data, ob, root) = setup(n);
+        assert_eq!(root, Root::of(&data));
+        assert_eq!(pieces(n as u64), 4);
+        let mut got = vec![0u8; n];
+        for i in 0..pieces(n as u64) {
+            let ranges = chunk_ranges(&[piece_chunks(i)]).unwrap();
+            let enc = encode(root, n as u64, &data[..], &ob[..], &ranges).unwrap();
+            assert_eq!(enc.len() as u64, encoded_len(n as u64, &ranges));
+            for v in decode(root, n as u64, &ranges, &enc).unwrap() {
+                got[v.offset as usize..v.offset as usize + v.data.len()].copy_from_slice(&v.data);
+            }
+            let (s, e) = piece_bytes(n as u64, i);
+            assert_eq!(&got[s as usize..e as usize], &data[s as usize..e as usize]);
+        }
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn wrong_truncated_oversized_and_misplaced_encodings_are_refused() {
+        let n = 2 * PIECE_BYTES as usize;
+        let (data, ob, root) = setup(n);
+        let r0 = chunk_ranges(&[piece_chunks(0)]).unwrap();
+        let r1 = chunk_ranges(&[piece_chunks(1)]).unwrap();
+        let enc = encode(root, n as u64, &data[..], &ob[..], &r0).unwrap();
+        let mut flipped = enc.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            decode(root, n as u64, &r0, &flipped),
+            Err(FilesError::Mismatch(_))
+        ));
+        assert!(decode(root, n as u64, &r0, &enc[..enc.len() - 1]).is_err());
+        let mut longer = enc.clone();
+        longer.push(0);
+        assert!(decode(root, n as u64, &r0, &longer).is_err());
+        // The encoding of piece 0 offered for piece 1.
+        assert!(decode(root, n as u64, &r1, &enc).is_err());
+        // Another root.
+        assert!(decode(Root([9; 32]), n as u64, &r0, &enc).is_err());
+    }
+
+    #[test]
+    fn a_store_whose_data_was_corrupted_refuses_to_encode() {
+        let n = PIECE_BYTES as usize;
+        let (mut data, ob, root) = setup(n);
+        data[100] ^= 0xff;
+        let r = chunk_ranges(&[piece_chunks(0)]).unwrap();
+        assert!(matches!(
+            encode(root, n as u64, &data[..], &ob[..], &r),
+            Err(FilesError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn ranges_must_be_sorted_disjoint_and_few() {
+        assert!(chunk_ranges(&[]).is_err());
+        assert!(chunk_ranges(&[(5, 5)]).is_err());
+        assert!(chunk_ranges(&[(10, 20), (15, 30)]).is_err());
+        assert!(chunk_ranges(&[(0, 1); MAX_RANGES + 1]).is_err());
+        assert!(chunk_ranges(&[(0, 4), (8, 16)]).is_ok());
+    }
+
+    #[test]
+    fn an_empty_blob_is_one_empty_piece() {
+        let (data, ob, root) = setup(0);
+        let r = chunk_ranges(&[piece_chunks(0)]).unwrap();
+        let enc = encode(root, 0, &data[..], &ob[..], &r).unwrap();
+        let v = decode(root, 0, &r, &enc).unwrap();
+        assert!(v.iter().all(|v| v.data.is_empty()));
+    }
+}
