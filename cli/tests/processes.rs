@@ -394,7 +394,8 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str, n
                 let r = por_node::control::call(
                     &c,
                     &t,
-                    json!({"op": "request", "server": s, "body": "ping", "late_fee_rate": "1"}),
+                    json!({"op": "request", "server": s, "body": "ping", "late_fee_rate": "1",
+                        "response_limit": 4}),
                 )
                 .await;
                 match r {
