@@ -72,6 +72,21 @@ impl Default for TransferOptions {
     }
 }
 
+impl TransferOptions {
+    /// The SDK options of one piece's request: on the quoted `route`, buying `limit`
+    /// bytes, never re-routed by the SDK (the transfer re-quotes instead).
+    fn request(&self, limit: u64, route: por_protocol::types::Route) -> RequestOptions {
+        RequestOptions {
+            late_fee_rate: self.late_fee_rate,
+            max_rtt_ms: self.max_rtt_ms,
+            response_limit: limit,
+            route: Some(route),
+            max_reroutes: 0,
+            late_after_ms: self.late_after_ms,
+        }
+    }
+}
+
 /// One provider's share of a transfer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProviderReport {
@@ -540,14 +555,7 @@ impl<'a> Transfer<'a> {
                     if let Some(st) = providers.get_mut(&p) {
                         st.in_flight += 1;
                     }
-                    let options = RequestOptions {
-                        late_fee_rate: self.options.late_fee_rate,
-                        max_rtt_ms: self.options.max_rtt_ms,
-                        response_limit: limit,
-                        route: Some(q.route.clone()),
-                        max_reroutes: 0,
-                        late_after_ms: self.options.late_after_ms,
-                    };
+                    let options = self.options.request(limit, q.route.clone());
                     let node = self.node;
                     let (root, size, quoted_cost) = (self.root, self.size, q.cost);
                     debug!(piece, provider = %short(&p), cost = %q.cost, "asking");
@@ -929,14 +937,7 @@ async fn fetch_piece(
         Ok(x) => x,
         Err(e) => return (piece, Err(e)),
     };
-    let ro = RequestOptions {
-        late_fee_rate: options.late_fee_rate,
-        max_rtt_ms: options.max_rtt_ms,
-        response_limit: limit,
-        route: Some(q.route),
-        max_reroutes: 0,
-        late_after_ms: options.late_after_ms,
-    };
+    let ro = options.request(limit, q.route);
     let r = match ask(node, provider, root, size, ranges, ro).await.0 {
         Answer::Data(v) => Ok(v),
         Answer::Deviation(_, e) => Err(e),
