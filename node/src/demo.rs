@@ -123,7 +123,7 @@ pub struct Network {
     pub scenario: Scenario,
 }
 
-/// The demo's answer: "<name> says: <body>".
+/// The demo's answer: `"<name> says: <body>"`.
 #[derive(Clone, Debug)]
 pub struct Says(String);
 
@@ -234,7 +234,7 @@ impl Network {
     }
 
     /// Starts `scenario`'s nodes and channels on `chain`, with the nodes' files in
-    /// `dir`. Every node answers "<name> says: <body>".
+    /// `dir`. Every node answers `"<name> says: <body>"`.
     pub async fn start_on(
         chain: &DemoChain,
         scenario: Scenario,
@@ -247,7 +247,7 @@ impl Network {
     }
 
     /// As [`Network::start_on`], with the nodes named in `serve` answering with
-    /// their handler (the others answer "<name> says: <body>").
+    /// their handler (the others answer `"<name> says: <body>"`).
     pub async fn start_serving<H: Handler + Clone>(
         chain: &DemoChain,
         scenario: Scenario,
@@ -413,7 +413,7 @@ impl Network {
             .iter()
             .map(|(n, h)| (n.clone(), h.events()))
             .collect();
-        // The servers answer "<name> says: <body>": buy exactly that.
+        // The servers answer `"<name> says: <body>"`: buy exactly that.
         let response_limit = format!("{} says: ", route[route.len() - 1]).len() + body.len();
         let options = RequestOptions {
             late_fee_rate,
