@@ -80,6 +80,11 @@ pub struct Pending {
     pub up: Option<Upstream>,
     /// Towards the server (absent for the server itself).
     pub down: Option<Downstream>,
+    /// The request body, kept by the server until it answers: a server restarted
+    /// between acknowledging a request and answering it hands the body to its handler
+    /// again instead of leaving a paid request unanswered (relays forward at once, and
+    /// their forwarded request is kept with its payment).
+    pub served_body: Option<Vec<u8>>,
 }
 
 impl Pending {

@@ -140,6 +140,19 @@ impl Engine {
                     e.timers.insert((d.expect_by, Timer::Overdue(p.id)));
                 }
             }
+            // Acknowledged for us as server but not answered before the restart: the
+            // handler gets it again (its answer leaves once the peer has reconnected).
+            if let (Some(up), Some(body)) = (&p.up, &p.served_body) {
+                if up.closed_at.is_none() && p.core.server == e.id {
+                    e.events.push_back(Event::RequestReceived {
+                        request: p.id,
+                        client: p.core.client,
+                        body: body.clone(),
+                        response_limit: p.core.response_limit,
+                        send_deadline: up.send_deadline,
+                    });
+                }
+            }
             e.requests.insert(p.clone());
         }
         e

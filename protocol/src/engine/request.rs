@@ -94,6 +94,7 @@ impl Engine {
                 position: 0,
                 up: None,
                 down: None,
+                served_body: None,
             },
             header,
             body,
@@ -220,14 +221,15 @@ impl Engine {
             closed_at: None,
             queued_proof: None,
         };
+        let is_server = position.saturating_add(1) == header.core.route.nodes.len();
         let p = Pending {
             id,
             core: header.core.clone(),
             position,
             up: Some(up),
             down: None,
+            served_body: is_server.then(|| body.clone()),
         };
-        let is_server = position.saturating_add(1) == header.core.route.nodes.len();
         if is_server {
             self.requests.insert(p);
             self.write_pending(id);
@@ -595,6 +597,7 @@ impl Engine {
         }
         up.closed_at = Some(now);
         up.queued_proof = None;
+        p.served_body = None;
         let (peer, channel) = (up.peer, up.channel);
         let message = self.with_fees(channel, &[id], now, make)?;
         self.remember_closing(channel, id, &message, now);
