@@ -64,6 +64,10 @@ pub struct EngineConfig {
     /// How long a response or proof we sent is kept for resending to a peer that
     /// reconnects still awaiting it.
     pub closing_retention_ms: u64,
+    /// At most this many bytes of them are kept per channel, oldest dropped first (a
+    /// file relay passes a MiB per response; without this it would hold every one for
+    /// the retention time).
+    pub closing_retention_bytes: u64,
     /// Deliberate deviations (simulation only).
     pub misbehaviour: Misbehaviour,
 }
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
             max_in_flight: 100_000,
             silence_syncs: 3,
             closing_retention_ms: 600_000,
+            closing_retention_bytes: 8 << 20,
             misbehaviour: Misbehaviour::default(),
         }
     }

@@ -280,3 +280,102 @@ fn lost_payment_is_retransmitted_not_resigned() {
     assert!(std::iter::from_fn(|| h.nodes[2].engine.poll_event())
         .any(|e| matches!(e, Event::RequestReceived { .. })));
 }
+
+#[test]
+fn server_restarted_before_answering_gets_the_request_again_and_answers_once() {
+    let (keys, mut h) = network();
+    let r = route(&keys);
+    let id = h.nodes[0]
+        .engine
+        .send_request(r, b"x".to_vec(), 64, Amount(1), Time(1))
+        .unwrap();
+    pump(&mut h, Time(1), false);
+    // C (the server) acknowledged the request, then crashed before answering.
+    assert!(std::iter::from_fn(|| h.nodes[2].engine.poll_event())
+        .any(|e| matches!(e, Event::RequestReceived { request, .. } if request == id)));
+    assert_eq!(h.channel(2, ChannelId(2)).unwrap().incoming.seq, 1);
+    h.crash(2, Time(5));
+    // Restored from its store, it hands the same request to its handler again.
+    let again: Vec<_> = std::iter::from_fn(|| h.nodes[2].engine.poll_event())
+        .filter_map(|e| match e {
+            Event::RequestReceived { request, body, .. } => Some((request, body)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, vec![(id, b"x".to_vec())]);
+    h.nodes[2]
+        .engine
+        .respond(id, b"y".to_vec(), Time(6))
+        .unwrap();
+    pump(&mut h, Time(6), false);
+    let delivered: Vec<_> = std::iter::from_fn(|| h.nodes[0].engine.poll_event())
+        .filter_map(|e| match e {
+            Event::ResponseDelivered { request, body, .. } => Some((request, body)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, vec![(id, b"y".to_vec())]);
+    // Paid once on each edge; nothing left in flight, and nothing handed over a third time.
+    let ch = |i: usize, c: u64| h.nodes[i].engine.channel(ChannelId(c)).unwrap().clone();
+    assert_eq!(ch(0, 1).outgoing.cumulative, Amount(200));
+    assert_eq!(ch(2, 2).incoming.cumulative, Amount(100));
+    assert!(h.nodes[2].engine.pending().next().is_none());
+    h.crash(2, Time(7));
+    assert!(!std::iter::from_fn(|| h.nodes[2].engine.poll_event())
+        .any(|e| matches!(e, Event::RequestReceived { .. })));
+}
+
+#[test]
+fn responses_kept_for_resending_are_bounded_in_bytes_per_channel() {
+    let (keys, mut h) = network();
+    // Twenty 1 MB responses for A, all lost on their last edge.
+    let mut ids = Vec::new();
+    for i in 0..20u64 {
+        let id = h.nodes[0]
+            .engine
+            .send_request(
+                route(&keys),
+                b"x".to_vec(),
+                1_000_000,
+                Amount(1),
+                Time(1 + i),
+            )
+            .unwrap();
+        ids.push(id);
+    }
+    pump(&mut h, Time(30), false);
+    let got: Vec<_> = std::iter::from_fn(|| h.nodes[2].engine.poll_event())
+        .filter_map(|e| match e {
+            Event::RequestReceived { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 20);
+    for id in &got {
+        h.nodes[2]
+            .engine
+            .respond(*id, vec![9u8; 1_000_000], Time(31))
+            .unwrap();
+    }
+    let _ = h.pump_filtered(Time(31), |from, to, m| {
+        !(from == 1 && to == 0 && matches!(m, Message::Response { .. }))
+    });
+    // A reconnects to B awaiting all twenty: B resends the newest that fit its 8 MiB.
+    let (a, b) = (h.id(0), h.id(1));
+    h.nodes[0].engine.peer_disconnected(b, Time(40));
+    h.nodes[1].engine.peer_disconnected(a, Time(40));
+    h.nodes[0].engine.peer_connected(b, Time(41));
+    h.nodes[1].engine.peer_connected(a, Time(41));
+    let mut resent = Vec::new();
+    let _ = h.pump_filtered(Time(41), |from, to, m| {
+        if let (1, 0, Message::Response { request, .. }) = (from, to, m) {
+            resent.push(*request);
+        }
+        true
+    });
+    assert_eq!(resent.len(), 8, "8 × 1 MB within 8 MiB");
+    assert!(
+        resent.iter().all(|r| ids[12..].contains(r)),
+        "the newest are kept"
+    );
+}

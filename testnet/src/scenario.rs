@@ -115,6 +115,7 @@ impl NodeSpec {
             max_in_flight: 1_000_000,
             silence_syncs: 3,
             closing_retention_ms: 600_000,
+            closing_retention_bytes: 8 << 20,
             misbehaviour: por_protocol::Misbehaviour {
                 withhold_late_fees: self.withhold_late_fees,
             },

@@ -44,9 +44,11 @@ pub(super) struct ChannelRt {
     pub(super) ready: bool,
     pub(super) held: Vec<Message>,
     /// Closing messages (response or proof, without fee) recently sent to the peer,
-    /// and their insertion order for pruning by age and count.
+    /// and their insertion order for pruning by age, count and bytes.
     pub(super) closings: BTreeMap<RequestId, Box<Message>>,
     pub(super) closing_order: VecDeque<(Time, RequestId)>,
+    /// The bytes `closings` holds (response bodies; a proof counts as 256).
+    pub(super) closing_bytes: u64,
     /// Updates accepted from the peer and not yet acknowledged, with the write each
     /// needs durable first, in seq order.
     pub(super) acks_due: VecDeque<(u64, ChannelUpdate)>,
@@ -77,6 +79,7 @@ impl Engine {
                 held: Vec::new(),
                 closings: BTreeMap::new(),
                 closing_order: VecDeque::new(),
+                closing_bytes: 0,
                 acks_due: VecDeque::new(),
             },
         );

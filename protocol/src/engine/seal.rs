@@ -323,16 +323,33 @@ impl Engine {
             _ => return,
         };
         let retention = self.config.closing_retention_ms;
+        let max_bytes = self.config.closing_retention_bytes;
         if let Some(ch) = self.channels.get_mut(&channel) {
-            ch.closings.insert(id, Box::new(copy));
+            ch.closing_bytes = ch.closing_bytes.saturating_add(closing_size(&copy));
+            if let Some(old) = ch.closings.insert(id, Box::new(copy)) {
+                ch.closing_bytes = ch.closing_bytes.saturating_sub(closing_size(&old));
+            }
             ch.closing_order.push_back((now, id));
             while let Some(&(t, old)) = ch.closing_order.front() {
-                if now.since(t) <= retention && ch.closing_order.len() <= MAX_CLOSINGS {
+                if now.since(t) <= retention
+                    && ch.closing_order.len() <= MAX_CLOSINGS
+                    && ch.closing_bytes <= max_bytes
+                {
                     break;
                 }
                 ch.closing_order.pop_front();
-                ch.closings.remove(&old);
+                if let Some(m) = ch.closings.remove(&old) {
+                    ch.closing_bytes = ch.closing_bytes.saturating_sub(closing_size(&m));
+                }
             }
         }
+    }
+}
+
+/// What a kept closing message counts against `closing_retention_bytes`.
+fn closing_size(m: &Message) -> u64 {
+    match m {
+        Message::Response { body, .. } => (body.len() as u64).max(256),
+        _ => 256,
     }
 }
