@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 const WRITE_QUEUE: usize = 8192;
 /// Most queued frames written to a peer at once.
 const WRITE_BURST: usize = 256;
+/// The most bytes of frames handed to the transport in one write (one larger frame
+/// goes alone).
+const WRITE_BURST_BYTES: usize = 256 * 1024;
 /// The stream all protocol frames use: one ordered stream per peer.
 const STREAM: u32 = 0;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -273,7 +276,7 @@ pub(crate) async fn accept_loop(mut listener: AnyListener, shared: Shared) {
             continue;
         }
         let span = info_span!(parent: &shared.span, "peer", peer = %peer);
-        tokio::spawn(run_link(shared.clone(), conn).instrument(span));
+        tokio::spawn(run_link(shared.clone(), conn, None).instrument(span));
     }
 }
 
@@ -294,7 +297,7 @@ async fn dial_loop(shared: Shared, peer: NodeId) {
                     connected = true;
                     attempt = 0;
                     backoff = Duration::from_millis(50);
-                    run_link(shared.clone(), conn).await;
+                    run_link(shared.clone(), conn, Some(addr)).await;
                     break;
                 }
                 Err(e) => {
@@ -325,8 +328,31 @@ async fn dial_loop(shared: Shared, peer: NodeId) {
     }
 }
 
-/// Runs one connection until it fails or the engine task drops it.
-async fn run_link(shared: Shared, conn: AnyConnection) {
+/// How often a dialled connection checks that its peer still publishes the address
+/// it was dialled at.
+const MOVED_CHECK: Duration = Duration::from_millis(500);
+
+/// Completes once `peer` publishes addresses on chain without `addr`: it restarted
+/// elsewhere, and the connection to `addr` is dead however quiet it looks (over QUIC
+/// nothing else would say so before the idle timeout).
+async fn moved(shared: &Shared, peer: NodeId, addr: &str) {
+    loop {
+        tokio::time::sleep(MOVED_CHECK).await;
+        let gone = shared
+            .addresses
+            .read()
+            .ok()
+            .and_then(|a| a.get(&peer).map(|list| !list.iter().any(|x| x == addr)))
+            .unwrap_or(false);
+        if gone {
+            return;
+        }
+    }
+}
+
+/// Runs one connection until it fails, the engine task drops it, or (a connection
+/// we dialled, to `dialled`) the peer publishes another address.
+async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
     let peer = conn.peer();
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let link = Arc::new(match shared.shape.as_ref().and_then(|f| f(peer)) {
@@ -353,8 +379,24 @@ async fn run_link(shared: Shared, conn: AnyConnection) {
         // Everything queued goes out in one write (one TLS record and syscall per
         // burst rather than per frame).
         let mut burst = Vec::with_capacity(WRITE_BURST);
-        while rx.recv_many(&mut burst, WRITE_BURST).await > 0 {
-            if let Err(e) = writer_link.send_all(std::mem::take(&mut burst)).await {
+        'writing: while rx.recv_many(&mut burst, WRITE_BURST).await > 0 {
+            // In writes of at most WRITE_BURST_BYTES (or one larger frame): the
+            // transport copies a write into one buffer, and a burst of MiB responses
+            // would otherwise be copied whole.
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            for frame in burst.drain(..) {
+                if !group.is_empty() && bytes + frame.len() > WRITE_BURST_BYTES {
+                    if let Err(e) = writer_link.send_all(std::mem::take(&mut group)).await {
+                        debug!("send failed: {e}");
+                        break 'writing;
+                    }
+                    bytes = 0;
+                }
+                bytes += frame.len();
+                group.push(frame);
+            }
+            if let Err(e) = writer_link.send_all(group).await {
                 debug!("send failed: {e}");
                 break;
             }
@@ -362,8 +404,22 @@ async fn run_link(shared: Shared, conn: AnyConnection) {
         // The engine task dropped us, or the connection failed.
         writer_link.close();
     });
+    let moved = async {
+        match dialled {
+            Some(addr) => moved(&shared, peer, addr).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut moved = std::pin::pin!(moved);
     loop {
-        match link.recv().await {
+        let received = tokio::select! {
+            r = link.recv() => r,
+            () = &mut moved => {
+                info!("peer published a new address: reconnecting");
+                break;
+            }
+        };
+        match received {
             Ok((_, frame)) => {
                 let frame = match por_protocol::messages::decode_frame(&frame) {
                     Ok(message) => {

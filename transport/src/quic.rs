@@ -41,6 +41,11 @@ pub struct QuicTransport {
     identity: Arc<Identity>,
     config: Arc<TransportConfig>,
     server: quinn::ServerConfig,
+    /// Stateless resets keyed by the node's own key, so they survive a restart: a
+    /// restarted node answers its peers' packets on the connection it lost with a
+    /// reset they accept, and they reconnect at once instead of after the idle
+    /// timeout.
+    endpoint_config: Arc<quinn::EndpointConfig>,
     endpoint: Arc<StdMutex<Option<quinn::Endpoint>>>,
 }
 
@@ -76,12 +81,40 @@ impl QuicTransport {
             .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(quic_transport_config(&config)?);
+        // Both derived from the node's secret: a reset needs the key its tokens came
+        // from, and is only sent for a connection id this endpoint recognises as one
+        // it issued.
+        let reset = por_protocol::crypto::Hash::tagged(b"por/v1/quic-stateless-reset", &key.seed());
+        let cids = por_protocol::crypto::Hash::tagged(b"por/v1/quic-connection-ids", &key.seed());
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&cids.0[..8]);
+        let cid_key = u64::from_le_bytes(cid_key);
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset.0,
+        )));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         Ok(QuicTransport {
             identity,
             config: Arc::new(config),
             server,
+            endpoint_config: Arc::new(endpoint_config),
             endpoint: Arc::new(StdMutex::new(None)),
         })
+    }
+
+    /// A UDP endpoint on `bind` with this node's endpoint config.
+    fn endpoint(
+        &self,
+        server: Option<quinn::ServerConfig>,
+        bind: SocketAddr,
+    ) -> std::io::Result<quinn::Endpoint> {
+        let socket = std::net::UdpSocket::bind(bind)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+        quinn::Endpoint::new((*self.endpoint_config).clone(), server, socket, runtime)
     }
 
     fn client_endpoint(&self, remote: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
@@ -94,7 +127,7 @@ impl QuicTransport {
         } else {
             ([0u16; 8], 0).into()
         };
-        let ep = quinn::Endpoint::client(bind)?;
+        let ep = self.endpoint(None, bind)?;
         *slot = Some(ep.clone());
         Ok(ep)
     }
@@ -126,12 +159,12 @@ impl Transport for QuicTransport {
 
     async fn listen(&self, addr: &str) -> Result<QuicListener, TransportError> {
         let sa = parse_addr(addr)?;
-        let ep = quinn::Endpoint::server(self.server.clone(), sa).map_err(|e| {
-            TransportError::Address {
-                addr: addr.to_string(),
-                detail: e.to_string(),
-            }
-        })?;
+        let ep =
+            self.endpoint(Some(self.server.clone()), sa)
+                .map_err(|e| TransportError::Address {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                })?;
         let local = ep.local_addr()?;
         if let Ok(mut slot) = self.endpoint.lock() {
             *slot = Some(ep.clone());
