@@ -60,6 +60,10 @@ pub(crate) enum FilesCommand {
         /// Requests in flight per provider.
         #[arg(long, default_value_t = 4)]
         window: usize,
+        /// How long past its deadline a piece is awaited (earning late fees) before it
+        /// is asked for again.
+        #[arg(long, default_value_t = TransferOptions::default().late_after_ms)]
+        late_after_ms: u64,
         /// No progress bars.
         #[arg(long)]
         no_progress: bool,
@@ -82,15 +86,17 @@ pub(crate) enum FilesCommand {
         range: Option<String>,
     },
     /// Serve `GET /<root>[/<path>]` over HTTP, fetched through PoR from the providers.
+    // `--listen` is the HTTP address here; the node's own is `--node-listen`.
+    #[command(mut_arg("listen", |a| a.long("node-listen").env("POR_LISTEN")))]
     Gateway {
         /// The client node's config.
         #[arg(long = "config", env = "POR_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
         settings: Box<por_node::Settings>,
-        /// The address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
+        /// The HTTP address to listen on.
+        #[arg(id = "http", long = "listen", default_value = "127.0.0.1:8080")]
+        http: String,
         /// Provider keys (64 hex digits) to fetch from; repeatable.
         #[arg(long, required = true)]
         provider: Vec<String>,
@@ -176,6 +182,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
             output,
             spend_cap,
             window,
+            late_after_ms,
             no_progress,
             json,
         } => {
@@ -195,6 +202,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
                 let options = TransferOptions {
                     window,
                     spend_cap: cap,
+                    late_after_ms,
                     ..TransferOptions::default()
                 };
                 let stop = futures_shared(ctrl_c());
@@ -205,6 +213,8 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
                 println!(
                     "{}",
                     json!({"event": "done", "output": output, "bytes": r.bytes_fetched,
+                           "bytes_requested": r.bytes_requested,
+                           "wasted_pieces": r.wasted_pieces,
                            "resumed_pieces": r.resumed_pieces, "requests": r.requests,
                            "spent": r.spent.0.to_string(), "evidence": r.evidence})
                 );
@@ -254,7 +264,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
         FilesCommand::Gateway {
             config,
             settings,
-            listen,
+            http,
             provider,
         } => {
             let providers: Vec<NodeId> = provider.iter().map(|p| key(p)).collect::<Result<_>>()?;
@@ -265,7 +275,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
                     node.clone(),
                     providers,
                     TransferOptions::default(),
-                    &listen,
+                    &http,
                     |a| {
                         println!(
                             "{}",

@@ -612,3 +612,15 @@ fn main() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap's own check of every command and subcommand (a flag defined twice, a
+    /// default that does not parse) — these otherwise panic only when that command runs.
+    #[test]
+    fn every_command_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -193,6 +193,12 @@ fn every_command_has_help() {
         &["chain", "serve", "--help"],
         &["chain", "fund", "--help"],
         &["contract", "deploy", "--help"],
+        &["files", "add", "--help"],
+        &["files", "ls", "--help"],
+        &["files", "rm", "--help"],
+        &["files", "get", "--help"],
+        &["files", "quote", "--help"],
+        &["files", "gateway", "--help"],
     ] {
         let out = por(args);
         assert!(out.status.success(), "{args:?}");

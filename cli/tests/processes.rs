@@ -8,9 +8,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,38 +20,7 @@ use por_protocol::types::EdgeTerms;
 use por_protocol::Amount;
 use serde_json::{json, Value};
 
-struct Proc {
-    child: Child,
-    ready: Value,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(args: &[&str], log: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_por"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: no ready line ({e}): {line:?}; see {}",
-            log.display()
-        )
-    });
-    Proc { child, ready }
-}
+use common::procs::{amount, control, spawn, token, wait_connected, Proc};
 
 /// The chain the processes share.
 enum Ground {
@@ -168,34 +136,6 @@ fn node(dir: &Path, name: &str, ground: &Ground, transport: &str) -> Proc {
         "100",
     ]);
     spawn(&args, &dir.join(format!("{name}.log")))
-}
-
-/// The node's control token, from the file its ready line names.
-fn token(p: &Proc) -> String {
-    por_node::control::read_token(Path::new(p.ready["token_file"].as_str().unwrap())).unwrap()
-}
-
-async fn control(p: &Proc, req: Value) -> Result<Value, String> {
-    por_node::control::call(p.ready["control"].as_str().unwrap(), &token(p), req)
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn wait_connected(p: &Proc, n: usize) {
-    for _ in 0..300 {
-        if let Ok(s) = control(p, json!({"op": "status"})).await {
-            let c = s["channels"].as_array().unwrap();
-            if c.len() == n && c.iter().all(|c| c["connected"] == true) {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("node {} not connected", p.ready["id"]);
-}
-
-fn amount(v: &Value) -> u128 {
-    v.as_str().unwrap().parse().unwrap()
 }
 
 /// The control endpoint answers nobody without the node's token, and a line that is

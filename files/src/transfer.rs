@@ -21,7 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use por_node::{NodeHandle, Outcome, RequestOptions};
@@ -48,6 +48,8 @@ pub struct TransferOptions {
     /// Only routes whose round trip fits this (ms).
     pub max_rtt_ms: u64,
     /// How long past a deadline an answer is given up on (and the piece asked again).
+    /// A late piece earns late fees while it is awaited, and asking again pays
+    /// twice, so the default waits long enough for a provider to restart.
     pub late_after_ms: u64,
     /// A provider failing this many times in a row is dropped.
     pub max_failures: u32,
@@ -64,7 +66,7 @@ impl Default for TransferOptions {
             spend_cap: None,
             late_fee_rate: Amount(1),
             max_rtt_ms: 60_000,
-            late_after_ms: 2_000,
+            late_after_ms: 10_000,
             max_failures: 5,
             race: true,
             evidence_dir: None,
@@ -391,6 +393,14 @@ struct ProviderState {
     in_flight: usize,
     failures: u32,
     gone: Option<String>,
+    /// Not asked again before this, after a failure (a provider restarting, a route
+    /// coming back): 250 ms doubling per failure in a row, at most 4 s.
+    retry_at: Option<Instant>,
+}
+
+/// The pause before asking a provider again after `failures` in a row.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(250u64 << failures.saturating_sub(1).min(4))
 }
 
 impl<'a> Transfer<'a> {
@@ -459,6 +469,7 @@ impl<'a> Transfer<'a> {
                         in_flight: 0,
                         failures: 0,
                         gone: None,
+                        retry_at: None,
                     },
                 )
             })
@@ -485,7 +496,8 @@ impl<'a> Transfer<'a> {
             order.sort_by_key(|p| providers.get(p).map_or(usize::MAX, |s| s.in_flight));
             for p in order {
                 while let Some(st) = providers.get(&p) {
-                    if st.gone.is_some() || st.in_flight >= self.options.window.max(1) {
+                    let resting = st.retry_at.is_some_and(|t| t > Instant::now());
+                    if st.gone.is_some() || resting || st.in_flight >= self.options.window.max(1) {
                         break;
                     }
                     // The next missing piece, or (racing) the oldest piece only others hold.
@@ -566,6 +578,22 @@ impl<'a> Transfer<'a> {
                 }
             }
             if flights.is_empty() {
+                // Every provider still in the transfer is resting after a failure:
+                // wait for the first to be asked again.
+                let wake = providers
+                    .values()
+                    .filter(|s| s.gone.is_none())
+                    .filter_map(|s| s.retry_at)
+                    .min();
+                if let Some(at) = wake {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => continue,
+                        () = &mut stop => {
+                            info!("transfer interrupted");
+                            return Err(FilesError::Interrupted { missing: missing_bytes(&partial.done) });
+                        }
+                    }
+                }
                 let detail: Vec<String> = providers
                     .iter()
                     .map(|(p, s)| {
@@ -617,6 +645,7 @@ impl<'a> Transfer<'a> {
                 Answer::Data(v) => {
                     if let Some(st) = providers.get_mut(&p) {
                         st.failures = 0;
+                        st.retry_at = None;
                     }
                     if already {
                         report.wasted_pieces += 1;
@@ -656,6 +685,7 @@ impl<'a> Transfer<'a> {
                             report.providers.entry(p).or_default().failures += 1;
                             if let Some(st) = providers.get_mut(&p) {
                                 st.failures += 1;
+                                st.retry_at = Some(Instant::now() + backoff(st.failures));
                                 if st.failures >= self.options.max_failures {
                                     st.gone = Some(format!(
                                         "{} failures in a row, the last: {why}",

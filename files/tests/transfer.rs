@@ -1,7 +1,8 @@
 //! File transfers between real nodes (real sockets, TCP and QUIC, the embedded chain
 //! running the contract): a 3-hop round trip of a file and a directory, a corrupting
-//! provider, the spend cap with a resume, an interrupted transfer resumed, and the
-//! gateway read with a real HTTP client.
+//! provider, an edge severed mid-transfer (re-routed, each piece paid once), the spend
+//! cap with a resume, an interrupted transfer resumed, and the gateway read with a
+//! real HTTP client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -15,7 +16,8 @@ use por_node::{Handler, IncomingRequest, TransportKind};
 use por_protocol::{Amount, NodeId};
 use por_testnet::scenario::Scenario;
 
-/// Client C — R1 — R2 — P (three hops to P); Q, a second provider, beside R1.
+/// Client C — R1 — R2 — P (three hops to P); Q, a second provider, beside R1; and a
+/// dearer way round, R1 — R3 — P.
 const TOPOLOGY: &str = r#"
 name = "files"
 duration_ms = 1
@@ -29,6 +31,8 @@ name = "R2"
 name = "P"
 [[nodes]]
 name = "Q"
+[[nodes]]
+name = "R3"
 [[edges]]
 a = "C"
 b = "R1"
@@ -55,6 +59,26 @@ b = "P"
 latency_ms = 5
 base_cost = 1000
 byte_cost = 1
+sync_interval_ms = 1000
+max_late_fee_rate = 1000
+deposit_a = 1_000_000_000_000_000_000
+deposit_b = 1_000_000_000_000_000_000
+[[edges]]
+a = "R1"
+b = "R3"
+latency_ms = 5
+base_cost = 2000
+byte_cost = 2
+sync_interval_ms = 1000
+max_late_fee_rate = 1000
+deposit_a = 1_000_000_000_000_000_000
+deposit_b = 1_000_000_000_000_000_000
+[[edges]]
+a = "R3"
+b = "P"
+latency_ms = 5
+base_cost = 2000
+byte_cost = 2
 sync_interval_ms = 1000
 max_late_fee_rate = 1000
 deposit_a = 1_000_000_000_000_000_000
@@ -469,4 +493,119 @@ async fn the_gateway_serves_ranges_to_a_real_http_client() {
     assert!(head.starts_with("http/1.1 400"), "{head}");
     conserved(&s.net).await;
     s.net.shutdown().await;
+}
+
+/// Calls `then` once `at` pieces are verified.
+struct After {
+    seen: std::sync::atomic::AtomicU64,
+    at: u64,
+    then: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl por_files::progress::Progress for After {
+    fn start(&self, _: &str, _: u64, _: u64, _: &[NodeId]) {}
+    fn piece(&self, _: &NodeId, _: u64, _: Amount) {
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n == self.at {
+            if let Some(tx) = self.then.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+    fn note(&self, _: &str) {}
+    fn finish(&self, _: Amount) {}
+}
+
+/// The cost of each piece's request on the cheapest route the client knows now.
+async fn piece_costs(s: &Setup) -> (Vec<Amount>, Vec<NodeId>) {
+    let client = s.net.node("C").unwrap();
+    let piece = por_files::blob::PIECE_BYTES;
+    let mut costs = Vec::new();
+    let mut route = Vec::new();
+    let mut at = 0;
+    while at < s.ticket.size {
+        let q = transfer::quote(
+            client,
+            s.ticket.root,
+            s.ticket.size,
+            &s.ticket.providers,
+            (at, (at + piece).min(s.ticket.size)),
+            60_000,
+        )
+        .await
+        .unwrap();
+        assert_eq!(q.requests, 1);
+        costs.push(q.cost);
+        route = q.route.nodes;
+        at += piece;
+    }
+    (costs, route)
+}
+
+async fn severed(transport: TransportKind, name: &str) {
+    let s = setup(name, transport, false).await;
+    let client = s.net.node("C").unwrap();
+    let id = |n: &str| s.net.node(n).unwrap().id();
+    let (old, route) = piece_costs(&s).await;
+    assert_eq!(route, vec![id("C"), id("R1"), id("R2"), id("P")]);
+    let r2p = s.net.route(&["R2", "P"]).await.unwrap().channels[0];
+    let paid_before = client.status().await.unwrap().channels[0].paid;
+    // Two pieces in, R2 severs its edge to P: the transfer gets a proof, re-quotes
+    // and goes round by R3.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let progress = After {
+        seen: Default::default(),
+        at: 2,
+        then: std::sync::Mutex::new(Some(tx)),
+    };
+    let r2 = s.net.node("R2").unwrap().clone();
+    let sever = tokio::spawn(async move {
+        rx.await.unwrap();
+        r2.sever(r2p).await.unwrap();
+    });
+    let out = s.dir.join("got.bin");
+    let one = TransferOptions {
+        window: 1,
+        ..TransferOptions::default()
+    };
+    let report = transfer::get(client, &s.ticket, &out, one, &progress, never())
+        .await
+        .unwrap();
+    sever.await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), s.file, "byte-identical");
+    assert_eq!(report.bytes_fetched, s.file.len() as u64, "each byte once");
+    assert_eq!(report.wasted_pieces, 0);
+    let (new, route) = piece_costs(&s).await;
+    assert_eq!(route, vec![id("C"), id("R1"), id("R3"), id("P")]);
+    // Every piece was paid once on the route that delivered it, plus the request(s)
+    // the proof answered (the relays did their part): for some k, pieces before k on
+    // the old route, k's failed attempts on the old route, the rest on the new one.
+    let failures = u128::from(report.providers[&id("P")].failures);
+    assert!(failures >= 1, "the sever answered a request with a proof");
+    let explained = (0..old.len()).any(|k| {
+        let mut sum: u128 = old[..k].iter().map(|a| a.0).sum();
+        sum += failures * old[k].0;
+        sum += new[k..].iter().map(|a| a.0).sum::<u128>();
+        sum == report.spent.0
+    });
+    assert!(
+        explained,
+        "spent {} is not pieces paid once: old {old:?}, new {new:?}, {failures} proof(s)",
+        report.spent
+    );
+    // What the client paid on its channel is what the transfer reports.
+    let paid_after = client.status().await.unwrap().channels[0].paid;
+    assert_eq!(paid_after.0 - paid_before.0, report.spent.0);
+    conserved(&s.net).await;
+    s.net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_severed_mid_transfer_is_routed_around_each_piece_paid_once_on_tcp() {
+    severed(TransportKind::Tcp, "sever-tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_severed_mid_transfer_is_routed_around_each_piece_paid_once_on_quic() {
+    severed(TransportKind::Quic, "sever-quic").await;
 }

@@ -1,7 +1,9 @@
-//! Shared by the tests that run on a real NEAR node: a sandbox `neard` in a home of
-//! its own (`NEAR_SANDBOX_BIN_PATH`), and the contract deployed to it by `por contract
-//! deploy`.
+//! Shared by the tests that run real processes (`procs`) and by those that run on a
+//! real NEAR node: a sandbox `neard` in a home of its own (`NEAR_SANDBOX_BIN_PATH`),
+//! and the contract deployed to it by `por contract deploy`.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub(crate) mod procs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
