@@ -129,6 +129,16 @@ pub enum Message {
         /// The signed notice.
         notice: SignedSeverNotice,
     },
+    /// A late-fee payment on its own. A response or proof that pays its request's
+    /// final late fee is kept for retransmission as this, so that a response body is
+    /// never persisted or held with its fee (the response itself is resent from the
+    /// kept closings to a peer that reconnects awaiting it).
+    LateFee {
+        /// The edge.
+        channel: ChannelId,
+        /// The payment.
+        fee: FeePayment,
+    },
 }
 
 impl Message {
@@ -189,6 +199,7 @@ impl Message {
                 }
             }
             Message::Severed { notice: n } => count(notice(n)),
+            Message::LateFee { fee: f, .. } => count(update(&f.update)),
             Message::Ping { .. } | Message::Ack { .. } | Message::Reestablish { .. } => {}
         }
         ok
@@ -207,6 +218,7 @@ impl Message {
                     f(&mut fee.update);
                 }
             }
+            Message::LateFee { fee, .. } => f(&mut fee.update),
             Message::Ping { .. }
             | Message::Ack { .. }
             | Message::Reestablish { .. }
@@ -226,6 +238,7 @@ impl Message {
             Message::Sync { .. } => "sync",
             Message::Reestablish { .. } => "reestablish",
             Message::Severed { .. } => "severed",
+            Message::LateFee { .. } => "late_fee",
         }
     }
 

@@ -379,3 +379,59 @@ fn responses_kept_for_resending_are_bounded_in_bytes_per_channel() {
         "the newest are kept"
     );
 }
+
+#[test]
+fn a_late_response_keeps_only_its_fee_for_retransmission_and_both_arrive_after_reconnect() {
+    let (keys, mut h) = network();
+    let id = h.nodes[0]
+        .engine
+        .send_request(route(&keys), b"x".to_vec(), 64, Amount(1), Time(1))
+        .unwrap();
+    pump(&mut h, Time(1), false);
+    assert!(std::iter::from_fn(|| h.nodes[2].engine.poll_event())
+        .any(|e| matches!(e, Event::RequestReceived { .. })));
+    // C answers seconds late: its response pays the final late fee. B never gets it.
+    h.nodes[2]
+        .engine
+        .respond(id, vec![5u8; 64], Time(3_000))
+        .unwrap();
+    let _ = h.pump_filtered(Time(3_000), |from, to, _| !(from == 2 && to == 1));
+    // What C keeps (and persisted) to retransmit its fee is the fee alone.
+    let kept = &h.nodes[2].store.channels[&ChannelId(2)].outgoing.unacked;
+    assert_eq!(kept.len(), 1);
+    let (_, carrier) = kept.values().next().unwrap();
+    assert!(
+        matches!(carrier, Message::LateFee { .. }),
+        "kept {}",
+        carrier.kind()
+    );
+    // B reconnects awaiting it: the fee comes again from C's unacknowledged updates,
+    // the response from its kept closings.
+    let (b, c) = (h.id(1), h.id(2));
+    h.nodes[1].engine.peer_disconnected(c, Time(3_010));
+    h.nodes[2].engine.peer_disconnected(b, Time(3_010));
+    h.nodes[1].engine.peer_connected(c, Time(3_011));
+    h.nodes[2].engine.peer_connected(b, Time(3_011));
+    pump(&mut h, Time(3_011), false);
+    let delivered = std::iter::from_fn(|| h.nodes[0].engine.poll_event())
+        .filter(|e| matches!(e, Event::ResponseDelivered { request, .. } if *request == id))
+        .count();
+    assert_eq!(delivered, 1);
+    let paid = h.nodes[2]
+        .engine
+        .channel(ChannelId(2))
+        .unwrap()
+        .outgoing
+        .clone();
+    let got = h.nodes[1]
+        .engine
+        .channel(ChannelId(2))
+        .unwrap()
+        .incoming
+        .clone();
+    assert_eq!(paid.seq, 1, "one fee update");
+    assert_eq!(got.seq, 1);
+    assert_eq!(got.cumulative, paid.cumulative, "the fee arrived, once");
+    assert!(paid.cumulative > Amount::ZERO);
+    assert!(paid.unacked.is_empty(), "and was acknowledged");
+}

@@ -57,6 +57,19 @@ impl Engine {
         let message = self.pay_with(channel, memo, |update| {
             make(Some(FeePayment { update, items }))
         })?;
+        // A closing message's fee is kept for retransmission on its own: the closing
+        // itself is resent from the kept closings, and a response body is never
+        // persisted with its fee.
+        if let Message::Response { fee: Some(fee), .. } | Message::Proof { fee: Some(fee), .. } =
+            &message
+        {
+            let seq = fee.update.update.seq;
+            let carrier = Message::LateFee {
+                channel,
+                fee: fee.clone(),
+            };
+            self.keep_for_retransmission(channel, seq, carrier);
+        }
         for (id, inc, peer, owed_since) in increments {
             if let Some(up) = self.requests.get_mut(&id).and_then(|p| p.up.as_mut()) {
                 up.fee_paid = up.fee_paid.checked_add(inc)?;

@@ -95,6 +95,10 @@ impl Engine {
                 self.check_channel(c, channel, from)?;
                 self.on_reestablish(from, channel, received_seq, sent_seq, &awaiting)
             }
+            Message::LateFee { channel: c, fee } => {
+                self.check_channel(c, channel, from)?;
+                self.on_fee(from, channel, &fee, now)
+            }
             Message::Severed { notice } => {
                 if notice.notice.channel != channel || notice.notice.severer != from {
                     return Err(ProtocolError::Misaddressed("sever notice"));

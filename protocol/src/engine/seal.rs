@@ -68,6 +68,36 @@ impl Engine {
         Ok(message)
     }
 
+    /// Replaces the message kept (and about to be persisted) for retransmitting our
+    /// update `seq` on `channel` with `carrier`, which must carry the same update.
+    pub(super) fn keep_for_retransmission(
+        &mut self,
+        channel: ChannelId,
+        seq: u64,
+        carrier: Message,
+    ) {
+        if let Some((_, m)) = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|ch| ch.rec.outgoing.unacked.get_mut(&seq))
+        {
+            *m = carrier.clone();
+        }
+        for w in self.writes.iter_mut().rev() {
+            if let Write::Outgoing {
+                channel: c,
+                update,
+                message,
+            } = w
+            {
+                if *c == channel && update.update.seq == seq {
+                    **message = carrier;
+                    return;
+                }
+            }
+        }
+    }
+
     /// Signs everything made since the last call — our channel updates and, as server,
     /// our responses — with one signature over the Merkle root of the batch, and fills
     /// the signature and each value's proof in wherever the value is held: writes not
