@@ -1,0 +1,414 @@
+//! File transfers through por on real processes over loopback TCP: a blob fetched with
+//! `por files get` over 3 hops and over 1 hop, against the same bytes through plain
+//! forwarding over the same authenticated TCP transport (the `hops` bench's baseline:
+//! relays pass frames on, no payments, signatures, verification or disk). Reports
+//! MiB/s, CPU per MiB (every process of the path), and each node's peak resident
+//! memory, after a 256 MiB and after a 1 GiB blob.
+//!
+//! `cargo bench -p por-cli --bench files` prints the figures (recorded in
+//! docs/benchmarks.md). `POR_BENCH_MIB` sets the first blob's size (default 256),
+//! `POR_BENCH_BIG_MIB` the second's (default 1024; 0 skips it), `POR_BENCH_WINDOW`
+//! the requests in flight per provider (default 8).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/procs.rs"]
+#[allow(dead_code)]
+mod procs;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use por_chain::local::NEAR;
+use por_chain::{Chain, RemoteClient};
+use por_protocol::types::EdgeTerms;
+use por_protocol::{Amount, Keypair};
+use por_transport::tcp::TcpTransport;
+use por_transport::{Connection, Listener, Transport, TransportConfig};
+use procs::{spawn, wait_connected, Proc};
+
+const MIB: u64 = 1024 * 1024;
+/// The transfer engine's piece: one request, one response.
+const PIECE: usize = 512 * 1024;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A process's CPU time so far (user + system), from `/proc/<pid>/stat`.
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ = 100 on Linux
+}
+
+/// A process's peak resident memory so far (`VmHWM`), in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Follows a child to its exit: its CPU time (read from its zombie, before it is
+/// reaped) and its peak memory (`VmHWM`, sampled while it runs), and whether it
+/// succeeded.
+fn follow(mut child: std::process::Child) -> (bool, Duration, f64) {
+    let pid = child.id();
+    let mut peak: f64 = 0.0;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .unwrap_or("Z");
+        if state == "Z" {
+            break;
+        }
+        peak = peak.max(peak_mib(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let used = cpu(pid);
+    let ok = child.wait().is_ok_and(|s| s.success());
+    (ok, used, peak)
+}
+
+fn write_blob(path: &Path, mib: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut buf = vec![0u8; MIB as usize];
+    for _ in 0..mib {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// A served chain and a path of `por node run` processes ending at a provider that
+/// serves its store; the client side runs as `por files get`.
+struct Network {
+    dir: PathBuf,
+    chain: Proc,
+    nodes: Vec<(String, Proc)>,
+    store: PathBuf,
+}
+
+impl Network {
+    fn flags(&self, name: &str) -> Vec<String> {
+        let chain = self.chain.ready["chain"].as_str().unwrap();
+        [
+            "--config",
+            self.dir.join(name).join("por.toml").to_str().unwrap(),
+            "--chain",
+            "served",
+            "--chain-addr",
+            chain,
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--sever-policy",
+            "never",
+            "--heuristic-window-ms",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    async fn start(tag: &str, hops: usize) -> Network {
+        let dir =
+            std::env::temp_dir().join(format!("por-bench-files-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let chain = spawn(
+            &[
+                "chain",
+                "serve",
+                "--path",
+                dir.join("chain.redb").to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--faucet",
+            ],
+            &dir.join("chain.log"),
+        );
+        let chain_addr = chain.ready["chain"].as_str().unwrap().to_string();
+        let mut names = vec!["client".to_string()];
+        names.extend((1..hops).map(|i| format!("relay{i}")));
+        names.push("provider".into());
+        for n in &names {
+            let out = Command::new(env!("CARGO_BIN_EXE_por"))
+                .args(["init", "--dir", dir.join(n).to_str().unwrap()])
+                .args(["--account", &format!("{n}.local")])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
+            RemoteClient::new(chain_addr.parse().unwrap(), "faucet")
+                .fund(&format!("{n}.local"), &key.id(), 1_000 * NEAR)
+                .await
+                .unwrap();
+        }
+        let store = dir.join("provider/store");
+        let mut path = Network {
+            dir: dir.clone(),
+            chain,
+            nodes: Vec::new(),
+            store: store.clone(),
+        };
+        for n in &names {
+            let mut args: Vec<String> = vec!["node".into(), "run".into()];
+            args.extend(path.flags(n));
+            if n == "provider" {
+                args.extend(["--serve-files".into(), store.to_str().unwrap().into()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let p = spawn(&args, &dir.join(format!("{n}.log")));
+            path.nodes.push((n.clone(), p));
+        }
+        let terms = EdgeTerms {
+            latency_ms: 5,
+            base_cost: Amount(1_000),
+            byte_cost: Amount(1),
+            sync_interval_ms: 1_000,
+            sync_phase_ms: 0,
+            max_late_fee_rate: Amount(1_000),
+            bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
+        };
+        for w in names.windows(2) {
+            let signer = |n: &str| {
+                let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
+                RemoteClient::with_key(chain_addr.parse().unwrap(), &format!("{n}.local"), key)
+            };
+            let id = signer(&w[0])
+                .propose_channel(&format!("{}.local", w[1]), &terms, Amount(100 * NEAR))
+                .await
+                .unwrap();
+            signer(&w[1])
+                .confirm_channel(id, Amount(100 * NEAR))
+                .await
+                .unwrap();
+        }
+        for (i, (_, p)) in path.nodes.iter().enumerate() {
+            wait_connected(p, if i == 0 || i == hops { 1 } else { 2 }).await;
+        }
+        // From here the client runs as `por files get`.
+        let (_, client) = path.nodes.remove(0);
+        let _ = procs::control(&client, serde_json::json!({"op": "shutdown"})).await;
+        drop(client);
+        path
+    }
+
+    /// Adds a blob of `mib` MiB to the provider's store; returns its ticket.
+    fn add(&self, mib: u64) -> String {
+        let src = self.dir.join(format!("blob-{mib}.bin"));
+        write_blob(&src, mib);
+        let out = Command::new(env!("CARGO_BIN_EXE_por"))
+            .args(["files", "add", "--store", self.store.to_str().unwrap()])
+            .args([
+                "--config",
+                self.dir.join("provider/por.toml").to_str().unwrap(),
+            ])
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(&src);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["ticket"].as_str().unwrap().to_string()
+    }
+
+    /// `por files get` of `ticket`: throughput, and CPU per MiB over every process.
+    fn get(&self, label: &str, ticket: &str, mib: u64, window: u64) -> f64 {
+        let out = self.dir.join(format!("got-{mib}.bin"));
+        let before: Vec<Duration> = self.nodes.iter().map(|(_, p)| cpu(p.child.id())).collect();
+        let started = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_por"))
+            .args(["files", "get", ticket, "--no-progress"])
+            .args([
+                "--window",
+                &window.to_string(),
+                "--output",
+                out.to_str().unwrap(),
+            ])
+            .args(self.flags("client"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(format!("get-{mib}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let (ok, client_cpu, client_peak) = follow(child);
+        let elapsed = started.elapsed();
+        assert!(ok, "get failed: see {}", self.dir.display());
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), mib * MIB);
+        let _ = std::fs::remove_file(&out);
+        let mut total = client_cpu;
+        let mut peaks = vec![format!("client {client_peak:.0}")];
+        for ((name, p), b) in self.nodes.iter().zip(before) {
+            total += cpu(p.child.id()).saturating_sub(b);
+            peaks.push(format!("{name} {:.0}", peak_mib(p.child.id())));
+        }
+        let rate = mib as f64 / elapsed.as_secs_f64();
+        println!(
+            "{label:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB   peak RSS (MiB): {}",
+            total.as_secs_f64() * 1e3 / mib as f64,
+            peaks.join(", ")
+        );
+        rate
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The baseline: `hops` hops of plain forwarding over authenticated TCP (por's TLS
+/// transport), the client asking for `PIECE`-byte frames with `window` in flight.
+async fn plain(hops: usize, mib: u64, window: u64) -> f64 {
+    let keys: Vec<Keypair> = (0..=hops)
+        .map(|i| Keypair::from_seed([100 + i as u8; 32]))
+        .collect();
+    let t: Vec<TcpTransport> = keys
+        .iter()
+        .map(|k| TcpTransport::new(k, TransportConfig::default()).unwrap())
+        .collect();
+    // The server answers each small request with a piece.
+    let mut l = t[hops].listen("127.0.0.1:0").await.unwrap();
+    let mut next_addr = l.local_addr();
+    tokio::spawn(async move {
+        let piece = Bytes::from(vec![7u8; PIECE]);
+        while let Ok(c) = l.accept().await {
+            let piece = piece.clone();
+            tokio::spawn(async move {
+                while let Ok((s, _)) = c.recv().await {
+                    if c.send(s, piece.clone()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    for i in (1..hops).rev() {
+        let mut l = t[i].listen("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr();
+        let down = Arc::new(t[i].dial(&next_addr, keys[i + 1].id()).await.unwrap());
+        tokio::spawn(async move {
+            if let Ok(up) = l.accept().await {
+                let up = Arc::new(up);
+                let (u, d) = (up.clone(), down.clone());
+                tokio::spawn(async move {
+                    while let Ok((s, f)) = d.recv().await {
+                        if u.send(s, f).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Ok((s, f)) = up.recv().await {
+                    if down.send(s, f).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        next_addr = addr;
+    }
+    let conn = Arc::new(t[0].dial(&next_addr, keys[1].id()).await.unwrap());
+    let pieces = mib * MIB / PIECE as u64;
+    let cpu0 = self_cpu();
+    let started = Instant::now();
+    let sender = {
+        let conn = conn.clone();
+        let sem = Arc::new(tokio::sync::Semaphore::new(window as usize));
+        let s2 = sem.clone();
+        let reader = tokio::spawn(async move {
+            let mut bytes = 0u64;
+            for _ in 0..pieces {
+                let (_, f) = conn.recv().await.unwrap();
+                bytes += f.len() as u64;
+                s2.add_permits(1);
+            }
+            bytes
+        });
+        (reader, sem)
+    };
+    for _ in 0..pieces {
+        sender.1.acquire().await.unwrap().forget();
+        conn.send(0, Bytes::from_static(b"get piece"))
+            .await
+            .unwrap();
+    }
+    let bytes = sender.0.await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(bytes, pieces * PIECE as u64);
+    let rate = mib as f64 / elapsed.as_secs_f64();
+    println!(
+        "{:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB   (all {} hops in this process)",
+        format!("plain forwarding, {hops} hop(s)"),
+        (self_cpu() - cpu0).as_secs_f64() * 1e3 / mib as f64,
+        hops
+    );
+    rate
+}
+
+fn self_cpu() -> Duration {
+    cpu(std::process::id())
+}
+
+fn main() {
+    let mib = env("POR_BENCH_MIB", 256);
+    let big = env("POR_BENCH_BIG_MIB", 1024);
+    let window = env("POR_BENCH_WINDOW", 8);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!(
+            "files over por: {mib} MiB (then {big} MiB), {window} pieces of 512 KiB in flight, \
+             loopback TCP, {} cores",
+            std::thread::available_parallelism().map_or(0, |p| p.get())
+        );
+        let plain3 = plain(3, mib, window).await;
+        plain(1, mib, window).await;
+        let three = Network::start("3", 3).await;
+        let ticket = three.add(mib);
+        let por3 = three.get(&format!("por, 3 hops, {mib} MiB"), &ticket, mib, window);
+        if big > 0 {
+            let ticket = three.add(big);
+            three.get(&format!("por, 3 hops, {big} MiB"), &ticket, big, window);
+        }
+        drop(three);
+        let one = Network::start("1", 1).await;
+        let ticket = one.add(mib);
+        one.get(&format!("por, 1 hop, {mib} MiB"), &ticket, mib, window);
+        drop(one);
+        println!("por / plain throughput, 3 hops: {:.2}", por3 / plain3);
+    });
+}
