@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use por_chain::local::NEAR;
-use por_chain::{Chain, RemoteClient};
 use por_protocol::types::EdgeTerms;
 use por_protocol::{Amount, Keypair};
 use por_transport::tcp::TcpTransport;
@@ -141,35 +140,12 @@ impl Network {
             std::env::temp_dir().join(format!("por-bench-files-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let chain = spawn(
-            &[
-                "chain",
-                "serve",
-                "--path",
-                dir.join("chain.redb").to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--faucet",
-            ],
-            &dir.join("chain.log"),
-        );
-        let chain_addr = chain.ready["chain"].as_str().unwrap().to_string();
+        let (chain, chain_addr) = procs::served_chain(&dir);
         let mut names = vec!["client".to_string()];
         names.extend((1..hops).map(|i| format!("relay{i}")));
         names.push("provider".into());
-        for n in &names {
-            let out = Command::new(env!("CARGO_BIN_EXE_por"))
-                .args(["init", "--dir", dir.join(n).to_str().unwrap()])
-                .args(["--account", &format!("{n}.local")])
-                .output()
-                .unwrap();
-            assert!(out.status.success());
-            let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
-            RemoteClient::new(chain_addr.parse().unwrap(), "faucet")
-                .fund(&format!("{n}.local"), &key.id(), 1_000 * NEAR)
-                .await
-                .unwrap();
-        }
+        let names_s: Vec<&str> = names.iter().map(String::as_str).collect();
+        procs::init_funded(&dir, &chain_addr, &names_s, 1_000).await;
         let store = dir.join("provider/store");
         let mut path = Network {
             dir: dir.clone(),
@@ -196,20 +172,7 @@ impl Network {
             max_late_fee_rate: Amount(1_000),
             bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
         };
-        for w in names.windows(2) {
-            let signer = |n: &str| {
-                let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
-                RemoteClient::with_key(chain_addr.parse().unwrap(), &format!("{n}.local"), key)
-            };
-            let id = signer(&w[0])
-                .propose_channel(&format!("{}.local", w[1]), &terms, Amount(100 * NEAR))
-                .await
-                .unwrap();
-            signer(&w[1])
-                .confirm_channel(id, Amount(100 * NEAR))
-                .await
-                .unwrap();
-        }
+        procs::open_path(&dir, &chain_addr, &names_s, &terms, Amount(100 * NEAR)).await;
         for (i, (_, p)) in path.nodes.iter().enumerate() {
             wait_connected(p, if i == 0 || i == hops { 1 } else { 2 }).await;
         }

@@ -15,12 +15,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use por_chain::local::NEAR;
-use por_chain::{Chain, RemoteClient};
 use por_protocol::types::EdgeTerms;
 use por_protocol::Amount;
 use serde_json::{json, Value};
 
-use common::procs::{amount, control, spawn, wait_connected, Proc};
+use common::procs::{
+    amount, control, ends_agree, init_funded, open_path, served_chain, settled, spawn,
+    wait_connected, Proc,
+};
 
 /// 12 MiB and a bit: 25 pieces of 512 KiB, the last one short.
 const SIZE: usize = 12 * 1024 * 1024 + 4321;
@@ -217,38 +219,14 @@ async fn files_over_processes(transport: &str) {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("src")).unwrap();
-    let chain = spawn(
-        &[
-            "chain",
-            "serve",
-            "--path",
-            dir.join("chain.redb").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--faucet",
-        ],
-        &dir.join("chain.log"),
-    );
+    let (chain, chain_addr) = served_chain(&dir);
     let net = Net {
         dir: dir.clone(),
-        chain_addr: chain.ready["chain"].as_str().unwrap().to_string(),
+        chain_addr,
         transport: transport.to_string(),
     };
     let names = ["client", "relay1", "relay2", "provider"];
-    for n in names {
-        por(&[
-            "init",
-            "--dir",
-            dir.join(n).to_str().unwrap(),
-            "--account",
-            &format!("{n}.local"),
-        ]);
-        let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
-        RemoteClient::new(net.chain_addr.parse().unwrap(), "faucet")
-            .fund(&format!("{n}.local"), &key.id(), 100 * NEAR)
-            .await
-            .unwrap();
-    }
+    init_funded(&dir, &net.chain_addr, &names, 100).await;
     // The provider's store, and the ticket `add` prints for it.
     let file = bytes(SIZE, 11);
     let src = dir.join("src/big.bin");
@@ -288,24 +266,7 @@ async fn files_over_processes(transport: &str) {
         max_late_fee_rate: Amount(1_000),
         bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
     };
-    let signer = |name: &str| {
-        let key = por_node::config::read_key(&dir.join(format!("{name}/node.key"))).unwrap();
-        RemoteClient::with_key(
-            net.chain_addr.parse().unwrap(),
-            &format!("{name}.local"),
-            key,
-        )
-    };
-    for w in names.windows(2) {
-        let id = signer(w[0])
-            .propose_channel(&format!("{}.local", w[1]), &terms, Amount(NEAR))
-            .await
-            .unwrap();
-        signer(w[1])
-            .confirm_channel(id, Amount(NEAR))
-            .await
-            .unwrap();
-    }
+    open_path(&dir, &net.chain_addr, &names, &terms, Amount(NEAR)).await;
     wait_connected(&client, 1).await;
     wait_connected(&procs[1], 2).await;
     wait_connected(&procs[2], 1).await;
@@ -412,41 +373,7 @@ async fn files_over_processes(transport: &str) {
     // Every channel's two ends agree once nothing is in flight.
     let client = net.node("client", &[]);
     wait_connected(&client, 1).await;
-    let all = [&client, &procs[0], &procs[1], &procs[2]];
-    let mut statuses = Vec::new();
-    for _ in 0..100 {
-        statuses.clear();
-        for p in all {
-            statuses.push(control(p, json!({"op": "status"})).await.unwrap());
-        }
-        let settled = statuses.iter().all(|s| {
-            s["in_flight"] == 0
-                && s["channels"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|c| c["unacked"] == "0")
-        });
-        if settled {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for w in statuses.windows(2) {
-        let (a, b) = (&w[0], &w[1]);
-        let find = |x: &Value, peer: &Value| {
-            x["channels"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| &c["peer"] == peer)
-                .unwrap()
-                .clone()
-        };
-        let (ab, ba) = (find(a, &b["id"]), find(b, &a["id"]));
-        assert_eq!(amount(&ab["paid"]), amount(&ba["received"]), "{ab} vs {ba}");
-        assert_eq!(amount(&ba["paid"]), amount(&ab["received"]), "{ba} vs {ab}");
-    }
+    ends_agree(&settled(&[&client, &procs[0], &procs[1], &procs[2]]).await);
 
     // `rm` empties the store.
     let removed = por(&["files", "rm", "--store", store_s, &root]);

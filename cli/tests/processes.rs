@@ -20,7 +20,7 @@ use por_protocol::types::EdgeTerms;
 use por_protocol::Amount;
 use serde_json::{json, Value};
 
-use common::procs::{amount, control, spawn, token, wait_connected, Proc};
+use common::procs::{amount, control, ends_agree, settled, spawn, token, wait_connected, Proc};
 
 /// The chain the processes share.
 enum Ground {
@@ -372,45 +372,10 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str, n
         "requests flow after the restart"
     );
 
-    // Let everything in flight settle: no unacknowledged payment anywhere, nothing in flight.
-    let mut statuses = Vec::new();
-    for _ in 0..200 {
-        statuses.clear();
-        for p in &procs {
-            statuses.push(control(p, json!({"op": "status"})).await.unwrap());
-        }
-        let settled = statuses.iter().all(|s| {
-            s["in_flight"] == 0
-                && s["channels"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|c| c["unacked"] == "0")
-        });
-        if settled {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Both ends of every channel agree on what was paid each way.
-    for w in statuses.windows(2) {
-        let (a, b) = (&w[0], &w[1]);
-        let ab = a["channels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["peer"] == b["id"])
-            .unwrap();
-        let ba = b["channels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["peer"] == a["id"])
-            .unwrap();
-        assert_eq!(ab["unacked"], "0", "{ab}");
-        assert_eq!(amount(&ab["paid"]), amount(&ba["received"]), "{ab} vs {ba}");
-        assert_eq!(amount(&ba["paid"]), amount(&ab["received"]), "{ba} vs {ab}");
-    }
+    // Let everything in flight settle; then both ends of every channel agree on what
+    // was paid each way.
+    let statuses = settled(&procs.iter().collect::<Vec<_>>()).await;
+    ends_agree(&statuses);
     // The client paid once per request it sent, no more.
     let client_paid = amount(&statuses[0]["channels"][0]["paid"]);
     let n = sent.load(Ordering::SeqCst);

@@ -73,3 +73,115 @@ pub(crate) async fn wait_connected(p: &Proc, n: usize) {
 pub(crate) fn amount(v: &Value) -> u128 {
     v.as_str().unwrap().parse().unwrap()
 }
+
+/// `por chain serve` on a fresh file in `dir`, its faucet on; and its address.
+pub(crate) fn served_chain(dir: &Path) -> (Proc, String) {
+    let chain = spawn(
+        &[
+            "chain",
+            "serve",
+            "--path",
+            dir.join("chain.redb").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--faucet",
+        ],
+        &dir.join("chain.log"),
+    );
+    let addr = chain.ready["chain"].as_str().unwrap().to_string();
+    (chain, addr)
+}
+
+/// `por init` of each node in `dir/<name>` as account `<name>.local`, funded with
+/// `near` NEAR from the served chain's faucet.
+pub(crate) async fn init_funded(dir: &Path, chain_addr: &str, names: &[&str], near: u128) {
+    for n in names {
+        let out = Command::new(env!("CARGO_BIN_EXE_por"))
+            .args(["init", "--dir", dir.join(n).to_str().unwrap()])
+            .args(["--account", &format!("{n}.local")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
+        por_chain::RemoteClient::new(chain_addr.parse().unwrap(), "faucet")
+            .fund(
+                &format!("{n}.local"),
+                &key.id(),
+                near * por_chain::local::NEAR,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Opens a channel on `terms` along each consecutive pair of `names` (the first
+/// proposes), depositing `deposit` on each side, on the served chain.
+pub(crate) async fn open_path(
+    dir: &Path,
+    chain_addr: &str,
+    names: &[&str],
+    terms: &por_protocol::types::EdgeTerms,
+    deposit: por_protocol::Amount,
+) {
+    use por_chain::Chain;
+    let signer = |n: &str| {
+        let key = por_node::config::read_key(&dir.join(format!("{n}/node.key"))).unwrap();
+        por_chain::RemoteClient::with_key(chain_addr.parse().unwrap(), &format!("{n}.local"), key)
+    };
+    for w in names.windows(2) {
+        let id = signer(w[0])
+            .propose_channel(&format!("{}.local", w[1]), terms, deposit)
+            .await
+            .unwrap();
+        signer(w[1]).confirm_channel(id, deposit).await.unwrap();
+    }
+}
+
+/// The nodes' statuses once none has a request in flight or an unacknowledged
+/// payment (or after ten seconds).
+pub(crate) async fn settled(procs: &[&Proc]) -> Vec<Value> {
+    let mut statuses = Vec::new();
+    for _ in 0..100 {
+        statuses.clear();
+        for p in procs {
+            statuses.push(control(p, json!({"op": "status"})).await.unwrap());
+        }
+        let quiet = statuses.iter().all(|s| {
+            s["in_flight"] == 0
+                && s["channels"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|c| c["unacked"] == "0")
+        });
+        if quiet {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    statuses
+}
+
+/// Along a path of nodes' statuses, both ends of every channel agree on what was
+/// paid each way.
+pub(crate) fn ends_agree(statuses: &[Value]) {
+    let end = |x: &Value, peer: &Value| {
+        x["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| &c["peer"] == peer)
+            .unwrap()
+            .clone()
+    };
+    for w in statuses.windows(2) {
+        let (ab, ba) = (end(&w[0], &w[1]["id"]), end(&w[1], &w[0]["id"]));
+        assert_eq!(ab["unacked"], "0", "{ab}");
+        assert_eq!(amount(&ab["paid"]), amount(&ba["received"]), "{ab} vs {ba}");
+        assert_eq!(amount(&ba["paid"]), amount(&ab["received"]), "{ba} vs {ab}");
+    }
+}
