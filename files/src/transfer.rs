@@ -577,23 +577,16 @@ impl<'a> Transfer<'a> {
                     });
                 }
             }
-            if flights.is_empty() {
-                // Every provider still in the transfer is resting after a failure:
-                // wait for the first to be asked again.
-                let wake = providers
-                    .values()
-                    .filter(|s| s.gone.is_none())
-                    .filter_map(|s| s.retry_at)
-                    .min();
-                if let Some(at) = wake {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(at.into()) => continue,
-                        () = &mut stop => {
-                            info!("transfer interrupted");
-                            return Err(FilesError::Interrupted { missing: missing_bytes(&partial.done) });
-                        }
-                    }
-                }
+            // Providers resting after a failure are woken when their pause ends (the
+            // first of them), even while other requests are in flight.
+            let now = Instant::now();
+            let wake = providers
+                .values()
+                .filter(|s| s.gone.is_none())
+                .filter_map(|s| s.retry_at)
+                .filter(|t| *t > now)
+                .min();
+            if flights.is_empty() && wake.is_none() {
                 let detail: Vec<String> = providers
                     .iter()
                     .map(|(p, s)| {
@@ -609,8 +602,15 @@ impl<'a> Transfer<'a> {
                     detail: detail.join("; "),
                 });
             }
+            let rested = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
-                n = flights.next() => n,
+                n = flights.next(), if !flights.is_empty() => n,
+                () = rested => continue,
                 () = &mut stop => {
                     info!("transfer interrupted");
                     return Err(FilesError::Interrupted { missing: missing_bytes(&partial.done) });
