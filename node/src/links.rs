@@ -332,8 +332,8 @@ async fn dial_loop(shared: Shared, peer: NodeId) {
 /// it was dialled at.
 const MOVED_CHECK: Duration = Duration::from_millis(500);
 
-/// Completes once `peer` publishes addresses on chain without `addr`: it restarted
-/// elsewhere, and the connection to `addr` is dead however quiet it looks (over QUIC
+/// Completes once `peer` publishes addresses on chain, none of them `addr`: it
+/// restarted elsewhere, and the connection to `addr` is dead however quiet it looks (over QUIC
 /// nothing else would say so before the idle timeout).
 async fn moved(shared: &Shared, peer: NodeId, addr: &str) {
     loop {
@@ -342,7 +342,10 @@ async fn moved(shared: &Shared, peer: NodeId, addr: &str) {
             .addresses
             .read()
             .ok()
-            .and_then(|a| a.get(&peer).map(|list| !list.iter().any(|x| x == addr)))
+            .and_then(|a| {
+                a.get(&peer)
+                    .map(|list| !list.is_empty() && !list.iter().any(|x| x == addr))
+            })
             .unwrap_or(false);
         if gone {
             return;
@@ -376,8 +379,8 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
     }
     let writer_link = link.clone();
     let writer = tokio::spawn(async move {
-        // Everything queued goes out in one write (one TLS record and syscall per
-        // burst rather than per frame).
+        // What is queued goes out in few writes (a TLS record and a syscall per
+        // burst of up to WRITE_BURST_BYTES rather than per frame).
         let mut burst = Vec::with_capacity(WRITE_BURST);
         'writing: while rx.recv_many(&mut burst, WRITE_BURST).await > 0 {
             // In writes of at most WRITE_BURST_BYTES (or one larger frame): the
