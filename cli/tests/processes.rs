@@ -20,7 +20,9 @@ use por_protocol::types::EdgeTerms;
 use por_protocol::Amount;
 use serde_json::{json, Value};
 
-use common::procs::{amount, control, ends_agree, settled, spawn, token, wait_connected, Proc};
+use common::procs::{
+    amount, control, ends_agree, served_chain, settled, spawn, token, wait_connected, Proc,
+};
 
 /// The chain the processes share.
 enum Ground {
@@ -226,19 +228,7 @@ async fn relay_killed_under_load_loses_and_duplicates_nothing(transport: &str, n
         }
         Ground::Near { sandbox, contract }
     } else {
-        let proc = spawn(
-            &[
-                "chain",
-                "serve",
-                "--path",
-                dir.join("chain.redb").to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--faucet",
-            ],
-            &dir.join("chain.log"),
-        );
-        let chain_addr = proc.ready["chain"].as_str().unwrap().to_string();
+        let (proc, chain_addr) = served_chain(&dir);
         Ground::Served {
             _proc: proc,
             chain_addr,
