@@ -176,6 +176,23 @@ async fn setup(name: &str, transport: TransportKind, q_corrupt: bool) -> Setup {
     .await
     .unwrap();
     let id = |n: &str| net.node(n).unwrap().id();
+    // The client learns the far edges from the chain shortly after they open: wait
+    // until it has a route to each provider (a transfer drops a provider it cannot
+    // quote).
+    let client = net.node("C").unwrap();
+    for who in ["P", "Q"] {
+        let mut tries = 0;
+        while client
+            .quote(id(who), 64, 64, 60_000, 1)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            tries += 1;
+            assert!(tries < 200, "no route from C to {who}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let (file_tag, dir_tag) = tags.remove(0);
     let ticket = Ticket {
         kind: Kind::Blob,
