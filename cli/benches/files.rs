@@ -7,7 +7,7 @@
 //!
 //! `cargo bench -p por-cli --bench files` prints the figures (recorded in
 //! docs/benchmarks.md). `POR_BENCH_MIB` sets the first blob's size (default 256),
-//! `POR_BENCH_BIG_MIB` the second's (default 1024; 0 skips it), `POR_BENCH_WINDOW`
+//! `POR_BENCH_BIG_MIB` the second's (default 1024; 0 skips it), `POR_BENCH_ONLY=por3` runs only the 3-hop por transfer of the first blob, `POR_BENCH_WINDOW`
 //! the requests in flight per provider (default 8).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -229,16 +229,21 @@ impl Network {
         assert!(ok, "get failed: see {}", self.dir.display());
         assert_eq!(std::fs::metadata(&out).unwrap().len(), mib * MIB);
         let _ = std::fs::remove_file(&out);
+        let per_mib = |d: Duration| d.as_secs_f64() * 1e3 / mib as f64;
         let mut total = client_cpu;
         let mut peaks = vec![format!("client {client_peak:.0}")];
+        let mut cpus = vec![format!("client {:.1}", per_mib(client_cpu))];
         for ((name, p), b) in self.nodes.iter().zip(before) {
-            total += cpu(p.child.id()).saturating_sub(b);
+            let used = cpu(p.child.id()).saturating_sub(b);
+            total += used;
+            cpus.push(format!("{name} {:.1}", per_mib(used)));
             peaks.push(format!("{name} {:.0}", peak_mib(p.child.id())));
         }
         let rate = mib as f64 / elapsed.as_secs_f64();
         println!(
-            "{label:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB   peak RSS (MiB): {}",
-            total.as_secs_f64() * 1e3 / mib as f64,
+            "{label:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB ({})   peak RSS (MiB): {}",
+            per_mib(total),
+            cpus.join(", "),
             peaks.join(", ")
         );
         rate
@@ -348,6 +353,7 @@ fn main() {
     let mib = env("POR_BENCH_MIB", 256);
     let big = env("POR_BENCH_BIG_MIB", 1024);
     let window = env("POR_BENCH_WINDOW", 8);
+    let only = std::env::var("POR_BENCH_ONLY").unwrap_or_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -358,6 +364,12 @@ fn main() {
              loopback TCP, {} cores",
             std::thread::available_parallelism().map_or(0, |p| p.get())
         );
+        if only == "por3" {
+            let three = Network::start("3", 3).await;
+            let ticket = three.add(mib);
+            three.get(&format!("por, 3 hops, {mib} MiB"), &ticket, mib, window);
+            return;
+        }
         let plain3 = plain(3, mib, window).await;
         plain(1, mib, window).await;
         let three = Network::start("3", 3).await;

@@ -165,7 +165,8 @@ pub fn encode(
         tree: tree(size),
         data: outboard,
     };
-    let mut out = Vec::new();
+    // Sized up front: a piece's encoding is written into one allocation.
+    let mut out = Vec::with_capacity(usize::try_from(encoded_len(size, ranges)).unwrap_or(0));
     bao_tree::io::sync::encode_ranges_validated(data, ob, ranges, &mut out)
         .map_err(|e| FilesError::Corrupt(format!("{root}: {e}")))?;
     Ok(out)

@@ -58,7 +58,9 @@ pub enum FilesResponse {
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![VERSION];
+    let len = por_protocol::wire::encoded_len(v).unwrap_or(0);
+    let mut out = Vec::with_capacity(len.saturating_add(1));
+    out.push(VERSION);
     // The values here are small and bounded: encoding cannot exceed the frame limit
     // except for a `Data` the caller sized to fit.
     if por_protocol::wire::encode_into(v, &mut out).is_err() {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use por_node::{Handler, IncomingRequest};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::blob;
@@ -14,16 +15,26 @@ use crate::store::Store;
 /// Serves a store: `get` with the verified encoding read from disk, `have` with the
 /// blob's size. Answers never exceed the request's response limit (a request that
 /// bought too little gets `Refused`, or an empty body if even that does not fit).
+///
+/// At most [`DISK_READERS`] answers are read and encoded at once, each on a blocking
+/// thread; the rest wait their turn. However many requests a window keeps in flight,
+/// the provider holds a few pieces being read, not one per request (and does not grow
+/// a thread, with its allocator's caches, per request).
 #[derive(Clone, Debug)]
 pub struct FilesHandler {
     store: Arc<Store>,
+    readers: Arc<Semaphore>,
 }
+
+/// Answers read from disk and encoded at once.
+pub const DISK_READERS: usize = 4;
 
 impl FilesHandler {
     /// Serves `store`.
     pub fn new(store: Store) -> FilesHandler {
         FilesHandler {
             store: Arc::new(store),
+            readers: Arc::new(Semaphore::new(DISK_READERS)),
         }
     }
 
@@ -77,13 +88,18 @@ impl Handler for FilesHandler {
         let store = self.store.clone();
         let limit = request.response_limit;
         let body = request.body;
-        let answer =
-            tokio::task::spawn_blocking(move || FilesHandler::answer(&store, &body, limit))
-                .await
-                .unwrap_or_else(|e| FilesResponse::Refused {
-                    reason: format!("provider failed: {e}"),
-                });
-        let bytes = answer.encode();
+        // The semaphore is never closed; were it, the answer is read without a turn.
+        let _turn = self.readers.acquire().await.ok();
+        let bytes = tokio::task::spawn_blocking(move || {
+            FilesHandler::answer(&store, &body, limit).encode()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            FilesResponse::Refused {
+                reason: format!("provider failed: {e}"),
+            }
+            .encode()
+        });
         debug!(id = %request.id, len = bytes.len(), "files answer");
         if bytes.len() as u64 > limit {
             // Not even the refusal fits what was bought.

@@ -52,6 +52,16 @@ impl Hash {
         Hash(Sha256::digest(data).into())
     }
 
+    /// The hash of a request or response body, which `RequestCore::body_hash` and
+    /// `ResponseBody::body_hash` commit to: BLAKE3 (32 bytes). Bodies are the one
+    /// thing every hop hashes in full (a file piece is 512 KiB), and BLAKE3 is several
+    /// times faster than SHA-256 there; everything signed is still tagged SHA-256, so
+    /// the contract, which never sees a body, needs no BLAKE3.
+    #[cfg(feature = "engine")]
+    pub fn of_body(data: &[u8]) -> Hash {
+        Hash(*blake3::hash(data).as_bytes())
+    }
+
     /// SHA-256 of a domain tag followed by `data`.
     pub fn tagged(tag: &[u8], data: &[u8]) -> Hash {
         let mut h = Sha256::new();

@@ -1,5 +1,6 @@
 //! Messages exchanged between neighbouring nodes over an edge.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Signature;
@@ -84,9 +85,9 @@ pub enum Message {
         request: RequestId,
         /// The server's signature over (request, body hash).
         response: SignedResponse,
-        /// The response body.
-        #[serde(with = "serde_bytes")]
-        body: Vec<u8>,
+        /// The response body, shared: the copy a node keeps for retransmission and the
+        /// one it sends are the same bytes.
+        body: Bytes,
         /// Final late fee for this request, when the response is late.
         fee: Option<FeePayment>,
     },

@@ -61,7 +61,26 @@ pub enum WireError {
 
 /// Encodes a value canonically.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
-    bincode::serde::encode_to_vec(value, config()).map_err(|e| WireError::Encode(e.to_string()))
+    // Sized first, so a message carrying a large body is written into one allocation
+    // rather than copied each time a growing buffer doubles.
+    let mut out = Vec::with_capacity(encoded_len(value)?);
+    encode_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// The length of a value's canonical encoding, computed without writing it.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, WireError> {
+    struct Count<'a>(&'a mut usize);
+    impl bincode::enc::write::Writer for Count<'_> {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            *self.0 = self.0.saturating_add(bytes.len());
+            Ok(())
+        }
+    }
+    let mut n = 0;
+    bincode::serde::encode_into_writer(value, Count(&mut n), config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    Ok(n)
 }
 
 /// Encodes a value canonically, appending it to `out` (no intermediate buffer).
@@ -96,6 +115,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_encoding() {
+        let value = (7u32, vec![1u8; 1000], "por".to_string());
+        let bytes = encode(&value).unwrap();
+        assert_eq!(encoded_len(&value).unwrap(), bytes.len());
+        assert_eq!(bytes.capacity(), bytes.len());
+    }
 
     #[test]
     fn trailing_bytes_and_oversize_are_refused() {

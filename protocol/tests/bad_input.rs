@@ -137,7 +137,7 @@ impl Net {
             client: self.id(0),
             server: self.id(2),
             nonce,
-            body_hash: Hash::of(&body),
+            body_hash: Hash::of_body(&body),
             body_len: body.len() as u64,
             response_limit: LIMIT,
             late_fee_rate: Amount(rate),
@@ -268,7 +268,7 @@ fn a_response_longer_than_bought_is_refused_by_the_first_hop_and_kept_as_evidenc
     let body = b"world".to_vec();
     let rb = ResponseBody {
         request: id,
-        body_hash: Hash::of(&body),
+        body_hash: Hash::of_body(&body),
         body_len: body.len() as u64,
     };
     let (root, proof) = BatchRoot::single(rb.leaf().unwrap());
@@ -281,7 +281,7 @@ fn a_response_longer_than_bought_is_refused_by_the_first_hop_and_kept_as_evidenc
     let msg = Message::Response {
         request: id,
         response: response.clone(),
-        body,
+        body: body.into(),
         fee: None,
     };
     let err = n.net.nodes[1]
@@ -780,7 +780,7 @@ fn forged_response_and_forged_proof_are_refused() {
             Message::Response {
                 request,
                 response,
-                body: b"other".to_vec(),
+                body: b"other".to_vec().into(),
                 fee,
             },
             T0,

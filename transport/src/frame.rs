@@ -11,6 +11,11 @@ use crate::TransportError;
 /// Bytes of header before each payload.
 pub const HEADER_LEN: usize = 8;
 
+/// Payloads at least this long are written after their header rather than copied into
+/// one buffer with it (see [`encode_header`]): a copy of a large body costs more than
+/// one more write.
+pub const COPY_BELOW: usize = 16 * 1024;
+
 /// Encodes one frame (header and payload) into `out`.
 pub fn encode(
     stream: u32,
@@ -18,20 +23,51 @@ pub fn encode(
     max: usize,
     out: &mut BytesMut,
 ) -> Result<(), TransportError> {
-    if payload.len() > max {
-        return Err(TransportError::Oversized {
-            len: payload.len(),
-            max,
-        });
-    }
-    let len = u32::try_from(payload.len()).map_err(|_| TransportError::Oversized {
-        len: payload.len(),
-        max,
-    })?;
     out.reserve(HEADER_LEN.saturating_add(payload.len()));
-    out.put_u32(len);
-    out.put_u32(stream);
+    encode_header(stream, payload.len(), max, out)?;
     out.put_slice(payload);
+    Ok(())
+}
+
+/// Encodes `frames` for one write: small frames coalesced into shared buffers, and each
+/// large payload (at least [`COPY_BELOW`]) as its own part right after its header,
+/// never copied. Writing the parts in order puts the frames on the wire.
+pub fn encode_parts(
+    stream: u32,
+    frames: Vec<Bytes>,
+    max: usize,
+) -> Result<Vec<Bytes>, TransportError> {
+    let mut parts = Vec::new();
+    let mut buf = BytesMut::new();
+    for frame in frames {
+        if frame.len() < COPY_BELOW {
+            encode(stream, &frame, max, &mut buf)?;
+        } else {
+            encode_header(stream, frame.len(), max, &mut buf)?;
+            parts.push(buf.split().freeze());
+            parts.push(frame);
+        }
+    }
+    if !buf.is_empty() {
+        parts.push(buf.freeze());
+    }
+    Ok(parts)
+}
+
+/// Encodes a frame's header alone into `out`, for a payload of `len` bytes that the
+/// caller writes right after it.
+pub fn encode_header(
+    stream: u32,
+    len: usize,
+    max: usize,
+    out: &mut BytesMut,
+) -> Result<(), TransportError> {
+    if len > max {
+        return Err(TransportError::Oversized { len, max });
+    }
+    let declared = u32::try_from(len).map_err(|_| TransportError::Oversized { len, max })?;
+    out.put_u32(declared);
+    out.put_u32(stream);
     Ok(())
 }
 
@@ -63,15 +99,29 @@ impl FrameDecoder {
     }
 
     /// Makes room for the next read: at least `chunk` bytes of spare capacity (reading
-    /// in chunks rather than frame by frame keeps reads few), never more than one chunk
-    /// beyond what the buffer holds. The buffer thus stays under one maximal frame plus
-    /// one chunk.
+    /// in chunks rather than frame by frame keeps reads few), and once a frame's header
+    /// has arrived, room for the rest of that frame (within the limit, checked here
+    /// first) in one allocation, so a large frame is never copied while its buffer
+    /// grows. The buffer thus stays under one maximal frame plus one chunk.
     pub fn reserve(&mut self, chunk: usize) -> &mut BytesMut {
         let chunk = chunk.max(HEADER_LEN);
-        if self.buf.capacity().saturating_sub(self.buf.len()) < chunk {
-            self.buf.reserve(chunk);
+        let mut want = chunk;
+        if let Some(len) = self.declared_len() {
+            if len <= self.max {
+                let rest = HEADER_LEN.saturating_add(len).saturating_sub(self.buf.len());
+                want = want.max(rest);
+            }
+        }
+        if self.buf.capacity().saturating_sub(self.buf.len()) < want {
+            self.buf.reserve(want);
         }
         &mut self.buf
+    }
+
+    /// The payload length the buffered header declares, once a header has arrived.
+    fn declared_len(&self) -> Option<usize> {
+        let h = self.buf.get(..4)?;
+        Some(u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize)
     }
 
     /// The next complete frame, if one has arrived.
@@ -109,6 +159,51 @@ mod tests {
         let mut out = BytesMut::new();
         assert!(encode(0, &[0; 17], 16, &mut out).is_err());
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_large_frame_is_read_into_one_allocation() {
+        let mut wire = BytesMut::new();
+        encode(3, &[7; 10_000], 20_000, &mut wire).unwrap();
+        let mut d = FrameDecoder::new(20_000);
+        let mut chunks = wire.chunks(16);
+        d.reserve(16).put_slice(chunks.next().unwrap());
+        // The header is in: the next reservation makes room for the whole frame.
+        let rest = d.reserve(16);
+        assert!(rest.capacity() - rest.len() >= 10_008 - 16);
+        let start = d.buf.as_ptr();
+        for c in chunks {
+            let buf = d.reserve(16);
+            assert!(buf.capacity() - buf.len() >= c.len());
+            buf.put_slice(c);
+            assert_eq!(d.buf.as_ptr(), start, "the buffer moved while the frame arrived");
+        }
+        let (stream, payload) = d.next_frame().unwrap().unwrap();
+        assert_eq!((stream, payload.len()), (3, 10_000));
+        // A header over the limit reserves nothing beyond a chunk; next_frame refuses it.
+        let mut d = FrameDecoder::new(100);
+        d.push(&[0, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        assert!(d.reserve(16).capacity() < 1_000);
+        assert!(d.next_frame().is_err());
+    }
+
+    #[test]
+    fn parts_put_the_same_bytes_on_the_wire_without_copying_large_payloads() {
+        let big = Bytes::from(vec![9u8; COPY_BELOW]);
+        let frames = vec![Bytes::from_static(b"a"), big.clone(), Bytes::from_static(b"bc")];
+        let parts = encode_parts(5, frames.clone(), COPY_BELOW).unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1].as_ptr(), big.as_ptr(), "the large payload was copied");
+        let mut joined = BytesMut::new();
+        let mut expected = BytesMut::new();
+        for p in &parts {
+            joined.put_slice(p);
+        }
+        for f in &frames {
+            encode(5, f, COPY_BELOW, &mut expected).unwrap();
+        }
+        assert_eq!(joined, expected);
+        assert!(encode_parts(5, vec![Bytes::from(vec![0; 11])], 10).is_err());
     }
 
     proptest! {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use por_protocol::{Keypair, NodeId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
@@ -459,16 +459,13 @@ impl Connection for QuicConnection {
 
     async fn send_all(&self, stream: u32, frames: Vec<Bytes>) -> Result<(), TransportError> {
         check_stream(stream)?;
-        let mut buf = BytesMut::new();
-        for frame in &frames {
-            frame::encode(stream, frame, self.config.max_frame_len, &mut buf)?;
-        }
+        let mut parts = frame::encode_parts(stream, frames, self.config.max_frame_len)?;
         if self.conn.close_reason().is_some() {
             return Err(TransportError::Closed);
         }
         let lane = self.lane(stream).await?;
         let mut lane = lane.lock().await;
-        match timeout(self.config.frame_timeout, lane.write_all(&buf)).await {
+        match timeout(self.config.frame_timeout, lane.write_all_chunks(&mut parts)).await {
             Err(_) => {
                 self.close();
                 Err(TransportError::Timeout("frame"))

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use por_protocol::{Keypair, NodeId};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -273,13 +273,14 @@ impl Connection for TcpConnection {
         if self.closed.is_cancelled() {
             return Err(TransportError::Closed);
         }
-        let mut buf = BytesMut::new();
-        for frame in &frames {
-            frame::encode(stream, frame, self.config.max_frame_len, &mut buf)?;
-        }
+        // Small frames are coalesced into one write; a large payload follows its
+        // header without being copied (TLS encrypts it straight from the frame).
+        let parts = frame::encode_parts(stream, frames, self.config.max_frame_len)?;
         let mut w = self.writer.lock().await;
         let write = async {
-            w.write_all(&buf).await?;
+            for part in &parts {
+                w.write_all(part).await?;
+            }
             w.flush().await
         };
         match timeout(self.config.frame_timeout, write).await {

@@ -6,6 +6,8 @@
 //! (`on_reject`, `refuse`). Proofs of severed edges end a request in `sever.rs`; late
 //! fees accrue in `fees.rs`.
 
+use bytes::Bytes;
+
 use crate::amount::Amount;
 use crate::crypto::{self, Hash, NodeId};
 use crate::error::ProtocolError;
@@ -67,7 +69,7 @@ impl Engine {
             client: self.id,
             server: *route.nodes.last().unwrap_or(&self.id),
             nonce: self.next_nonce,
-            body_hash: Hash::of(&body),
+            body_hash: Hash::of_body(&body),
             body_len: body.len() as u64,
             response_limit,
             late_fee_rate,
@@ -327,7 +329,7 @@ impl Engine {
                 "payment memo disagrees with the header".into(),
             ));
         }
-        if body.len() as u64 != core.body_len || Hash::of(body) != core.body_hash {
+        if body.len() as u64 != core.body_len || Hash::of_body(body) != core.body_hash {
             return Err((R::BadRequest, "body does not match its hash".into()));
         }
         if core.response_limit > MAX_BODY_LEN as u64 {
@@ -452,7 +454,7 @@ impl Engine {
         }
         let rb = ResponseBody {
             request,
-            body_hash: Hash::of(&body),
+            body_hash: Hash::of_body(&body),
             body_len: body.len() as u64,
         };
         let leaf = rb.leaf().map_err(|_| ProtocolError::BadSignature {
@@ -474,7 +476,7 @@ impl Engine {
         self.close_upstream(request, now, |fee| Message::Response {
             request,
             response,
-            body,
+            body: body.into(),
             fee,
         })?;
         self.unsealed.push((Unsealed::Response(rb), leaf, channel));
@@ -489,14 +491,14 @@ impl Engine {
         channel: ChannelId,
         request: RequestId,
         response: SignedResponse,
-        body: Vec<u8>,
+        body: Bytes,
         fee: Option<FeePayment>,
         now: Time,
     ) -> Result<(), ProtocolError> {
         let p = self.forwarded_to(from, request)?;
         if response.body.request != request
             || response.body.body_len != body.len() as u64
-            || response.body.body_hash != Hash::of(&body)
+            || response.body.body_hash != Hash::of_body(&body)
         {
             return Err(ProtocolError::BadResponse(request));
         }
@@ -541,7 +543,8 @@ impl Engine {
         match p.up.as_ref().map(|u| (u.peer, u.closed_at)) {
             None => self.events.push_back(Event::ResponseDelivered {
                 request,
-                body,
+                // The one copy there is (the frame decoded into it): not copied again.
+                body: body.into(),
                 response,
                 latency_ms: now.since(sent_at),
                 on_time: now <= expect_by,
