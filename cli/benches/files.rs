@@ -55,10 +55,15 @@ fn cpu(pid: u32) -> Duration {
 
 /// A process's peak resident memory so far (`VmHWM`), in MiB.
 fn peak_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A memory figure of `/proc/<pid>/status` (`VmHWM:`, `VmRSS:`), in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -210,6 +215,11 @@ impl Network {
     fn get(&self, label: &str, ticket: &str, mib: u64, window: u64) -> f64 {
         let out = self.dir.join(format!("got-{mib}.bin"));
         let before: Vec<Duration> = self.nodes.iter().map(|(_, p)| cpu(p.child.id())).collect();
+        let idle: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(name, p)| format!("{name} {:.0}", status_mib(p.child.id(), "VmRSS:")))
+            .collect();
         let started = Instant::now();
         let child = Command::new(env!("CARGO_BIN_EXE_por"))
             .args(["files", "get", ticket, "--no-progress"])
@@ -241,10 +251,12 @@ impl Network {
         }
         let rate = mib as f64 / elapsed.as_secs_f64();
         println!(
-            "{label:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB ({})   peak RSS (MiB): {}",
+            "{label:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB ({})   peak RSS (MiB): {} \
+             (before: {})",
             per_mib(total),
             cpus.join(", "),
-            peaks.join(", ")
+            peaks.join(", "),
+            idle.join(", ")
         );
         rate
     }
