@@ -138,6 +138,15 @@ struct Setup {
     file: Vec<u8>,
 }
 
+/// A passing test leaves nothing behind; a failing one keeps its stores and logs.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 async fn setup(name: &str, transport: TransportKind, q_corrupt: bool) -> Setup {
     let dir = std::env::temp_dir().join(format!("por-files-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
