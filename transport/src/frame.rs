@@ -108,7 +108,9 @@ impl FrameDecoder {
         let mut want = chunk;
         if let Some(len) = self.declared_len() {
             if len <= self.max {
-                let rest = HEADER_LEN.saturating_add(len).saturating_sub(self.buf.len());
+                let rest = HEADER_LEN
+                    .saturating_add(len)
+                    .saturating_sub(self.buf.len());
                 want = want.max(rest);
             }
         }
@@ -176,7 +178,11 @@ mod tests {
             let buf = d.reserve(16);
             assert!(buf.capacity() - buf.len() >= c.len());
             buf.put_slice(c);
-            assert_eq!(d.buf.as_ptr(), start, "the buffer moved while the frame arrived");
+            assert_eq!(
+                d.buf.as_ptr(),
+                start,
+                "the buffer moved while the frame arrived"
+            );
         }
         let (stream, payload) = d.next_frame().unwrap().unwrap();
         assert_eq!((stream, payload.len()), (3, 10_000));
@@ -190,10 +196,18 @@ mod tests {
     #[test]
     fn parts_put_the_same_bytes_on_the_wire_without_copying_large_payloads() {
         let big = Bytes::from(vec![9u8; COPY_BELOW]);
-        let frames = vec![Bytes::from_static(b"a"), big.clone(), Bytes::from_static(b"bc")];
+        let frames = vec![
+            Bytes::from_static(b"a"),
+            big.clone(),
+            Bytes::from_static(b"bc"),
+        ];
         let parts = encode_parts(5, frames.clone(), COPY_BELOW).unwrap();
         assert_eq!(parts.len(), 3);
-        assert_eq!(parts[1].as_ptr(), big.as_ptr(), "the large payload was copied");
+        assert_eq!(
+            parts[1].as_ptr(),
+            big.as_ptr(),
+            "the large payload was copied"
+        );
         let mut joined = BytesMut::new();
         let mut expected = BytesMut::new();
         for p in &parts {
