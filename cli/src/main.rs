@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod demo;
+mod devnet;
 mod files;
 
 /// mimalloc: the node allocates and frees a frame, a write and a few small records per
@@ -73,6 +74,12 @@ enum Command {
     Files {
         #[command(subcommand)]
         command: files::FilesCommand,
+    },
+    /// A many-host network on this machine: up, status, kill, restart, partition,
+    /// heal, load, check, down.
+    Devnet {
+        #[command(subcommand)]
+        command: devnet::DevnetCommand,
     },
     /// Send a request through a running node and print its outcome as JSON.
     Request {
@@ -543,6 +550,7 @@ fn main() -> Result<()> {
             control,
         } => commands::init(&dir, &account, &listen, &control)?,
         Command::Files { command } => files::run(command)?,
+        Command::Devnet { command } => runtime()?.block_on(devnet::run(command))?,
         Command::Node { command } => {
             let rt = runtime()?;
             match command {

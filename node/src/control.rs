@@ -294,7 +294,25 @@ pub fn outcome_json(o: &Outcome) -> Value {
 }
 
 /// Sends one control request to the node at `addr` and returns its answer.
-pub async fn call(addr: &str, token: &str, mut request: Value) -> Result<Value, NodeError> {
+pub async fn call(addr: &str, token: &str, request: Value) -> Result<Value, NodeError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| NodeError::Config {
+            source_name: "control".into(),
+            key: "control".into(),
+            detail: format!("no node answering at {addr}: {e}"),
+        })?;
+    call_on(stream, addr, token, request).await
+}
+
+/// [`call`] over a stream already connected to the endpoint at `addr` (say, one
+/// connected from inside another network namespace).
+pub async fn call_on(
+    stream: TcpStream,
+    addr: &str,
+    token: &str,
+    mut request: Value,
+) -> Result<Value, NodeError> {
     if let Value::Object(m) = &mut request {
         m.insert("token".into(), Value::String(token.to_string()));
     }
@@ -303,9 +321,6 @@ pub async fn call(addr: &str, token: &str, mut request: Value) -> Result<Value, 
         key: "control".into(),
         detail: format!("no node answering at {addr}: {e}"),
     };
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
     lines
         .send(request.to_string())

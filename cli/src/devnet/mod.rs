@@ -1,0 +1,656 @@
+//! `por devnet`: a many-host network on this machine, as real processes. A served
+//! chain and N nodes, each host in its own network namespace with its own address
+//! (or on its own loopback address), channels in a ring with chords, faults by
+//! command (kill -9 and restart, partitions), load, and a check that both ends of
+//! every channel agree. docs/testnet.md describes it.
+
+mod net;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
+use por_chain::Chain;
+use por_protocol::types::EdgeTerms;
+use por_protocol::Amount;
+use serde_json::{json, Value};
+
+use net::{Isolation, Net};
+use state::{Daemon, Host, State};
+
+/// NEAR each host's account is funded with from the chain's faucet.
+const FUNDING_NEAR: u128 = 1_000;
+/// What each node stakes, and deposits into each of its channels, in NEAR.
+const STAKE_NEAR: u128 = 10;
+const DEPOSIT_NEAR: u128 = 10;
+/// The port every node listens on in its namespace.
+const NODE_PORT: u16 = 7000;
+/// The control endpoint every node serves on its namespace's loopback.
+const CONTROL_IN_NETNS: &str = "127.0.0.1:7100";
+
+/// `por devnet` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum DevnetCommand {
+    /// Start a chain and N nodes as processes, open the channels, wait until every
+    /// channel is connected.
+    Up {
+        /// Hosts (nodes), at most 250.
+        #[arg(long, default_value_t = 12)]
+        hosts: usize,
+        /// The transport between the nodes.
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "quic"])]
+        transport: String,
+        /// Network namespaces (needs root and iproute2) or loopback addresses.
+        #[arg(long, value_enum, default_value_t = Isolation::Auto)]
+        isolation: Isolation,
+        /// Prefix of the namespaces and links (1–8 lowercase letters or digits).
+        #[arg(long, default_value = "pordev")]
+        name: String,
+        /// The devnet's directory: state, chain, keys, logs.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Each host: running or not, its channels connected, in flight, earned.
+    Status {
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// kill -9 a host's node.
+    Kill {
+        /// The host (`h03`).
+        host: String,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Start a killed host's node again, on its data.
+    Restart {
+        /// The host (`h03`).
+        host: String,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Cut a set of hosts off from all the others (both ways), until `heal`.
+    Partition {
+        /// The hosts on one side (`h01 h02`).
+        #[arg(required = true)]
+        hosts: Vec<String>,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Undo every partition.
+    Heal {
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Send requests from one host to another over the cheapest route, and print
+    /// their outcomes.
+    Load {
+        /// The client host.
+        #[arg(long)]
+        from: String,
+        /// The server host.
+        #[arg(long)]
+        to: String,
+        /// Requests to send.
+        #[arg(long, default_value_t = 100)]
+        requests: u64,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u64,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Once nothing is in flight: both ends of every channel agree on what was paid
+    /// each way. Fails (exit 1) when any pair does not.
+    Check {
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Stop every process and remove every namespace and link of the devnet.
+    Down {
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+        /// Also remove these namespaces and links when no state file names them (a
+        /// devnet whose directory is gone).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// Runs one `por devnet` command.
+pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
+    match cmd {
+        DevnetCommand::Up {
+            hosts,
+            transport,
+            isolation,
+            name,
+            dir,
+        } => up(hosts, &transport, isolation, &name, &dir).await,
+        DevnetCommand::Status { dir } => {
+            let st = State::load(&dir)?;
+            for h in &st.hosts {
+                println!("{}", host_status(h).await);
+            }
+            Ok(())
+        }
+        DevnetCommand::Kill { host, dir } => {
+            let st = State::load(&dir)?;
+            let h = st.host(&host)?;
+            if !h.node.alive() {
+                bail!("{host} is not running");
+            }
+            h.node.stop(Signal::SIGKILL, Duration::from_secs(5));
+            println!("{}", json!({"killed": host, "pid": h.node.pid}));
+            Ok(())
+        }
+        DevnetCommand::Restart { host, dir } => {
+            let mut st = State::load(&dir)?;
+            let h = st.host_mut(&host)?;
+            if h.node.alive() {
+                bail!("{host} is running (`por devnet kill {host}` first)");
+            }
+            h.node = h.node.restart()?;
+            let pid = h.node.pid;
+            st.save()?;
+            println!("{}", json!({"restarted": host, "pid": pid}));
+            Ok(())
+        }
+        DevnetCommand::Partition { hosts, dir } => {
+            let mut st = State::load(&dir)?;
+            let others: Vec<String> = st
+                .hosts
+                .iter()
+                .map(|h| h.name.clone())
+                .filter(|n| !hosts.contains(n))
+                .collect();
+            st.net.partition(&st.nets(&hosts)?, &st.nets(&others)?)?;
+            st.partitions.push(hosts.clone());
+            st.save()?;
+            println!("{}", json!({"partitioned": hosts, "from": others}));
+            Ok(())
+        }
+        DevnetCommand::Heal { dir } => {
+            let mut st = State::load(&dir)?;
+            for side in std::mem::take(&mut st.partitions) {
+                let others: Vec<String> = st
+                    .hosts
+                    .iter()
+                    .map(|h| h.name.clone())
+                    .filter(|n| !side.contains(n))
+                    .collect();
+                st.net.heal(&st.nets(&side)?, &st.nets(&others)?)?;
+            }
+            st.save()?;
+            println!("{}", json!({"healed": true}));
+            Ok(())
+        }
+        DevnetCommand::Load {
+            from,
+            to,
+            requests,
+            concurrency,
+            dir,
+        } => {
+            let st = State::load(&dir)?;
+            println!("{}", load(&st, &from, &to, requests, concurrency).await?);
+            Ok(())
+        }
+        DevnetCommand::Check { dir } => {
+            let st = State::load(&dir)?;
+            let report = check(&st).await?;
+            println!("{report}");
+            if report["agree"] != true {
+                bail!(
+                    "the two ends of some channel disagree: {}",
+                    report["disagreements"]
+                );
+            }
+            Ok(())
+        }
+        DevnetCommand::Down { dir, name } => {
+            let removed = down(&dir, name.as_deref());
+            println!("{}", json!({"removed": removed}));
+            Ok(())
+        }
+    }
+}
+
+/// The channels of `n` hosts: a ring, and a chord from every other host to the one
+/// opposite (so that a path of any length exists and no single host cuts the rest in
+/// two).
+fn topology(n: usize) -> Vec<(usize, usize)> {
+    let mut edges: Vec<(usize, usize)> = (0..n)
+        .filter(|_| n > 1)
+        .map(|i| (i, (i + 1) % n))
+        .filter(|(a, b)| a != b)
+        .collect();
+    if n == 2 {
+        edges.truncate(1);
+    }
+    if n >= 6 {
+        edges.extend((0..n / 2).step_by(2).map(|i| (i, i + n / 2)));
+    }
+    edges
+}
+
+/// The terms of every devnet channel.
+fn terms() -> EdgeTerms {
+    EdgeTerms {
+        latency_ms: 50,
+        base_cost: Amount(10_000),
+        byte_cost: Amount(10),
+        sync_interval_ms: 500,
+        sync_phase_ms: 0,
+        max_late_fee_rate: Amount(1_000),
+        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
+    }
+}
+
+async fn up(
+    hosts: usize,
+    transport: &str,
+    isolation: Isolation,
+    name: &str,
+    dir: &Path,
+) -> Result<()> {
+    if !(1..=250).contains(&hosts) {
+        bail!("--hosts {hosts}: 1 to 250");
+    }
+    if State::path(dir).exists() {
+        bail!(
+            "a devnet is up in {} (`por devnet down --dir {}` first)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if Path::new(&format!("/run/netns/{name}-h01")).exists() {
+        bail!("namespaces named {name}-h* exist (`por devnet down --name {name}` removes them)");
+    }
+    std::fs::create_dir_all(dir.join("hosts"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let net = Net::plan(name, isolation)?;
+    let mut st = State {
+        dir: dir.clone(),
+        net,
+        transport: transport.to_string(),
+        chain: None,
+        chain_addr: String::new(),
+        hosts: Vec::new(),
+        channels: Vec::new(),
+        partitions: Vec::new(),
+    };
+    st.save()?;
+    let started = Instant::now();
+    match build(&mut st, hosts).await {
+        Ok(()) => {
+            st.save()?;
+            println!(
+                "{}",
+                json!({"devnet": name, "isolation": st.net.isolation, "hosts": st.hosts.len(),
+                       "channels": st.channels.len(), "transport": transport,
+                       "chain": st.chain_addr, "dir": dir, "secs": started.elapsed().as_secs_f64()})
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // Nothing left behind by a devnet that did not come up.
+            let _ = st.save();
+            down(&dir, Some(name));
+            Err(e.context("the devnet did not come up (everything it started is stopped again)"))
+        }
+    }
+}
+
+/// Makes the network, the chain, the hosts and the channels, recording each in `st`
+/// as it goes (so that `down` finds whatever was made).
+async fn build(st: &mut State, hosts: usize) -> Result<()> {
+    let dir = st.dir.clone();
+    st.net.create()?;
+    let netns = st.net.isolation == Isolation::Netns;
+    let gateway = st.net.gateway();
+    let mut chain_args = vec![
+        "chain".to_string(),
+        "serve".into(),
+        "--path".into(),
+        dir.join("chain.redb").display().to_string(),
+        "--listen".into(),
+        format!("{gateway}:0"),
+        "--faucet".into(),
+    ];
+    if netns {
+        chain_args.push("--allow-remote".into());
+    }
+    let chain = Daemon::start(chain_args, None, dir.join("chain.log"))?;
+    st.chain_addr = chain.ready["chain"]
+        .as_str()
+        .context("the chain's ready line names no address")?
+        .to_string();
+    st.chain = Some(chain);
+    st.save()?;
+    let chain_addr: std::net::SocketAddr = st.chain_addr.parse()?;
+    let exe = std::env::current_exe()?;
+    for i in 1..=hosts {
+        let name = Net::host_name(i);
+        let hnet = st.net.add_host(i)?;
+        let hdir = dir.join("hosts").join(&name);
+        let account = format!("{name}.{}", st.net.name);
+        let out = std::process::Command::new(&exe)
+            .args(["init", "--dir"])
+            .arg(&hdir)
+            .args(["--account", &account])
+            .output()?;
+        if !out.status.success() {
+            bail!("por init {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let key = por_node::config::read_key(&hdir.join("node.key"))?;
+        por_chain::RemoteClient::new(chain_addr, "faucet")
+            .fund(&account, &key.id(), FUNDING_NEAR * por_chain::local::NEAR)
+            .await
+            .with_context(|| format!("funding {account}"))?;
+        let (listen, control) = if netns {
+            (
+                format!("{}:{NODE_PORT}", hnet.ip),
+                CONTROL_IN_NETNS.to_string(),
+            )
+        } else {
+            (format!("{}:0", hnet.ip), "127.0.0.1:0".to_string())
+        };
+        let args: Vec<String> = [
+            "--log-format",
+            "json",
+            "node",
+            "run",
+            "--config",
+            &hdir.join("por.toml").display().to_string(),
+            "--data-dir",
+            &hdir.join("data").display().to_string(),
+            "--transport",
+            &st.transport,
+            "--chain",
+            "served",
+            "--chain-addr",
+            &st.chain_addr,
+            "--listen",
+            &listen,
+            "--control",
+            &control,
+            "--stake",
+            &(STAKE_NEAR * por_chain::local::NEAR).to_string(),
+            "--chain-poll-ms",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let node = Daemon::start(
+            args,
+            hnet.netns.clone(),
+            dir.join("hosts").join(format!("{name}.log")),
+        )?;
+        st.hosts.push(Host {
+            name,
+            account,
+            net: hnet,
+            node,
+        });
+        st.save()?;
+    }
+    let deposit = Amount(DEPOSIT_NEAR * por_chain::local::NEAR);
+    for (a, b) in topology(hosts) {
+        let (ha, hb) = (&st.hosts[a], &st.hosts[b]);
+        let signer = |h: &Host| -> Result<por_chain::RemoteClient> {
+            let key =
+                por_node::config::read_key(&dir.join("hosts").join(&h.name).join("node.key"))?;
+            Ok(por_chain::RemoteClient::with_key(
+                chain_addr, &h.account, key,
+            ))
+        };
+        let id = signer(ha)?
+            .propose_channel(&hb.account, &terms(), deposit)
+            .await
+            .with_context(|| format!("proposing {}–{}", ha.name, hb.name))?;
+        signer(hb)?
+            .confirm_channel(id, deposit)
+            .await
+            .with_context(|| format!("confirming {}–{}", ha.name, hb.name))?;
+        st.channels.push((ha.name.clone(), hb.name.clone(), id.0));
+    }
+    st.save()?;
+    // Every host is up once all its channels are connected.
+    let deadline = Instant::now() + Duration::from_secs(60 + 2 * hosts as u64);
+    for h in &st.hosts {
+        let want = st
+            .channels
+            .iter()
+            .filter(|(a, b, _)| *a == h.name || *b == h.name)
+            .count();
+        loop {
+            let s = control(h, json!({"op": "status"})).await;
+            let connected = s.as_ref().map_or(0, |s| {
+                s["channels"]
+                    .as_array()
+                    .map_or(0, |c| c.iter().filter(|c| c["connected"] == true).count())
+            });
+            if connected >= want {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} has {connected} of its {want} channels connected (see {})",
+                    h.name,
+                    h.node.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// One control call to a host's node, from inside its namespace where it has one.
+async fn control(h: &Host, req: Value) -> Result<Value> {
+    let (addr, token) = h.control()?;
+    let r = match &h.net.netns {
+        Some(ns) => {
+            let stream = net::connect_in(ns, &addr).await?;
+            por_node::control::call_on(stream, &addr, &token, req).await
+        }
+        None => por_node::control::call(&addr, &token, req).await,
+    };
+    r.with_context(|| format!("{}'s control endpoint", h.name))
+}
+
+/// One host's line of `status`.
+async fn host_status(h: &Host) -> Value {
+    let alive = h.node.alive();
+    let s = if alive {
+        control(h, json!({"op": "status"})).await.ok()
+    } else {
+        None
+    };
+    let channels = s
+        .as_ref()
+        .and_then(|s| s["channels"].as_array().cloned())
+        .unwrap_or_default();
+    json!({
+        "host": h.name, "ip": h.ip().to_string(), "netns": h.net.netns, "pid": h.node.pid,
+        "running": alive, "id": h.id(),
+        "channels": channels.len(),
+        "connected": channels.iter().filter(|c| c["connected"] == true).count(),
+        "in_flight": s.as_ref().map(|s| s["in_flight"].clone()).unwrap_or(Value::Null),
+    })
+}
+
+/// `load`: `requests` requests from `from` to `to`, `concurrency` at a time; the
+/// outcomes counted.
+async fn load(st: &State, from: &str, to: &str, requests: u64, concurrency: u64) -> Result<Value> {
+    let client = st.host(from)?.clone();
+    let server = st.host(to)?.id().to_string();
+    if from == to {
+        bail!("--from and --to name the same host");
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let counts: Arc<[AtomicU64; 5]> = Arc::new(Default::default());
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, server, next, counts) =
+            (client.clone(), server.clone(), next.clone(), counts.clone());
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < requests {
+                let r = control(
+                    &client,
+                    json!({"op": "request", "server": server, "body": "ping",
+                           "late_fee_rate": "1", "response_limit": 4}),
+                )
+                .await;
+                let slot = match r.as_ref().map(|v| v["kind"].as_str().unwrap_or_default()) {
+                    Ok("response") => 0,
+                    Ok("proof") => 1,
+                    Ok("late") => 2,
+                    Ok(_) => 3,
+                    Err(_) => 4,
+                };
+                counts[slot].fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let c = |i: usize| counts[i].load(Ordering::SeqCst);
+    Ok(
+        json!({"from": from, "to": to, "responses": c(0), "proofs": c(1), "late": c(2),
+              "rejected": c(3), "refused": c(4), "secs": started.elapsed().as_secs_f64()}),
+    )
+}
+
+/// `check`: waits (up to 20 s) until no running node has a request in flight or an
+/// unacknowledged payment, then compares both ends of every channel whose two hosts
+/// run.
+async fn check(st: &State) -> Result<Value> {
+    let mut statuses: Vec<(String, Value)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        statuses.clear();
+        for h in st.hosts.iter().filter(|h| h.node.alive()) {
+            statuses.push((h.name.clone(), control(h, json!({"op": "status"})).await?));
+        }
+        // A severed channel's last unacknowledged payment stays so for good.
+        let quiet = statuses.iter().all(|(_, s)| {
+            s["in_flight"] == 0
+                && s["channels"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .all(|c| c["unacked"] == "0" || c["severed"] == true)
+                })
+        });
+        if quiet || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let find = |host: &str, peer_id: &str| -> Option<Value> {
+        let (_, s) = statuses.iter().find(|(n, _)| n == host)?;
+        s["channels"]
+            .as_array()?
+            .iter()
+            .find(|c| c["peer"] == peer_id)
+            .cloned()
+    };
+    let amount = |v: &Value| v.as_str().and_then(|s| s.parse::<u128>().ok());
+    let (mut checked, mut disagreements, mut in_dispute) = (0, Vec::new(), 0u128);
+    for (a, b, id) in &st.channels {
+        let (ha, hb) = (st.host(a)?, st.host(b)?);
+        let (Some(ab), Some(ba)) = (find(a, hb.id()), find(b, ha.id())) else {
+            continue;
+        };
+        checked += 1;
+        // What one end paid, the other received: all of it, or all but the payer's
+        // last payment that was never acknowledged (it may not have arrived, or not
+        // been made durable, before the channel was cut). Either way the two ends
+        // hold the same acknowledged state, which is what the chain settles.
+        let agrees = |payer: &Value, payee: &Value| -> Option<(bool, u128)> {
+            let (paid, unacked) = (amount(&payer["paid"])?, amount(&payer["unacked"])?);
+            let received = amount(&payee["received"])?;
+            let acked = paid.checked_sub(unacked)?;
+            Some((received == paid || received == acked, paid - received))
+        };
+        match (agrees(&ab, &ba), agrees(&ba, &ab)) {
+            (Some((true, x)), Some((true, y))) => {
+                in_dispute = in_dispute.saturating_add(x).saturating_add(y);
+            }
+            _ => disagreements.push(json!({"channel": id, a.clone(): ab, b.clone(): ba})),
+        }
+    }
+    Ok(
+        json!({"agree": disagreements.is_empty(), "channels_checked": checked,
+              "channels": st.channels.len(), "unacknowledged_not_received": in_dispute.to_string(),
+              "disagreements": disagreements}),
+    )
+}
+
+/// Stops every process of the devnet in `dir` (SIGTERM, then SIGKILL after 5 s) and
+/// removes its namespaces and links; then those of `name`, if given, whether or not a
+/// state file named them. Returns what it removed.
+fn down(dir: &Path, name: Option<&str>) -> Vec<String> {
+    let mut removed = Vec::new();
+    let mut names: Vec<String> = name.map(str::to_string).into_iter().collect();
+    if let Ok(st) = State::load(dir) {
+        for h in &st.hosts {
+            if h.node.alive() {
+                h.node.stop(Signal::SIGTERM, Duration::from_secs(5));
+                removed.push(format!("node {} (pid {})", h.name, h.node.pid));
+            }
+        }
+        if let Some(c) = &st.chain {
+            if c.alive() {
+                c.stop(Signal::SIGTERM, Duration::from_secs(5));
+                removed.push(format!("chain (pid {})", c.pid));
+            }
+        }
+        names.push(st.net.name.clone());
+        let _ = std::fs::remove_file(State::path(dir));
+    }
+    names.dedup();
+    for n in names {
+        removed.extend(Net::remove_all(&n));
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_topology_is_a_ring_with_chords_and_never_a_loop() {
+        assert!(topology(1).is_empty());
+        assert_eq!(topology(2), vec![(0, 1)]);
+        assert_eq!(topology(3), vec![(0, 1), (1, 2), (2, 0)]);
+        let t = topology(12);
+        assert_eq!(t.len(), 12 + 3);
+        assert!(t.contains(&(0, 6)) && t.contains(&(2, 8)) && t.contains(&(4, 10)));
+        for n in 1..60 {
+            let t = topology(n);
+            assert!(t.iter().all(|(a, b)| a != b && *a < n && *b < n));
+            let mut seen = std::collections::HashSet::new();
+            for (a, b) in &t {
+                assert!(seen.insert((*a.min(b), *a.max(b))), "{n}: {a}–{b} twice");
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! `por devnet` end to end, as an operator runs it: `up` a chain and hosts as real
+//! processes (each host in its own network namespace where this test may make them,
+//! else on its own loopback address), load, a kill -9 under load and a restart, a
+//! partition and its healing, `check` that both ends of every channel agree, and
+//! `down` leaving no process, namespace or link behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// One devnet at a time: each is a dozen processes on a 2-core machine.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `por devnet <args> --dir <dir>`: its JSON lines, or its error.
+fn devnet(dir: &Path, args: &[&str]) -> Result<Vec<Value>, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_por"))
+        .arg("devnet")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect())
+}
+
+/// The one JSON line of a command that must succeed.
+fn ok(dir: &Path, args: &[&str]) -> Value {
+    let mut lines = devnet(dir, args).unwrap_or_else(|e| panic!("por devnet {args:?}: {e}"));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.remove(0)
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
+}
+
+/// Whether this test may make network namespaces (root, iproute2).
+fn netns_possible() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    root && Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn namespaces(name: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}-h")))
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// A devnet torn down when the test ends, passing or not.
+struct Devnet {
+    dir: PathBuf,
+    name: String,
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        let _ = devnet(&self.dir, &["down", "--name", &self.name]);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn start(tag: &str, hosts: usize, transport: &str, isolation: &str) -> (Devnet, Value) {
+    let name = format!("t{tag}{}", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("por-devnet-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = Devnet { dir, name };
+    let up = ok(
+        &d.dir,
+        &[
+            "up",
+            "--hosts",
+            &hosts.to_string(),
+            "--transport",
+            transport,
+            "--isolation",
+            isolation,
+            "--name",
+            &d.name,
+        ],
+    );
+    assert_eq!(n(&up, "hosts"), hosts as u64, "{up}");
+    (d, up)
+}
+
+/// Every request sent has exactly one outcome.
+fn outcomes(load: &Value) -> u64 {
+    ["responses", "proofs", "late", "rejected", "refused"]
+        .iter()
+        .map(|k| n(load, k))
+        .sum()
+}
+
+#[test]
+fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behind() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let isolation = if netns_possible() {
+        "netns"
+    } else {
+        eprintln!("no network namespaces here (not root, or no iproute2): hosts on loopback addresses, partitions skipped");
+        "loopback"
+    };
+    let (d, up) = start("a", 12, "tcp", isolation);
+    assert_eq!(up["isolation"], isolation);
+    // A ring of 12 with three chords.
+    assert_eq!(n(&up, "channels"), 15);
+    let status = devnet(&d.dir, &["status"]).unwrap();
+    assert_eq!(status.len(), 12);
+    for s in &status {
+        assert_eq!(s["running"], true, "{s}");
+        assert_eq!(s["connected"], s["channels"], "{s}");
+        if isolation == "netns" {
+            assert!(s["ip"].as_str().unwrap().starts_with("10.77."), "{s}");
+            assert!(s["netns"].as_str().unwrap().starts_with(&d.name), "{s}");
+        }
+    }
+
+    // h02 → h08 is three hops either way round (h01–h07 or h03–h09).
+    let load = ok(
+        &d.dir,
+        &["load", "--from", "h02", "--to", "h08", "--requests", "40"],
+    );
+    assert_eq!(n(&load, "responses"), 40, "{load}");
+
+    // kill -9 a relay of one of the two routes while requests flow.
+    let dir = d.dir.clone();
+    let under_load = std::thread::spawn(move || {
+        ok(
+            &dir,
+            &["load", "--from", "h02", "--to", "h08", "--requests", "150"],
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let killed = ok(&d.dir, &["kill", "h03"]);
+    assert_eq!(killed["killed"], "h03");
+    let load = under_load.join().unwrap();
+    assert_eq!(
+        outcomes(&load),
+        150,
+        "every request has one outcome: {load}"
+    );
+    assert!(n(&load, "responses") > 0, "{load}");
+    let status = devnet(&d.dir, &["status"]).unwrap();
+    assert_eq!(status[2]["running"], false, "{}", status[2]);
+
+    // Restarted on its data, it rejoins: running, and connected to a neighbour.
+    ok(&d.dir, &["restart", "h03"]);
+    let mut rejoined = Value::Null;
+    for _ in 0..100 {
+        rejoined = devnet(&d.dir, &["status"]).unwrap().remove(2);
+        if rejoined["running"] == true && n(&rejoined, "connected") > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        n(&rejoined, "connected") > 0,
+        "h03 did not rejoin: {rejoined}"
+    );
+
+    if isolation == "netns" {
+        // h10–h12 cut off: nothing from h01 reaches h11 until healed.
+        ok(&d.dir, &["partition", "h10", "h11", "h12"]);
+        let cut = ok(
+            &d.dir,
+            &["load", "--from", "h01", "--to", "h11", "--requests", "10"],
+        );
+        assert_eq!(outcomes(&cut), 10, "{cut}");
+        assert_eq!(
+            n(&cut, "responses"),
+            0,
+            "a response crossed the partition: {cut}"
+        );
+        ok(&d.dir, &["heal"]);
+    } else {
+        let err = devnet(&d.dir, &["partition", "h10"]).unwrap_err();
+        assert!(err.contains("partitions need network namespaces"), "{err}");
+    }
+
+    // Money: both ends of every channel hold the same acknowledged state.
+    let check = ok(&d.dir, &["check"]);
+    assert_eq!(check["agree"], true, "{check}");
+    assert_eq!(n(&check, "channels_checked"), 15, "{check}");
+
+    let pids: Vec<u64> = devnet(&d.dir, &["status"])
+        .unwrap()
+        .iter()
+        .map(|s| n(s, "pid"))
+        .collect();
+    let down = ok(&d.dir, &["down"]);
+    assert!(!down["removed"].as_array().unwrap().is_empty(), "{down}");
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "pid {pid} still runs after down"
+        );
+    }
+    assert!(namespaces(&d.name).is_empty(), "{:?}", namespaces(&d.name));
+    let bridge = Command::new("ip")
+        .args(["link", "show", &format!("{}0", d.name)])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(!bridge, "the bridge is still there");
+    // The devnet is gone, and commands say so.
+    let err = devnet(&d.dir, &["status"]).unwrap_err();
+    assert!(err.contains("no devnet in"), "{err}");
+}
+
+#[test]
+fn six_hosts_over_quic_on_loopback_addresses_refuse_a_partition_and_agree_after_a_kill() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (d, up) = start("q", 6, "quic", "loopback");
+    assert_eq!(up["isolation"], "loopback");
+    assert_eq!(up["transport"], "quic");
+    let status = devnet(&d.dir, &["status"]).unwrap();
+    assert!(status
+        .iter()
+        .all(|s| s["ip"].as_str().unwrap().starts_with("127.77.")));
+    let load = ok(
+        &d.dir,
+        &["load", "--from", "h01", "--to", "h03", "--requests", "30"],
+    );
+    assert_eq!(n(&load, "responses"), 30, "{load}");
+    ok(&d.dir, &["kill", "h02"]);
+    let after = ok(
+        &d.dir,
+        &["load", "--from", "h01", "--to", "h03", "--requests", "20"],
+    );
+    assert_eq!(outcomes(&after), 20, "{after}");
+    ok(&d.dir, &["restart", "h02"]);
+    let err = devnet(&d.dir, &["partition", "h05"]).unwrap_err();
+    assert!(err.contains("partitions need network namespaces"), "{err}");
+    // Bad input: an unknown host, a second up in the same directory.
+    let err = devnet(&d.dir, &["kill", "h99"]).unwrap_err();
+    assert!(err.contains("no host \"h99\""), "{err}");
+    let err = devnet(&d.dir, &["up", "--hosts", "2", "--name", &d.name]).unwrap_err();
+    assert!(err.contains("a devnet is up in"), "{err}");
+    let check = ok(&d.dir, &["check"]);
+    assert_eq!(check["agree"], true, "{check}");
+    ok(&d.dir, &["down"]);
+}
