@@ -1,6 +1,6 @@
 //! `por devnet` end to end, as an operator runs it: `up` a chain and hosts as real
-//! processes (each host in its own network namespace where this test may make them,
-//! else on its own loopback address), load, a kill -9 under load and a restart, a
+//! processes (each host in its own network namespace, joined by emulated internet
+//! links, where this test may make them; else on its own loopback address), load, a kill -9 under load and a restart, a
 //! partition and its healing, `check` that both ends of every channel agree, and
 //! `down` leaving no process, namespace or link behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -137,10 +137,43 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
         }
     }
 
+    if isolation == "netns" {
+        assert_eq!(up["emulated_links"], true, "{up}");
+        // h01 (us-east-1) and h02 (us-west-2) are 67 ms apart: no request between
+        // them comes back sooner (a lower bound: the emulator delays; not a speed
+        // check).
+        let near = ok(
+            &d.dir,
+            &[
+                "load",
+                "--from",
+                "h01",
+                "--to",
+                "h02",
+                "--requests",
+                "5",
+                "--concurrency",
+                "1",
+            ],
+        );
+        assert_eq!(n(&near, "responses"), 5, "{near}");
+        assert!(near["secs"].as_f64().unwrap() >= 5.0 * 0.067, "{near}");
+    }
+
     // h02 → h08 is three hops either way round (h01–h07 or h03–h09).
     let load = ok(
         &d.dir,
-        &["load", "--from", "h02", "--to", "h08", "--requests", "40"],
+        &[
+            "load",
+            "--from",
+            "h02",
+            "--to",
+            "h08",
+            "--requests",
+            "40",
+            "--concurrency",
+            "8",
+        ],
     );
     assert_eq!(n(&load, "responses"), 40, "{load}");
 
@@ -149,10 +182,20 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
     let under_load = std::thread::spawn(move || {
         ok(
             &dir,
-            &["load", "--from", "h02", "--to", "h08", "--requests", "150"],
+            &[
+                "load",
+                "--from",
+                "h02",
+                "--to",
+                "h08",
+                "--requests",
+                "150",
+                "--concurrency",
+                "8",
+            ],
         )
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     let killed = ok(&d.dir, &["kill", "h03"]);
     assert_eq!(killed["killed"], "h03");
     let load = under_load.join().unwrap();
@@ -194,6 +237,18 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
             "a response crossed the partition: {cut}"
         );
         ok(&d.dir, &["heal"]);
+        // A blackhole on one emulated link, then its default back.
+        let cut = ok(&d.dir, &["link", "h05", "h06", "--down"]);
+        assert_eq!(cut["now"]["down"], true, "{cut}");
+        let around = ok(
+            &d.dir,
+            &["load", "--from", "h05", "--to", "h06", "--requests", "5"],
+        );
+        assert_eq!(outcomes(&around), 5, "{around}");
+        let back = ok(&d.dir, &["link", "h05", "h06", "--restore"]);
+        assert_eq!(back["now"]["down"], false, "{back}");
+        let err = devnet(&d.dir, &["link", "h05", "h06", "--loss", "2"]).unwrap_err();
+        assert!(err.contains("probability"), "{err}");
     } else {
         let err = devnet(&d.dir, &["partition", "h10"]).unwrap_err();
         assert!(err.contains("partitions need network namespaces"), "{err}");

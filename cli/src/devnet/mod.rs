@@ -1,9 +1,12 @@
 //! `por devnet`: a many-host network on this machine, as real processes. A served
 //! chain and N nodes, each host in its own network namespace with its own address
-//! (or on its own loopback address), channels in a ring with chords, faults by
-//! command (kill -9 and restart, partitions), load, and a check that both ends of
-//! every channel agree. docs/testnet.md describes it.
+//! (or on its own loopback address), joined by emulated internet links (latency,
+//! jitter, bandwidth and loss between regions, `links.rs`) or a plain bridge,
+//! channels in a ring with chords, faults by command (kill -9 and restart,
+//! partitions, link changes), load, and a check that both ends of every channel
+//! agree. docs/testnet.md describes it.
 
+mod links;
 mod net;
 mod state;
 
@@ -47,6 +50,10 @@ pub(crate) enum DevnetCommand {
         /// Network namespaces (needs root and iproute2) or loopback addresses.
         #[arg(long, value_enum, default_value_t = Isolation::Auto)]
         isolation: Isolation,
+        /// How namespaces are joined: `emulated` internet links between regions (the
+        /// default with namespaces) or a `bridge` (no delay at all).
+        #[arg(long, value_parser = ["emulated", "bridge"])]
+        links: Option<String>,
         /// Prefix of the namespaces and links (1–8 lowercase letters or digits).
         #[arg(long, default_value = "pordev")]
         name: String,
@@ -83,6 +90,42 @@ pub(crate) enum DevnetCommand {
         hosts: Vec<String>,
         /// The devnet's directory.
         #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Change the link between two hosts, both ways (emulated links only): a latency
+    /// spike, a bandwidth drop, loss, a blackhole; `--restore` puts back the default.
+    Link {
+        /// One host.
+        a: String,
+        /// The other.
+        b: String,
+        /// One-way latency.
+        #[arg(long)]
+        latency_ms: Option<u32>,
+        /// Jitter added to each packet, up to this.
+        #[arg(long)]
+        jitter_ms: Option<u32>,
+        /// Probability of losing a packet (0 to 1).
+        #[arg(long)]
+        loss: Option<f64>,
+        /// Bandwidth, in Mbit/s.
+        #[arg(long)]
+        bandwidth_mbit: Option<u64>,
+        /// Drop every packet (a blackhole).
+        #[arg(long)]
+        down: bool,
+        /// Back to the regions' default.
+        #[arg(long, conflicts_with_all = ["latency_ms", "jitter_ms", "loss", "bandwidth_mbit", "down"])]
+        restore: bool,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// The link emulator itself (`up` starts it).
+    #[command(hide = true)]
+    Links {
+        /// The devnet's directory.
+        #[arg(long)]
         dir: PathBuf,
     },
     /// Undo every partition.
@@ -136,9 +179,63 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
             hosts,
             transport,
             isolation,
+            links,
             name,
             dir,
-        } => up(hosts, &transport, isolation, &name, &dir).await,
+        } => {
+            let emulated = links.map(|l| l == "emulated");
+            up(hosts, &transport, isolation, emulated, &name, &dir).await
+        }
+        DevnetCommand::Links { dir } => links::run(dir).await,
+        DevnetCommand::Link {
+            a,
+            b,
+            latency_ms,
+            jitter_ms,
+            loss,
+            bandwidth_mbit,
+            down,
+            restore,
+            dir,
+        } => {
+            let st = State::load(&dir)?;
+            if !st.net.emulated {
+                bail!("this devnet's links are not emulated (it was started with a bridge or on the loopback)");
+            }
+            if loss.is_some_and(|l| !(0.0..=1.0).contains(&l)) {
+                bail!("--loss is a probability, 0 to 1");
+            }
+            if bandwidth_mbit == Some(0) {
+                bail!("--bandwidth-mbit 0: use --down for a link that passes nothing");
+            }
+            let mut l = links::Links::load(&dir)?;
+            let (ea, eb) = (l.endpoint(&a)?.clone(), l.endpoint(&b)?.clone());
+            for (x, y) in [(&ea, &eb), (&eb, &ea)] {
+                let key = format!("{}>{}", x.name, y.name);
+                if restore {
+                    l.overrides.remove(&key);
+                    continue;
+                }
+                let mut link = l.link(x, y);
+                if let Some(v) = latency_ms {
+                    link.latency_ms = v;
+                }
+                if let Some(v) = jitter_ms {
+                    link.jitter_ms = v;
+                }
+                if let Some(v) = loss {
+                    link.loss = v;
+                }
+                if let Some(v) = bandwidth_mbit {
+                    link.bandwidth_bps = v.saturating_mul(1_000_000);
+                }
+                link.down = down;
+                l.overrides.insert(key, link);
+            }
+            l.save(&dir)?;
+            println!("{}", json!({"link": [a, b], "now": l.link(&ea, &eb)}));
+            Ok(())
+        }
         DevnetCommand::Status { dir } => {
             let st = State::load(&dir)?;
             for h in &st.hosts {
@@ -246,10 +343,10 @@ fn topology(n: usize) -> Vec<(usize, usize)> {
     edges
 }
 
-/// The terms of every devnet channel.
-fn terms() -> EdgeTerms {
+/// The terms of a devnet channel promising `latency_ms` one way.
+fn terms(latency_ms: u64) -> EdgeTerms {
     EdgeTerms {
-        latency_ms: 50,
+        latency_ms,
         base_cost: Amount(10_000),
         byte_cost: Amount(10),
         sync_interval_ms: 500,
@@ -263,6 +360,7 @@ async fn up(
     hosts: usize,
     transport: &str,
     isolation: Isolation,
+    emulated: Option<bool>,
     name: &str,
     dir: &Path,
 ) -> Result<()> {
@@ -282,11 +380,12 @@ async fn up(
     std::fs::create_dir_all(dir.join("hosts"))
         .with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let net = Net::plan(name, isolation)?;
+    let net = Net::plan(name, isolation, emulated)?;
     let mut st = State {
         dir: dir.clone(),
         net,
         transport: transport.to_string(),
+        links: None,
         chain: None,
         chain_addr: String::new(),
         hosts: Vec::new(),
@@ -300,7 +399,8 @@ async fn up(
             st.save()?;
             println!(
                 "{}",
-                json!({"devnet": name, "isolation": st.net.isolation, "hosts": st.hosts.len(),
+                json!({"devnet": name, "isolation": st.net.isolation, "emulated_links": st.net.emulated,
+                       "hosts": st.hosts.len(),
                        "channels": st.channels.len(), "transport": transport,
                        "chain": st.chain_addr, "dir": dir, "secs": started.elapsed().as_secs_f64()})
             );
@@ -322,6 +422,53 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
     st.net.create()?;
     let netns = st.net.isolation == Isolation::Netns;
     let gateway = st.net.gateway();
+    let mut places = Vec::new();
+    for i in 1..=hosts {
+        places.push(st.net.add_host(i)?);
+    }
+    if st.net.emulated {
+        let mut endpoints: Vec<links::Endpoint> = places
+            .iter()
+            .enumerate()
+            .map(|(i, p)| -> Result<links::Endpoint> {
+                Ok(links::Endpoint {
+                    name: Net::host_name(i + 1),
+                    netns: p.netns.clone(),
+                    ip: match p.ip {
+                        std::net::IpAddr::V4(v4) => v4,
+                        std::net::IpAddr::V6(_) => bail!("emulated links carry IPv4"),
+                    },
+                    region: links::REGIONS[i % links::REGIONS.len()].to_string(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let std::net::IpAddr::V4(gw) = gateway else {
+            bail!("emulated links carry IPv4");
+        };
+        endpoints.push(links::Endpoint {
+            name: "gateway".into(),
+            netns: None,
+            ip: gw,
+            region: String::new(),
+        });
+        links::Links {
+            endpoints,
+            overrides: Default::default(),
+        }
+        .save(&dir)?;
+        let emulator = Daemon::start(
+            vec![
+                "devnet".into(),
+                "links".into(),
+                "--dir".into(),
+                dir.display().to_string(),
+            ],
+            None,
+            dir.join("links.log"),
+        )?;
+        st.links = Some(emulator);
+        st.save()?;
+    }
     let mut chain_args = vec![
         "chain".to_string(),
         "serve".into(),
@@ -343,9 +490,8 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
     st.save()?;
     let chain_addr: std::net::SocketAddr = st.chain_addr.parse()?;
     let exe = std::env::current_exe()?;
-    for i in 1..=hosts {
+    for (i, hnet) in (1..=hosts).zip(places) {
         let name = Net::host_name(i);
-        let hnet = st.net.add_host(i)?;
         let hdir = dir.join("hosts").join(&name);
         let account = format!("{name}.{}", st.net.name);
         let out = std::process::Command::new(&exe)
@@ -410,8 +556,22 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
         st.save()?;
     }
     let deposit = Amount(DEPOSIT_NEAR * por_chain::local::NEAR);
+    let emulated_links = if st.net.emulated {
+        Some(links::Links::load(&dir)?)
+    } else {
+        None
+    };
     for (a, b) in topology(hosts) {
         let (ha, hb) = (&st.hosts[a], &st.hosts[b]);
+        // A channel promises what its link delivers: the emulated one-way latency
+        // and its jitter, plus 20 ms for the nodes themselves.
+        let latency_ms = match &emulated_links {
+            Some(l) => {
+                let link = l.link(l.endpoint(&ha.name)?, l.endpoint(&hb.name)?);
+                u64::from(link.latency_ms + link.jitter_ms) + 20
+            }
+            None => 50,
+        };
         let signer = |h: &Host| -> Result<por_chain::RemoteClient> {
             let key =
                 por_node::config::read_key(&dir.join("hosts").join(&h.name).join("node.key"))?;
@@ -420,7 +580,7 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
             ))
         };
         let id = signer(ha)?
-            .propose_channel(&hb.account, &terms(), deposit)
+            .propose_channel(&hb.account, &terms(latency_ms), deposit)
             .await
             .with_context(|| format!("proposing {}–{}", ha.name, hb.name))?;
         signer(hb)?
@@ -620,6 +780,12 @@ fn down(dir: &Path, name: Option<&str>) -> Vec<String> {
             if c.alive() {
                 c.stop(Signal::SIGTERM, Duration::from_secs(5));
                 removed.push(format!("chain (pid {})", c.pid));
+            }
+        }
+        if let Some(l) = &st.links {
+            if l.alive() {
+                l.stop(Signal::SIGTERM, Duration::from_secs(5));
+                removed.push(format!("link emulator (pid {})", l.pid));
             }
         }
         names.push(st.net.name.clone());

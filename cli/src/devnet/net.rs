@@ -43,6 +43,9 @@ pub(crate) struct Net {
     pub(crate) isolation: Isolation,
     /// The first three octets of the hosts' addresses (`10.77.3` or `127.77.3`).
     pub(crate) prefix: String,
+    /// Whether the hosts are joined by the link emulator (TUN devices, see
+    /// `links.rs`) rather than a bridge.
+    pub(crate) emulated: bool,
 }
 
 /// Runs `ip <args>`, failing with what it printed.
@@ -76,7 +79,9 @@ fn netns_available() -> bool {
 
 impl Net {
     /// Chooses the isolation and a free subnet for a devnet named `name`.
-    pub(crate) fn plan(name: &str, wanted: Isolation) -> Result<Net> {
+    /// `emulated`: the link emulator (`Some(true)`), a bridge (`Some(false)`), or
+    /// the emulator wherever there are namespaces (`None`).
+    pub(crate) fn plan(name: &str, wanted: Isolation, emulated: Option<bool>) -> Result<Net> {
         if name.is_empty()
             || name.len() > 8
             || !name
@@ -93,6 +98,10 @@ impl Net {
             ),
             other => other,
         };
+        let emulated = emulated.unwrap_or(isolation == Isolation::Netns);
+        if emulated && isolation != Isolation::Netns {
+            bail!("emulated links need network namespaces: pass --links bridge with --isolation loopback");
+        }
         let first = if isolation == Isolation::Netns {
             "10.77"
         } else {
@@ -110,6 +119,7 @@ impl Net {
             name: name.to_string(),
             isolation,
             prefix: format!("{first}.{third}"),
+            emulated,
         })
     }
 
@@ -126,9 +136,10 @@ impl Net {
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
     }
 
-    /// Makes the bridge (namespaces only).
+    /// Makes the bridge (namespaces joined by a bridge only; the link emulator makes
+    /// its own devices).
     pub(crate) fn create(&self) -> Result<()> {
-        if self.isolation != Isolation::Netns {
+        if self.isolation != Isolation::Netns || self.emulated {
             return Ok(());
         }
         let br = self.bridge();
@@ -159,6 +170,14 @@ impl Net {
         let ns = format!("{}-{}", self.name, Net::host_name(i));
         let veth = format!("{}-{i}", self.name);
         ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        if self.emulated {
+            // Its `eth0` is a TUN device the link emulator makes.
+            return Ok(HostNet {
+                netns: Some(ns),
+                ip: ip_addr,
+            });
+        }
         ip(&[
             "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ])?;
@@ -173,7 +192,6 @@ impl Net {
             "eth0",
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         Ok(HostNet {
             netns: Some(ns),
             ip: ip_addr,

@@ -58,6 +58,9 @@ pub(crate) struct State {
     pub(crate) net: Net,
     /// `tcp` or `quic`.
     pub(crate) transport: String,
+    /// The link emulator (`None` with a bridge, or until started).
+    #[serde(default)]
+    pub(crate) links: Option<Daemon>,
     /// The served chain (`None` until started).
     pub(crate) chain: Option<Daemon>,
     /// The chain's address, as the hosts reach it.
