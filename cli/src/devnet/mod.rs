@@ -8,6 +8,7 @@
 
 mod links;
 mod net;
+mod report;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -156,6 +157,17 @@ pub(crate) enum DevnetCommand {
     /// Once nothing is in flight: both ends of every channel agree on what was paid
     /// each way. Fails (exit 1) when any pair does not.
     Check {
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// What the traffic came to: latency by path length, outcomes over time, late
+    /// fees, each node's earnings, severed channels, and money conservation of every
+    /// channel against the chain. Fails (exit 1) when money is not conserved.
+    Report {
+        /// `json` or `markdown`.
+        #[arg(long, default_value = "json", value_parser = ["json", "markdown"])]
+        format: String,
         /// The devnet's directory.
         #[arg(long, default_value = ".por-devnet")]
         dir: PathBuf,
@@ -313,6 +325,23 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
                 bail!(
                     "the two ends of some channel disagree: {}",
                     report["disagreements"]
+                );
+            }
+            Ok(())
+        }
+        DevnetCommand::Report { format, dir } => {
+            let st = State::load(&dir)?;
+            let statuses = settled_statuses(&st).await?;
+            let r = report::report(&st, &statuses).await?;
+            if format == "markdown" {
+                print!("{}", report::markdown(&r));
+            } else {
+                println!("{r}");
+            }
+            if r["conservation"]["conserved"] != true {
+                bail!(
+                    "money is not conserved on some channel: {}",
+                    r["conservation"]["problems"]
                 );
             }
             Ok(())
@@ -490,6 +519,9 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
     st.save()?;
     let chain_addr: std::net::SocketAddr = st.chain_addr.parse()?;
     let exe = std::env::current_exe()?;
+    // Every node polls the one served chain: fewer polls each as there are more
+    // nodes, so that the chain keeps up with the channel opens (50 hosts: 1 s).
+    let poll_ms = (hosts as u64 * 20).clamp(200, 2_000).to_string();
     for (i, hnet) in (1..=hosts).zip(places) {
         let name = Net::host_name(i);
         let hdir = dir.join("hosts").join(&name);
@@ -537,7 +569,7 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
             "--stake",
             &(STAKE_NEAR * por_chain::local::NEAR).to_string(),
             "--chain-poll-ms",
-            "200",
+            &poll_ms,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -665,11 +697,18 @@ async fn load(st: &State, from: &str, to: &str, requests: u64, concurrency: u64)
     }
     let next = Arc::new(AtomicU64::new(0));
     let counts: Arc<[AtomicU64; 5]> = Arc::new(Default::default());
+    let record: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (client, server, next, counts) =
-            (client.clone(), server.clone(), next.clone(), counts.clone());
+        let (client, server, next, counts, record) = (
+            client.clone(),
+            server.clone(),
+            next.clone(),
+            counts.clone(),
+            record.clone(),
+        );
+        let (from, to) = (from.to_string(), to.to_string());
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::SeqCst) < requests {
                 let r = control(
@@ -686,12 +725,31 @@ async fn load(st: &State, from: &str, to: &str, requests: u64, concurrency: u64)
                     Err(_) => 4,
                 };
                 counts[slot].fetch_add(1, Ordering::SeqCst);
+                let at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let mut o =
+                    r.unwrap_or_else(|e| json!({"kind": "refused", "error": format!("{e:#}")}));
+                if let Value::Object(m) = &mut o {
+                    m.remove("body");
+                    m.insert("at_ms".into(), json!(at_ms));
+                    m.insert("from".into(), json!(from));
+                    m.insert("to".into(), json!(to));
+                }
+                if let Ok(mut rec) = record.lock() {
+                    rec.push(o);
+                }
             }
         }));
     }
     for w in workers {
         w.await?;
     }
+    let outcomes = record
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
+    report::record(&st.dir, &outcomes)?;
     let c = |i: usize| counts[i].load(Ordering::SeqCst);
     Ok(
         json!({"from": from, "to": to, "responses": c(0), "proofs": c(1), "late": c(2),
@@ -703,26 +761,7 @@ async fn load(st: &State, from: &str, to: &str, requests: u64, concurrency: u64)
 /// unacknowledged payment, then compares both ends of every channel whose two hosts
 /// run.
 async fn check(st: &State) -> Result<Value> {
-    let mut statuses: Vec<(String, Value)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        statuses.clear();
-        for h in st.hosts.iter().filter(|h| h.node.alive()) {
-            statuses.push((h.name.clone(), control(h, json!({"op": "status"})).await?));
-        }
-        // A severed channel's last unacknowledged payment stays so for good.
-        let quiet = statuses.iter().all(|(_, s)| {
-            s["in_flight"] == 0
-                && s["channels"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .all(|c| c["unacked"] == "0" || c["severed"] == true)
-                })
-        });
-        if quiet || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let statuses = settled_statuses(st).await?;
     let find = |host: &str, peer_id: &str| -> Option<Value> {
         let (_, s) = statuses.iter().find(|(n, _)| n == host)?;
         s["channels"]
@@ -761,6 +800,31 @@ async fn check(st: &State) -> Result<Value> {
               "channels": st.channels.len(), "unacknowledged_not_received": in_dispute.to_string(),
               "disagreements": disagreements}),
     )
+}
+
+/// Every running node's status, once none has a request in flight or an
+/// unacknowledged payment on a channel that is not severed (or after 20 s).
+async fn settled_statuses(st: &State) -> Result<Vec<(String, Value)>> {
+    let mut statuses: Vec<(String, Value)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        statuses.clear();
+        for h in st.hosts.iter().filter(|h| h.node.alive()) {
+            statuses.push((h.name.clone(), control(h, json!({"op": "status"})).await?));
+        }
+        // A severed channel's last unacknowledged payment stays so for good.
+        let quiet = statuses.iter().all(|(_, s)| {
+            s["in_flight"] == 0
+                && s["channels"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .all(|c| c["unacked"] == "0" || c["severed"] == true)
+                })
+        });
+        if quiet || Instant::now() > deadline {
+            return Ok(statuses);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Stops every process of the devnet in `dir` (SIGTERM, then SIGKILL after 5 s) and

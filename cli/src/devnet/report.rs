@@ -1,0 +1,274 @@
+//! `por devnet report`: what the devnet's traffic came to, from the outcomes `load`
+//! recorded (`outcomes.jsonl`), every running node's channels and the chain's view
+//! of them. Latency by path length, outcomes over time, late fees, each node's
+//! earnings, severed channels, and money conservation of every channel: the two ends
+//! agree, and what they hold adds up to what was deposited on chain.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use por_chain::Chain;
+use serde_json::{json, Value};
+
+use super::state::State;
+
+/// The file `load` appends each request's outcome to.
+pub(crate) const OUTCOMES_FILE: &str = "outcomes.jsonl";
+
+/// Width of a bucket of `outcomes_over_time`.
+const BUCKET_MS: u64 = 10_000;
+
+/// Appends outcomes to the devnet's record.
+pub(crate) fn record(dir: &Path, outcomes: &[Value]) -> Result<()> {
+    let p = dir.join(OUTCOMES_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    let mut text = String::new();
+    for o in outcomes {
+        text.push_str(&o.to_string());
+        text.push('\n');
+    }
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", p.display()))
+}
+
+fn amount(v: &Value) -> u128 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The `q`-quantile of sorted `xs` (nearest rank).
+fn quantile(xs: &[u64], q: f64) -> u64 {
+    if xs.is_empty() {
+        return 0;
+    }
+    let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
+    xs[rank - 1]
+}
+
+/// The report, as JSON.
+pub(crate) async fn report(st: &State, statuses: &[(String, Value)]) -> Result<Value> {
+    let text = std::fs::read_to_string(st.dir.join(OUTCOMES_FILE)).unwrap_or_default();
+    let outcomes: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+
+    // Outcomes, and latency by path length.
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_hops: BTreeMap<u64, (Vec<u64>, u64)> = BTreeMap::new();
+    let mut over_time: BTreeMap<u64, BTreeMap<String, u64>> = BTreeMap::new();
+    let (mut late_fees, mut spent) = (0u128, 0u128);
+    let start = outcomes
+        .iter()
+        .filter_map(|o| o["at_ms"].as_u64())
+        .min()
+        .unwrap_or(0);
+    for o in &outcomes {
+        let kind = o["kind"].as_str().unwrap_or("refused").to_string();
+        *kinds.entry(kind.clone()).or_default() += 1;
+        let bucket = o["at_ms"].as_u64().unwrap_or(start).saturating_sub(start) / BUCKET_MS;
+        *over_time
+            .entry(bucket)
+            .or_default()
+            .entry(kind.clone())
+            .or_default() += 1;
+        late_fees = late_fees.saturating_add(amount(&o["fees_received"]));
+        spent = spent.saturating_add(amount(&o["paid"]));
+        if kind == "response" {
+            let e = by_hops.entry(o["hops"].as_u64().unwrap_or(0)).or_default();
+            e.0.push(o["latency_ms"].as_u64().unwrap_or(0));
+            if o["on_time"] == true {
+                e.1 += 1;
+            }
+        }
+    }
+    let latency: Vec<Value> = by_hops
+        .into_iter()
+        .map(|(hops, (mut l, on_time))| {
+            l.sort_unstable();
+            json!({"hops": hops, "responses": l.len(), "on_time": on_time,
+                   "p50_ms": quantile(&l, 0.5), "p90_ms": quantile(&l, 0.9),
+                   "p99_ms": quantile(&l, 0.99), "max_ms": l.last().copied().unwrap_or(0)})
+        })
+        .collect();
+    let over_time: Vec<Value> = over_time
+        .into_iter()
+        .map(|(b, k)| json!({"from_s": b * BUCKET_MS / 1000, "outcomes": k}))
+        .collect();
+
+    // The chain's view of every channel.
+    let chain_addr: std::net::SocketAddr = st.chain_addr.parse().context("the chain's address")?;
+    let client = por_chain::RemoteClient::new(chain_addr, "report");
+    let mut on_chain: Vec<Value> = Vec::new();
+    loop {
+        let page = client
+            .view(
+                "get_channels",
+                json!({"from": on_chain.len(), "limit": 200}),
+            )
+            .await
+            .context("reading the channels from the chain")?;
+        let items = page.as_array().cloned().unwrap_or_default();
+        let n = items.len();
+        on_chain.extend(items);
+        if n < 200 {
+            break;
+        }
+    }
+
+    // Each node's earnings, and each channel's conservation.
+    let end = |host: &str, peer: &str| -> Option<Value> {
+        let (_, s) = statuses.iter().find(|(n, _)| n == host)?;
+        s["channels"]
+            .as_array()?
+            .iter()
+            .find(|c| c["peer"] == peer)
+            .cloned()
+    };
+    let mut nodes = Vec::new();
+    for (name, s) in statuses {
+        let chans = s["channels"].as_array().cloned().unwrap_or_default();
+        let received: u128 = chans.iter().map(|c| amount(&c["received"])).sum();
+        let paid: u128 = chans.iter().map(|c| amount(&c["paid"])).sum();
+        nodes.push(
+            json!({"host": name, "received": received.to_string(), "paid": paid.to_string(),
+                          "net": (received as i128 - paid as i128).to_string(),
+                          "channels": chans.len(),
+                          "severed": chans.iter().filter(|c| c["severed"] == true).count()}),
+        );
+    }
+    let (mut conserved, mut checked, mut problems, mut severed) = (true, 0, Vec::new(), 0);
+    for (a, b, id) in &st.channels {
+        let view = on_chain
+            .iter()
+            .find(|c| c["id"].as_str() == Some(&id.to_string()) || c["id"] == *id);
+        if view.is_some_and(|v| !v["severed"].is_null()) {
+            severed += 1;
+        }
+        let (ha, hb) = (st.host(a)?, st.host(b)?);
+        let (Some(ab), Some(ba), Some(view)) = (end(a, hb.id()), end(b, ha.id()), view) else {
+            continue;
+        };
+        checked += 1;
+        let deposits = amount(&view["deposit_a"]).saturating_add(amount(&view["deposit_b"]));
+        // What one end paid the other received: all of it, or all but its last
+        // payment that was never acknowledged (cut on its way). Then the two balances
+        // and that missing payment add up to the deposits.
+        let missing = |payer: &Value, payee: &Value| -> Option<u128> {
+            let (p, u, r) = (
+                amount(&payer["paid"]),
+                amount(&payer["unacked"]),
+                amount(&payee["received"]),
+            );
+            (r == p || Some(r) == p.checked_sub(u)).then(|| p.saturating_sub(r))
+        };
+        let ok = match (missing(&ab, &ba), missing(&ba, &ab)) {
+            (Some(x), Some(y)) => {
+                amount(&ab["balance"])
+                    .saturating_add(amount(&ba["balance"]))
+                    .saturating_add(x)
+                    .saturating_add(y)
+                    == deposits
+            }
+            _ => false,
+        };
+        if !ok {
+            conserved = false;
+            problems.push(json!({"channel": id, "deposits": deposits.to_string(), a.clone(): ab, b.clone(): ba}));
+        }
+    }
+    let clients_servers: Vec<String> = outcomes
+        .iter()
+        .flat_map(|o| [o["from"].as_str(), o["to"].as_str()])
+        .flatten()
+        .map(str::to_string)
+        .collect();
+    let relays: Vec<&Value> = nodes
+        .iter()
+        .filter(|n| !clients_servers.iter().any(|c| n["host"] == c.as_str()))
+        .filter(|n| amount(&n["received"]) > 0)
+        .collect();
+    let relays_profit = relays
+        .iter()
+        .all(|n| !n["net"].as_str().unwrap_or("0").starts_with('-'));
+    Ok(json!({
+        "devnet": st.net.name, "hosts": st.hosts.len(), "running": statuses.len(),
+        "transport": st.transport, "emulated_links": st.net.emulated,
+        "requests": outcomes.len(), "outcomes": kinds, "latency_by_hops": latency,
+        "outcomes_over_time": over_time,
+        "late_fees_received_by_clients": late_fees.to_string(), "clients_spent": spent.to_string(),
+        "nodes": nodes,
+        "relays_that_forwarded": relays.len(), "relays_profit": relays_profit,
+        "channels": st.channels.len(), "channels_severed_on_chain": severed,
+        "conservation": {"channels_checked": checked, "conserved": conserved, "problems": problems},
+    }))
+}
+
+/// The report as Markdown.
+pub(crate) fn markdown(r: &Value) -> String {
+    let mut md = format!(
+        "# Devnet `{}`: {} hosts ({} running), {}{}\n\n",
+        r["devnet"].as_str().unwrap_or(""),
+        r["hosts"],
+        r["running"],
+        r["transport"].as_str().unwrap_or(""),
+        if r["emulated_links"] == true {
+            ", emulated links"
+        } else {
+            ""
+        }
+    );
+    md.push_str(&format!(
+        "{} requests: {}\n\n",
+        r["requests"], r["outcomes"]
+    ));
+    md.push_str("| hops | responses | on time | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|\n");
+    for l in r["latency_by_hops"].as_array().into_iter().flatten() {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            l["hops"],
+            l["responses"],
+            l["on_time"],
+            l["p50_ms"],
+            l["p90_ms"],
+            l["p99_ms"],
+            l["max_ms"]
+        ));
+    }
+    md.push_str(&format!(
+        "\nLate fees received by clients: {} yocto; clients spent {} yocto.\n\n",
+        r["late_fees_received_by_clients"].as_str().unwrap_or("0"),
+        r["clients_spent"].as_str().unwrap_or("0")
+    ));
+    md.push_str(
+        "| host | received | paid | net | channels | severed |\n|---|---|---|---|---|---|\n",
+    );
+    for n in r["nodes"].as_array().into_iter().flatten() {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            n["host"].as_str().unwrap_or(""),
+            n["received"].as_str().unwrap_or(""),
+            n["paid"].as_str().unwrap_or(""),
+            n["net"].as_str().unwrap_or(""),
+            n["channels"],
+            n["severed"]
+        ));
+    }
+    let c = &r["conservation"];
+    md.push_str(&format!(
+        "\nRelays that forwarded: {}; all profit: {}. Channels severed on chain: {} of {}.\n\
+         Money conserved on {} channels checked: **{}**.\n",
+        r["relays_that_forwarded"],
+        r["relays_profit"],
+        r["channels_severed_on_chain"],
+        r["channels"],
+        c["channels_checked"],
+        c["conserved"]
+    ));
+    md
+}
