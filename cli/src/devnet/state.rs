@@ -229,20 +229,34 @@ impl Daemon {
         }
     }
 
-    /// Whether it still runs.
+    /// Whether it still runs: a live process with this pid whose command line is
+    /// this daemon's (a pid reused by another process, after this one died and the
+    /// state file grew stale, is not ours to signal).
     pub(crate) fn alive(&self) -> bool {
         let pid = Pid::from_raw(i32::try_from(self.pid).unwrap_or(0));
-        pid.as_raw() > 0
-            && kill(pid, None).is_ok()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .unwrap_or_default()
-                .contains(") Z ")
+        if pid.as_raw() <= 0 || kill(pid, None).is_err() {
+            return false;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        if stat.contains(") Z ") {
+            return false;
+        }
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        // `ip netns exec` has exec'd por by the time the ready line was read: the
+        // command line ends with exactly our arguments.
+        args.len() > self.args.len()
+            && args[args.len() - 1 - self.args.len()..args.len() - 1]
+                .iter()
+                .zip(&self.args)
+                .all(|(a, b)| *a == b.as_bytes())
     }
 
     /// Sends `signal`, then waits (up to `wait`) for it to be gone; SIGKILL after that.
+    /// Nothing is sent to a pid that is no longer this daemon's.
     pub(crate) fn stop(&self, signal: Signal, wait: Duration) {
         let pid = Pid::from_raw(i32::try_from(self.pid).unwrap_or(0));
-        if pid.as_raw() <= 0 || !self.alive() {
+        if !self.alive() {
             return;
         }
         let _ = kill(pid, signal);
@@ -269,4 +283,39 @@ fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_is_ours_only_while_its_command_line_is() {
+        // This test process: alive, but its arguments are not a daemon's.
+        let me = Daemon {
+            pid: std::process::id(),
+            args: vec![
+                "node".into(),
+                "run".into(),
+                "--config".into(),
+                "/nowhere".into(),
+            ],
+            netns: None,
+            log: PathBuf::from("/dev/null"),
+            ready: Value::Null,
+        };
+        assert!(!me.alive(), "a foreign process counted as the daemon");
+        // Its real command line: ours.
+        let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .skip(1)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ours = Daemon { args, ..me.clone() };
+        assert!(ours.alive());
+        let gone = Daemon { pid: 0, ..ours };
+        assert!(!gone.alive());
+    }
 }
