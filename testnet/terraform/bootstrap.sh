@@ -13,7 +13,9 @@
 #   POR_ADVERTISE    address peers dial (default: POR_LISTEN)
 #   POR_TRANSPORT    tcp or quic (default tcp)
 #   POR_CHAIN        near or served (default near)
-#   POR_NEAR_RPC, POR_NEAR_CONTRACT            with POR_CHAIN=near
+#   POR_NEAR_RPC, POR_NEAR_CONTRACT, POR_NEAR_KEY_JSON
+#                    with POR_CHAIN=near: the RPC, the contract account, and the
+#                    account's near-cli credentials JSON (written 0600)
 #   POR_CHAIN_ADDR, POR_FAUCET_NEAR            with POR_CHAIN=served (a devnet's chain;
 #                                              POR_FAUCET_NEAR funds the account first)
 #   POR_STAKE        yoctoNEAR to stake at start (default 10 NEAR)
@@ -56,9 +58,11 @@ fi
 chain_flags=()
 case "$chain" in
   near)
+    key_json="$prefix/node/near-key.json"
+    (umask 077; printf '%s' "${POR_NEAR_KEY_JSON:?POR_NEAR_KEY_JSON: the account credentials}" > "$key_json")
     chain_flags=(--chain near --near-rpc "${POR_NEAR_RPC:?POR_NEAR_RPC}" \
       --near-contract "${POR_NEAR_CONTRACT:?POR_NEAR_CONTRACT}" \
-      --near-key-file "$prefix/node/node.key")
+      --near-key-file "$key_json")
     ;;
   served)
     addr="${POR_CHAIN_ADDR:?POR_CHAIN_ADDR: the served chain}"
