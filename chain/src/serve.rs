@@ -364,19 +364,31 @@ impl RemoteClient {
     }
 }
 
+/// How long a served chain may take to answer one request before the connection is
+/// given up (and made afresh by the next request): a stalled connection must not
+/// stall its caller, a node's chain follower, for good.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 async fn exchange(
     lines: &mut Framed<TcpStream, LinesCodec>,
     req: Value,
 ) -> Result<Value, ChainError> {
-    lines
-        .send(req.to_string())
+    let round_trip = async {
+        lines
+            .send(req.to_string())
+            .await
+            .map_err(|e| ChainError::Remote(e.to_string()))?;
+        lines
+            .next()
+            .await
+            .ok_or_else(|| ChainError::Remote("the chain closed the connection".into()))?
+            .map_err(|e| ChainError::Remote(e.to_string()))
+    };
+    let line = tokio::time::timeout(REQUEST_TIMEOUT, round_trip)
         .await
-        .map_err(|e| ChainError::Remote(e.to_string()))?;
-    let line = lines
-        .next()
-        .await
-        .ok_or_else(|| ChainError::Remote("the chain closed the connection".into()))?
-        .map_err(|e| ChainError::Remote(e.to_string()))?;
+        .map_err(|_| {
+            ChainError::Remote(format!("no answer from the chain in {REQUEST_TIMEOUT:?}"))
+        })??;
     serde_json::from_str(&line).map_err(|e| ChainError::Remote(format!("bad answer: {e}")))
 }
 
@@ -438,5 +450,41 @@ impl Chain for RemoteClient {
             .collect::<Result<_, ChainError>>()?;
         let through = v["through"].as_u64().ok_or_else(bad)?;
         Ok(EventPage { events, through })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain that takes the connection and never answers: the request fails after
+    /// `REQUEST_TIMEOUT` (virtual time here) instead of waiting for ever, and the next
+    /// one connects afresh.
+    #[tokio::test(start_paused = true)]
+    async fn a_chain_that_never_answers_fails_the_request_in_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let client = RemoteClient::new(addr, "someone");
+        let started = tokio::time::Instant::now();
+        let err = client
+            .request(serde_json::json!({"op": "height"}))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no answer from the chain"),
+            "{err}"
+        );
+        assert!(started.elapsed() >= REQUEST_TIMEOUT);
+        assert!(
+            client.conn.lock().await.is_none(),
+            "the stalled connection is dropped"
+        );
+        held.abort();
     }
 }

@@ -1,4 +1,4 @@
-//! The boot script cloud-init runs on every testnet VM (`testnet/terraform/bootstrap.sh`),
+//! The boot script cloud-init runs on every testnet VM (`testnet/terraform/modules/cloud-init/bootstrap.sh`),
 //! run for real: inside a network namespace of its own, joined to a devnet's bridge
 //! as a VM joins the internet. It installs the built `por`, writes the key and the
 //! config, funds the account from the devnet chain's faucet and starts the node; a
@@ -107,7 +107,8 @@ fn the_vm_boot_script_installs_a_node_that_joins_a_devnet() {
     ip(&["-n", &c.vm_ns, "link", "set", "eth0", "up"]);
     ip(&["-n", &c.vm_ns, "link", "set", "lo", "up"]);
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testnet/terraform/bootstrap.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testnet/terraform/modules/cloud-init/bootstrap.sh");
     let account = format!("vm.{name}");
     let vm = dir.join("vm");
     let said = run(Command::new("ip")
@@ -126,15 +127,17 @@ fn the_vm_boot_script_installs_a_node_that_joins_a_devnet() {
     // What it installed and wrote.
     assert!(vm.join("bin/por").exists());
     assert!(vm.join("node/node.key").exists());
+    let config = std::fs::read_to_string(vm.join("node/por.toml")).unwrap();
+    assert!(
+        config.contains("chain = \"served\"") && config.contains(&chain_addr),
+        "{config}"
+    );
+    assert!(
+        config.contains("metrics_listen = \"127.0.0.1:9100\""),
+        "metrics stay private: {config}"
+    );
     let command = std::fs::read_to_string(vm.join("node/command")).unwrap();
-    assert!(
-        command.contains("--chain served") && command.contains(&chain_addr),
-        "{command}"
-    );
-    assert!(
-        command.contains("--metrics-listen 127.0.0.1:9100"),
-        "metrics stay private: {command}"
-    );
+    assert!(command.contains("node run --config"), "{command}");
     let mut ready = String::new();
     for _ in 0..300 {
         ready = std::fs::read_to_string(vm.join("node/ready")).unwrap_or_default();

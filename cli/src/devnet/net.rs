@@ -143,7 +143,13 @@ impl Net {
             return Ok(());
         }
         let br = self.bridge();
-        ip(&["link", "add", &br, "type", "bridge"])?;
+        // A fixed address: a bridge otherwise takes the lowest of its ports', so a
+        // host (or VM) joining later could change it under everyone's ARP cache and
+        // stall every connection through the gateway (the chain's) for minutes.
+        let third = self.prefix.rsplit('.').next().unwrap_or("0");
+        let third: u8 = third.parse().unwrap_or(0);
+        let mac = format!("02:70:6f:72:{third:02x}:fe");
+        ip(&["link", "add", &br, "address", &mac, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{}/24", self.gateway()), "dev", &br])?;
         ip(&["link", "set", &br, "up"])
     }

@@ -10,7 +10,8 @@
 #   POR_PREFIX       install prefix (default /opt/por)
 #   POR_ACCOUNT      the NEAR account the node signs as (required)
 #   POR_LISTEN       address to listen on for peers (default 0.0.0.0:7000)
-#   POR_ADVERTISE    address peers dial (default: POR_LISTEN)
+#   POR_ADVERTISE    address peers dial (default: POR_LISTEN; with POR_PUBLIC_IP_URL,
+#                    that URL's answer (the cloud's metadata service) and the port)
 #   POR_TRANSPORT    tcp or quic (default tcp)
 #   POR_CHAIN        near or served (default near)
 #   POR_NEAR_RPC, POR_NEAR_CONTRACT, POR_NEAR_KEY_JSON
@@ -28,7 +29,14 @@ fail() { echo "bootstrap: $*" >&2; exit 1; }
 prefix="${POR_PREFIX:-/opt/por}"
 account="${POR_ACCOUNT:?POR_ACCOUNT: the NEAR account of this node}"
 listen="${POR_LISTEN:-0.0.0.0:7000}"
-advertise="${POR_ADVERTISE:-$listen}"
+if [ -n "${POR_ADVERTISE:-}" ]; then
+  advertise="$POR_ADVERTISE"
+elif [ -n "${POR_PUBLIC_IP_URL:-}" ]; then
+  public_ip="$(curl -fsS --retry 5 "$POR_PUBLIC_IP_URL")" || fail "cannot read $POR_PUBLIC_IP_URL"
+  advertise="$public_ip:${listen##*:}"
+else
+  advertise="$listen"
+fi
 transport="${POR_TRANSPORT:-tcp}"
 chain="${POR_CHAIN:-near}"
 stake="${POR_STAKE:-10000000000000000000000000}"
@@ -55,18 +63,19 @@ if [ ! -f "$prefix/node/node.key" ]; then
   "$bin" init --dir "$prefix/node" --account "$account" --listen "$listen" >/dev/null
 fi
 
-chain_flags=()
 case "$chain" in
   near)
     key_json="$prefix/node/near-key.json"
     (umask 077; printf '%s' "${POR_NEAR_KEY_JSON:?POR_NEAR_KEY_JSON: the account credentials}" > "$key_json")
-    chain_flags=(--chain near --near-rpc "${POR_NEAR_RPC:?POR_NEAR_RPC}" \
-      --near-contract "${POR_NEAR_CONTRACT:?POR_NEAR_CONTRACT}" \
-      --near-key-file "$key_json")
+    chain_settings="chain = \"near\"
+near_rpc = \"${POR_NEAR_RPC:?POR_NEAR_RPC}\"
+near_contract = \"${POR_NEAR_CONTRACT:?POR_NEAR_CONTRACT}\"
+near_key_file = \"$key_json\""
     ;;
   served)
     addr="${POR_CHAIN_ADDR:?POR_CHAIN_ADDR: the served chain}"
-    chain_flags=(--chain served --chain-addr "$addr")
+    chain_settings="chain = \"served\"
+chain_addr = \"$addr\""
     if [ -n "${POR_FAUCET_NEAR:-}" ]; then
       "$bin" chain fund --chain-addr "$addr" --key-file "$prefix/node/node.key" \
         "$account" "${POR_FAUCET_NEAR}000000000000000000000000" >/dev/null
@@ -75,9 +84,25 @@ case "$chain" in
   *) fail "POR_CHAIN=$chain: near or served" ;;
 esac
 
-args=(node run --config "$prefix/node/por.toml" --data-dir "$prefix/node/data"
-  --transport "$transport" --listen "$listen" --advertise "$advertise"
-  --control 127.0.0.1:7100 --metrics-listen "$metrics" --stake "$stake" "${chain_flags[@]}")
+# The node's whole configuration, in its config file (`por init` wrote the key; this
+# replaces its template), so that the operator's `por status`, `por channel open`
+# and `por request --config /opt/por/node/por.toml` on the VM read the same settings.
+cat > "$prefix/node/por.toml" <<TOML
+# Written by the testnet boot script.
+account = "$account"
+key_file = "$prefix/node/node.key"
+data_dir = "$prefix/node/data"
+listen = "$listen"
+advertise = "$advertise"
+transport = "$transport"
+control = "127.0.0.1:7100"
+metrics_listen = "$metrics"
+stake = "$stake"
+sever_policy = "wait_syncs:3"
+$chain_settings
+TOML
+
+args=(node run --config "$prefix/node/por.toml")
 printf '%q ' "$bin" "${args[@]}" > "$prefix/node/command"
 
 if [ "$POR_SYSTEMD" = 1 ]; then
