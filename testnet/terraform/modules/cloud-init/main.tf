@@ -3,7 +3,7 @@
 # module validates offline.
 
 terraform {
-  required_version = ">= 1.5"
+  required_version = ">= 1.0"
 }
 
 locals {
