@@ -6,6 +6,10 @@
 //! Needs root and iproute2 (network namespaces); says so and passes when absent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/netns.rs"]
+mod netns;
+use netns::netns_possible;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -25,17 +29,6 @@ fn run(cmd: &mut Command) -> String {
 
 fn ip(args: &[&str]) {
     run(Command::new("ip").args(args));
-}
-
-fn netns_possible() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    root && Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// Everything the test made, removed when it ends.

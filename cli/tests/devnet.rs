@@ -5,6 +5,10 @@
 //! `down` leaving no process, namespace or link behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/netns.rs"]
+mod netns;
+use netns::netns_possible;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,18 +45,6 @@ fn ok(dir: &Path, args: &[&str]) -> Value {
 
 fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
-}
-
-/// Whether this test may make network namespaces (root, iproute2).
-fn netns_possible() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    root && Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn namespaces(name: &str) -> Vec<String> {

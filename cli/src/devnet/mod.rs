@@ -279,12 +279,7 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
         }
         DevnetCommand::Partition { hosts, dir } => {
             let mut st = State::load(&dir)?;
-            let others: Vec<String> = st
-                .hosts
-                .iter()
-                .map(|h| h.name.clone())
-                .filter(|n| !hosts.contains(n))
-                .collect();
+            let others = st.others(&hosts)?;
             st.net.partition(&st.nets(&hosts)?, &st.nets(&others)?)?;
             st.partitions.push(hosts.clone());
             st.save()?;
@@ -294,12 +289,7 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
         DevnetCommand::Heal { dir } => {
             let mut st = State::load(&dir)?;
             for side in std::mem::take(&mut st.partitions) {
-                let others: Vec<String> = st
-                    .hosts
-                    .iter()
-                    .map(|h| h.name.clone())
-                    .filter(|n| !side.contains(n))
-                    .collect();
+                let others = st.others(&side)?;
                 st.net.heal(&st.nets(&side)?, &st.nets(&others)?)?;
             }
             st.save()?;
@@ -762,34 +752,16 @@ async fn load(st: &State, from: &str, to: &str, requests: u64, concurrency: u64)
 /// run.
 async fn check(st: &State) -> Result<Value> {
     let statuses = settled_statuses(st).await?;
-    let find = |host: &str, peer_id: &str| -> Option<Value> {
-        let (_, s) = statuses.iter().find(|(n, _)| n == host)?;
-        s["channels"]
-            .as_array()?
-            .iter()
-            .find(|c| c["peer"] == peer_id)
-            .cloned()
-    };
-    let amount = |v: &Value| v.as_str().and_then(|s| s.parse::<u128>().ok());
     let (mut checked, mut disagreements, mut in_dispute) = (0, Vec::new(), 0u128);
     for (a, b, id) in &st.channels {
         let (ha, hb) = (st.host(a)?, st.host(b)?);
-        let (Some(ab), Some(ba)) = (find(a, hb.id()), find(b, ha.id())) else {
+        let end = |host: &str, peer: &str| report::channel_end(&statuses, host, peer);
+        let (Some(ab), Some(ba)) = (end(a, hb.id()), end(b, ha.id())) else {
             continue;
         };
         checked += 1;
-        // What one end paid, the other received: all of it, or all but the payer's
-        // last payment that was never acknowledged (it may not have arrived, or not
-        // been made durable, before the channel was cut). Either way the two ends
-        // hold the same acknowledged state, which is what the chain settles.
-        let agrees = |payer: &Value, payee: &Value| -> Option<(bool, u128)> {
-            let (paid, unacked) = (amount(&payer["paid"])?, amount(&payer["unacked"])?);
-            let received = amount(&payee["received"])?;
-            let acked = paid.checked_sub(unacked)?;
-            Some((received == paid || received == acked, paid - received))
-        };
-        match (agrees(&ab, &ba), agrees(&ba, &ab)) {
-            (Some((true, x)), Some((true, y))) => {
+        match (report::missing(&ab, &ba), report::missing(&ba, &ab)) {
+            (Some(x), Some(y)) => {
                 in_dispute = in_dispute.saturating_add(x).saturating_add(y);
             }
             _ => disagreements.push(json!({"channel": id, a.clone(): ab, b.clone(): ba})),

@@ -41,6 +41,31 @@ fn amount(v: &Value) -> u128 {
     v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// `host`'s end of its channel to the node `peer` (hex id), from the statuses.
+pub(crate) fn channel_end(statuses: &[(String, Value)], host: &str, peer: &str) -> Option<Value> {
+    let (_, s) = statuses.iter().find(|(n, _)| n == host)?;
+    s["channels"]
+        .as_array()?
+        .iter()
+        .find(|c| c["peer"] == peer)
+        .cloned()
+}
+
+/// Whether what one end of a channel paid is what the other received: all of it, or
+/// all but the payer's last payment that was never acknowledged (it may not have
+/// arrived, or not been made durable, before the channel was cut; either way both
+/// ends hold the same acknowledged state, which is what the chain settles). The
+/// amount paid and not received, when they agree; `None` when they do not.
+pub(crate) fn missing(payer: &Value, payee: &Value) -> Option<u128> {
+    let (paid, unacked, received) = (
+        amount(&payer["paid"]),
+        amount(&payer["unacked"]),
+        amount(&payee["received"]),
+    );
+    (received == paid || Some(received) == paid.checked_sub(unacked))
+        .then(|| paid.saturating_sub(received))
+}
+
 /// The `q`-quantile of sorted `xs` (nearest rank).
 fn quantile(xs: &[u64], q: f64) -> u64 {
     if xs.is_empty() {
@@ -122,14 +147,7 @@ pub(crate) async fn report(st: &State, statuses: &[(String, Value)]) -> Result<V
     }
 
     // Each node's earnings, and each channel's conservation.
-    let end = |host: &str, peer: &str| -> Option<Value> {
-        let (_, s) = statuses.iter().find(|(n, _)| n == host)?;
-        s["channels"]
-            .as_array()?
-            .iter()
-            .find(|c| c["peer"] == peer)
-            .cloned()
-    };
+    let end = |host: &str, peer: &str| channel_end(statuses, host, peer);
     let mut nodes = Vec::new();
     for (name, s) in statuses {
         let chans = s["channels"].as_array().cloned().unwrap_or_default();
@@ -156,17 +174,7 @@ pub(crate) async fn report(st: &State, statuses: &[(String, Value)]) -> Result<V
         };
         checked += 1;
         let deposits = amount(&view["deposit_a"]).saturating_add(amount(&view["deposit_b"]));
-        // What one end paid the other received: all of it, or all but its last
-        // payment that was never acknowledged (cut on its way). Then the two balances
-        // and that missing payment add up to the deposits.
-        let missing = |payer: &Value, payee: &Value| -> Option<u128> {
-            let (p, u, r) = (
-                amount(&payer["paid"]),
-                amount(&payer["unacked"]),
-                amount(&payee["received"]),
-            );
-            (r == p || Some(r) == p.checked_sub(u)).then(|| p.saturating_sub(r))
-        };
+        // The two balances and a payment that never arrived add up to the deposits.
         let ok = match (missing(&ab, &ba), missing(&ba, &ab)) {
             (Some(x), Some(y)) => {
                 amount(&ab["balance"])
@@ -271,4 +279,30 @@ pub(crate) fn markdown(r: &Value) -> String {
         c["conserved"]
     ));
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(paid: u128, unacked: u128, received: u128) -> Value {
+        json!({"paid": paid.to_string(), "unacked": unacked.to_string(),
+               "received": received.to_string()})
+    }
+
+    #[test]
+    fn the_two_ends_agree_on_all_or_all_but_the_unacknowledged_payment() {
+        // Everything arrived.
+        assert_eq!(missing(&end(100, 0, 0), &end(0, 0, 100)), Some(0));
+        // The last payment (30) was cut on its way: not received.
+        assert_eq!(missing(&end(100, 30, 0), &end(0, 0, 70)), Some(30));
+        // It arrived, the ack did not.
+        assert_eq!(missing(&end(100, 30, 0), &end(0, 0, 100)), Some(0));
+        // Anything else disagrees, more received than paid included.
+        assert_eq!(missing(&end(100, 30, 0), &end(0, 0, 80)), None);
+        assert_eq!(missing(&end(100, 0, 0), &end(0, 0, 130)), None);
+        assert_eq!(quantile(&[], 0.5), 0);
+        assert_eq!(quantile(&[1, 2, 3, 4], 0.5), 2);
+        assert_eq!(quantile(&[1, 2, 3, 4], 0.99), 4);
+    }
 }

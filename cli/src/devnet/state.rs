@@ -116,6 +116,19 @@ impl State {
             .with_context(|| format!("no host {name:?} in this devnet (hosts are h01..h{n:02})"))
     }
 
+    /// Every host not in `side` (each of which must be a host).
+    pub(crate) fn others(&self, side: &[String]) -> Result<Vec<String>> {
+        for name in side {
+            self.host(name)?;
+        }
+        Ok(self
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .filter(|n| !side.contains(n))
+            .collect())
+    }
+
     /// The hosts' network places, by name.
     pub(crate) fn nets(&self, names: &[String]) -> Result<Vec<HostNet>> {
         names
