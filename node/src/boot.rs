@@ -134,10 +134,13 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
     let accept_task = tokio::spawn(
         crate::links::accept_loop(listener, links.acceptor()).instrument(span.clone()),
     );
-    let metrics_addr = match &b.metrics_addr {
-        Some(addr) => Some(crate::metrics::serve(addr, metrics.clone()).await?),
+    let metrics_listener = match &b.metrics_addr {
+        Some(addr) => Some((crate::metrics::bind(addr).await?, addr.clone())),
         None => None,
     };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|(l, asked)| crate::metrics::bound(l, asked));
 
     let task = Pump {
         engine,
@@ -166,6 +169,9 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         done: done.clone(),
         stopped: stopped.clone(),
     };
+    if let Some((listener, _)) = metrics_listener {
+        crate::metrics::serve(listener, handle.clone());
+    }
     tokio::spawn(
         async move {
             let result = task.run(cmd_rx, link_rx, chain_ev_rx, durable_rx).await;

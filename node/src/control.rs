@@ -158,7 +158,7 @@ async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
         Ok(field(req, k)?.as_str().unwrap_or_default().to_string())
     };
     match field(req, "op")?.as_str().unwrap_or_default() {
-        "status" => Ok(status_json(&node.status().await?)),
+        "status" => status_with_counters(node).await,
         "quote" => {
             let server = resolve(node, &text("server")?).await?;
             let body_len = req["body_len"].as_u64().unwrap_or(0);
@@ -230,6 +230,27 @@ async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
             detail: format!("unknown op {other:?}"),
         }),
     }
+}
+
+/// The node's status ([`status_json`]) with what it has counted (`counters`): fees
+/// earned, late fees paid and received (yoctoNEAR, as the metrics keep them), and the
+/// outcomes of its requests as client.
+pub async fn status_with_counters(node: &NodeHandle) -> Result<Value, NodeError> {
+    let mut v = status_json(&node.status().await?);
+    let m = node.metrics();
+    v["counters"] = json!({
+        "fees_earned": m.fees_earned.get(),
+        "late_fees_paid": m.late_fees_paid.get(),
+        "late_fees_received": m.late_fees_received.get(),
+        "requests_sent": m.requests_sent.get(),
+        "requests_relayed": m.requests_relayed.get(),
+        "requests_served": m.requests_served.get(),
+        "responses": m.outcomes_of("response"),
+        "proofs": m.outcomes_of("proof"),
+        "late": m.outcomes_of("late"),
+        "severs": m.severs.get(),
+    });
+    Ok(v)
 }
 
 /// A status as JSON.

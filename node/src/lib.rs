@@ -19,6 +19,7 @@ pub mod db;
 pub mod demo;
 mod follower;
 mod links;
+pub mod map;
 pub mod metrics;
 mod persister;
 mod pump;

@@ -1,68 +1,65 @@
-//! Prometheus metrics: counters and gauges kept with atomics, served as the text
-//! exposition format on `/metrics`.
+//! Prometheus metrics, kept with `prometheus-client` and encoded as OpenMetrics text on
+//! `/metrics` (base units: seconds, bytes; money in yoctoNEAR, the chain's base unit).
+//! The same listener serves the node's live map (`/map`, [`crate::map`]).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use por_protocol::{Amount, NodeId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter as PromCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge as PromGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
 
-use crate::NodeError;
+use crate::{NodeError, NodeHandle};
 
-/// A counter or gauge.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+/// A counter of events (requests, frames, commits).
+pub type Counter = PromCounter<u64>;
+/// A counter of money, in yoctoNEAR (`f64`: sums past `u64::MAX` yocto, 18 µNEAR, are
+/// common).
+pub type MoneyCounter = PromCounter<f64, AtomicU64>;
+/// A gauge of a count (peers, requests in flight).
+pub type Gauge = PromGauge<i64>;
+/// A gauge in seconds.
+type SecondsGauge = PromGauge<f64, AtomicU64>;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    /// Subtracts one (gauges), not below zero.
-    pub fn dec(&self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(1))
-            });
-    }
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    /// Adds an amount (saturating at `u64::MAX` yocto per update).
-    pub fn add_amount(&self, a: Amount) {
-        self.add(u64::try_from(a.0).unwrap_or(u64::MAX));
-    }
-    /// Sets the value (gauges).
-    pub fn set(&self, n: u64) {
-        self.0.store(n, Ordering::Relaxed);
-    }
-    /// The value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+/// Labels of an outcome counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    kind: &'static str,
 }
 
-/// Everything a node counts.
-#[derive(Debug, Default)]
+/// Labels of a per-peer gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+/// Everything a node counts, registered once in its registry.
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
     /// Requests sent as client.
     pub requests_sent: Counter,
     /// Requests relayed.
     pub requests_relayed: Counter,
     /// Requests served.
     pub requests_served: Counter,
-    /// Outcomes delivered to the client, by kind.
-    outcomes: Mutex<BTreeMap<&'static str, u64>>,
-    /// Fees kept for relaying (yocto).
-    pub fees_earned: Counter,
-    /// Late fees paid upstream (yocto).
-    pub late_fees_paid: Counter,
-    /// Late fees received from downstream (yocto).
-    pub late_fees_received: Counter,
+    outcomes: Family<OutcomeLabels, Counter>,
+    /// Fees kept for relaying (yoctoNEAR).
+    pub fees_earned: MoneyCounter,
+    /// Late fees paid upstream (yoctoNEAR).
+    pub late_fees_paid: MoneyCounter,
+    /// Late fees received from downstream (yoctoNEAR).
+    pub late_fees_received: MoneyCounter,
     /// Frames received.
     pub frames_in: Counter,
     /// Frames sent.
@@ -72,7 +69,7 @@ pub struct Metrics {
     /// Group commits.
     pub commits: Counter,
     /// Peers connected now.
-    pub peers_connected: Counter,
+    pub peers_connected: Gauge,
     /// Peers dropped for bad input.
     pub peers_dropped: Counter,
     /// Connections refused (no channel with that node).
@@ -80,224 +77,316 @@ pub struct Metrics {
     /// Edges we severed.
     pub severs: Counter,
     /// Requests in flight here.
-    pub in_flight: Counter,
+    pub in_flight: Gauge,
     /// Frames waiting for durability.
-    pub transmits_waiting: Counter,
-    /// Client latency: sum and count (ms).
-    latency_sum: Counter,
-    latency_count: Counter,
-    /// Observed and promised round trip per peer (ms).
-    edges: Mutex<BTreeMap<NodeId, (u64, u64)>>,
+    pub transmits_waiting: Gauge,
+    latency: Histogram,
+    edge_rtt: Family<PeerLabels, SecondsGauge>,
+    edge_promised_rtt: Family<PeerLabels, SecondsGauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut r = Registry::with_prefix("por");
+        let m = Metrics {
+            requests_sent: Counter::default(),
+            requests_relayed: Counter::default(),
+            requests_served: Counter::default(),
+            outcomes: Family::default(),
+            fees_earned: MoneyCounter::default(),
+            late_fees_paid: MoneyCounter::default(),
+            late_fees_received: MoneyCounter::default(),
+            frames_in: Counter::default(),
+            frames_out: Counter::default(),
+            writes: Counter::default(),
+            commits: Counter::default(),
+            peers_connected: Gauge::default(),
+            peers_dropped: Counter::default(),
+            peers_refused: Counter::default(),
+            severs: Counter::default(),
+            in_flight: Gauge::default(),
+            transmits_waiting: Gauge::default(),
+            // 1 ms to 65 s.
+            latency: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            edge_rtt: Family::default(),
+            edge_promised_rtt: Family::default(),
+            registry: Registry::default(),
+        };
+        let yocto = || Unit::Other("yoctonear".into());
+        r.register(
+            "requests_sent",
+            "Requests sent as client",
+            m.requests_sent.clone(),
+        );
+        r.register(
+            "requests_relayed",
+            "Requests relayed",
+            m.requests_relayed.clone(),
+        );
+        r.register(
+            "requests_served",
+            "Requests served",
+            m.requests_served.clone(),
+        );
+        r.register(
+            "outcomes",
+            "Outcomes delivered to the client, by kind",
+            m.outcomes.clone(),
+        );
+        r.register_with_unit(
+            "fees_earned",
+            "Fees kept for relaying",
+            yocto(),
+            m.fees_earned.clone(),
+        );
+        r.register_with_unit(
+            "late_fees_paid",
+            "Late fees paid upstream",
+            yocto(),
+            m.late_fees_paid.clone(),
+        );
+        r.register_with_unit(
+            "late_fees_received",
+            "Late fees received from downstream",
+            yocto(),
+            m.late_fees_received.clone(),
+        );
+        r.register("frames_in", "Frames received", m.frames_in.clone());
+        r.register("frames_out", "Frames sent", m.frames_out.clone());
+        r.register("writes", "Engine writes persisted", m.writes.clone());
+        r.register("commits", "Group commits", m.commits.clone());
+        r.register(
+            "peers_connected",
+            "Peers connected now",
+            m.peers_connected.clone(),
+        );
+        r.register(
+            "peers_dropped",
+            "Peers dropped for bad input",
+            m.peers_dropped.clone(),
+        );
+        r.register(
+            "peers_refused",
+            "Connections refused (no channel with that node)",
+            m.peers_refused.clone(),
+        );
+        r.register("severs", "Edges severed by this node", m.severs.clone());
+        r.register("in_flight", "Requests in flight here", m.in_flight.clone());
+        r.register(
+            "transmits_waiting",
+            "Frames waiting for their writes to be durable",
+            m.transmits_waiting.clone(),
+        );
+        r.register_with_unit(
+            "client_latency",
+            "Time from sending a request to its response, as client",
+            Unit::Seconds,
+            m.latency.clone(),
+        );
+        r.register_with_unit(
+            "edge_rtt",
+            "Round trip measured on an edge at its last sync",
+            Unit::Seconds,
+            m.edge_rtt.clone(),
+        );
+        r.register_with_unit(
+            "edge_promised_rtt",
+            "Round trip the edge promises",
+            Unit::Seconds,
+            m.edge_promised_rtt.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+}
+
+/// An amount as the `f64` a money counter adds.
+pub fn yocto(a: Amount) -> f64 {
+    // Exact to 2^53 yocto; beyond, to f64's 53 bits, which is what Prometheus keeps.
+    a.0 as f64
 }
 
 impl Metrics {
     /// Counts an outcome.
     pub fn outcome(&self, kind: &'static str) {
-        if let Ok(mut o) = self.outcomes.lock() {
-            *o.entry(kind).or_default() += 1;
-        }
+        self.outcomes.get_or_create(&OutcomeLabels { kind }).inc();
     }
 
-    /// Outcomes so far by kind.
-    pub fn outcomes(&self) -> BTreeMap<&'static str, u64> {
-        self.outcomes.lock().map(|o| o.clone()).unwrap_or_default()
+    /// Outcomes so far of one kind.
+    pub fn outcomes_of(&self, kind: &'static str) -> u64 {
+        self.outcomes.get_or_create(&OutcomeLabels { kind }).get()
     }
 
     /// Records a client latency.
     pub fn latency(&self, ms: u64) {
-        self.latency_sum.add(ms);
-        self.latency_count.inc();
+        self.latency.observe(ms as f64 / 1000.0);
     }
 
     /// Records a measured round trip on an edge.
     pub fn edge_latency(&self, peer: NodeId, rtt_ms: u64, promised_rtt_ms: u64) {
-        if let Ok(mut e) = self.edges.lock() {
-            e.insert(peer, (rtt_ms, promised_rtt_ms));
-        }
+        let l = PeerLabels {
+            peer: crate::key_hex(&peer),
+        };
+        self.edge_rtt.get_or_create(&l).set(rtt_ms as f64 / 1000.0);
+        self.edge_promised_rtt
+            .get_or_create(&l)
+            .set(promised_rtt_ms as f64 / 1000.0);
     }
 
-    /// The text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let mut one = |name: &str, help: &str, kind: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        one(
-            "por_requests_sent_total",
-            "Requests sent as client.",
-            "counter",
-            self.requests_sent.get(),
-        );
-        one(
-            "por_requests_relayed_total",
-            "Requests relayed.",
-            "counter",
-            self.requests_relayed.get(),
-        );
-        one(
-            "por_requests_served_total",
-            "Requests served.",
-            "counter",
-            self.requests_served.get(),
-        );
-        one(
-            "por_fees_earned_yocto_total",
-            "Fees kept for relaying.",
-            "counter",
-            self.fees_earned.get(),
-        );
-        one(
-            "por_late_fees_paid_yocto_total",
-            "Late fees paid upstream.",
-            "counter",
-            self.late_fees_paid.get(),
-        );
-        one(
-            "por_late_fees_received_yocto_total",
-            "Late fees received.",
-            "counter",
-            self.late_fees_received.get(),
-        );
-        one(
-            "por_frames_in_total",
-            "Frames received.",
-            "counter",
-            self.frames_in.get(),
-        );
-        one(
-            "por_frames_out_total",
-            "Frames sent.",
-            "counter",
-            self.frames_out.get(),
-        );
-        one(
-            "por_writes_total",
-            "Engine writes persisted.",
-            "counter",
-            self.writes.get(),
-        );
-        one(
-            "por_commits_total",
-            "Group commits.",
-            "counter",
-            self.commits.get(),
-        );
-        one(
-            "por_peers_connected",
-            "Peers connected.",
-            "gauge",
-            self.peers_connected.get(),
-        );
-        one(
-            "por_peers_dropped_total",
-            "Peers dropped for bad input.",
-            "counter",
-            self.peers_dropped.get(),
-        );
-        one(
-            "por_peers_refused_total",
-            "Connections refused.",
-            "counter",
-            self.peers_refused.get(),
-        );
-        one(
-            "por_severs_total",
-            "Edges severed by this node.",
-            "counter",
-            self.severs.get(),
-        );
-        one(
-            "por_in_flight",
-            "Requests in flight here.",
-            "gauge",
-            self.in_flight.get(),
-        );
-        one(
-            "por_transmits_waiting",
-            "Frames waiting for durability.",
-            "gauge",
-            self.transmits_waiting.get(),
-        );
-        one(
-            "por_client_latency_ms_sum",
-            "Client latency sum.",
-            "counter",
-            self.latency_sum.get(),
-        );
-        one(
-            "por_client_latency_ms_count",
-            "Client latency count.",
-            "counter",
-            self.latency_count.get(),
-        );
-        let _ = writeln!(s, "# HELP por_outcomes_total Outcomes delivered to the client.\n# TYPE por_outcomes_total counter");
-        for (k, v) in self.outcomes() {
-            let _ = writeln!(s, "por_outcomes_total{{kind=\"{k}\"}} {v}");
-        }
-        let _ = writeln!(s, "# HELP por_edge_rtt_ms Round trip measured on an edge at its last sync.\n# TYPE por_edge_rtt_ms gauge");
-        let edges = self.edges.lock().map(|e| e.clone()).unwrap_or_default();
-        for (peer, (rtt, _)) in &edges {
-            let _ = writeln!(
-                s,
-                "por_edge_rtt_ms{{peer=\"{}\"}} {rtt}",
-                crate::key_hex(peer)
-            );
-        }
-        let _ = writeln!(s, "# HELP por_edge_promised_rtt_ms Round trip the edge promises.\n# TYPE por_edge_promised_rtt_ms gauge");
-        for (peer, (_, promised)) in &edges {
-            let _ = writeln!(
-                s,
-                "por_edge_promised_rtt_ms{{peer=\"{}\"}} {promised}",
-                crate::key_hex(peer)
-            );
+        // Writing into a String cannot fail; an encoder error would be a bug of ours.
+        if let Err(e) = encode(&mut s, &self.registry) {
+            tracing::error!("encoding metrics: {e}");
         }
         s
     }
 }
 
-/// Serves `metrics` over HTTP on `addr`; returns the bound address.
-pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<String, NodeError> {
-    let listener = tokio::net::TcpListener::bind(addr)
+/// The content type of [`Metrics::render`].
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`prometheus_text`].
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// An OpenMetrics exposition in the Prometheus text format (0.0.4), for scrapers that
+/// do not ask for OpenMetrics, `promtool check metrics` among them. The two differ,
+/// for what we expose, in three things only: a counter's family is named with its
+/// `_total` suffix, and there are no `# UNIT` or `# EOF` lines. prometheus-client
+/// encodes OpenMetrics alone, so this small rewrite is ours.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta.and_then(|(p, rest)| rest.split_once(' ').map(|(n, tail)| (p, n, tail))) {
+            Some((p, name, tail)) if counters.contains(name) => {
+                out.push_str(&format!("{p}{name}_total {tail}\n"));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+async fn metrics_page(State(node): State<NodeHandle>, headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let text = node.metrics().render();
+    if wants_openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            prometheus_text(&text),
+        )
+            .into_response()
+    }
+}
+
+async fn map_page() -> Html<&'static str> {
+    Html(crate::map::PAGE)
+}
+
+async fn map_state(State(node): State<NodeHandle>) -> Response {
+    match crate::map::neighbourhood(&node).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// Binds the metrics listener on `addr` (before the node starts, so a bad address is
+/// a configuration error).
+pub(crate) async fn bind(addr: &str) -> Result<tokio::net::TcpListener, NodeError> {
+    tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| NodeError::Config {
             source_name: "metrics".into(),
             key: "metrics_listen".into(),
             detail: format!("cannot listen on {addr}: {e}"),
-        })?;
-    let bound = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| addr.to_string());
+        })
+}
+
+/// Serves `/metrics`, `/map` and `/map/state` for `node` on `listener` (axum on hyper).
+pub(crate) fn serve(listener: tokio::net::TcpListener, node: NodeHandle) {
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/map", get(map_page))
+        .route("/map/state", get(map_state))
+        .with_state(node);
     tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let (status, body) = if req.starts_with("GET /metrics") {
-                    ("200 OK", metrics.render())
-                } else {
-                    ("404 Not Found", "not found\n".to_string())
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-            });
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("metrics listener stopped: {e}");
         }
     });
-    Ok(bound)
+}
+
+/// The address a bound listener is on, as text.
+pub(crate) fn bound(listener: &tokio::net::TcpListener, asked: &str) -> String {
+    listener
+        .local_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_else(|_| asked.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_base_units_and_a_histogram() {
+        let m = Metrics::default();
+        m.requests_sent.inc();
+        m.fees_earned
+            .inc_by(yocto(Amount(3_000_000_000_000_000_000_000)));
+        m.latency(250);
+        m.outcome("response");
+        m.edge_latency(NodeId([7; 32]), 120, 200);
+        let s = m.render();
+        assert!(s.contains("por_requests_sent_total 1"), "{s}");
+        assert!(
+            s.contains("por_fees_earned_yoctonear_total 3e21")
+                || s.contains("por_fees_earned_yoctonear_total 3000000000000000000000"),
+            "{s}"
+        );
+        assert!(
+            s.contains("por_client_latency_seconds_bucket{le=\"0.256\"} 1"),
+            "{s}"
+        );
+        assert!(
+            s.contains("por_client_latency_seconds_bucket{le=\"0.128\"} 0"),
+            "{s}"
+        );
+        assert!(s.contains("por_outcomes_total{kind=\"response\"} 1"), "{s}");
+        assert!(s.contains("por_edge_promised_rtt_seconds{peer=\""), "{s}");
+        assert!(s.ends_with("# EOF\n"), "{s}");
+        assert_eq!(m.outcomes_of("response"), 1);
+        let t = prometheus_text(&s);
+        assert!(
+            t.contains("# TYPE por_requests_sent_total counter\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# HELP por_requests_sent_total Requests sent as client.\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE por_client_latency_seconds histogram\n"),
+            "{t}"
+        );
+        assert!(!t.contains("# UNIT") && !t.contains("# EOF"), "{t}");
+    }
 }

@@ -260,7 +260,7 @@ impl Pump {
     fn drain(&mut self) -> Result<(), NodeError> {
         let batch = self.engine.poll_writes();
         if let Some(b) = &batch {
-            self.metrics.writes.add(b.writes.len() as u64);
+            self.metrics.writes.inc_by(b.writes.len() as u64);
         }
         // The cursor goes with (after) the writes of the events it covers.
         let cursor = self.cursor_due.take();
@@ -296,10 +296,10 @@ impl Pump {
             self.on_event(&event);
             let _ = self.events.send(NodeEvent { at: now(), event });
         }
-        self.metrics.in_flight.set(self.engine.in_flight() as u64);
+        self.metrics.in_flight.set(self.engine.in_flight() as i64);
         self.metrics
             .transmits_waiting
-            .set(self.engine.transmits_waiting() as u64);
+            .set(self.engine.transmits_waiting() as i64);
         Ok(())
     }
 
@@ -310,7 +310,7 @@ impl Pump {
         match event {
             Event::RequestForwarded { request, kept, .. } => {
                 m.requests_relayed.inc();
-                m.fees_earned.add_amount(*kept);
+                m.fees_earned.inc_by(crate::metrics::yocto(*kept));
                 debug!(%request, "forwarded");
             }
             Event::RequestReceived {
@@ -343,8 +343,12 @@ impl Pump {
                     .instrument(span),
                 );
             }
-            Event::LateFeeReceived { amount, .. } => m.late_fees_received.add_amount(*amount),
-            Event::LateFeePaid { amount, .. } => m.late_fees_paid.add_amount(*amount),
+            Event::LateFeeReceived { amount, .. } => {
+                m.late_fees_received.inc_by(crate::metrics::yocto(*amount));
+            }
+            Event::LateFeePaid { amount, .. } => {
+                m.late_fees_paid.inc_by(crate::metrics::yocto(*amount));
+            }
             Event::LatencyObserved {
                 peer,
                 rtt_ms,

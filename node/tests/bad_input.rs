@@ -67,12 +67,49 @@ async fn closed_by_peer(conn: &impl Connection) -> bool {
 async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// `promtool check metrics` on an exposition (its HTTP head cut off), where promtool
+/// is installed (`.ci/run` installs it; `POR_REQUIRE_PROMTOOL=1` makes its absence
+/// a failure).
+fn promtool_accepts(response: &str) {
+    use std::io::Write as _;
+    let body = response.split_once("\r\n\r\n").map_or(response, |(_, b)| b);
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        assert!(
+            std::env::var_os("POR_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required (POR_REQUIRE_PROMTOOL) but not installed"
+        );
+        eprintln!(
+            "SKIPPED promtool check metrics: promtool not installed (apt-get install prometheus)"
+        );
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn now() -> Time {
@@ -315,7 +352,22 @@ async fn a_hostile_neighbour_is_dropped_and_everyone_else_is_served() {
     // the engine sees it); five requests from Alice and one from Mallory.
     assert!(metrics.contains("por_peers_dropped_total 2"), "{metrics}");
     assert!(metrics.contains("por_requests_served_total 6"), "{metrics}");
-    assert!(metrics.contains("por_edge_promised_rtt_ms"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE por_client_latency_seconds histogram"),
+        "{metrics}"
+    );
+    promtool_accepts(&metrics);
+    // The map of Bob's neighbourhood: Bob, Alice and Mallory, and their channels.
+    let map = http_get(bob.metrics_address().unwrap(), "/map/state").await;
+    let (head, body) = map.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{map}");
+    let state: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(state["scope"], "node");
+    assert_eq!(state["nodes"].as_array().unwrap().len(), 3, "{state}");
+    assert!(state["channels"].as_array().unwrap().len() >= 2, "{state}");
+    assert!(http_get(bob.metrics_address().unwrap(), "/map")
+        .await
+        .contains("por network map"));
     assert!(http_get(bob.metrics_address().unwrap(), "/nope")
         .await
         .starts_with("HTTP/1.1 404"));
