@@ -349,3 +349,131 @@ fn six_hosts_over_quic_on_loopback_addresses_refuse_a_partition_and_agree_after_
     assert_eq!(check["agree"], true, "{check}");
     ok(&d.dir, &["down"]);
 }
+
+/// The page a browser test drives, and where its screenshots are kept.
+const MAP_SCRIPT: &str = include_str!("map/map.mjs");
+
+/// Chromium and playwright-core for the map test: `None` (and why) where they cannot
+/// be had. `.ci/run` installs Chromium and sets `POR_REQUIRE_BROWSER`, which makes
+/// their absence a failure.
+fn browser_setup() -> Result<PathBuf, String> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Err(format!(
+            "no Chromium at {chromium} (apt-get install chromium)"
+        ));
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    if !dir.join("node_modules/playwright-core").exists() {
+        let npm = Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                "playwright-core@1",
+            ])
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| format!("npm: {e}"))?;
+        if !npm.status.success() {
+            return Err(format!(
+                "npm install playwright-core: {}",
+                String::from_utf8_lossy(&npm.stderr)
+            ));
+        }
+    }
+    // An ES module resolves its imports beside itself.
+    std::fs::write(dir.join("map.mjs"), MAP_SCRIPT).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+#[test]
+fn the_live_map_shows_every_node_and_a_sever_within_seconds_in_chromium() {
+    let browser = match browser_setup() {
+        Ok(dir) => dir,
+        Err(why) => {
+            assert!(
+                std::env::var_os("POR_REQUIRE_BROWSER").is_none(),
+                "the map test needs a browser (POR_REQUIRE_BROWSER): {why}"
+            );
+            eprintln!("SKIPPED the live map test: {why}");
+            return;
+        }
+    };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (d, _) = start("m", 5, "tcp", "loopback");
+    let mut map = Command::new(env!("CARGO_BIN_EXE_por"))
+        .args(["devnet", "map", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&d.dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(map.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let url = serde_json::from_str::<Value>(&first).unwrap()["map"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let (before, after) = (
+        artifacts.join("map-loaded.png"),
+        artifacts.join("map-severed.png"),
+    );
+    let out = Command::new("node")
+        .arg(browser.join("map.mjs"))
+        .arg(&url)
+        .arg(env!("CARGO_BIN_EXE_por"))
+        .arg(&d.dir)
+        .arg("5")
+        .arg(&before)
+        .arg(&after)
+        .current_dir(&browser)
+        .output()
+        .unwrap();
+    let _ = map.kill();
+    let _ = map.wait();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("map test: {seen}");
+    let names: Vec<&str> = seen["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (1..=5).map(|i| format!("h{i:02}.{}", d.name)).collect();
+    assert_eq!(names, expected, "{seen}");
+    assert_eq!(seen["centers"], 1, "one stake-weighted center: {seen}");
+    assert_eq!(seen["severedBefore"], 0, "{seen}");
+    // (Once the chain drops the severed edge, its ends are named in report order.)
+    let log = seen["log"].as_str().unwrap();
+    let line = |x: &str, y: &str| {
+        format!(
+            "channel {} {x}.{}–{y}.{} severed",
+            seen["channel"], d.name, d.name
+        )
+    };
+    assert!(
+        log.contains(&line("h01", "h02")) || log.contains(&line("h02", "h01")),
+        "{seen}"
+    );
+    assert!(seen["row"].as_str().unwrap().contains("severed"), "{seen}");
+    assert_eq!(seen["errors"].as_array().unwrap().len(), 0, "{seen}");
+    // Both screenshots were taken (PNG signature).
+    for shot in [&before, &after] {
+        let png = std::fs::read(shot).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{}", shot.display());
+    }
+}

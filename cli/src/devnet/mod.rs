@@ -7,6 +7,7 @@
 //! agree. docs/testnet.md describes it.
 
 mod links;
+mod map;
 mod net;
 mod report;
 mod state;
@@ -127,6 +128,28 @@ pub(crate) enum DevnetCommand {
     Links {
         /// The devnet's directory.
         #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Sever the channel between two hosts, as the first one's operator would
+    /// (`por channel sever`): the first host stops serving it and tells the chain.
+    Sever {
+        /// The host that severs (`h01`).
+        a: String,
+        /// The host at the channel's other end.
+        b: String,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Serve the live network map of the whole devnet (topology, stakes and center,
+    /// channel balances and payments in flight, late fees, severs and closes as they
+    /// happen) until interrupted; prints its address.
+    Map {
+        /// Where to serve it.
+        #[arg(long, default_value = "127.0.0.1:7300")]
+        listen: String,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
         dir: PathBuf,
     },
     /// Undo every partition.
@@ -286,6 +309,19 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
             println!("{}", json!({"partitioned": hosts, "from": others}));
             Ok(())
         }
+        DevnetCommand::Sever { a, b, dir } => {
+            let st = State::load(&dir)?;
+            let id = st
+                .channels
+                .iter()
+                .find(|(x, y, _)| (x == &a && y == &b) || (x == &b && y == &a))
+                .map(|c| c.2)
+                .with_context(|| format!("no channel between {a} and {b}"))?;
+            control(st.host(&a)?, json!({"op": "sever", "channel": id})).await?;
+            println!("{}", json!({"severed": id, "by": a, "peer": b}));
+            Ok(())
+        }
+        DevnetCommand::Map { listen, dir } => map::serve(State::load(&dir)?, &listen).await,
         DevnetCommand::Heal { dir } => {
             let mut st = State::load(&dir)?;
             for side in std::mem::take(&mut st.partitions) {
