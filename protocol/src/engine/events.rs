@@ -268,3 +268,213 @@ pub enum Event {
         promised_rtt_ms: u64,
     },
 }
+
+/// An [`Event`] as a timeline line: its kind (`request_sent`, `sever_initiated`, ...)
+/// and the fields a reader compares. The simulator's timeline and a real node's event
+/// log (`por devnet run` sets one beside the other) are both made of these.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Described {
+    /// What happened, in snake case.
+    pub kind: &'static str,
+    /// The other node involved.
+    pub peer: Option<NodeId>,
+    /// The request.
+    pub request: Option<RequestId>,
+    /// An amount (yoctoNEAR).
+    pub amount: Option<Amount>,
+    /// A running total (late fees).
+    pub total: Option<Amount>,
+    /// A latency or budget in ms.
+    pub ms: Option<u64>,
+    /// A deadline.
+    pub deadline: Option<Time>,
+    /// Free-form detail.
+    pub detail: Option<String>,
+}
+
+impl Event {
+    /// This event as a timeline line; `None` for what a timeline leaves out (round
+    /// trips measured at syncs).
+    pub fn describe(&self) -> Option<Described> {
+        let mut d = Described::default();
+        match self {
+            Event::RequestSent {
+                request,
+                first_hop,
+                amount,
+                deadline,
+            } => {
+                d.kind = "request_sent";
+                d.request = Some(*request);
+                d.peer = Some(*first_hop);
+                d.amount = Some(*amount);
+                d.deadline = Some(*deadline);
+            }
+            Event::RequestAcked { request } => {
+                d.kind = "request_acked";
+                d.request = Some(*request);
+            }
+            Event::RequestForwarded {
+                request,
+                downstream,
+                budget_ms,
+                send_deadline,
+                kept,
+                ..
+            } => {
+                d.kind = "request_forwarded";
+                d.request = Some(*request);
+                d.peer = Some(*downstream);
+                d.amount = Some(*kept);
+                d.ms = Some(*budget_ms);
+                d.deadline = Some(*send_deadline);
+            }
+            Event::RequestReceived {
+                request,
+                client,
+                send_deadline,
+                ..
+            } => {
+                d.kind = "request_received";
+                d.request = Some(*request);
+                d.peer = Some(*client);
+                d.deadline = Some(*send_deadline);
+            }
+            Event::ResponseSent { request } => {
+                d.kind = "response_sent";
+                d.request = Some(*request);
+            }
+            Event::ResponseForwarded { request, to } => {
+                d.kind = "response_forwarded";
+                d.request = Some(*request);
+                d.peer = Some(*to);
+            }
+            Event::ResponseDelivered {
+                request,
+                latency_ms,
+                on_time,
+                fees_received,
+                ..
+            } => {
+                d.kind = "response_delivered";
+                d.request = Some(*request);
+                d.ms = Some(*latency_ms);
+                d.total = Some(*fees_received);
+                d.detail = Some(if *on_time { "on time" } else { "late" }.into());
+            }
+            Event::RequestRejected {
+                request,
+                reason,
+                refunded,
+            } => {
+                d.kind = "request_rejected";
+                d.request = Some(*request);
+                d.amount = Some(*refunded);
+                d.detail = Some(format!("{reason:?}"));
+            }
+            Event::LateFeePaid {
+                request,
+                peer,
+                amount,
+                total,
+                owed_since,
+            } => {
+                d.kind = "late_fee_paid";
+                d.request = Some(*request);
+                d.peer = Some(*peer);
+                d.amount = Some(*amount);
+                d.total = Some(*total);
+                d.deadline = Some(*owed_since);
+            }
+            Event::LateFeeReceived {
+                request,
+                peer,
+                amount,
+                total,
+            } => {
+                d.kind = "late_fee_received";
+                d.request = Some(*request);
+                d.peer = Some(*peer);
+                d.amount = Some(*amount);
+                d.total = Some(*total);
+            }
+            Event::SeverInitiated {
+                channel,
+                peer,
+                reason,
+            } => {
+                d.kind = "sever_initiated";
+                d.peer = Some(*peer);
+                d.detail = Some(format!("{channel} {reason:?}"));
+            }
+            Event::CloseSeen {
+                channel,
+                peer,
+                adversarial,
+                challenged,
+            } => {
+                d.kind = "close_seen";
+                d.peer = Some(*peer);
+                d.detail = Some(format!(
+                    "{channel} adversarial={adversarial} challenged={challenged}"
+                ));
+            }
+            Event::ChannelClosed { channel, peer } => {
+                d.kind = "channel_closed";
+                d.peer = Some(*peer);
+                d.detail = Some(channel.to_string());
+            }
+            Event::SeverProofForwarded {
+                request,
+                to,
+                channel,
+            } => {
+                d.kind = "sever_proof_forwarded";
+                d.request = Some(*request);
+                d.peer = Some(*to);
+                d.detail = Some(channel.to_string());
+            }
+            Event::SeverProofDelivered {
+                request,
+                channel,
+                severer,
+                latency_ms,
+                fees_received,
+            } => {
+                d.kind = "sever_proof_delivered";
+                d.request = Some(*request);
+                d.peer = Some(*severer);
+                d.ms = Some(*latency_ms);
+                d.total = Some(*fees_received);
+                d.detail = Some(channel.to_string());
+            }
+            Event::LossRecorded {
+                request,
+                peer,
+                amount,
+            } => {
+                d.kind = "loss_recorded";
+                d.request = Some(*request);
+                d.peer = Some(*peer);
+                d.amount = Some(*amount);
+            }
+            Event::ResponseDiscarded { request } => {
+                d.kind = "response_discarded";
+                d.request = Some(*request);
+            }
+            Event::ServerDeviated {
+                request, server, ..
+            } => {
+                d.kind = "server_deviated";
+                d.request = Some(*request);
+                d.peer = Some(*server);
+            }
+            Event::PeerSilent { peer } => {
+                d.kind = "peer_silent";
+                d.peer = Some(*peer);
+            }
+            Event::LatencyObserved { .. } => return None,
+        }
+        Some(d)
+    }
+}

@@ -34,7 +34,7 @@ mod seal;
 mod sever;
 
 pub use crate::pending::{Downstream, Pending, Resolution, Upstream};
-pub use events::{ChainAction, ChainEvent, Event, Transmit};
+pub use events::{ChainAction, ChainEvent, Described, Event, Transmit};
 
 use channels::ChannelRt;
 use requests::Requests;

@@ -155,108 +155,38 @@ impl Report {
 impl Sim {
     pub(super) fn on_event(&mut self, i: usize, ev: Event, now: Time) {
         let name = self.nodes[i].name.clone();
-        let mut r = Record::new(now, &name, "");
+        let Some(d) = ev.describe() else { return };
+        let mut r = Record::new(now, &name, d.kind);
+        r.peer = d.peer.map(|p| self.name_of(&p));
+        r.request = d.request.map(|q| self.label(&q));
+        r.amount = d.amount.map(|a| a.0);
+        r.total = d.total.map(|a| a.0);
+        r.ms = d.ms;
+        r.deadline_ms = d.deadline.map(Time::ms);
+        r.detail = d.detail;
+        // What the simulator does beyond recording: acks count, the server answers,
+        // and no late fee may pay for time before its deadline.
         match ev {
-            Event::RequestSent {
-                request,
-                first_hop,
-                amount,
-                deadline,
-            } => {
-                r.kind = "request_sent";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&first_hop));
-                r.amount = Some(amount.0);
-                r.deadline_ms = Some(deadline.ms());
-            }
             Event::RequestAcked { request } => {
-                r.kind = "request_acked";
-                r.request = Some(self.label(&request));
                 self.report.acked.insert(self.label(&request));
             }
-            Event::RequestForwarded {
-                request,
-                downstream,
-                budget_ms,
-                send_deadline,
-                kept,
-                ..
-            } => {
-                r.kind = "request_forwarded";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&downstream));
-                r.amount = Some(kept.0);
-                r.ms = Some(budget_ms);
-                r.deadline_ms = Some(send_deadline.ms());
-            }
-            Event::RequestReceived {
-                request,
-                client,
-                body,
-                send_deadline,
-                ..
-            } => {
-                r.kind = "request_received";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&client));
-                r.deadline_ms = Some(send_deadline.ms());
-                if self.nodes[i].respond {
-                    let at = now.plus(self.nodes[i].response_delay_ms);
-                    self.push(
-                        at,
-                        Ev::Respond {
-                            node: i,
-                            request,
-                            body,
-                        },
-                    );
-                }
-            }
-            Event::ResponseSent { request } => {
-                r.kind = "response_sent";
-                r.request = Some(self.label(&request));
-            }
-            Event::ResponseForwarded { request, to } => {
-                r.kind = "response_forwarded";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&to));
-            }
-            Event::ResponseDelivered {
-                request,
-                latency_ms,
-                on_time,
-                fees_received,
-                ..
-            } => {
-                r.kind = "response_delivered";
-                r.request = Some(self.label(&request));
-                r.ms = Some(latency_ms);
-                r.total = Some(fees_received.0);
-                r.detail = Some(if on_time { "on time" } else { "late" }.into());
-            }
-            Event::RequestRejected {
-                request,
-                reason,
-                refunded,
-            } => {
-                r.kind = "request_rejected";
-                r.request = Some(self.label(&request));
-                r.amount = Some(refunded.0);
-                r.detail = Some(format!("{reason:?}"));
+            Event::RequestReceived { request, body, .. } if self.nodes[i].respond => {
+                let at = now.plus(self.nodes[i].response_delay_ms);
+                self.push(
+                    at,
+                    Ev::Respond {
+                        node: i,
+                        request,
+                        body,
+                    },
+                );
             }
             Event::LateFeePaid {
                 request,
-                peer,
-                amount,
                 total,
                 owed_since,
+                ..
             } => {
-                r.kind = "late_fee_paid";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&peer));
-                r.amount = Some(amount.0);
-                r.total = Some(total.0);
-                r.deadline_ms = Some(owed_since.ms());
                 let rate = self
                     .report
                     .rates
@@ -271,94 +201,7 @@ impl Sim {
                     );
                 }
             }
-            Event::LateFeeReceived {
-                request,
-                peer,
-                amount,
-                total,
-            } => {
-                r.kind = "late_fee_received";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&peer));
-                r.amount = Some(amount.0);
-                r.total = Some(total.0);
-            }
-            Event::SeverInitiated {
-                channel,
-                peer,
-                reason,
-            } => {
-                r.kind = "sever_initiated";
-                r.peer = Some(self.name_of(&peer));
-                r.detail = Some(format!("{channel} {reason:?}"));
-            }
-            Event::CloseSeen {
-                channel,
-                peer,
-                adversarial,
-                challenged,
-            } => {
-                r.kind = "close_seen";
-                r.peer = Some(self.name_of(&peer));
-                r.detail = Some(format!(
-                    "{channel} adversarial={adversarial} challenged={challenged}"
-                ));
-            }
-            Event::ChannelClosed { channel, peer } => {
-                r.kind = "channel_closed";
-                r.peer = Some(self.name_of(&peer));
-                r.detail = Some(channel.to_string());
-            }
-            Event::SeverProofForwarded {
-                request,
-                to,
-                channel,
-            } => {
-                r.kind = "sever_proof_forwarded";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&to));
-                r.detail = Some(channel.to_string());
-            }
-            Event::SeverProofDelivered {
-                request,
-                channel,
-                severer,
-                latency_ms,
-                fees_received,
-            } => {
-                r.kind = "sever_proof_delivered";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&severer));
-                r.ms = Some(latency_ms);
-                r.total = Some(fees_received.0);
-                r.detail = Some(channel.to_string());
-            }
-            Event::LossRecorded {
-                request,
-                peer,
-                amount,
-            } => {
-                r.kind = "loss_recorded";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&peer));
-                r.amount = Some(amount.0);
-            }
-            Event::ResponseDiscarded { request } => {
-                r.kind = "response_discarded";
-                r.request = Some(self.label(&request));
-            }
-            Event::ServerDeviated {
-                request, server, ..
-            } => {
-                r.kind = "server_deviated";
-                r.request = Some(self.label(&request));
-                r.peer = Some(self.name_of(&server));
-            }
-            Event::PeerSilent { peer } => {
-                r.kind = "peer_silent";
-                r.peer = Some(self.name_of(&peer));
-            }
-            Event::LatencyObserved { .. } => return,
+            _ => {}
         }
         self.report.records.push(r);
     }
