@@ -63,6 +63,35 @@ pub(crate) fn builder(
     Ok((b, cfg))
 }
 
+/// A handler that answers as its `inner` one would, misbehaving as configured: late,
+/// never, or with the data of its file responses corrupted.
+struct Misbehaving<H> {
+    inner: H,
+    how: por_node::config::Misbehaviour,
+}
+
+impl<H: por_node::Handler> por_node::Handler for Misbehaving<H> {
+    async fn handle(&self, request: por_node::IncomingRequest) -> Vec<u8> {
+        if !self.how.answer {
+            // Acked and never answered: the engine's timers, not this task, decide
+            // what happens to the request (bounded by max_in_flight).
+            return std::future::pending().await;
+        }
+        let mut body = self.inner.handle(request).await;
+        if !self.how.answer_delay.is_zero() {
+            tokio::time::sleep(self.how.answer_delay).await;
+        }
+        // The last byte of a file response is the blob's data (or its last proof
+        // hash): either way the client's verification fails.
+        if self.how.corrupt_files {
+            if let Some(last) = body.last_mut() {
+                *last ^= 0xff;
+            }
+        }
+        body
+    }
+}
+
 /// `por node run`: echoes request bodies, or serves the file store in `serve_files`.
 pub(crate) async fn node_run(
     file: Option<&Path>,
@@ -70,9 +99,24 @@ pub(crate) async fn node_run(
     serve_files: Option<&Path>,
 ) -> Result<()> {
     let (b, cfg) = builder(file, flags)?;
+    let bad = cfg.misbehaviour.clone();
+    if !bad.is_honest() || cfg.engine.misbehaviour.withhold_late_fees {
+        tracing::warn!(
+            ?bad,
+            withhold_late_fees = cfg.engine.misbehaviour.withhold_late_fees,
+            "this node misbehaves by configuration (testnets only)"
+        );
+    }
+    let b = b.event_log(cfg.event_log);
     let mut b = match serve_files {
-        Some(dir) => b.handler(por_files::FilesHandler::new(por_files::Store::open(dir)?)),
-        None => b.handler(por_node::handler_fn(|req| async move { req.body })),
+        Some(dir) => b.handler(Misbehaving {
+            inner: por_files::FilesHandler::new(por_files::Store::open(dir)?),
+            how: bad,
+        }),
+        None => b.handler(Misbehaving {
+            inner: por_node::handler_fn(|req| async move { req.body }),
+            how: bad,
+        }),
     };
     if let Some(a) = &cfg.advertise {
         b = b.advertise(a);

@@ -158,6 +158,8 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         grace: b.shutdown_grace,
         address: address.clone(),
     };
+    let event_log =
+        (b.event_log > 0).then(|| crate::eventlog::spawn(b.event_log, events.subscribe()));
     let handle = NodeHandle {
         id,
         address,
@@ -168,6 +170,7 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         chain,
         done: done.clone(),
         stopped: stopped.clone(),
+        event_log,
     };
     if let Some((listener, _)) = metrics_listener {
         crate::metrics::serve(listener, handle.clone());

@@ -108,6 +108,27 @@ pub struct Settings {
     /// How long a graceful shutdown waits for requests in flight (ms).
     #[cfg_attr(feature = "cli", arg(long, env = "POR_SHUTDOWN_GRACE_MS"))]
     pub shutdown_grace_ms: Option<u64>,
+    /// When to pass a proof of severance upstream: immediate (§5.2) or next_sync.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_FORWARD_PROOFS"))]
+    pub forward_proofs: Option<String>,
+    /// Keep the last N engine events for the control endpoint's `events` (what `por
+    /// devnet run` reads for its timeline); 0, the default, keeps none.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_EVENT_LOG"))]
+    pub event_log: Option<usize>,
+    /// Misbehaviour, for testnets: never pay the late fees owed upstream.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_WITHHOLD_LATE_FEES"))]
+    pub withhold_late_fees: Option<bool>,
+    /// Misbehaviour, for testnets: answer requests this many ms late.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_ANSWER_DELAY_MS"))]
+    pub answer_delay_ms: Option<u64>,
+    /// Misbehaviour, for testnets: false never answers requests (they stay acked and
+    /// unanswered, so the route's late fees run).
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_ANSWER"))]
+    pub answer: Option<bool>,
+    /// Misbehaviour, for testnets: corrupt the data of every file response (the last
+    /// byte flipped), so that clients hold signed evidence of a deviation.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_CORRUPT_FILES"))]
+    pub corrupt_files: Option<bool>,
 }
 
 macro_rules! overlay {
@@ -176,7 +197,13 @@ impl Settings {
             near_contract,
             near_key_file,
             chain_poll_ms,
-            shutdown_grace_ms
+            shutdown_grace_ms,
+            forward_proofs,
+            event_log,
+            withhold_late_fees,
+            answer_delay_ms,
+            answer,
+            corrupt_files
         );
         self
     }
@@ -226,6 +253,19 @@ impl Settings {
         if let Some(m) = self.max_in_flight {
             engine.max_in_flight = m;
         }
+        if let Some(f) = &self.forward_proofs {
+            engine.proof_forwarding = match f.as_str() {
+                "immediate" => por_protocol::ProofForwarding::Immediate,
+                "next_sync" => por_protocol::ProofForwarding::NextSync,
+                _ => {
+                    return Err(bad(
+                        "forward_proofs",
+                        format!("{f:?}: expected immediate or next_sync"),
+                    ))
+                }
+            };
+        }
+        engine.misbehaviour.withhold_late_fees = self.withhold_late_fees.unwrap_or(false);
         let chain = match self.chain.unwrap_or_default() {
             ChainChoice::Embedded => ChainTarget::Embedded(
                 self.chain_path
@@ -270,6 +310,12 @@ impl Settings {
             chain,
             chain_poll: Duration::from_millis(self.chain_poll_ms.unwrap_or(250)),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms.unwrap_or(10_000)),
+            event_log: self.event_log.unwrap_or(0),
+            misbehaviour: Misbehaviour {
+                answer: self.answer.unwrap_or(true),
+                answer_delay: Duration::from_millis(self.answer_delay_ms.unwrap_or(0)),
+                corrupt_files: self.corrupt_files.unwrap_or(false),
+            },
         })
     }
 }
@@ -329,6 +375,29 @@ pub struct NodeConfig {
     pub chain_poll: Duration,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
+    /// Engine events kept for the control endpoint (0: none).
+    pub event_log: usize,
+    /// How the node's application misbehaves (testnets only; the engine's own
+    /// misbehaviour is in `engine.misbehaviour`).
+    pub misbehaviour: Misbehaviour,
+}
+
+/// Misbehaviour of a node's application, set by configuration for testnets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Misbehaviour {
+    /// Answers requests at all.
+    pub answer: bool,
+    /// Answers this late.
+    pub answer_delay: Duration,
+    /// Corrupts the data of file responses.
+    pub corrupt_files: bool,
+}
+
+impl Misbehaviour {
+    /// Whether this is an honest node.
+    pub fn is_honest(&self) -> bool {
+        self.answer && self.answer_delay.is_zero() && !self.corrupt_files
+    }
 }
 
 impl NodeConfig {

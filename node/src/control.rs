@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use futures::{SinkExt, StreamExt};
 use por_chain::Chain;
+use por_protocol::types::Route;
 use por_protocol::{Amount, NodeId};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -125,6 +126,37 @@ pub async fn serve(addr: &str, node: NodeHandle, token: String) -> Result<Socket
     Ok(bound)
 }
 
+/// The route through `hops` (node keys or accounts, client first), over the edges the
+/// chain lists.
+async fn route_through(node: &NodeHandle, hops: &[Value]) -> Result<Route, NodeError> {
+    let bad = |detail: String| NodeError::Config {
+        source_name: "control".into(),
+        key: "route".into(),
+        detail,
+    };
+    let mut nodes = Vec::with_capacity(hops.len());
+    for h in hops {
+        let who = h
+            .as_str()
+            .ok_or_else(|| bad(format!("{h} is not a node")))?;
+        nodes.push(resolve(node, who).await?);
+    }
+    if nodes.len() < 2 || nodes[0] != node.id() {
+        return Err(bad("a route starts at this node and has a next hop".into()));
+    }
+    let snapshot = node.chain().snapshot().await?;
+    let mut channels = Vec::with_capacity(nodes.len() - 1);
+    for w in nodes.windows(2) {
+        let e = snapshot
+            .edges
+            .iter()
+            .find(|e| (e.a == w[0] && e.b == w[1]) || (e.a == w[1] && e.b == w[0]))
+            .ok_or_else(|| bad(format!("no open edge between {} and {}", w[0], w[1])))?;
+        channels.push(e.id);
+    }
+    Ok(Route { nodes, channels })
+}
+
 /// Resolves a node given as 64 hex digits or as a NEAR account.
 async fn resolve(node: &NodeHandle, who: &str) -> Result<NodeId, NodeError> {
     if let Some(k) = crate::parse_key(who) {
@@ -191,6 +223,10 @@ async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
             if let Some(l) = req["response_limit"].as_u64() {
                 options.response_limit = l;
             }
+            if let Some(hops) = req["route"].as_array() {
+                options.route = Some(route_through(node, hops).await?);
+                options.max_reroutes = 0;
+            }
             let body = text("body")?.into_bytes();
             Ok(outcome_json(&node.request(server, body, options).await?))
         }
@@ -218,6 +254,17 @@ async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
                     })
                     .collect(),
             ))
+        }
+        "events" => {
+            let since = req["since"].as_u64().unwrap_or(0);
+            let (events, next, dropped) =
+                node.recent_events(since).ok_or_else(|| NodeError::Config {
+                    source_name: "control".into(),
+                    key: "event_log".into(),
+                    detail: "this node keeps no event log (set event_log)".into(),
+                })?;
+            Ok(json!({"next": next, "dropped": dropped,
+                      "events": events.iter().map(crate::eventlog::Logged::to_json).collect::<Vec<_>>()}))
         }
         "shutdown" => {
             let node = node.clone();

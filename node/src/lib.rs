@@ -17,6 +17,7 @@ pub mod control;
 pub mod db;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod eventlog;
 mod follower;
 mod links;
 pub mod map;

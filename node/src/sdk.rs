@@ -239,6 +239,7 @@ pub struct NodeBuilder {
     pub(crate) watch_after: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) commit_interval: Duration,
+    pub(crate) event_log: usize,
 }
 
 impl NodeBuilder {
@@ -261,6 +262,7 @@ impl NodeBuilder {
             watch_after: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             commit_interval: Duration::from_millis(2),
+            event_log: 0,
         }
     }
 
@@ -347,6 +349,13 @@ impl NodeBuilder {
         self.commit_interval = interval;
         self
     }
+
+    /// Keeps the last `capacity` engine events for [`NodeHandle::recent_events`]
+    /// (default 0: none kept, and none copied).
+    pub fn event_log(mut self, capacity: usize) -> Self {
+        self.event_log = capacity;
+        self
+    }
 }
 
 /// A running node.
@@ -361,6 +370,7 @@ pub struct NodeHandle {
     pub(crate) chain: Arc<AnyChain>,
     pub(crate) done: Arc<tokio::sync::Notify>,
     pub(crate) stopped: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) event_log: Option<Arc<std::sync::Mutex<crate::eventlog::EventLog>>>,
 }
 
 impl NodeHandle {
@@ -372,6 +382,14 @@ impl NodeHandle {
     /// The address peers reach it at.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The kept engine events from sequence number `since` on, the next sequence
+    /// number, and how many since `since` are no longer kept; `None` when the node
+    /// keeps no event log ([`NodeBuilder::event_log`]).
+    pub fn recent_events(&self, since: u64) -> Option<(Vec<crate::eventlog::Logged>, u64, u64)> {
+        let log = self.event_log.as_ref()?;
+        log.lock().ok().map(|l| l.since(since))
     }
 
     /// The metrics endpoint's address, if serving.
