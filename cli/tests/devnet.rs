@@ -477,3 +477,71 @@ fn the_live_map_shows_every_node_and_a_sever_within_seconds_in_chromium() {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{}", shot.display());
     }
 }
+
+/// `por devnet run <scenario>`: its comparison of the simulated and the real run.
+fn run_scenario(file: &str, transport: &str, tag: &str) -> Value {
+    let name = format!("r{tag}{}", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("por-devnet-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testnet/scenarios")
+        .join(file);
+    let d = Devnet { dir, name };
+    let lines = devnet(
+        &d.dir,
+        &[
+            "run",
+            scenario.to_str().unwrap(),
+            "--transport",
+            transport,
+            "--name",
+            &d.name,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("por devnet run {file}: {e}"));
+    // `up`'s line, then the comparison.
+    let r = lines.last().unwrap().clone();
+    assert!(
+        namespaces(&d.name).is_empty(),
+        "the run leaves nothing behind"
+    );
+    r
+}
+
+#[test]
+fn the_papers_scenarios_run_on_real_processes_as_in_the_simulator() {
+    if !netns_possible() {
+        eprintln!("SKIPPED por devnet run: no network namespaces here (not root, or no iproute2)");
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    for (file, transport) in [
+        ("paper-5.1-happy.toml", "tcp"),
+        ("paper-5.2-sever-at-once.toml", "quic"),
+    ] {
+        let r = run_scenario(file, transport, &transport[..1]);
+        eprintln!("{file}: {}", r["timeline"]);
+        assert_eq!(r["same_outcomes"], true, "{r}");
+        // Every engine event of the simulation happened on the real processes too.
+        assert_eq!(r["only_sim"].as_array().unwrap().len(), 0, "{r}");
+        let timeline = r["timeline"].as_array().unwrap();
+        let matched = timeline.iter().filter(|t| !t["real_ms"].is_null()).count();
+        assert_eq!(matched as u64, n(&r, "matched"));
+        let request = &r["requests"][0];
+        let latency = request["real"]["latency_ms"].as_u64().unwrap();
+        if file.contains("5.1") {
+            // Alex's response, within the path's promised 800 ms, hop by hop.
+            assert_eq!(request["real"]["kind"], "response", "{r}");
+            assert!(latency <= 800, "{r}");
+            assert_eq!(matched, 9, "{r}");
+        } else {
+            // Eve offline: Bob's proof, within Alex's 1000 ms bound, and the money
+            // moves as in the paper (Alex pays 40320; Alice keeps 10080, Bob 30240).
+            assert_eq!(request["real"]["kind"], "proof", "{r}");
+            assert!(latency <= 1000, "{r}");
+            assert_eq!(r["same_balances"], true, "{r}");
+            assert_eq!(r["balances"]["Alex"]["real"], "-40320", "{r}");
+            assert_eq!(r["balances"]["Bob"]["real"], "30240", "{r}");
+        }
+    }
+}

@@ -10,6 +10,7 @@ mod links;
 mod map;
 mod net;
 mod report;
+mod run;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -195,6 +196,32 @@ pub(crate) enum DevnetCommand {
         #[arg(long, default_value = ".por-devnet")]
         dir: PathBuf,
     },
+    /// Run a simulator scenario (`testnet/scenarios/*.toml`) on a devnet of real
+    /// processes as well as in the simulator, and print both timelines side by side;
+    /// fails (exit 1) when a request's outcome differs. Needs root (namespaces).
+    Run {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// The transport between the nodes.
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "quic"])]
+        transport: String,
+        /// Links at this percentage of the scenario's latencies (real nodes need
+        /// some of each bound for their own work).
+        #[arg(long, default_value_t = 90)]
+        link_percent: u64,
+        /// `json` or `markdown`.
+        #[arg(long, default_value = "json", value_parser = ["json", "markdown"])]
+        format: String,
+        /// Leave the devnet up afterwards (`por devnet down` removes it).
+        #[arg(long)]
+        keep: bool,
+        /// Prefix of the namespaces and links.
+        #[arg(long, default_value = "porrun")]
+        name: String,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet-run")]
+        dir: PathBuf,
+    },
     /// Stop every process and remove every namespace and link of the devnet.
     Down {
         /// The devnet's directory.
@@ -219,7 +246,15 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
             dir,
         } => {
             let emulated = links.map(|l| l == "emulated");
-            up(hosts, &transport, isolation, emulated, &name, &dir).await
+            up(
+                &Plan::ring(hosts),
+                &transport,
+                isolation,
+                emulated,
+                &name,
+                &dir,
+            )
+            .await
         }
         DevnetCommand::Links { dir } => links::run(dir).await,
         DevnetCommand::Link {
@@ -372,6 +407,34 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
             }
             Ok(())
         }
+        DevnetCommand::Run {
+            scenario,
+            transport,
+            link_percent,
+            format,
+            keep,
+            name,
+            dir,
+        } => {
+            let r = run::run(run::RunOptions {
+                scenario,
+                transport,
+                link_percent,
+                name,
+                dir,
+                keep,
+            })
+            .await?;
+            if format == "markdown" {
+                print!("{}", run::markdown(&r));
+            } else {
+                println!("{r}");
+            }
+            if r["same_outcomes"] != true {
+                bail!("a request's outcome on the real processes differs from the simulation");
+            }
+            Ok(())
+        }
         DevnetCommand::Down { dir, name } => {
             let removed = down(&dir, name.as_deref());
             println!("{}", json!({"removed": removed}));
@@ -411,14 +474,63 @@ fn terms(latency_ms: u64) -> EdgeTerms {
     }
 }
 
+/// What `build` makes: per host, the extra `por node run` settings; the channels;
+/// and links that differ from their regions' defaults.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Plan {
+    /// One entry per host (`h01` first): its extra node flags.
+    pub(crate) hosts: Vec<Vec<String>>,
+    /// The channels.
+    pub(crate) channels: Vec<PlannedChannel>,
+    /// Emulated links that differ from the regions' defaults, by `"h01>h02"`.
+    pub(crate) links: std::collections::HashMap<String, links::Link>,
+}
+
+/// A channel to open.
+#[derive(Clone, Debug)]
+pub(crate) struct PlannedChannel {
+    /// The proposing host (index from 0).
+    pub(crate) a: usize,
+    /// The confirming host.
+    pub(crate) b: usize,
+    /// Its terms; `None`: [`terms`] for what the link between them delivers.
+    pub(crate) terms: Option<EdgeTerms>,
+    /// What each end deposits.
+    pub(crate) deposit_a: Amount,
+    /// The other end's deposit.
+    pub(crate) deposit_b: Amount,
+}
+
+impl Plan {
+    /// `hosts` honest hosts in a ring with chords ([`topology`]).
+    pub(crate) fn ring(hosts: usize) -> Plan {
+        let deposit = Amount(DEPOSIT_NEAR * por_chain::local::NEAR);
+        Plan {
+            hosts: vec![Vec::new(); hosts],
+            channels: topology(hosts)
+                .into_iter()
+                .map(|(a, b)| PlannedChannel {
+                    a,
+                    b,
+                    terms: None,
+                    deposit_a: deposit,
+                    deposit_b: deposit,
+                })
+                .collect(),
+            links: Default::default(),
+        }
+    }
+}
+
 async fn up(
-    hosts: usize,
+    plan: &Plan,
     transport: &str,
     isolation: Isolation,
     emulated: Option<bool>,
     name: &str,
     dir: &Path,
 ) -> Result<()> {
+    let hosts = plan.hosts.len();
     if !(1..=250).contains(&hosts) {
         bail!("--hosts {hosts}: 1 to 250");
     }
@@ -449,7 +561,7 @@ async fn up(
     };
     st.save()?;
     let started = Instant::now();
-    match build(&mut st, hosts).await {
+    match build(&mut st, plan).await {
         Ok(()) => {
             st.save()?;
             println!(
@@ -472,7 +584,8 @@ async fn up(
 
 /// Makes the network, the chain, the hosts and the channels, recording each in `st`
 /// as it goes (so that `down` finds whatever was made).
-async fn build(st: &mut State, hosts: usize) -> Result<()> {
+async fn build(st: &mut State, plan: &Plan) -> Result<()> {
+    let hosts = plan.hosts.len();
     let dir = st.dir.clone();
     st.net.create()?;
     let netns = st.net.isolation == Isolation::Netns;
@@ -508,7 +621,7 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
         });
         links::Links {
             endpoints,
-            overrides: Default::default(),
+            overrides: plan.links.clone(),
         }
         .save(&dir)?;
         let emulator = Daemon::start(
@@ -548,7 +661,7 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
     // Every node polls the one served chain: fewer polls each as there are more
     // nodes, so that the chain keeps up with the channel opens (50 hosts: 1 s).
     let poll_ms = (hosts as u64 * 20).clamp(200, 2_000).to_string();
-    for (i, hnet) in (1..=hosts).zip(places) {
+    for ((i, hnet), extra) in (1..=hosts).zip(places).zip(&plan.hosts) {
         let name = Net::host_name(i);
         let hdir = dir.join("hosts").join(&name);
         let account = format!("{name}.{}", st.net.name);
@@ -599,6 +712,7 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
         .collect();
         let node = Daemon::start(
             args,
@@ -613,14 +727,13 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
         });
         st.save()?;
     }
-    let deposit = Amount(DEPOSIT_NEAR * por_chain::local::NEAR);
     let emulated_links = if st.net.emulated {
         Some(links::Links::load(&dir)?)
     } else {
         None
     };
-    for (a, b) in topology(hosts) {
-        let (ha, hb) = (&st.hosts[a], &st.hosts[b]);
+    for c in &plan.channels {
+        let (ha, hb) = (&st.hosts[c.a], &st.hosts[c.b]);
         // A channel promises what its link delivers: the emulated one-way latency
         // and its jitter, plus 20 ms for the nodes themselves.
         let latency_ms = match &emulated_links {
@@ -637,12 +750,13 @@ async fn build(st: &mut State, hosts: usize) -> Result<()> {
                 chain_addr, &h.account, key,
             ))
         };
+        let terms = c.terms.clone().unwrap_or_else(|| terms(latency_ms));
         let id = signer(ha)?
-            .propose_channel(&hb.account, &terms(latency_ms), deposit)
+            .propose_channel(&hb.account, &terms, c.deposit_a)
             .await
             .with_context(|| format!("proposing {}–{}", ha.name, hb.name))?;
         signer(hb)?
-            .confirm_channel(id, deposit)
+            .confirm_channel(id, c.deposit_b)
             .await
             .with_context(|| format!("confirming {}–{}", ha.name, hb.name))?;
         st.channels.push((ha.name.clone(), hb.name.clone(), id.0));
