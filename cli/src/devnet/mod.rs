@@ -63,6 +63,11 @@ pub(crate) enum DevnetCommand {
         /// The devnet's directory: state, chain, keys, logs.
         #[arg(long, default_value = ".por-devnet")]
         dir: PathBuf,
+        /// A host that misbehaves by configuration, `HOST=HOW`: `withhold-late-fees`,
+        /// `answer-late:MS`, `no-answer`, `corrupt-files`, or `offline` (down once its
+        /// channels are open). Repeatable.
+        #[arg(long, value_name = "HOST=HOW")]
+        misbehave: Vec<String>,
     },
     /// Each host: running or not, its channels connected, in flight, earned.
     Status {
@@ -244,17 +249,14 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
             links,
             name,
             dir,
+            misbehave,
         } => {
             let emulated = links.map(|l| l == "emulated");
-            up(
-                &Plan::ring(hosts),
-                &transport,
-                isolation,
-                emulated,
-                &name,
-                &dir,
-            )
-            .await
+            let mut plan = Plan::ring(hosts);
+            for m in &misbehave {
+                plan.misbehave(m)?;
+            }
+            up(&plan, &transport, isolation, emulated, &name, &dir).await
         }
         DevnetCommand::Links { dir } => links::run(dir).await,
         DevnetCommand::Link {
@@ -484,6 +486,8 @@ pub(crate) struct Plan {
     pub(crate) channels: Vec<PlannedChannel>,
     /// Emulated links that differ from the regions' defaults, by `"h01>h02"`.
     pub(crate) links: std::collections::HashMap<String, links::Link>,
+    /// Per host, how it misbehaves (`--misbehave`), as given.
+    pub(crate) misbehaviour: std::collections::BTreeMap<usize, Vec<String>>,
 }
 
 /// A channel to open.
@@ -502,6 +506,35 @@ pub(crate) struct PlannedChannel {
 }
 
 impl Plan {
+    /// Makes a host misbehave: `HOST=HOW` (see `por devnet up --misbehave`).
+    pub(crate) fn misbehave(&mut self, spec: &str) -> Result<()> {
+        let (host, how) = spec
+            .split_once('=')
+            .with_context(|| format!("--misbehave {spec:?}: expected HOST=HOW"))?;
+        let i = (1..=self.hosts.len())
+            .find(|&i| Net::host_name(i) == host)
+            .with_context(|| format!("--misbehave {spec:?}: no host {host}"))?
+            - 1;
+        let flags: Vec<&str> = match how.split_once(':') {
+            None if how == "withhold-late-fees" => vec!["--withhold-late-fees", "true"],
+            None if how == "no-answer" => vec!["--answer", "false"],
+            None if how == "corrupt-files" => vec!["--corrupt-files", "true"],
+            None if how == "offline" => vec![],
+            Some(("answer-late", ms)) if ms.parse::<u64>().is_ok() => {
+                vec!["--answer-delay-ms", ms]
+            }
+            _ => bail!(
+                "--misbehave {spec:?}: HOW is withhold-late-fees, answer-late:MS, no-answer, corrupt-files or offline"
+            ),
+        };
+        self.hosts[i].extend(flags.iter().map(|f| f.to_string()));
+        self.misbehaviour
+            .entry(i)
+            .or_default()
+            .push(how.to_string());
+        Ok(())
+    }
+
     /// `hosts` honest hosts in a ring with chords ([`topology`]).
     pub(crate) fn ring(hosts: usize) -> Plan {
         let deposit = Amount(DEPOSIT_NEAR * por_chain::local::NEAR);
@@ -518,6 +551,7 @@ impl Plan {
                 })
                 .collect(),
             links: Default::default(),
+            misbehaviour: Default::default(),
         }
     }
 }
@@ -724,6 +758,7 @@ async fn build(st: &mut State, plan: &Plan) -> Result<()> {
             account,
             net: hnet,
             node,
+            misbehaviour: plan.misbehaviour.get(&(i - 1)).cloned().unwrap_or_default(),
         });
         st.save()?;
     }
@@ -789,6 +824,14 @@ async fn build(st: &mut State, plan: &Plan) -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+    // Hosts configured to be offline go down once their channels are open.
+    for h in st
+        .hosts
+        .iter()
+        .filter(|h| h.misbehaviour.iter().any(|m| m == "offline"))
+    {
+        h.node.stop(Signal::SIGKILL, Duration::from_secs(5));
     }
     Ok(())
 }

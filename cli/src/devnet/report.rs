@@ -150,13 +150,17 @@ pub(crate) async fn report(st: &State, statuses: &[(String, Value)]) -> Result<V
     let end = |host: &str, peer: &str| channel_end(statuses, host, peer);
     let mut nodes = Vec::new();
     for (name, s) in statuses {
+        let misbehaviour = st
+            .host(name)
+            .map(|h| h.misbehaviour.clone())
+            .unwrap_or_default();
         let chans = s["channels"].as_array().cloned().unwrap_or_default();
         let received: u128 = chans.iter().map(|c| amount(&c["received"])).sum();
         let paid: u128 = chans.iter().map(|c| amount(&c["paid"])).sum();
         nodes.push(
             json!({"host": name, "received": received.to_string(), "paid": paid.to_string(),
                           "net": (received as i128 - paid as i128).to_string(),
-                          "channels": chans.len(),
+                          "channels": chans.len(), "misbehaviour": misbehaviour,
                           "severed": chans.iter().filter(|c| c["severed"] == true).count()}),
         );
     }
@@ -204,8 +208,37 @@ pub(crate) async fn report(st: &State, statuses: &[(String, Value)]) -> Result<V
     let relays_profit = relays
         .iter()
         .all(|n| !n["net"].as_str().unwrap_or("0").starts_with('-'));
+    // Misbehaving hosts: how many of their channels are severed, by either end (a
+    // host that is down reports nothing: its channels as its peers see them).
+    let misbehaving: Vec<Value> = st
+        .hosts
+        .iter()
+        .filter(|h| !h.misbehaviour.is_empty())
+        .map(|h| {
+            let mine: Vec<&(String, String, u64)> = st
+                .channels
+                .iter()
+                .filter(|(a, b, _)| *a == h.name || *b == h.name)
+                .collect();
+            let cut = mine
+                .iter()
+                .filter(|(a, b, _)| {
+                    let other = if *a == h.name { b } else { a };
+                    let other_id = st
+                        .host(other)
+                        .map(|o| o.id().to_string())
+                        .unwrap_or_default();
+                    let severed = |c: Option<Value>| c.is_some_and(|c| c["severed"] == true);
+                    severed(end(&h.name, &other_id)) || severed(end(other, h.id()))
+                })
+                .count();
+            json!({"host": h.name, "misbehaviour": h.misbehaviour, "channels": mine.len(),
+                   "severed": cut, "isolated": cut == mine.len()})
+        })
+        .collect();
     Ok(json!({
         "devnet": st.net.name, "hosts": st.hosts.len(), "running": statuses.len(),
+        "misbehaving": misbehaving,
         "transport": st.transport, "emulated_links": st.net.emulated,
         "requests": outcomes.len(), "outcomes": kinds, "latency_by_hops": latency,
         "outcomes_over_time": over_time,
@@ -278,6 +311,28 @@ pub(crate) fn markdown(r: &Value) -> String {
         c["channels_checked"],
         c["conserved"]
     ));
+    let bad = r["misbehaving"].as_array().cloned().unwrap_or_default();
+    if !bad.is_empty() {
+        md.push_str(
+            "\n| misbehaving host | how | channels | severed | isolated |\n|---|---|---|---|---|\n",
+        );
+        for b in bad {
+            let how: Vec<&str> = b["misbehaviour"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                b["host"].as_str().unwrap_or(""),
+                how.join(", "),
+                b["channels"],
+                b["severed"],
+                b["isolated"]
+            ));
+        }
+    }
     md
 }
 

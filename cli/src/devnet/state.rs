@@ -47,6 +47,10 @@ pub(crate) struct Host {
     pub(crate) net: HostNet,
     /// Its node.
     pub(crate) node: Daemon,
+    /// How it misbehaves by configuration (`por devnet up --misbehave`); empty for an
+    /// honest host.
+    #[serde(default)]
+    pub(crate) misbehaviour: Vec<String>,
 }
 
 /// Everything a devnet is made of.
