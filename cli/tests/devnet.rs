@@ -261,7 +261,12 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
 
     // The report: every request recorded, latency by path length, money conserved
     // against the chain's deposits on every channel, relays in profit.
-    let report = ok(&d.dir, &["report"]);
+    let plots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/devnet-plots");
+    let report = ok(&d.dir, &["report", "--plots", plots.to_str().unwrap()]);
+    for p in report["plots"].as_array().unwrap() {
+        let svg = std::fs::read_to_string(p.as_str().unwrap()).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{p}");
+    }
     let sent = if isolation == "netns" {
         5 + 40 + 150 + 10 + 5
     } else {

@@ -9,6 +9,7 @@
 mod links;
 mod map;
 mod net;
+mod plots;
 mod report;
 mod run;
 mod state;
@@ -197,6 +198,10 @@ pub(crate) enum DevnetCommand {
         /// `json` or `markdown`.
         #[arg(long, default_value = "json", value_parser = ["json", "markdown"])]
         format: String,
+        /// Also draw the plots (SVG: latency by path length, outcomes over time)
+        /// into this directory.
+        #[arg(long)]
+        plots: Option<PathBuf>,
         /// The devnet's directory.
         #[arg(long, default_value = ".por-devnet")]
         dir: PathBuf,
@@ -392,10 +397,17 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
             }
             Ok(())
         }
-        DevnetCommand::Report { format, dir } => {
+        DevnetCommand::Report { format, plots, dir } => {
             let st = State::load(&dir)?;
             let statuses = settled_statuses(&st).await?;
-            let r = report::report(&st, &statuses).await?;
+            let mut r = report::report(&st, &statuses).await?;
+            if let Some(p) = plots {
+                r["plots"] = plots::draw(&r, &p)?
+                    .iter()
+                    .map(|p| Value::String(p.display().to_string()))
+                    .collect::<Vec<_>>()
+                    .into();
+            }
             if format == "markdown" {
                 print!("{}", report::markdown(&r));
             } else {
@@ -1030,6 +1042,21 @@ fn down(dir: &Path, name: Option<&str>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misbehaviour_becomes_node_flags() {
+        let mut p = Plan::ring(6);
+        p.misbehave("h02=withhold-late-fees").unwrap();
+        p.misbehave("h03=answer-late:900").unwrap();
+        p.misbehave("h04=offline").unwrap();
+        assert_eq!(p.hosts[1], ["--withhold-late-fees", "true"]);
+        assert_eq!(p.hosts[2], ["--answer-delay-ms", "900"]);
+        assert!(p.hosts[3].is_empty());
+        assert_eq!(p.misbehaviour[&3], ["offline"]);
+        for bad in ["h02", "h09=no-answer", "h02=answer-late:soon", "h02=lie"] {
+            assert!(p.misbehave(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_topology_is_a_ring_with_chords_and_never_a_loop() {

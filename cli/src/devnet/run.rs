@@ -794,3 +794,40 @@ pub(crate) fn markdown(r: &Value) -> String {
     ));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paper(file: &str) -> Scenario {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testnet/scenarios")
+            .join(file);
+        Scenario::from_toml(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_scenario_becomes_hosts_channels_links_and_a_schedule() {
+        let s = paper("paper-5.3-wait-and-pay.toml");
+        let p = plan(&s, 90).unwrap();
+        assert_eq!(p.hosts.len(), 6);
+        // Bob (the third node) waits one sync; Alice forwards proofs at her next sync.
+        let flag = |h: usize, f: &str| {
+            let i = p.hosts[h].iter().position(|x| x == f).unwrap();
+            p.hosts[h][i + 1].clone()
+        };
+        assert_eq!(flag(2, "--sever-policy"), "wait_syncs:1");
+        assert_eq!(flag(1, "--forward-proofs"), "next_sync");
+        assert_eq!(flag(1, "--sever-policy"), "never");
+        assert_eq!(p.channels.len(), 5);
+        // Alex–Alice: 100 ms promised, the link at 90 ms each way.
+        assert_eq!(p.links["h01>h02"].latency_ms, 90);
+        assert_eq!(p.links["h02>h01"].latency_ms, 90);
+        assert_eq!(p.channels[1].terms.as_ref().unwrap().sync_phase_ms, 600);
+        // Eve is killed before the request leaves, both at 0 ms.
+        let sched = schedule(&s).unwrap();
+        assert!(matches!(sched[0], (0, Action::Kill(5))), "{sched:?}");
+        assert!(matches!(sched[1], (0, Action::Request(0))), "{sched:?}");
+        assert_eq!(gcd(500, 1000), 500);
+    }
+}
