@@ -140,26 +140,37 @@ fn node(dir: &Path, name: &str, ground: &Ground, transport: &str) -> Proc {
     spawn(&args, &dir.join(format!("{name}.log")))
 }
 
-/// The control endpoint answers nobody without the node's token, and a line that is
-/// not JSON (a browser's cross-protocol POST) gets nothing at all.
+/// The control endpoint answers nobody without the node's token: a browser's
+/// cross-origin POST (a simple request: `text/plain`, no `Authorization`) is refused
+/// and does nothing, and so is a request with the token but not `application/json`.
 async fn control_endpoint_trusts_only_its_token(p: &Proc) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = p.ready["control"].as_str().unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n\r\n{\"op\":\"shutdown\"}\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(
-        n,
-        0,
-        "answered a non-JSON line: {:?}",
-        String::from_utf8_lossy(&got)
-    );
+    let token = std::fs::read_to_string(p.ready["token_file"].as_str().unwrap()).unwrap();
+    let body = "{\"op\":\"shutdown\"}";
+    for auth in [
+        String::new(),
+        format!("Authorization: Bearer {}\r\n", token.trim()),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST /v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n{auth}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        let got = String::from_utf8_lossy(&got);
+        let want = if auth.is_empty() {
+            "HTTP/1.1 401"
+        } else {
+            "HTTP/1.1 415"
+        };
+        assert!(got.starts_with(want), "{got}");
+    }
     for wrong in ["", "00"] {
         let err = por_node::control::call(addr, wrong, json!({"op": "shutdown"}))
             .await

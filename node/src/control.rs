@@ -1,29 +1,39 @@
-//! The control endpoint of a running node (loopback, JSON lines): what `por status`,
-//! `por request`, `por quote`, `por channel close` and `por node stop` talk to.
+//! The control endpoint of a running node (loopback, HTTP with axum on hyper): what
+//! `por status`, `por request`, `por quote`, `por channel close`, `por node stop` and
+//! `por devnet` talk to. One route, `POST /v1`, a JSON object `{"op": ..., ...}` in,
+//! `{"ok": ...}` or `{"err": "..."}` out.
 //!
 //! Loopback is not a credential: any local process, and a browser page posting to
-//! `127.0.0.1`, can reach it. So every request carries the node's control token,
-//! which the node writes at start to `control.token` in its data directory, readable
-//! by its owner only (mode 0600). A line that is not a JSON object ends the
-//! connection at once with no answer (a browser's cross-protocol POST gets nothing);
-//! a request without the right token is answered `unauthorized` and the connection
-//! ends.
+//! `127.0.0.1`, can reach it. So every request carries the node's control token as
+//! `Authorization: Bearer <token>`; the node writes it at start to `control.token` in
+//! its data directory, readable by its owner only (mode 0600). A request without it is
+//! answered 401. A browser cannot send that header, nor `Content-Type:
+//! application/json` (also required), to another origin without a CORS preflight, and
+//! the endpoint answers no preflight.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use http_body_util::BodyExt as _;
 use por_chain::Chain;
 use por_protocol::types::Route;
 use por_protocol::{Amount, NodeId};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::{Framed, LinesCodec};
 
 use crate::sdk::{NodeHandle, Outcome, RequestOptions, Status};
 use crate::NodeError;
 
-const MAX_LINE: usize = 4 << 20;
+/// The largest request or answer body.
+const MAX_BODY: usize = 4 << 20;
 
 /// The control token's file name in a node's data directory.
 pub const TOKEN_FILE: &str = "control.token";
@@ -79,6 +89,51 @@ fn same_token(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// The control endpoint's state: the node and its token.
+struct Control {
+    node: NodeHandle,
+    token: String,
+}
+
+/// `{"err": why}` with `status`.
+fn refusal(status: StatusCode, why: String) -> Response {
+    (status, axum::Json(json!({ "err": why }))).into_response()
+}
+
+async fn handle(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same_token(given, &c.token) {
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized: this request does not carry the node's control token (control.token in its data directory)".into(),
+        );
+    }
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json_body {
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/json".into(),
+        );
+    }
+    let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(&body) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "the body is not a JSON object".into(),
+        );
+    };
+    match answer(&c.node, &Value::Object(req)).await {
+        Ok(v) => axum::Json(json!({ "ok": v })).into_response(),
+        Err(e) => refusal(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
 /// Serves the control endpoint on `addr` (must be loopback), answering requests that
 /// carry `token` (see [`write_token`]).
 pub async fn serve(addr: &str, node: NodeHandle, token: String) -> Result<SocketAddr, NodeError> {
@@ -95,32 +150,13 @@ pub async fn serve(addr: &str, node: NodeHandle, token: String) -> Result<Socket
         .await
         .map_err(|e| bad(format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| bad(e.to_string()))?;
-    let token = std::sync::Arc::new(token);
+    let app = Router::new()
+        .route("/v1", post(handle))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Arc::new(Control { node, token }));
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (node, token) = (node.clone(), token.clone());
-            tokio::spawn(async move {
-                let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
-                while let Some(Ok(line)) = lines.next().await {
-                    // Not a JSON object: not a client of ours. Say nothing, hang up.
-                    let Ok(Value::Object(req)) = serde_json::from_str::<Value>(&line) else {
-                        return;
-                    };
-                    let given = req.get("token").and_then(Value::as_str).unwrap_or("");
-                    if !same_token(given, &token) {
-                        let refusal = json!({ "err": "unauthorized: this request does not carry the node's control token (control.token in its data directory)" });
-                        let _ = lines.send(refusal.to_string()).await;
-                        return;
-                    }
-                    let answer = match answer(&node, &Value::Object(req)).await {
-                        Ok(v) => json!({ "ok": v }),
-                        Err(e) => json!({ "err": e.to_string() }),
-                    };
-                    if lines.send(answer.to_string()).await.is_err() {
-                        break;
-                    }
-                }
-            });
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("control endpoint stopped: {e}");
         }
     });
     Ok(bound)
@@ -379,27 +415,35 @@ pub async fn call_on(
     stream: TcpStream,
     addr: &str,
     token: &str,
-    mut request: Value,
+    request: Value,
 ) -> Result<Value, NodeError> {
-    if let Value::Object(m) = &mut request {
-        m.insert("token".into(), Value::String(token.to_string()));
-    }
     let unreachable = |e: String| NodeError::Config {
         source_name: "control".into(),
         key: "control".into(),
         detail: format!("no node answering at {addr}: {e}"),
     };
-    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
-    lines
-        .send(request.to_string())
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::post("/v1")
+        .header(header::HOST, addr)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(Bytes::from(request.to_string())))
+        .map_err(|e| unreachable(e.to_string()))?;
+    let response = send
+        .send_request(req)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let line = lines
-        .next()
+    let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
+        .collect()
         .await
-        .ok_or_else(|| unreachable("connection closed".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let v: Value = serde_json::from_str(&line).map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(e.to_string()))?
+        .to_bytes();
+    driver.abort();
+    let v: Value = serde_json::from_slice(&body).map_err(|e| unreachable(e.to_string()))?;
     match v.get("ok") {
         Some(ok) => Ok(ok.clone()),
         None => Err(NodeError::Remote(
