@@ -254,6 +254,17 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
         assert!(err.contains("partitions need network namespaces"), "{err}");
     }
 
+    // A connection reset (RSTs, as a middlebox sends them): the nodes redial and
+    // serve.
+    let reset = ok(&d.dir, &["reset", "h01", "h02"]);
+    assert!(n(&reset, "connections") >= 1, "{reset}");
+    let after = ok(
+        &d.dir,
+        &["load", "--from", "h01", "--to", "h02", "--requests", "5"],
+    );
+    assert_eq!(outcomes(&after), 5, "{after}");
+    assert_eq!(n(&after, "responses"), 5, "{after}");
+
     // Money: both ends of every channel hold the same acknowledged state.
     let check = ok(&d.dir, &["check"]);
     assert_eq!(check["agree"], true, "{check}");
@@ -268,9 +279,9 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{p}");
     }
     let sent = if isolation == "netns" {
-        5 + 40 + 150 + 10 + 5
+        5 + 40 + 150 + 10 + 5 + 5
     } else {
-        40 + 150
+        40 + 150 + 5
     };
     assert_eq!(n(&report, "requests"), sent, "{report}");
     assert!(
@@ -345,6 +356,9 @@ fn six_hosts_over_quic_on_loopback_addresses_refuse_a_partition_and_agree_after_
     ok(&d.dir, &["restart", "h02"]);
     let err = devnet(&d.dir, &["partition", "h05"]).unwrap_err();
     assert!(err.contains("partitions need network namespaces"), "{err}");
+    // A reset is TCP's: over QUIC it is refused, saying what cuts a connection.
+    let err = devnet(&d.dir, &["reset", "h01", "h02"]).unwrap_err();
+    assert!(err.contains("TCP's") && err.contains("--down"), "{err}");
     // Bad input: an unknown host, a second up in the same directory.
     let err = devnet(&d.dir, &["kill", "h99"]).unwrap_err();
     assert!(err.contains("no host \"h99\""), "{err}");

@@ -148,6 +148,19 @@ pub(crate) enum DevnetCommand {
         #[arg(long, default_value = ".por-devnet")]
         dir: PathBuf,
     },
+    /// Reset every TCP connection between two hosts (a middlebox's RST, as the
+    /// kernel's `ss -K` makes it): both nodes see the connection die and redial.
+    /// TCP only: a QUIC connection cannot be reset from outside without its keys
+    /// (`link --down` cuts it, and it ends at its idle timeout).
+    Reset {
+        /// One host.
+        a: String,
+        /// The other.
+        b: String,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
     /// Serve the live network map of the whole devnet (topology, stakes and center,
     /// channel balances and payments in flight, late fees, severs and closes as they
     /// happen) until interrupted; prints its address.
@@ -361,6 +374,28 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
                 .with_context(|| format!("no channel between {a} and {b}"))?;
             control(st.host(&a)?, json!({"op": "sever", "channel": id})).await?;
             println!("{}", json!({"severed": id, "by": a, "peer": b}));
+            Ok(())
+        }
+        DevnetCommand::Reset { a, b, dir } => {
+            let st = State::load(&dir)?;
+            if st.transport != "tcp" {
+                bail!("this devnet runs {}: a connection reset is TCP's (`por devnet link {a} {b} --down` cuts a QUIC connection)", st.transport);
+            }
+            let end = |h: &Host| -> Result<net::TcpEnd> {
+                Ok(net::TcpEnd {
+                    pid: h.node.pid,
+                    listen: h.node.ready["address"]
+                        .as_str()
+                        .and_then(|a| a.parse().ok())
+                        .with_context(|| format!("{}'s listen address", h.name))?,
+                })
+            };
+            let (ha, hb) = (st.host(&a)?, st.host(&b)?);
+            if !ha.node.alive() || !hb.node.alive() {
+                bail!("{a} and {b} must both be running");
+            }
+            let killed = net::reset(ha.net.netns.as_deref(), &end(ha)?, &end(hb)?)?;
+            println!("{}", json!({"reset": [a, b], "connections": killed}));
             Ok(())
         }
         DevnetCommand::Map { listen, dir } => map::serve(State::load(&dir)?, &listen).await,

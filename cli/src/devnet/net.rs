@@ -260,6 +260,70 @@ impl Net {
 /// Connects to `addr` from inside network namespace `netns` (a node's control
 /// endpoint listens on its namespace's loopback). The socket stays in that
 /// namespace; the connecting thread enters it and is then discarded.
+/// One end of a TCP connection `reset` may cut: a node's pid and listen address.
+pub(crate) struct TcpEnd {
+    /// The node's process.
+    pub(crate) pid: u32,
+    /// Where it listens.
+    pub(crate) listen: std::net::SocketAddr,
+}
+
+/// `ss` in namespace `netns` (or here) with `args`.
+fn ss(netns: Option<&str>, args: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "ss"]);
+            c
+        }
+        None => std::process::Command::new("ss"),
+    };
+    cmd.args(args).output().context("running ss (iproute2)")
+}
+
+/// Resets every TCP connection between the nodes `a` (in namespace `netns`, or on
+/// this machine's loopback, as `b` then is too) and `b`, with `ss -K`: the socket is
+/// destroyed and its peer receives a RST. A connection is theirs when `a`'s process
+/// holds it to `b`'s listen address, `b`'s to `a`'s, or `a`'s from its listen address
+/// to `b`'s address. Returns how many it reset.
+pub(crate) fn reset(netns: Option<&str>, a: &TcpEnd, b: &TcpEnd) -> Result<usize> {
+    let out = ss(netns, &["-t", "-n", "-p", "-H", "state", "established"])?;
+    if !out.status.success() {
+        bail!("ss: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut reset = 0;
+    for line in text.lines() {
+        // Recv-Q Send-Q Local Peer users:(("por",pid=N,fd=M))
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(peer)) = (
+            f.get(2)
+                .and_then(|x| x.parse::<std::net::SocketAddr>().ok()),
+            f.get(3)
+                .and_then(|x| x.parse::<std::net::SocketAddr>().ok()),
+        ) else {
+            continue;
+        };
+        let owner = |pid: u32| line.contains(&format!("pid={pid},"));
+        let theirs = (owner(a.pid) && peer == b.listen)
+            || (owner(b.pid) && peer == a.listen)
+            || (owner(a.pid) && local == a.listen && peer.ip() == b.listen.ip());
+        if !theirs {
+            continue;
+        }
+        let (l, p) = (local.to_string(), peer.to_string());
+        let k = ss(netns, &["-K", "-t", "-n", "src", &l, "dst", &p])?;
+        if !k.status.success() {
+            bail!(
+                "ss -K: {} (the kernel needs CONFIG_INET_DIAG_DESTROY, and this needs root)",
+                String::from_utf8_lossy(&k.stderr).trim()
+            );
+        }
+        reset += 1;
+    }
+    Ok(reset)
+}
+
 pub(crate) async fn connect_in(netns: &str, addr: &str) -> Result<tokio::net::TcpStream> {
     let (path, addr) = (format!("/run/netns/{netns}"), addr.to_string());
     let (tx, rx) = tokio::sync::oneshot::channel();
