@@ -118,7 +118,25 @@ pub struct LocalChain {
     clock: Clock,
     /// Compiled machine code of the contract, so that it is compiled once per process.
     cache: MockContractRuntimeCache,
+    /// Bumped whenever the state changes: what a view answered holds until then.
+    generation: u64,
+    /// Views answered at one (generation, height, time), by method and arguments: many
+    /// nodes following one served chain ask the same views after every block, and a
+    /// view otherwise copies the whole state and runs the contract each time.
+    views: std::sync::Mutex<ViewCache>,
 }
+
+/// What views answered, and for which state.
+#[derive(Default)]
+struct ViewCache {
+    stamp: (u64, u64, u64),
+    answers: HashMap<(String, Vec<u8>), (Vec<u8>, u64)>,
+    /// Views the contract ran (not answered from here), for tests.
+    executed: u64,
+}
+
+/// Most distinct views remembered for one state.
+const VIEW_CACHE_ENTRIES: usize = 1_024;
 
 impl std::fmt::Debug for LocalChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,6 +242,8 @@ impl LocalChain {
             now_ns,
             clock,
             cache: MockContractRuntimeCache::default(),
+            generation: 0,
+            views: std::sync::Mutex::default(),
         })
     }
 
@@ -270,6 +290,8 @@ impl LocalChain {
     /// Creates an account with `balance` (or tops it up): the faucet of a local chain.
     pub fn fund(&mut self, id: &str, balance: u128) -> Result<(), ChainError> {
         account(id)?;
+        // Balances are part of what a view sees (the contract's own): answer afresh.
+        self.generation = self.generation.wrapping_add(1);
         let slot = self.accounts.entry(id.to_string()).or_insert(0);
         *slot = slot.checked_add(balance).ok_or(ChainError::Overflow)?;
         let total = *slot;
@@ -411,6 +433,33 @@ impl LocalChain {
     /// [`LocalChain::view`], with the gas the view burnt (NEAR limits a view's gas as
     /// it limits a call's; benchmarks watch it).
     pub fn view_with_gas(&self, method: &str, args: &[u8]) -> Result<(Vec<u8>, u64), ChainError> {
+        let stamp = (self.generation, self.height, self.now_ns);
+        let key = (method.to_string(), args.to_vec());
+        if let Ok(mut cache) = self.views.lock() {
+            if cache.stamp != stamp {
+                cache.stamp = stamp;
+                cache.answers.clear();
+            }
+            if let Some(answer) = cache.answers.get(&key) {
+                return Ok(answer.clone());
+            }
+        }
+        let answer = self.run_view(method, args)?;
+        if let Ok(mut cache) = self.views.lock() {
+            cache.executed = cache.executed.saturating_add(1);
+            if cache.stamp == stamp && cache.answers.len() < VIEW_CACHE_ENTRIES {
+                cache.answers.insert(key, answer.clone());
+            }
+        }
+        Ok(answer)
+    }
+
+    /// How many views the contract has run (the rest were answered from the cache).
+    pub fn views_executed(&self) -> u64 {
+        self.views.lock().map_or(0, |c| c.executed)
+    }
+
+    fn run_view(&self, method: &str, args: &[u8]) -> Result<(Vec<u8>, u64), ChainError> {
         let ctx = self.context(&self.contract, args, 0, DEFAULT_GAS, true);
         let (outcome, _) = self.execute(self.state.clone(), &ctx, method)?;
         if let Some(err) = outcome.aborted {
@@ -529,6 +578,7 @@ impl LocalChain {
         self.commit(&before, &state, &accounts, &events)?;
         self.state = state;
         self.accounts = accounts;
+        self.generation = self.generation.wrapping_add(1);
         Ok(Outcome {
             value: match outcome.return_data {
                 ReturnData::Value(v) => v,

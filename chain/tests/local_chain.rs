@@ -420,3 +420,33 @@ fn state_survives_a_restart() {
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].1["event"], "channel_opened");
 }
+
+/// Views of one state are answered once: the contract runs a view again only after a
+/// call changed the state, and then the answer is the new state's.
+#[test]
+fn views_of_one_state_run_once_and_a_call_makes_them_fresh() {
+    let path = tmp("view-cache");
+    let mut chain = new_chain(&path);
+    register(&mut chain, "alice", 10 * NEAR);
+    let nodes = |c: &LocalChain| -> Vec<serde_json::Value> {
+        c.view_json("get_nodes", json!({"from": 0, "limit": 100}))
+            .unwrap()
+    };
+    let before = chain.views_executed();
+    assert_eq!(nodes(&chain).len(), 1);
+    assert_eq!(nodes(&chain).len(), 1);
+    assert_eq!(
+        chain.views_executed(),
+        before + 1,
+        "the second view ran the contract again"
+    );
+    // Other arguments are another view.
+    let none: Vec<serde_json::Value> = chain
+        .view_json("get_nodes", json!({"from": 1, "limit": 100}))
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(chain.views_executed(), before + 2);
+    register(&mut chain, "bob", 10 * NEAR);
+    assert_eq!(nodes(&chain).len(), 2, "a stale answer after a call");
+    assert_eq!(chain.views_executed(), before + 3);
+}

@@ -281,7 +281,7 @@ pub(crate) async fn accept_loop(mut listener: AnyListener, shared: Shared) {
 }
 
 async fn dial_loop(shared: Shared, peer: NodeId) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = FIRST_BACKOFF;
     let mut attempt: u32 = 0;
     loop {
         let addrs = shared
@@ -290,14 +290,14 @@ async fn dial_loop(shared: Shared, peer: NodeId) {
             .ok()
             .and_then(|a| a.get(&peer).cloned())
             .unwrap_or_default();
-        let mut connected = false;
+        let mut outcome = Dialled::Unreachable;
         for addr in &addrs {
             match shared.transport.dial(addr, peer).await {
                 Ok(conn) => {
-                    connected = true;
                     attempt = 0;
-                    backoff = Duration::from_millis(50);
+                    let started = tokio::time::Instant::now();
                     run_link(shared.clone(), conn, Some(addr)).await;
+                    outcome = Dialled::Lived(started.elapsed());
                     break;
                 }
                 Err(e) => {
@@ -317,14 +317,46 @@ async fn dial_loop(shared: Shared, peer: NodeId) {
         if !shared.accepting.load(Ordering::SeqCst) {
             return;
         }
-        if !connected {
-            // Jitter from the key and attempt, so that restarts do not dial in lockstep.
-            let jitter = u64::from(peer.0[0] ^ (attempt as u8)) % 50;
-            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (wait, next) = next_wait(outcome, backoff);
+        backoff = next;
+        // Jitter from the key and attempt, so that restarts do not dial in lockstep.
+        let jitter = u64::from(peer.0[0] ^ (attempt as u8)) % 50;
+        tokio::time::sleep(wait + Duration::from_millis(jitter)).await;
+    }
+}
+
+/// The first wait before dialling again, doubled after each failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A connection that ended sooner than this counts as a failed dial: the peer took
+/// the handshake and then hung up (it does not know our channel yet, or refuses us).
+const SHORT_LINK: Duration = Duration::from_secs(2);
+
+/// The longest wait after connections that the peer keeps ending at once: a new
+/// channel still connects within about a second of both ends knowing it.
+const MAX_SHORT_LINK_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What one round of dialling came to.
+#[derive(Clone, Copy, Debug)]
+enum Dialled {
+    /// No address answered.
+    Unreachable,
+    /// A connection was made, and ran this long.
+    Lived(Duration),
+}
+
+/// How long to wait before dialling again, and the backoff after that. A connection
+/// that lived is redialled at once (the peer restarted, say); one the peer ended at
+/// once backs off as a failure does, up to a second, so that a peer refusing us is
+/// not handshaken with twenty times a second.
+fn next_wait(outcome: Dialled, backoff: Duration) -> (Duration, Duration) {
+    match outcome {
+        Dialled::Lived(lived) if lived >= SHORT_LINK => (FIRST_BACKOFF, FIRST_BACKOFF),
+        Dialled::Lived(_) => (
+            backoff.min(MAX_SHORT_LINK_BACKOFF),
+            (backoff * 2).min(MAX_SHORT_LINK_BACKOFF),
+        ),
+        Dialled::Unreachable => (backoff, (backoff * 2).min(MAX_BACKOFF)),
     }
 }
 
@@ -451,4 +483,33 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
     writer.abort();
     link.close();
     let _ = shared.events.send(LinkEvent::Down { peer, conn: id }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_that_hangs_up_at_once_is_redialled_with_backoff_and_a_lived_link_at_once() {
+        // Refused right after each handshake: 50, 100, ... ms, then every second.
+        let mut backoff = FIRST_BACKOFF;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let (wait, next) = next_wait(Dialled::Lived(Duration::from_millis(5)), backoff);
+            waits.push(wait.as_millis());
+            backoff = next;
+        }
+        assert_eq!(waits, vec![50, 100, 200, 400, 800, 1000, 1000, 1000]);
+        // Then a link that lived: redialled at once, backoff reset.
+        assert_eq!(
+            next_wait(Dialled::Lived(Duration::from_secs(30)), backoff),
+            (FIRST_BACKOFF, FIRST_BACKOFF)
+        );
+        // Unreachable: up to MAX_BACKOFF.
+        let mut backoff = FIRST_BACKOFF;
+        for _ in 0..20 {
+            backoff = next_wait(Dialled::Unreachable, backoff).1;
+        }
+        assert_eq!(backoff, MAX_BACKOFF);
+    }
 }
