@@ -15,7 +15,7 @@ use std::time::Duration;
 use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
 use por_chain::{AnyChain, Chain, LocalClient};
 use por_protocol::engine::Event;
-use por_protocol::types::{EdgeTerms, Route};
+use por_protocol::types::Route;
 use por_protocol::{Amount, Keypair, NodeId, Time};
 use por_testnet::scenario::Scenario;
 use tokio::sync::broadcast;
@@ -303,15 +303,7 @@ impl Network {
         for e in &scenario.edges {
             let a = clients.client(&e.a, &account(&e.a))?;
             let b = clients.client(&e.b, &account(&e.b))?;
-            let terms = EdgeTerms {
-                latency_ms: e.latency_ms,
-                base_cost: Amount(e.base_cost.0),
-                byte_cost: Amount(e.byte_cost.0),
-                sync_interval_ms: e.sync_interval_ms,
-                sync_phase_ms: e.sync_phase_ms,
-                max_late_fee_rate: Amount(e.max_late_fee_rate.0),
-                bandwidth: e.bandwidth,
-            };
+            let terms = e.terms();
             let id = a
                 .propose_channel(&account(&e.b), &terms, Amount(e.deposit_a.0))
                 .await?;

@@ -170,6 +170,22 @@ pub struct EdgeSpec {
     pub deposit_b: AmountSpec,
 }
 
+impl EdgeSpec {
+    /// The terms the edge opens with (the simulator's, the demo's and `por devnet
+    /// run`'s alike).
+    pub fn terms(&self) -> por_protocol::types::EdgeTerms {
+        por_protocol::types::EdgeTerms {
+            latency_ms: self.latency_ms,
+            base_cost: self.base_cost.into(),
+            byte_cost: self.byte_cost.into(),
+            sync_interval_ms: self.sync_interval_ms,
+            sync_phase_ms: self.sync_phase_ms,
+            max_late_fee_rate: self.max_late_fee_rate.into(),
+            bandwidth: self.bandwidth,
+        }
+    }
+}
+
 /// A request to send.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

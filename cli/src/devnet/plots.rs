@@ -20,6 +20,51 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {e}")
 }
 
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordu64, plotters::coord::types::RangedCoordu64>,
+>;
+
+/// A titled chart on a white 800×480 SVG with its axes described, ranges `0..x` and
+/// `0..y`.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    (x, x_desc): (u64, &str),
+    (y, y_desc): (u64, &str),
+) -> Result<Chart<'a, 'b>> {
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0u64..x, 0u64..y)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
+/// The legend, then the file written.
+fn finish<'a, 'b: 'a>(
+    mut chart: Chart<'a, 'b>,
+    root: &DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
 /// Latency by path length from the report `r`, to `path`.
 fn latency(r: &Value, path: &Path) -> Result<()> {
     let rows = r["latency_by_hops"].as_array().cloned().unwrap_or_default();
@@ -32,20 +77,12 @@ fn latency(r: &Value, path: &Path) -> Result<()> {
         .unwrap_or(1)
         .max(1);
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Response latency by path length", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0u64..max_hops + 1, 0u64..max_ms + max_ms / 10)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("hops")
-        .y_desc("latency (ms)")
-        .draw()
-        .map_err(err)?;
+    let mut chart = frame(
+        &root,
+        "Response latency by path length",
+        (max_hops + 1, "hops"),
+        (max_ms + max_ms / 10, "latency (ms)"),
+    )?;
     let series = [
         ("p50_ms", "p50", RGBColor(46, 155, 87)),
         ("p90_ms", "p90", RGBColor(59, 111, 212)),
@@ -70,13 +107,7 @@ fn latency(r: &Value, path: &Path) -> Result<()> {
             )
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)
+    finish(chart, &root)
 }
 
 /// Outcomes per time bucket from the report `r`, to `path`.
@@ -98,20 +129,12 @@ fn outcomes(r: &Value, path: &Path) -> Result<()> {
         .unwrap_or(1)
         .max(1);
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Outcomes over time", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0u64..last_s + 10, 0u64..max_n + max_n / 10 + 1)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("time since the first outcome (s)")
-        .y_desc("outcomes per bucket")
-        .draw()
-        .map_err(err)?;
+    let mut chart = frame(
+        &root,
+        "Outcomes over time",
+        (last_s + 10, "time since the first outcome (s)"),
+        (max_n + max_n / 10 + 1, "outcomes per bucket"),
+    )?;
     for (kind, colour) in KINDS {
         let points: Vec<(u64, u64)> = rows
             .iter()
@@ -126,13 +149,7 @@ fn outcomes(r: &Value, path: &Path) -> Result<()> {
             .label(kind)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)
+    finish(chart, &root)
 }
 
 /// Draws the report's plots into `dir`; returns their paths.

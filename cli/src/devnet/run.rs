@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
-use por_protocol::types::EdgeTerms;
 use por_protocol::{Amount, ProofForwarding, SeverPolicy};
 use por_testnet::scenario::FaultSpec;
 use por_testnet::{Record, Scenario, Sim};
@@ -116,15 +115,7 @@ fn plan(s: &Scenario, link_percent: u64) -> Result<Plan> {
         p.channels.push(PlannedChannel {
             a,
             b,
-            terms: Some(EdgeTerms {
-                latency_ms: e.latency_ms,
-                base_cost: e.base_cost.into(),
-                byte_cost: e.byte_cost.into(),
-                sync_interval_ms: e.sync_interval_ms,
-                sync_phase_ms: e.sync_phase_ms,
-                max_late_fee_rate: e.max_late_fee_rate.into(),
-                bandwidth: e.bandwidth,
-            }),
+            terms: Some(e.terms()),
             deposit_a: Amount::from(e.deposit_a).max(floor),
             deposit_b: Amount::from(e.deposit_b).max(floor),
         });
@@ -166,6 +157,37 @@ enum Action {
     Sever(usize, usize),
 }
 
+/// A link `(from, to)` changed to `(loss, extra_ms)` at `from_ms`, and back to the
+/// scenario's at `until_ms`.
+fn link_change(
+    out: &mut Vec<(u64, Action)>,
+    (from, to): (usize, usize),
+    (loss, extra_ms): (Option<f64>, Option<u64>),
+    from_ms: u64,
+    until_ms: Option<u64>,
+) {
+    out.push((
+        from_ms,
+        Action::Link {
+            from,
+            to,
+            loss,
+            extra_ms,
+        },
+    ));
+    if let Some(u) = until_ms {
+        out.push((
+            u,
+            Action::Link {
+                from,
+                to,
+                loss: None,
+                extra_ms: None,
+            },
+        ));
+    }
+}
+
 fn schedule(s: &Scenario) -> Result<Vec<(u64, Action)>> {
     let at = |name: &str| {
         s.nodes
@@ -199,27 +221,8 @@ fn schedule(s: &Scenario) -> Result<Vec<(u64, Action)>> {
                 from_ms,
                 until_ms,
             } => {
-                let (from, to) = (at(from)?, at(to)?);
-                out.push((
-                    *from_ms,
-                    Action::Link {
-                        from,
-                        to,
-                        loss: Some(*probability),
-                        extra_ms: None,
-                    },
-                ));
-                if let Some(u) = until_ms {
-                    out.push((
-                        *u,
-                        Action::Link {
-                            from,
-                            to,
-                            loss: None,
-                            extra_ms: None,
-                        },
-                    ));
-                }
+                let change = (Some(*probability), None);
+                link_change(&mut out, (at(from)?, at(to)?), change, *from_ms, *until_ms);
             }
             FaultSpec::Delay {
                 from,
@@ -228,27 +231,8 @@ fn schedule(s: &Scenario) -> Result<Vec<(u64, Action)>> {
                 from_ms,
                 until_ms,
             } => {
-                let (from, to) = (at(from)?, at(to)?);
-                out.push((
-                    *from_ms,
-                    Action::Link {
-                        from,
-                        to,
-                        loss: None,
-                        extra_ms: Some(*extra_ms),
-                    },
-                ));
-                if let Some(u) = until_ms {
-                    out.push((
-                        *u,
-                        Action::Link {
-                            from,
-                            to,
-                            loss: None,
-                            extra_ms: None,
-                        },
-                    ));
-                }
+                let change = (None, Some(*extra_ms));
+                link_change(&mut out, (at(from)?, at(to)?), change, *from_ms, *until_ms);
             }
             FaultSpec::Sever { node, peer, at_ms } => {
                 out.push((*at_ms, Action::Sever(at(node)?, at(peer)?)));

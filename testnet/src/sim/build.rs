@@ -8,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 
 use por_protocol::testing::TestNode;
 use por_protocol::topology::Topology;
-use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms};
+use por_protocol::types::{ChannelId, EdgeInfo};
 use por_protocol::{ChainEvent, Time};
 
 use crate::scenario::{FaultSpec, Scenario};
@@ -68,15 +68,7 @@ impl Sim {
                 id: ChannelId(k as u64 + 1),
                 a: nodes[a].node.key.id(),
                 b: nodes[b].node.key.id(),
-                terms: EdgeTerms {
-                    latency_ms: e.latency_ms,
-                    base_cost: e.base_cost.into(),
-                    byte_cost: e.byte_cost.into(),
-                    sync_interval_ms: e.sync_interval_ms,
-                    sync_phase_ms: e.sync_phase_ms,
-                    max_late_fee_rate: e.max_late_fee_rate.into(),
-                    bandwidth: e.bandwidth,
-                },
+                terms: e.terms(),
                 deposit_a: e.deposit_a.into(),
                 deposit_b: e.deposit_b.into(),
             };
