@@ -370,6 +370,36 @@ async fn files_over_processes(transport: &str) {
     assert_eq!(got.stdout, &file[700_000..=1_700_000]);
     drop(gateway);
 
+    // 4. A provider misconfigured to corrupt its file data (a testnet's
+    // misbehaviour): the get refuses the bytes, writes nothing, and keeps the
+    // provider's signed response as evidence.
+    let at = procs[2].ready["address"].as_str().unwrap().to_string();
+    procs[2].child.kill().unwrap();
+    procs[2].child.wait().unwrap();
+    procs[2] = net.node_at(
+        "provider",
+        &at,
+        &["--serve-files", store_s, "--corrupt-files", "true"],
+    );
+    let bad_out = dir.join("corrupt.bin");
+    let (mut get, rx) = net.get(&ticket, &bad_out, "get4.log");
+    let status = get.wait().unwrap();
+    let seen: Vec<Value> = rx.try_iter().collect();
+    assert!(!status.success(), "{seen:?}");
+    assert!(!bad_out.exists(), "no unverified byte reaches the output");
+    let log4 = std::fs::read_to_string(dir.join("get4.log")).unwrap();
+    assert!(log4.contains("sent bytes that do not verify"), "{log4}");
+    let evidence = dir.join("corrupt.bin.por-evidence");
+    assert!(
+        std::fs::read_dir(&evidence).unwrap().count() >= 1,
+        "evidence kept in {}",
+        evidence.display()
+    );
+    // Back to honest for what follows.
+    procs[2].child.kill().unwrap();
+    procs[2].child.wait().unwrap();
+    procs[2] = net.node_at("provider", &at, &["--serve-files", store_s]);
+
     // Every channel's two ends agree once nothing is in flight.
     let client = net.node("client", &[]);
     wait_connected(&client, 1).await;
