@@ -129,6 +129,17 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
         }
     }
 
+    // A connection reset (RSTs, as a middlebox sends them): the nodes redial and
+    // serve (first, while every channel is up).
+    let reset = ok(&d.dir, &["reset", "h01", "h02"]);
+    assert!(n(&reset, "connections") >= 1, "{reset}");
+    let after = ok(
+        &d.dir,
+        &["load", "--from", "h01", "--to", "h02", "--requests", "5"],
+    );
+    assert_eq!(outcomes(&after), 5, "{after}");
+    assert_eq!(n(&after, "responses"), 5, "{after}");
+
     if isolation == "netns" {
         assert_eq!(up["emulated_links"], true, "{up}");
         // h01 (us-east-1) and h02 (us-west-2) are 67 ms apart: no request between
@@ -253,17 +264,6 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
         let err = devnet(&d.dir, &["partition", "h10"]).unwrap_err();
         assert!(err.contains("partitions need network namespaces"), "{err}");
     }
-
-    // A connection reset (RSTs, as a middlebox sends them): the nodes redial and
-    // serve.
-    let reset = ok(&d.dir, &["reset", "h01", "h02"]);
-    assert!(n(&reset, "connections") >= 1, "{reset}");
-    let after = ok(
-        &d.dir,
-        &["load", "--from", "h01", "--to", "h02", "--requests", "5"],
-    );
-    assert_eq!(outcomes(&after), 5, "{after}");
-    assert_eq!(n(&after, "responses"), 5, "{after}");
 
     // Money: both ends of every channel hold the same acknowledged state.
     let check = ok(&d.dir, &["check"]);
