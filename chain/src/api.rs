@@ -6,7 +6,7 @@
 
 use std::future::Future;
 
-use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, SignedSeverNotice, SignedUpdate};
+use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, Route, SignedSeverNotice, SignedUpdate};
 use por_protocol::{topology::Topology, Amount, Deployment, NodeId};
 use serde_json::{json, Value};
 
@@ -48,6 +48,21 @@ impl Snapshot {
             t.insert_edge(e.clone());
         }
         t
+    }
+
+    /// The route through `nodes` (client first) over the open edges listed here; the
+    /// first consecutive pair with no edge between them when there is none.
+    pub fn route_through(&self, nodes: Vec<NodeId>) -> Result<Route, (NodeId, NodeId)> {
+        let mut channels = Vec::with_capacity(nodes.len().saturating_sub(1));
+        for w in nodes.windows(2) {
+            let e = self
+                .edges
+                .iter()
+                .find(|e| (e.a == w[0] && e.b == w[1]) || (e.a == w[1] && e.b == w[0]))
+                .ok_or((w[0], w[1]))?;
+            channels.push(e.id);
+        }
+        Ok(Route { nodes, channels })
     }
 
     /// A node by key.

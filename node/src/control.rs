@@ -181,16 +181,9 @@ async fn route_through(node: &NodeHandle, hops: &[Value]) -> Result<Route, NodeE
         return Err(bad("a route starts at this node and has a next hop".into()));
     }
     let snapshot = node.chain().snapshot().await?;
-    let mut channels = Vec::with_capacity(nodes.len() - 1);
-    for w in nodes.windows(2) {
-        let e = snapshot
-            .edges
-            .iter()
-            .find(|e| (e.a == w[0] && e.b == w[1]) || (e.a == w[1] && e.b == w[0]))
-            .ok_or_else(|| bad(format!("no open edge between {} and {}", w[0], w[1])))?;
-        channels.push(e.id);
-    }
-    Ok(Route { nodes, channels })
+    snapshot
+        .route_through(nodes)
+        .map_err(|(a, b)| bad(format!("no open edge between {a} and {b}")))
 }
 
 /// Resolves a node given as 64 hex digits or as a NEAR account.

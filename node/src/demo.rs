@@ -373,20 +373,11 @@ impl Network {
     pub async fn route(&self, names: &[&str]) -> Result<Route, NodeError> {
         let nodes: Vec<NodeId> = names.iter().map(|n| key(n).id()).collect();
         let snap = self.viewer.snapshot().await?;
-        let mut channels = Vec::new();
-        for w in nodes.windows(2) {
-            let e = snap
-                .edges
-                .iter()
-                .find(|e| (e.a == w[0] && e.b == w[1]) || (e.a == w[1] && e.b == w[0]))
-                .ok_or_else(|| NodeError::Config {
-                    source_name: "demo".into(),
-                    key: "route".into(),
-                    detail: format!("no open edge along {names:?}"),
-                })?;
-            channels.push(e.id);
-        }
-        Ok(Route { nodes, channels })
+        snap.route_through(nodes).map_err(|_| NodeError::Config {
+            source_name: "demo".into(),
+            key: "route".into(),
+            detail: format!("no open edge along {names:?}"),
+        })
     }
 
     /// Sends a request along `route` and collects every node's events until the

@@ -367,12 +367,7 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
         }
         DevnetCommand::Sever { a, b, dir } => {
             let st = State::load(&dir)?;
-            let id = st
-                .channels
-                .iter()
-                .find(|(x, y, _)| (x == &a && y == &b) || (x == &b && y == &a))
-                .map(|c| c.2)
-                .with_context(|| format!("no channel between {a} and {b}"))?;
+            let id = st.channel_between(&a, &b)?;
             control(st.host(&a)?, json!({"op": "sever", "channel": id})).await?;
             println!("{}", json!({"severed": id, "by": a, "peer": b}));
             Ok(())

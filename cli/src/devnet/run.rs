@@ -67,18 +67,7 @@ fn policy(p: SeverPolicy) -> String {
 
 /// The devnet a scenario describes.
 fn plan(s: &Scenario, link_percent: u64) -> Result<Plan> {
-    let index: HashMap<&str, usize> = s
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.as_str(), i))
-        .collect();
-    let at = |name: &str| {
-        index
-            .get(name)
-            .copied()
-            .with_context(|| format!("the scenario names no node {name:?}"))
-    };
+    let at = |name: &str| index(s, name);
     let mut p = Plan::default();
     for n in &s.nodes {
         let mut f: Vec<String> = vec![
@@ -189,12 +178,7 @@ fn link_change(
 }
 
 fn schedule(s: &Scenario) -> Result<Vec<(u64, Action)>> {
-    let at = |name: &str| {
-        s.nodes
-            .iter()
-            .position(|n| n.name == name)
-            .with_context(|| format!("the scenario names no node {name:?}"))
-    };
+    let at = |name: &str| index(s, name);
     let mut out: Vec<(u64, Action)> = s
         .requests
         .iter()
@@ -376,12 +360,7 @@ async fn act(
         }
         Action::Sever(a, b) => {
             let (ha, hb) = (Net::host_name(a + 1), Net::host_name(b + 1));
-            let id = st
-                .channels
-                .iter()
-                .find(|(x, y, _)| (x == &ha && y == &hb) || (x == &hb && y == &ha))
-                .map(|c| c.2)
-                .with_context(|| format!("no channel between {} and {}", name(*a), name(*b)))?;
+            let id = st.channel_between(&ha, &hb)?;
             control(st.host(&ha)?, json!({"op": "sever", "channel": id})).await?;
             json!({"severed": id, "by": name(*a)})
         }

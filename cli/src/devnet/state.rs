@@ -101,6 +101,15 @@ impl State {
         std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
     }
 
+    /// The id of the channel between hosts `a` and `b`, opened either way.
+    pub(crate) fn channel_between(&self, a: &str, b: &str) -> Result<u64> {
+        self.channels
+            .iter()
+            .find(|(x, y, _)| (x == a && y == b) || (x == b && y == a))
+            .map(|c| c.2)
+            .with_context(|| format!("no channel between {a} and {b}"))
+    }
+
     /// The host named `name`.
     pub(crate) fn host(&self, name: &str) -> Result<&Host> {
         self.hosts.iter().find(|h| h.name == name).with_context(|| {
