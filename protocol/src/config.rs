@@ -59,6 +59,13 @@ pub struct EngineConfig {
     pub fee_tolerance_ms: u64,
     /// Maximum requests this node tracks at once; more are refused (and refunded).
     pub max_in_flight: usize,
+    /// Maximum requests one peer may have in flight through us at once (those that
+    /// arrived over its edge); more are refused (and refunded) as `Overloaded`. It
+    /// also bounds the `awaiting` list of a peer's `Reestablish`.
+    pub max_in_flight_per_peer: usize,
+    /// Maximum request-body bytes one peer may have in flight through us at once;
+    /// past it its requests are refused (and refunded) as `Overloaded`.
+    pub max_in_flight_bytes_per_peer: u64,
     /// A peer unheard for this many of its sync intervals is reported silent.
     pub silence_syncs: u32,
     /// How long a response or proof we sent is kept for resending to a peer that
@@ -82,6 +89,8 @@ impl Default for EngineConfig {
             }),
             fee_tolerance_ms: 50,
             max_in_flight: 100_000,
+            max_in_flight_per_peer: 20_000,
+            max_in_flight_bytes_per_peer: 256 << 20,
             silence_syncs: 3,
             closing_retention_ms: 600_000,
             closing_retention_bytes: 8 << 20,

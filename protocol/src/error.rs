@@ -149,6 +149,31 @@ pub enum ProtocolError {
         /// What we signed.
         ours: u64,
     },
+    /// A second `Reestablish` on one connection (each resends every kept closing: a
+    /// peer repeating it would make us send the same bytes again and again).
+    #[error("repeated reestablish on {channel} within one connection")]
+    RepeatedReestablish {
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// A `Reestablish` names one request twice among those it awaits.
+    #[error("reestablish on {channel} awaits request {request} more than once")]
+    DuplicateAwaiting {
+        /// The channel.
+        channel: ChannelId,
+        /// The repeated request.
+        request: RequestId,
+    },
+    /// A `Reestablish` awaits more requests than the peer may have in flight with us.
+    #[error("reestablish on {channel} awaits {count} requests, over the {max} a peer may have in flight")]
+    TooManyAwaiting {
+        /// The channel.
+        channel: ChannelId,
+        /// How many it named.
+        count: usize,
+        /// The per-peer in-flight bound.
+        max: usize,
+    },
     /// A local API call was invalid (bad route, unknown request, body too large ...).
     #[error("invalid call: {0}")]
     InvalidCall(String),

@@ -113,12 +113,14 @@ impl NodeSpec {
                 .map(|window_ms| por_protocol::Heuristic { window_ms }),
             fee_tolerance_ms: 0,
             max_in_flight: 1_000_000,
+            max_in_flight_per_peer: 1_000_000,
             silence_syncs: 3,
             closing_retention_ms: 600_000,
             closing_retention_bytes: 8 << 20,
             misbehaviour: por_protocol::Misbehaviour {
                 withhold_late_fees: self.withhold_late_fees,
             },
+            ..por_protocol::EngineConfig::default()
         }
     }
 }

@@ -42,6 +42,9 @@ pub(super) struct ChannelRt {
     /// False from a disconnect until the peer's `Reestablish` arrives; frames for the
     /// peer are held meanwhile.
     pub(super) ready: bool,
+    /// The peer's `Reestablish` has arrived since the connection came up: a second
+    /// one is a protocol violation.
+    pub(super) reestablished: bool,
     pub(super) held: Vec<Message>,
     /// Closing messages (response or proof, without fee) recently sent to the peer,
     /// and their insertion order for pruning by age, count and bytes.
@@ -76,6 +79,7 @@ impl Engine {
                 last_peer_sync: None,
                 ledger: Ledger::default(),
                 ready: true,
+                reestablished: false,
                 held: Vec::new(),
                 closings: BTreeMap::new(),
                 closing_order: VecDeque::new(),

@@ -22,6 +22,7 @@ impl Engine {
             .and_then(|c| self.channels.get_mut(c))
         {
             ch.ready = false;
+            ch.reestablished = false;
         }
     }
 
@@ -47,6 +48,7 @@ impl Engine {
                 return;
             }
             ch.last_heard = Some(now);
+            ch.reestablished = false;
             let msg = Message::Reestablish {
                 channel,
                 received_seq: ch.rec.incoming.seq,
@@ -65,10 +67,30 @@ impl Engine {
         sent_seq: u64,
         awaiting: &[RequestId],
     ) -> Result<(), ProtocolError> {
+        let max = self.config.max_in_flight_per_peer;
         let ch = self
             .channels
             .get_mut(&channel)
             .ok_or(ProtocolError::UnknownPeer(from))?;
+        // Each reestablish resends what the peer awaits: bound it to one per
+        // connection, one mention per request, and the requests a peer may have.
+        if ch.reestablished {
+            return Err(ProtocolError::RepeatedReestablish { channel });
+        }
+        if awaiting.len() > max {
+            return Err(ProtocolError::TooManyAwaiting {
+                channel,
+                count: awaiting.len(),
+                max,
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(request) = awaiting.iter().find(|id| !seen.insert(**id)) {
+            return Err(ProtocolError::DuplicateAwaiting {
+                channel,
+                request: *request,
+            });
+        }
         let again = ch.rec.retransmit_after(received_seq)?;
         // Re-ack our latest incoming update: the ack may have been lost.
         let reack = match &ch.rec.incoming.latest {
@@ -81,6 +103,7 @@ impl Engine {
             .collect();
         let held = std::mem::take(&mut ch.held);
         ch.ready = true;
+        ch.reestablished = true;
         for m in again {
             self.send(from, m);
         }

@@ -348,6 +348,25 @@ impl Engine {
         if self.requests.len() >= self.config.max_in_flight {
             return Err((R::Overloaded, "in-flight limit reached".into()));
         }
+        let (count, held) = self.requests.load_up(channel);
+        if count >= self.config.max_in_flight_per_peer {
+            return Err((
+                R::Overloaded,
+                format!(
+                    "{count} requests of this peer in flight (at most {})",
+                    self.config.max_in_flight_per_peer
+                ),
+            ));
+        }
+        if held.saturating_add(core.body_len) > self.config.max_in_flight_bytes_per_peer {
+            return Err((
+                R::Overloaded,
+                format!(
+                    "{held} request bytes of this peer in flight (at most {})",
+                    self.config.max_in_flight_bytes_per_peer
+                ),
+            ));
+        }
         let position = match route.position(&self.id) {
             Some(p) if p >= 1 && route.well_formed() => p,
             _ => return Err((R::RouteInvalid, "we are not a hop of this route".into())),

@@ -16,6 +16,8 @@ pub(super) struct Requests {
     by_up: BTreeMap<ChannelId, BTreeSet<RequestId>>,
     /// Requests whose downstream edge is the channel (the peer owes us there).
     by_down: BTreeMap<ChannelId, BTreeSet<RequestId>>,
+    /// Request-body bytes of the requests in `by_up`, per channel.
+    up_bytes: BTreeMap<ChannelId, u64>,
 }
 
 impl Requests {
@@ -46,8 +48,11 @@ impl Requests {
 
     /// Adds (or replaces) a request and indexes it by its edges.
     pub(super) fn insert(&mut self, p: Pending) {
+        self.remove(&p.id);
         if let Some(u) = &p.up {
             self.by_up.entry(u.channel).or_default().insert(p.id);
+            let bytes = self.up_bytes.entry(u.channel).or_default();
+            *bytes = bytes.saturating_add(p.core.body_len);
         }
         if let Some(d) = &p.down {
             self.by_down.entry(d.channel).or_default().insert(p.id);
@@ -61,14 +66,34 @@ impl Requests {
         if let Some(u) = &p.up {
             if let Some(s) = self.by_up.get_mut(&u.channel) {
                 s.remove(id);
+                if s.is_empty() {
+                    self.by_up.remove(&u.channel);
+                }
+            }
+            if let Some(b) = self.up_bytes.get_mut(&u.channel) {
+                *b = b.saturating_sub(p.core.body_len);
+                if *b == 0 {
+                    self.up_bytes.remove(&u.channel);
+                }
             }
         }
         if let Some(d) = &p.down {
             if let Some(s) = self.by_down.get_mut(&d.channel) {
                 s.remove(id);
+                if s.is_empty() {
+                    self.by_down.remove(&d.channel);
+                }
             }
         }
         Some(*p)
+    }
+
+    /// How many requests arrived over `channel`, and their request-body bytes.
+    pub(super) fn load_up(&self, channel: ChannelId) -> (usize, u64) {
+        (
+            self.by_up.get(&channel).map_or(0, BTreeSet::len),
+            self.up_bytes.get(&channel).copied().unwrap_or(0),
+        )
     }
 
     /// Requests whose upstream edge is `channel`.

@@ -1,0 +1,242 @@
+//! Every resource a peer can drive at the engine is bounded: what it makes us resend on
+//! reconnection, the requests it may keep in flight with us, and their bytes. Each
+//! test drives one bound past its limit and checks the refusal and what it cost.
+#![allow(clippy::unwrap_used)]
+
+use por_protocol::messages::{Message, RejectReason};
+use por_protocol::testing::Network;
+use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, RequestId, Route};
+use por_protocol::{wire, Amount, EngineConfig, Event, Keypair, NodeId, ProtocolError, Time};
+
+const T0: Time = Time(1_000);
+/// The response every request here buys and gets: a file relay's kind of answer.
+const RESPONSE: usize = 256 << 10;
+
+fn edge(id: u64, a: NodeId, b: NodeId) -> EdgeInfo {
+    EdgeInfo {
+        id: ChannelId(id),
+        a,
+        b,
+        terms: EdgeTerms {
+            latency_ms: 10,
+            base_cost: Amount(100),
+            byte_cost: Amount(1),
+            sync_interval_ms: 1000,
+            sync_phase_ms: 0,
+            max_late_fee_rate: Amount(10),
+            bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
+        },
+        deposit_a: Amount(1_000_000_000),
+        deposit_b: Amount(1_000_000_000),
+    }
+}
+
+/// Client A -- relay B -- server C, B and C configured by `config`.
+fn net(config: EngineConfig) -> (Network, Route) {
+    let keys = [1u8, 2, 3].map(|i| Keypair::from_seed([i; 32]));
+    let ids = keys.clone().map(|k| k.id());
+    let edges = vec![edge(1, ids[0], ids[1]), edge(2, ids[1], ids[2])];
+    let configs = [EngineConfig::default(), config.clone(), config];
+    let net = Network::new(keys.into_iter().zip(configs), edges, Time::ZERO);
+    let route = Route {
+        nodes: ids.to_vec(),
+        channels: vec![ChannelId(1), ChannelId(2)],
+    };
+    (net, route)
+}
+
+/// A request from A, answered by C with [`RESPONSE`] bytes and delivered to A.
+fn answered(net: &mut Network, route: &Route, nonce: u8) -> RequestId {
+    let id = net.nodes[0]
+        .engine
+        .send_request(route.clone(), vec![nonce], RESPONSE as u64, Amount(1), T0)
+        .unwrap();
+    assert!(net.pump(T0).is_empty());
+    net.nodes[2]
+        .engine
+        .respond(id, vec![nonce; RESPONSE], T0)
+        .unwrap();
+    assert!(net.pump(T0).is_empty());
+    let delivered = net
+        .events(0)
+        .into_iter()
+        .any(|e| matches!(e, Event::ResponseDelivered { request, .. } if request == id));
+    assert!(delivered, "A has its response");
+    id
+}
+
+/// B sees A reconnect, and receives A's `Reestablish` naming `awaiting`. Returns B's
+/// verdict and the bytes of every frame B then sends to A.
+fn reestablish(
+    net: &mut Network,
+    awaiting: Vec<RequestId>,
+    reconnect: bool,
+) -> (Result<(), ProtocolError>, usize) {
+    let (a, b) = (net.id(0), net.id(1));
+    if reconnect {
+        net.nodes[1].engine.peer_disconnected(a, T0);
+        net.nodes[1].engine.peer_connected(a, T0);
+        net.nodes[1].flush();
+    }
+    let ch = net.channel(0, ChannelId(1)).unwrap().clone();
+    let msg = Message::Reestablish {
+        channel: ChannelId(1),
+        received_seq: ch.incoming.seq,
+        sent_seq: ch.outgoing.seq,
+        awaiting,
+    };
+    let verdict = net.nodes[1].engine.handle_message(a, msg, T0);
+    let bytes = net.nodes[1]
+        .flush()
+        .iter()
+        .filter(|t| t.to == a)
+        .map(|t| wire::encoded_len(&t.message).unwrap())
+        .sum();
+    let _ = b;
+    (verdict, bytes)
+}
+
+#[test]
+fn an_honest_reestablish_gets_the_kept_response_again_once() {
+    let (mut net, route) = net(EngineConfig::default());
+    let id = answered(&mut net, &route, 1);
+    let (verdict, bytes) = reestablish(&mut net, vec![id], true);
+    assert_eq!(verdict, Ok(()));
+    assert!(
+        (RESPONSE..RESPONSE + 4096).contains(&bytes),
+        "the kept response is resent once: {bytes} bytes"
+    );
+}
+
+/// The amplification a review found: one `Reestablish` frame naming one answered
+/// request ~65,000 times made B resend its kept response for each mention (here
+/// 19,000 times 256 KiB: 4.6 GiB of frames from one 300 kB frame). A duplicate is now a fatal violation and
+/// costs nothing.
+#[test]
+fn a_reestablish_repeating_one_request_is_refused_and_resends_nothing() {
+    let (mut net, route) = net(EngineConfig::default());
+    let id = answered(&mut net, &route, 1);
+    let awaiting = vec![id; 19_000];
+    assert!(wire::encoded_len(&awaiting).unwrap() <= wire::MAX_FRAME_LEN);
+    let (verdict, bytes) = reestablish(&mut net, awaiting, true);
+    let err = verdict.unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::DuplicateAwaiting { request, .. } if request == id),
+        "{err}"
+    );
+    assert!(err.is_fatal(), "the peer is dropped");
+    assert_eq!(bytes, 0, "nothing resent for a refused reestablish");
+    // Dropped and reconnected, A is served as before.
+    let (verdict, bytes) = reestablish(&mut net, vec![id], true);
+    assert_eq!(verdict, Ok(()));
+    assert!(bytes >= RESPONSE);
+}
+
+#[test]
+fn a_second_reestablish_on_one_connection_is_refused() {
+    let (mut net, route) = net(EngineConfig::default());
+    let id = answered(&mut net, &route, 1);
+    assert_eq!(reestablish(&mut net, vec![id], true).0, Ok(()));
+    let (verdict, bytes) = reestablish(&mut net, vec![id], false);
+    let err = verdict.unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::RepeatedReestablish { .. }),
+        "{err}"
+    );
+    assert!(err.is_fatal());
+    assert_eq!(bytes, 0);
+}
+
+#[test]
+fn a_reestablish_awaiting_more_than_a_peer_may_have_in_flight_is_refused() {
+    let config = EngineConfig {
+        max_in_flight_per_peer: 4,
+        ..EngineConfig::default()
+    };
+    let (mut net, route) = net(config);
+    let id = answered(&mut net, &route, 1);
+    let mut awaiting: Vec<RequestId> = (0..4u8).map(|i| RequestId([i; 16])).collect();
+    awaiting.push(id);
+    let (verdict, bytes) = reestablish(&mut net, awaiting, true);
+    let err = verdict.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::TooManyAwaiting {
+                count: 5,
+                max: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(bytes, 0);
+}
+
+/// The reason each of A's requests was refused with, in order.
+fn rejections(net: &mut Network) -> Vec<RejectReason> {
+    net.events(0)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RequestRejected { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What A has paid B, net of refunds.
+fn net_paid(net: &Network) -> u128 {
+    let ch = net.channel(0, ChannelId(1)).unwrap();
+    ch.outgoing.cumulative.0 - ch.incoming.cumulative.0
+}
+
+#[test]
+fn a_peer_past_its_in_flight_count_is_refused_and_refunded_and_served_again_after() {
+    let config = EngineConfig {
+        max_in_flight_per_peer: 3,
+        ..EngineConfig::default()
+    };
+    let (mut net, route) = net(config);
+    let send = |net: &mut Network, n: u8| {
+        net.nodes[0]
+            .engine
+            .send_request(route.clone(), vec![n], 8, Amount(1), T0)
+            .unwrap()
+    };
+    let ids: Vec<RequestId> = (0..4).map(|n| send(&mut net, n)).collect();
+    net.pump(T0);
+    assert_eq!(rejections(&mut net), vec![RejectReason::Overloaded]);
+    let each = 2 * (100 + 1 + 8);
+    assert_eq!(net_paid(&net), 3 * each, "the refused request was refunded");
+    // One answered: A has room for one more.
+    net.nodes[2].engine.respond(ids[0], vec![0; 8], T0).unwrap();
+    net.pump(T0);
+    send(&mut net, 9);
+    net.pump(T0);
+    assert!(rejections(&mut net).is_empty());
+    assert_eq!(net_paid(&net), 4 * each);
+}
+
+#[test]
+fn a_peer_past_its_in_flight_bytes_is_refused() {
+    let config = EngineConfig {
+        max_in_flight_bytes_per_peer: 100_000,
+        ..EngineConfig::default()
+    };
+    let (mut net, route) = net(config);
+    for n in 0..3u8 {
+        net.nodes[0]
+            .engine
+            .send_request(route.clone(), vec![n; 40_000], 8, Amount(1), T0)
+            .unwrap();
+    }
+    net.pump(T0);
+    assert_eq!(rejections(&mut net), vec![RejectReason::Overloaded]);
+    // A small one still fits.
+    net.nodes[0]
+        .engine
+        .send_request(route.clone(), vec![7; 10_000], 8, Amount(1), T0)
+        .unwrap();
+    net.pump(T0);
+    assert!(rejections(&mut net).is_empty());
+}
