@@ -107,7 +107,7 @@ pub(crate) async fn node_run(
             "this node misbehaves by configuration (testnets only)"
         );
     }
-    let b = b.event_log(cfg.event_log);
+    let b = b.event_log(cfg.event_log).limits(cfg.limits);
     let mut b = match serve_files {
         Some(dir) => b.handler(Misbehaving {
             inner: por_files::FilesHandler::new(por_files::Store::open(dir)?),
@@ -129,7 +129,8 @@ pub(crate) async fn node_run(
     }
     let node = b.start().await?;
     let token = por_node::control::write_token(&cfg.data_dir)?;
-    let control = por_node::control::serve(&cfg.control, node.clone(), token).await?;
+    let control =
+        por_node::control::serve(&cfg.control, node.clone(), token, cfg.limits.http).await?;
     let token_file = por_node::control::token_path(&cfg.data_dir);
     tracing::info!(
         id = %por_node::key_hex(&node.id()),

@@ -61,9 +61,14 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| FilesError::Gateway(e.to_string()))?;
     bound(addr);
-    axum::serve(listener, app)
-        .await
-        .map_err(|e| FilesError::Gateway(e.to_string()))
+    por_node::http::serve(
+        listener,
+        app,
+        por_node::http::HttpLimits::default(),
+        "gateway",
+    )
+    .await
+    .map_err(|e| FilesError::Gateway(e.to_string()))
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {

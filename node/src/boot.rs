@@ -30,6 +30,7 @@ impl NodeBuilder {
 }
 
 async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
+    b.limits.check(&b.engine)?;
     std::fs::create_dir_all(&b.data_dir).map_err(|e| NodeError::File {
         path: b.data_dir.clone(),
         detail: e.to_string(),
@@ -118,6 +119,7 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         metrics.clone(),
         span.clone(),
     );
+    links.bound_queues(b.limits.queued_bytes_per_peer);
     links.set_addresses(&snapshot);
     let chain_task = tokio::spawn(
         crate::follower::follow_chain(
@@ -173,7 +175,7 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         event_log,
     };
     if let Some((listener, _)) = metrics_listener {
-        crate::metrics::serve(listener, handle.clone());
+        crate::metrics::serve(listener, handle.clone(), b.limits.http);
     }
     tokio::spawn(
         async move {

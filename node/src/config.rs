@@ -9,6 +9,7 @@ use por_chain::{AnyChain, LocalClient, NearClient, NearConfig, RemoteClient};
 use por_protocol::{Amount, EngineConfig, Keypair, SeverPolicy};
 use serde::Deserialize;
 
+use crate::limits::Limits;
 use crate::NodeError;
 
 /// Which transport carries frames.
@@ -84,6 +85,23 @@ pub struct Settings {
     /// Most requests in flight at once.
     #[cfg_attr(feature = "cli", arg(long, env = "POR_MAX_IN_FLIGHT"))]
     pub max_in_flight: Option<usize>,
+    /// Most requests one peer may have in flight through this node.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_MAX_IN_FLIGHT_PER_PEER"))]
+    pub max_in_flight_per_peer: Option<usize>,
+    /// Most bytes one peer's requests in flight through this node may buy (bodies
+    /// plus response limits).
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_MAX_IN_FLIGHT_BYTES_PER_PEER"))]
+    pub max_in_flight_bytes_per_peer: Option<u64>,
+    /// Most bytes of frames queued for a peer before it counts as too slow and is
+    /// dropped.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_MAX_QUEUED_BYTES_PER_PEER"))]
+    pub max_queued_bytes_per_peer: Option<usize>,
+    /// Most connections open at once on each HTTP surface (control, metrics).
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_HTTP_MAX_CONNECTIONS"))]
+    pub http_max_connections: Option<usize>,
+    /// Time (ms) an HTTP client has to send a request's head.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_HTTP_HEADER_TIMEOUT_MS"))]
+    pub http_header_timeout_ms: Option<u64>,
     /// Which chain: embedded, served or near.
     #[cfg_attr(feature = "cli", arg(long, env = "POR_CHAIN", value_enum))]
     pub chain: Option<ChainChoice>,
@@ -190,6 +208,11 @@ impl Settings {
             heuristic_window_ms,
             fee_tolerance_ms,
             max_in_flight,
+            max_in_flight_per_peer,
+            max_in_flight_bytes_per_peer,
+            max_queued_bytes_per_peer,
+            http_max_connections,
+            http_header_timeout_ms,
             chain,
             chain_path,
             chain_addr,
@@ -250,9 +273,36 @@ impl Settings {
         if let Some(t) = self.fee_tolerance_ms {
             engine.fee_tolerance_ms = t;
         }
+        let positive = |key: &str, v: u64| {
+            if v == 0 {
+                Err(bad(key, "must be at least 1".into()))
+            } else {
+                Ok(v)
+            }
+        };
         if let Some(m) = self.max_in_flight {
             engine.max_in_flight = m;
         }
+        if let Some(m) = self.max_in_flight_per_peer {
+            positive("max_in_flight_per_peer", m as u64)?;
+            engine.max_in_flight_per_peer = m;
+        }
+        if let Some(m) = self.max_in_flight_bytes_per_peer {
+            engine.max_in_flight_bytes_per_peer = positive("max_in_flight_bytes_per_peer", m)?;
+        }
+        let mut limits = Limits::default();
+        if let Some(m) = self.max_queued_bytes_per_peer {
+            limits.queued_bytes_per_peer = m;
+        }
+        if let Some(m) = self.http_max_connections {
+            positive("http_max_connections", m as u64)?;
+            limits.http.max_connections = m;
+        }
+        if let Some(t) = self.http_header_timeout_ms {
+            limits.http.header_timeout =
+                Duration::from_millis(positive("http_header_timeout_ms", t)?);
+        }
+        limits.check(&engine)?;
         if let Some(f) = &self.forward_proofs {
             engine.proof_forwarding = match f.as_str() {
                 "immediate" => por_protocol::ProofForwarding::Immediate,
@@ -311,6 +361,7 @@ impl Settings {
             chain_poll: Duration::from_millis(self.chain_poll_ms.unwrap_or(250)),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms.unwrap_or(10_000)),
             event_log: self.event_log.unwrap_or(0),
+            limits,
             misbehaviour: Misbehaviour {
                 answer: self.answer.unwrap_or(true),
                 answer_delay: Duration::from_millis(self.answer_delay_ms.unwrap_or(0)),
@@ -377,6 +428,8 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// Engine events kept for the control endpoint (0: none).
     pub event_log: usize,
+    /// The node's bounds on what peers and HTTP clients can make it hold.
+    pub limits: Limits,
     /// How the node's application misbehaves (testnets only; the engine's own
     /// misbehaviour is in `engine.misbehaviour`).
     pub misbehaviour: Misbehaviour,
@@ -502,7 +555,13 @@ sever_policy = "wait_syncs:3"
 # 0 turns the heuristic off.
 # heuristic_window_ms = 3600000
 # fee_tolerance_ms = 50
+# Bounds on what peers and HTTP clients can make the node hold (docs/limits.md).
 # max_in_flight = 100000
+# max_in_flight_per_peer = 20000
+# max_in_flight_bytes_per_peer = 268435456
+# max_queued_bytes_per_peer = 67108864
+# http_max_connections = 256
+# http_header_timeout_ms = 5000
 
 # The chain: embedded (this process), served (`por chain serve`), or near.
 chain = "embedded"

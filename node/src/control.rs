@@ -136,7 +136,12 @@ async fn handle(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes) 
 
 /// Serves the control endpoint on `addr` (must be loopback), answering requests that
 /// carry `token` (see [`write_token`]).
-pub async fn serve(addr: &str, node: NodeHandle, token: String) -> Result<SocketAddr, NodeError> {
+pub async fn serve(
+    addr: &str,
+    node: NodeHandle,
+    token: String,
+    limits: crate::http::HttpLimits,
+) -> Result<SocketAddr, NodeError> {
     let bad = |detail: String| NodeError::Config {
         source_name: "settings".into(),
         key: "control".into(),
@@ -155,7 +160,7 @@ pub async fn serve(addr: &str, node: NodeHandle, token: String) -> Result<Socket
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(Arc::new(Control { node, token }));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = crate::http::serve(listener, app, limits, "control").await {
             tracing::warn!("control endpoint stopped: {e}");
         }
     });

@@ -19,6 +19,8 @@ pub mod db;
 pub mod demo;
 pub mod eventlog;
 mod follower;
+pub mod http;
+pub mod limits;
 mod links;
 pub mod map;
 pub mod metrics;

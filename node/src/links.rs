@@ -4,7 +4,7 @@
 //! engine task decides who is connected.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,7 +19,8 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 use crate::metrics::Metrics;
 
 /// Frames a connection's writer may have queued before the peer counts as too slow
-/// (it is dropped; the engine retransmits on reconnection).
+/// (it is dropped; the engine retransmits on reconnection). Their bytes are bounded
+/// too, by `Limits::queued_bytes_per_peer`.
 const WRITE_QUEUE: usize = 8192;
 /// Most queued frames written to a peer at once.
 const WRITE_BURST: usize = 256;
@@ -33,11 +34,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// What connection tasks tell the engine task.
 pub(crate) enum LinkEvent {
     /// A connection to `peer` is up.
-    Up {
-        peer: NodeId,
-        conn: u64,
-        tx: mpsc::Sender<Bytes>,
-    },
+    Up { peer: NodeId, conn: u64, tx: Outbox },
     /// A frame arrived, decoded, its stateless signatures checked ahead of the
     /// engine (on this reader's thread), or left raw if it does not decode (the
     /// engine then refuses it with the wire error).
@@ -67,12 +64,21 @@ pub(crate) struct Shared {
     accepting: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     span: Span,
+    /// Most bytes of frames queued for one peer before it counts as too slow.
+    max_queued_bytes: usize,
+}
+
+/// A connection's write queue, as the engine task fills it: the frames and the bytes
+/// of those its writer has not yet handed to the transport.
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// The engine task's view of the connections.
 pub(crate) struct Links {
     shared: Shared,
-    current: HashMap<NodeId, (u64, mpsc::Sender<Bytes>)>,
+    current: HashMap<NodeId, (u64, Outbox)>,
     dialing: HashMap<NodeId, tokio::task::JoinHandle<()>>,
 }
 
@@ -128,6 +134,7 @@ impl Links {
                 accepting: Arc::new(AtomicBool::new(true)),
                 metrics,
                 span,
+                max_queued_bytes: crate::limits::Limits::default().queued_bytes_per_peer,
             },
             current: HashMap::new(),
             dialing: HashMap::new(),
@@ -187,7 +194,12 @@ impl Links {
     }
 
     /// A connection came up; returns whether it replaced another.
-    pub(crate) fn up(&mut self, peer: NodeId, conn: u64, tx: mpsc::Sender<Bytes>) -> bool {
+    /// Sets the bytes of frames one peer may have queued before it is dropped.
+    pub(crate) fn bound_queues(&mut self, max_queued_bytes: usize) {
+        self.shared.max_queued_bytes = max_queued_bytes;
+    }
+
+    pub(crate) fn up(&mut self, peer: NodeId, conn: u64, tx: Outbox) -> bool {
         self.shared.metrics.peers_connected.inc();
         self.current.insert(peer, (conn, tx)).is_some()
     }
@@ -218,19 +230,41 @@ impl Links {
     }
 
     /// Queues a frame for `peer`. A peer that is not connected gets nothing (the engine
-    /// resends what matters after reconnection); one too slow to drain its queue is
-    /// dropped.
-    pub(crate) fn send(&mut self, peer: NodeId, frame: Bytes) {
-        let Some((_, tx)) = self.current.get(&peer) else {
+    /// resends what matters after reconnection); one too slow to drain its queue (more
+    /// than `WRITE_QUEUE` frames or `max_queued_bytes` waiting) is dropped, and this
+    /// returns true: the engine must be told it is gone.
+    pub(crate) fn send(&mut self, peer: NodeId, frame: Bytes) -> bool {
+        let Some((_, out)) = self.current.get(&peer) else {
             debug!(%peer, "not connected: frame dropped");
-            return;
+            return false;
         };
-        if let Err(e) = tx.try_send(frame) {
-            if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                warn!(%peer, "peer is not draining its frames: dropping it");
+        let len = frame.len();
+        let queued = out.queued.fetch_add(len, Ordering::Relaxed);
+        let too_slow = if queued.saturating_add(len) > self.shared.max_queued_bytes {
+            warn!(
+                %peer,
+                queued,
+                frames = out.tx.max_capacity() - out.tx.capacity(),
+                max = self.shared.max_queued_bytes,
+                "peer is not draining its frames (bytes queued): dropping it"
+            );
+            true
+        } else {
+            match out.tx.try_send(frame) {
+                Ok(()) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(%peer, "peer is not draining its frames: dropping it");
+                    true
+                }
+                // The writer has ended: the connection is going down anyway.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
+        };
+        if too_slow {
+            self.shared.metrics.peers_dropped.inc();
             self.drop_peer(peer);
         }
+        too_slow
     }
 
     pub(crate) fn stop_accepting(&self) {
@@ -400,9 +434,18 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
         None => Link::Plain(conn),
     });
     let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let out = Outbox {
+        tx,
+        queued: queued.clone(),
+    };
     if shared
         .events
-        .send(LinkEvent::Up { peer, conn: id, tx })
+        .send(LinkEvent::Up {
+            peer,
+            conn: id,
+            tx: out,
+        })
         .await
         .is_err()
     {
@@ -420,12 +463,14 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
             // would otherwise be copied whole.
             let mut group = Vec::new();
             let mut bytes = 0;
+            // The queue's bytes count until the transport has taken them.
             for frame in burst.drain(..) {
                 if !group.is_empty() && bytes + frame.len() > WRITE_BURST_BYTES {
                     if let Err(e) = writer_link.send_all(std::mem::take(&mut group)).await {
                         debug!("send failed: {e}");
                         break 'writing;
                     }
+                    queued.fetch_sub(bytes, Ordering::Relaxed);
                     bytes = 0;
                 }
                 bytes += frame.len();
@@ -435,6 +480,7 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
                 debug!("send failed: {e}");
                 break;
             }
+            queued.fetch_sub(bytes, Ordering::Relaxed);
         }
         // The engine task dropped us, or the connection failed.
         writer_link.close();

@@ -321,14 +321,18 @@ pub(crate) async fn bind(addr: &str) -> Result<tokio::net::TcpListener, NodeErro
 }
 
 /// Serves `/metrics`, `/map` and `/map/state` for `node` on `listener` (axum on hyper).
-pub(crate) fn serve(listener: tokio::net::TcpListener, node: NodeHandle) {
+pub(crate) fn serve(
+    listener: tokio::net::TcpListener,
+    node: NodeHandle,
+    limits: crate::http::HttpLimits,
+) {
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/map", get(map_page))
         .route("/map/state", get(map_state))
         .with_state(node);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = crate::http::serve(listener, app, limits, "metrics").await {
             tracing::warn!("metrics listener stopped: {e}");
         }
     });

@@ -273,7 +273,9 @@ impl Pump {
             match messages::encode_frame(&tx.message) {
                 Ok(frame) => {
                     self.metrics.frames_out.inc();
-                    self.links.send(tx.to, Bytes::from(frame));
+                    if self.links.send(tx.to, Bytes::from(frame)) {
+                        self.engine.peer_disconnected(tx.to, now());
+                    }
                 }
                 Err(e) => warn!(peer = %tx.to, "cannot encode a frame: {e}"),
             }

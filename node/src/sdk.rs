@@ -240,6 +240,7 @@ pub struct NodeBuilder {
     pub(crate) shutdown_grace: Duration,
     pub(crate) commit_interval: Duration,
     pub(crate) event_log: usize,
+    pub(crate) limits: crate::limits::Limits,
 }
 
 impl NodeBuilder {
@@ -263,7 +264,15 @@ impl NodeBuilder {
             shutdown_grace: Duration::from_secs(10),
             commit_interval: Duration::from_millis(2),
             event_log: 0,
+            limits: crate::limits::Limits::default(),
         }
+    }
+
+    /// The node's bounds on what peers and HTTP clients can make it hold (the
+    /// engine's are in [`NodeBuilder::engine_config`]).
+    pub fn limits(mut self, limits: crate::limits::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The address to listen on (default `127.0.0.1:0`).

@@ -63,8 +63,9 @@ pub struct EngineConfig {
     /// arrived over its edge); more are refused (and refunded) as `Overloaded`. It
     /// also bounds the `awaiting` list of a peer's `Reestablish`.
     pub max_in_flight_per_peer: usize,
-    /// Maximum request-body bytes one peer may have in flight through us at once;
-    /// past it its requests are refused (and refunded) as `Overloaded`.
+    /// Maximum bytes one peer's requests in flight through us may buy at once (request
+    /// bodies plus response limits: what we may have to hold for it); past it its
+    /// requests are refused (and refunded) as `Overloaded`.
     pub max_in_flight_bytes_per_peer: u64,
     /// A peer unheard for this many of its sync intervals is reported silent.
     pub silence_syncs: u32,

@@ -232,11 +232,67 @@ fn a_peer_past_its_in_flight_bytes_is_refused() {
     }
     net.pump(T0);
     assert_eq!(rejections(&mut net), vec![RejectReason::Overloaded]);
-    // A small one still fits.
+    // A small one still fits, and a small one buying a large response does not.
+    net.nodes[0]
+        .engine
+        .send_request(route.clone(), vec![7; 10], 30_000, Amount(1), T0)
+        .unwrap();
+    net.pump(T0);
+    assert_eq!(rejections(&mut net), vec![RejectReason::Overloaded]);
     net.nodes[0]
         .engine
         .send_request(route.clone(), vec![7; 10_000], 8, Amount(1), T0)
         .unwrap();
     net.pump(T0);
     assert!(rejections(&mut net).is_empty());
+}
+
+/// A late response pays its fee; if the connection drops before the peer has it,
+/// reconnection resends the response once (from the kept closings) and the fee on
+/// its own, never the body a second time with the fee.
+#[test]
+fn a_late_response_lost_on_the_wire_is_resent_once() {
+    let (mut net, route) = net(EngineConfig::default());
+    let id = net.nodes[0]
+        .engine
+        .send_request(route.clone(), vec![1], RESPONSE as u64, Amount(1), T0)
+        .unwrap();
+    assert!(net.pump(T0).is_empty());
+    let late = Time(T0.0 + 5_000);
+    net.nodes[2]
+        .engine
+        .respond(id, vec![1; RESPONSE], late)
+        .unwrap();
+    // C's answer is lost on the wire.
+    let lost = net.nodes[2].flush();
+    assert!(
+        lost.iter().any(|t| t.message.carries_update()),
+        "the late response pays a fee"
+    );
+    let (b, c) = (net.id(1), net.id(2));
+    net.nodes[2].engine.peer_disconnected(b, late);
+    net.nodes[2].engine.peer_connected(b, late);
+    net.nodes[2].flush();
+    let ch = net.channel(1, ChannelId(2)).unwrap().clone();
+    let msg = Message::Reestablish {
+        channel: ChannelId(2),
+        received_seq: ch.incoming.seq,
+        sent_seq: ch.outgoing.seq,
+        awaiting: vec![id],
+    };
+    net.nodes[2].engine.handle_message(b, msg, late).unwrap();
+    let sent: Vec<(String, usize)> = net.nodes[2]
+        .flush()
+        .iter()
+        .map(|t| {
+            let kind = format!("{:?}", t.message).chars().take(12).collect();
+            (kind, wire::encoded_len(&t.message).unwrap())
+        })
+        .collect();
+    let bytes: usize = sent.iter().map(|(_, n)| n).sum();
+    let _ = c;
+    assert!(
+        (RESPONSE..RESPONSE + 4096).contains(&bytes),
+        "the body goes once: {sent:?}"
+    );
 }

@@ -97,8 +97,13 @@ pub(crate) async fn serve(devnet: State, listen: &str) -> Result<()> {
         .route("/map/state", get(state))
         .with_state(map);
     println!("{}", json!({"map": format!("http://{bound}/map")}));
-    axum::serve(listener, app)
-        .await
-        .context("serving the map")?;
+    por_node::http::serve(
+        listener,
+        app,
+        por_node::http::HttpLimits::default(),
+        "devnet map",
+    )
+    .await
+    .context("serving the map")?;
     Ok(())
 }

@@ -280,7 +280,17 @@ impl Engine {
                 // unacknowledged updates, acks through the re-ack, and heartbeats are
                 // stale by then: only the rest is worth holding (so `held` is bounded by
                 // the requests in flight, not by how long the peer is away).
-                let superseded = message.carries_update()
+                // A response or proof we keep among the closings is resent from there
+                // if the peer still awaits it (holding it too would send it twice,
+                // and hold a MiB body per response for as long as the peer is away).
+                let kept = match &message {
+                    Message::Response { request, .. } | Message::Proof { request, .. } => {
+                        ch.closings.contains_key(request)
+                    }
+                    _ => false,
+                };
+                let superseded = kept
+                    || message.carries_update()
                     || matches!(message, Message::Ack { .. } | Message::Sync { .. });
                 if !superseded {
                     ch.held.push(message);

@@ -358,11 +358,11 @@ impl Engine {
                 ),
             ));
         }
-        if held.saturating_add(core.body_len) > self.config.max_in_flight_bytes_per_peer {
+        if held.saturating_add(bytes) > self.config.max_in_flight_bytes_per_peer {
             return Err((
                 R::Overloaded,
                 format!(
-                    "{held} request bytes of this peer in flight (at most {})",
+                    "{held} bytes bought by this peer's requests in flight (at most {})",
                     self.config.max_in_flight_bytes_per_peer
                 ),
             ));

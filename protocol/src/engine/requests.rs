@@ -16,7 +16,8 @@ pub(super) struct Requests {
     by_up: BTreeMap<ChannelId, BTreeSet<RequestId>>,
     /// Requests whose downstream edge is the channel (the peer owes us there).
     by_down: BTreeMap<ChannelId, BTreeSet<RequestId>>,
-    /// Request-body bytes of the requests in `by_up`, per channel.
+    /// Bytes bought by the requests in `by_up` (request body plus response limit), per
+    /// channel.
     up_bytes: BTreeMap<ChannelId, u64>,
 }
 
@@ -52,7 +53,7 @@ impl Requests {
         if let Some(u) = &p.up {
             self.by_up.entry(u.channel).or_default().insert(p.id);
             let bytes = self.up_bytes.entry(u.channel).or_default();
-            *bytes = bytes.saturating_add(p.core.body_len);
+            *bytes = bytes.saturating_add(p.core.priced_bytes());
         }
         if let Some(d) = &p.down {
             self.by_down.entry(d.channel).or_default().insert(p.id);
@@ -71,7 +72,7 @@ impl Requests {
                 }
             }
             if let Some(b) = self.up_bytes.get_mut(&u.channel) {
-                *b = b.saturating_sub(p.core.body_len);
+                *b = b.saturating_sub(p.core.priced_bytes());
                 if *b == 0 {
                     self.up_bytes.remove(&u.channel);
                 }
@@ -88,7 +89,7 @@ impl Requests {
         Some(*p)
     }
 
-    /// How many requests arrived over `channel`, and their request-body bytes.
+    /// How many requests arrived over `channel`, and the bytes they bought.
     pub(super) fn load_up(&self, channel: ChannelId) -> (usize, u64) {
         (
             self.by_up.get(&channel).map_or(0, BTreeSet::len),
