@@ -295,7 +295,7 @@ impl Settings {
             limits.queued_bytes_per_peer = m;
         }
         if let Some(m) = self.http_max_connections {
-            positive("http_max_connections", m as u64)?;
+            // Zero is refused by `limits.check` below, with the engine's bounds.
             limits.http.max_connections = m;
         }
         if let Some(t) = self.http_header_timeout_ms {
