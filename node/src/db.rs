@@ -33,6 +33,8 @@ const CHANNELS: TableDefinition<u64, &[u8]> = TableDefinition::new("channels");
 /// message that carries it.
 const UNACKED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("unacked");
 const PENDING: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("pending");
+/// Closing messages kept for resending, by request: (channel, message).
+const CLOSINGS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("closings");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The contract deployment the records were signed for (one row, key `deployment`).
 const DEPLOYMENT: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("deployment");
@@ -54,6 +56,8 @@ struct Dirty {
     added: BTreeSet<(u64, u64)>,
     /// Acknowledged up to, per channel.
     acked: BTreeMap<u64, u64>,
+    /// Kept closings added or dropped.
+    closings: BTreeSet<RequestId>,
 }
 
 /// Folds one write into the store and notes what it touched: the one path for a
@@ -90,6 +94,9 @@ impl Dirty {
             }
             Write::PendingDone(id) => {
                 self.pending.insert(*id);
+            }
+            Write::Closing { request, .. } | Write::ClosingDropped { request } => {
+                self.closings.insert(*request);
             }
         }
     }
@@ -175,6 +182,7 @@ impl NodeDb {
         w.open_table(CHANNELS).map_err(|e| err(&e))?;
         w.open_table(UNACKED).map_err(|e| err(&e))?;
         w.open_table(PENDING).map_err(|e| err(&e))?;
+        w.open_table(CLOSINGS).map_err(|e| err(&e))?;
         w.open_table(META).map_err(|e| err(&e))?;
         w.commit().map_err(|e| err(&e))?;
         let mut store = Store::default();
@@ -221,6 +229,17 @@ impl NodeDb {
                     wire::decode(v.value()).map_err(|e| err(&format!("request: {e}")))?;
                 pending_rows.insert(p.id);
                 store.pending.insert(p.id, p);
+            }
+            for item in r
+                .open_table(CLOSINGS)
+                .map_err(|e| err(&e))?
+                .iter()
+                .map_err(|e| err(&e))?
+            {
+                let (k, v) = item.map_err(|e| err(&e))?;
+                let kept: (ChannelId, por_protocol::messages::Message) =
+                    wire::decode(v.value()).map_err(|e| err(&format!("closing: {e}")))?;
+                store.closings.insert(RequestId(*k.value()), kept);
             }
             generation = r
                 .open_table(META)
@@ -334,6 +353,18 @@ impl NodeDb {
                         if self.pending_rows.remove(id) {
                             t.remove(&id.0).map_err(|e| err(&e))?;
                         }
+                    }
+                }
+            }
+            let mut t = tx.open_table(CLOSINGS).map_err(|e| err(&e))?;
+            for id in &dirty.closings {
+                match self.store.closings.get(id) {
+                    Some(kept) => {
+                        let bytes = wire::encode(kept).map_err(|e| err(&e))?;
+                        t.insert(&id.0, bytes.as_slice()).map_err(|e| err(&e))?;
+                    }
+                    None => {
+                        t.remove(&id.0).map_err(|e| err(&e))?;
                     }
                 }
             }

@@ -162,6 +162,11 @@ impl ChannelRecord {
         Ok(self.commit_outgoing(signed, carrier))
     }
 
+    /// Whether we can pay `memo` now (the channel is live and our capacity covers it).
+    pub fn affords(&self, memo: &Memo) -> bool {
+        self.next_update(memo.clone()).is_ok()
+    }
+
     /// The next outgoing update paying `memo`, if we can afford it.
     fn next_update(&self, memo: Memo) -> Result<ChannelUpdate, ProtocolError> {
         self.live()?;

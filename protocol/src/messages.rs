@@ -132,8 +132,8 @@ pub enum Message {
     },
     /// A late-fee payment on its own. A response or proof that pays its request's
     /// final late fee is kept for retransmission as this, so that a response body is
-    /// never persisted or held with its fee (the response itself is resent from the
-    /// kept closings to a peer that reconnects awaiting it).
+    /// never persisted or held twice: the response itself is kept (durably) among the
+    /// closings, and resent from there to a peer that reconnects awaiting it.
     LateFee {
         /// The edge.
         channel: ChannelId,

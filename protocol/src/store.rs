@@ -64,6 +64,24 @@ pub enum Write {
     Pending(Box<Pending>),
     /// A request is finished here.
     PendingDone(RequestId),
+    /// A closing message (response or proof, without its fee) sent upstream on
+    /// `channel`, kept to resend to a peer that reconnects still awaiting it. Durable
+    /// because the request it closes is: a node that crashed after committing a close
+    /// and before its frame left must still be able to deliver it.
+    Closing {
+        /// The upstream channel.
+        channel: ChannelId,
+        /// The request closed.
+        request: RequestId,
+        /// The closing message.
+        message: Box<Message>,
+    },
+    /// A kept closing message was pruned (by age, count or bytes, or its channel was
+    /// severed).
+    ClosingDropped {
+        /// The request.
+        request: RequestId,
+    },
 }
 
 /// Why a write could not be applied.
@@ -91,6 +109,9 @@ pub struct Store {
     pub channels: BTreeMap<ChannelId, ChannelRecord>,
     /// Requests in flight by id.
     pub pending: BTreeMap<RequestId, Pending>,
+    /// Closing messages kept for resending, by request: the upstream channel and the
+    /// message.
+    pub closings: BTreeMap<RequestId, (ChannelId, Message)>,
 }
 
 impl Store {
@@ -161,6 +182,17 @@ impl Store {
             }
             Write::PendingDone(id) => {
                 self.pending.remove(&id);
+            }
+            Write::Closing {
+                channel,
+                request,
+                message,
+            } => {
+                self.channel(channel)?;
+                self.closings.insert(request, (channel, *message));
+            }
+            Write::ClosingDropped { request } => {
+                self.closings.remove(&request);
             }
         }
         Ok(())

@@ -129,6 +129,9 @@ fn one_ack_covers_every_update_made_durable_by_one_commit() {
     let ch = a.channel(ChannelId(1)).unwrap();
     assert_eq!(ch.outgoing.acked_seq, 5);
     assert!(ch.outgoing.unacked.is_empty());
+    // Events wait for the writes they report, like frames.
+    let w = a.poll_writes().unwrap();
+    a.writes_durable(w.up_to);
     let acked = std::iter::from_fn(|| a.poll_event())
         .filter(|e| matches!(e, Event::RequestAcked { .. }))
         .count();

@@ -57,6 +57,30 @@ pub(super) struct ChannelRt {
     pub(super) acks_due: VecDeque<(u64, ChannelUpdate)>,
 }
 
+impl ChannelRt {
+    /// Whether a frame for the peer need not be held while it is away. Frames carrying
+    /// updates come back through the retransmission of unacknowledged updates, acks
+    /// through the re-ack, heartbeats are stale by then, and a `Reestablish` belongs to
+    /// the connection it was made for: only the rest is worth holding (so `held` is
+    /// bounded by the requests in flight, not by how long the peer is away). A
+    /// response or proof kept among the closings is resent from there if the peer
+    /// still awaits it (holding it too would send it twice, and hold a MiB body per
+    /// response for as long as the peer is away).
+    pub(super) fn supersedes(&self, message: &Message) -> bool {
+        let kept = match message {
+            Message::Response { request, .. } | Message::Proof { request, .. } => {
+                self.closings.contains_key(request)
+            }
+            _ => false,
+        };
+        kept || message.carries_update()
+            || matches!(
+                message,
+                Message::Ack { .. } | Message::Sync { .. } | Message::Reestablish { .. }
+            )
+    }
+}
+
 impl Engine {
     pub(super) fn install_channel(&mut self, rec: ChannelRecord, now: Time) {
         let id = rec.id();

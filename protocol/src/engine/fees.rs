@@ -14,7 +14,7 @@ use super::{Engine, Event};
 impl Engine {
     /// Builds the message `make` makes, with one late-fee payment attached covering
     /// what `ids` owe on `channel` up to `now` (none when nothing is owed or we
-    /// withhold), and records the fees as paid.
+    /// withhold, or cannot pay them on this edge), and records the fees as paid.
     pub(super) fn with_fees(
         &mut self,
         channel: ChannelId,
@@ -54,12 +54,23 @@ impl Engine {
             amount: Amount::checked_sum(increments.iter().map(|(_, a, _, _)| *a))?,
             items: fee_items_hash(&items)?,
         };
+        // Cannot pay (insolvent on this edge): the message goes without its fee; the
+        // shortfall is the peer's to judge (it records a loss and may sever for it).
+        // Refusing to send it would leave a response or proof undelivered, and would
+        // blame the frame being handled, often the downstream's, for our insolvency.
+        if !self
+            .channels
+            .get(&channel)
+            .is_some_and(|ch| ch.rec.affords(&memo))
+        {
+            return Ok(make(None));
+        }
         let message = self.pay_with(channel, memo, |update| {
             make(Some(FeePayment { update, items }))
         })?;
         // A closing message's fee is kept for retransmission on its own: the closing
-        // itself is resent from the kept closings, and a response body is never
-        // persisted with its fee.
+        // itself is kept (durably) among the closings and resent from there, so a
+        // response body is never kept twice.
         if let Message::Response { fee: Some(fee), .. } | Message::Proof { fee: Some(fee), .. } =
             &message
         {

@@ -65,7 +65,16 @@ impl Engine {
                 response,
                 body,
                 fee,
-            } => self.on_response(from, channel, request, response, body, fee, now),
+            } => {
+                // The fee first, whatever becomes of the response (a request we no
+                // longer hold, a deviation): a valid payment is money, as with proofs
+                // and refunds, and refusing it would leave a gap in the payer's
+                // sequence that fails every update after it.
+                if let Some(f) = &fee {
+                    self.on_fee(from, channel, f, now)?;
+                }
+                self.on_response(from, request, response, body, now)
+            }
             Message::Proof {
                 request,
                 notice,

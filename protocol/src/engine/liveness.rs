@@ -15,15 +15,38 @@ use super::{Engine, Event, Timer};
 impl Engine {
     /// The connection to `peer` is down: hold frames for it until it reconnects and
     /// the channel is reestablished.
+    ///
+    /// Frames for it still waiting in the outbox (for their writes to become durable)
+    /// were meant for the connection that dropped: they are held, or dropped where
+    /// the reestablishment supersedes them, like frames made while it is away. Sent on
+    /// the next connection ahead of its `Reestablish`, an update would arrive past a
+    /// gap left by the lost connection, and an old `Reestablish` would be the second
+    /// on the new one.
     pub fn peer_disconnected(&mut self, peer: NodeId, _now: Time) {
-        if let Some(ch) = self
+        let Some(ch) = self
             .by_peer
             .get(&peer)
             .and_then(|c| self.channels.get_mut(c))
-        {
-            ch.ready = false;
-            ch.reestablished = false;
+        else {
+            return;
+        };
+        ch.ready = false;
+        ch.reestablished = false;
+        if self.outbox.iter().all(|(_, t)| t.to != peer) {
+            return;
         }
+        let mut held = Vec::new();
+        self.outbox.retain(|(_, t)| {
+            if t.to != peer {
+                return true;
+            }
+            if !ch.supersedes(&t.message) {
+                held.push(t.message.clone());
+            }
+            false
+        });
+        held.append(&mut ch.held);
+        ch.held = held;
     }
 
     /// A (re)connection to `peer` is up: tell it what we hold and what we still await,

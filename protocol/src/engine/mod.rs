@@ -71,7 +71,12 @@ pub struct Engine {
     /// What we made but have not signed yet, with its Merkle leaf and the channel it
     /// leaves on (see `seal`).
     unsealed: Vec<(Unsealed, Hash, ChannelId)>,
+    /// Events of the input being handled; [`Engine::poll_event`] tags them with the
+    /// writes made so far and moves them to `events_out`.
     events: VecDeque<Event>,
+    /// Events waiting for the writes they report (tagged with their `write_seq`) to
+    /// become durable.
+    events_out: VecDeque<(u64, Event)>,
     chain_actions: VecDeque<ChainAction>,
 }
 
@@ -106,6 +111,7 @@ impl Engine {
             ack_channels: BTreeSet::new(),
             unsealed: Vec::new(),
             events: VecDeque::new(),
+            events_out: VecDeque::new(),
             chain_actions: VecDeque::new(),
         }
     }
@@ -154,6 +160,11 @@ impl Engine {
                 }
             }
             e.requests.insert(p.clone());
+        }
+        // Closings committed before the crash, whether or not their frames left: each
+        // is resent if its peer reconnects awaiting it. Retention starts again now.
+        for (id, (channel, message)) in &store.closings {
+            e.keep_closing(*channel, *id, message.clone(), now);
         }
         e
     }
@@ -210,6 +221,7 @@ impl Engine {
     /// The next batch of writes to persist, if any.
     pub fn poll_writes(&mut self) -> Option<WriteBatch> {
         self.seal();
+        self.tag_events();
         if self.writes.is_empty() {
             return None;
         }
@@ -253,9 +265,35 @@ impl Engine {
         self.outbox.len().saturating_add(acks)
     }
 
-    /// The next application event.
+    /// The next application event, once the state it reports is durable: like a
+    /// frame, an event waits for the writes made before it. So an outcome (a response
+    /// delivered, a proof, a refund) reaches the application once, even across a crash:
+    /// had the node crashed before its record was durable, the event was never
+    /// released, and the outcome arrives again after the restart.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.tag_events();
+        match self.events_out.front() {
+            Some((needs, _)) if *needs <= self.durable_seq => {
+                self.events_out.pop_front().map(|(_, e)| e)
+            }
+            _ => None,
+        }
+    }
+
+    /// Events waiting for their writes to become durable.
+    pub fn events_waiting(&self) -> usize {
+        self.events.len().saturating_add(self.events_out.len())
+    }
+
+    /// Tags the events of the inputs handled so far with the writes made for them.
+    fn tag_events(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        self.seal();
+        let seq = self.write_seq;
+        self.events_out
+            .extend(self.events.drain(..).map(|e| (seq, e)));
     }
 
     /// The next chain action.
@@ -283,16 +321,7 @@ impl Engine {
                 // A response or proof we keep among the closings is resent from there
                 // if the peer still awaits it (holding it too would send it twice,
                 // and hold a MiB body per response for as long as the peer is away).
-                let kept = match &message {
-                    Message::Response { request, .. } | Message::Proof { request, .. } => {
-                        ch.closings.contains_key(request)
-                    }
-                    _ => false,
-                };
-                let superseded = kept
-                    || message.carries_update()
-                    || matches!(message, Message::Ack { .. } | Message::Sync { .. });
-                if !superseded {
+                if !ch.supersedes(&message) {
                     ch.held.push(message);
                 }
                 return;

@@ -503,15 +503,13 @@ impl Engine {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A response from downstream (its fee, if any, was taken already).
     pub(super) fn on_response(
         &mut self,
         from: NodeId,
-        channel: ChannelId,
         request: RequestId,
         response: SignedResponse,
         body: Bytes,
-        fee: Option<FeePayment>,
         now: Time,
     ) -> Result<(), ProtocolError> {
         let p = self.forwarded_to(from, request)?;
@@ -542,9 +540,6 @@ impl Engine {
                 len: response.body.body_len,
                 limit,
             });
-        }
-        if let Some(f) = &fee {
-            self.on_fee(from, channel, f, now)?;
         }
         let Some(p) = self.requests.get_mut(&request) else {
             return Ok(());

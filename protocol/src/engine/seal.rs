@@ -179,12 +179,15 @@ impl Engine {
             }
         };
         for w in &mut self.writes {
-            if let Write::Outgoing {
-                update, message, ..
-            } = w
-            {
-                fill(update);
-                patch(message);
+            match w {
+                Write::Outgoing {
+                    update, message, ..
+                } => {
+                    fill(update);
+                    patch(message);
+                }
+                Write::Closing { message, .. } => patch(message),
+                _ => {}
             }
         }
         self.outbox
@@ -352,8 +355,31 @@ impl Engine {
             },
             _ => return,
         };
+        if !self.channels.contains_key(&channel) {
+            return;
+        }
+        // Durable with the close it belongs to (see `Write::Closing`); the copy is
+        // sealed with the response signature like every write not yet handed out.
+        self.write(Write::Closing {
+            channel,
+            request: id,
+            message: Box::new(copy.clone()),
+        });
+        self.keep_closing(channel, id, copy, now);
+    }
+
+    /// Keeps a closing message in memory and prunes the channel's kept closings by
+    /// age, count and bytes, recording each pruned one.
+    pub(super) fn keep_closing(
+        &mut self,
+        channel: ChannelId,
+        id: RequestId,
+        copy: Message,
+        now: Time,
+    ) {
         let retention = self.config.closing_retention_ms;
         let max_bytes = self.config.closing_retention_bytes;
+        let mut dropped = Vec::new();
         if let Some(ch) = self.channels.get_mut(&channel) {
             ch.closing_bytes = ch.closing_bytes.saturating_add(closing_size(&copy));
             if let Some(old) = ch.closings.insert(id, Box::new(copy)) {
@@ -370,8 +396,26 @@ impl Engine {
                 ch.closing_order.pop_front();
                 if let Some(m) = ch.closings.remove(&old) {
                     ch.closing_bytes = ch.closing_bytes.saturating_sub(closing_size(&m));
+                    dropped.push(old);
                 }
             }
+        }
+        for request in dropped {
+            self.write(Write::ClosingDropped { request });
+        }
+    }
+
+    /// Forgets every closing kept for `channel` (it was severed: nothing more goes
+    /// over it), recording each.
+    pub(super) fn drop_closings(&mut self, channel: ChannelId) {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let dropped: Vec<RequestId> = std::mem::take(&mut ch.closings).into_keys().collect();
+        ch.closing_order.clear();
+        ch.closing_bytes = 0;
+        for request in dropped {
+            self.write(Write::ClosingDropped { request });
         }
     }
 }

@@ -133,6 +133,8 @@ impl Engine {
                     channel,
                     notice: Box::new(notice.clone()),
                 });
+                // Nothing more goes over the edge: its kept closings are dead weight.
+                self.drop_closings(channel);
                 // Obligations towards that peer can no longer be met: the notice itself
                 // proves the edge gone to them.
                 let ups: Vec<RequestId> = self.requests.ids_up(channel);
@@ -143,18 +145,6 @@ impl Engine {
                     }
                     self.write_pending(id);
                     self.finish_if_done(id);
-                }
-                // Whatever the peer still owed us on finished requests is lost now.
-                let downs: Vec<RequestId> = self.requests.ids_down(channel);
-                for id in downs {
-                    let resolved = self
-                        .requests
-                        .get(&id)
-                        .and_then(|p| p.down.as_ref())
-                        .is_some_and(|d| d.resolved.is_some());
-                    if resolved {
-                        self.realize_loss(id, now);
-                    }
                 }
             }
         }
@@ -170,6 +160,23 @@ impl Engine {
             .collect();
         for id in affected {
             self.resolve_with_proof(id, notice.clone(), now, in_sync_of);
+        }
+        // The peer can pay nothing more on a severed edge: whatever it still owed on
+        // requests sent over it (including those the proof just resolved) is lost now,
+        // and they are finished. Left for a sync that never comes, they would stay in
+        // flight for ever.
+        if self.channels.contains_key(&channel) {
+            let downs: Vec<RequestId> = self.requests.ids_down(channel);
+            for id in downs {
+                let resolved = self
+                    .requests
+                    .get(&id)
+                    .and_then(|p| p.down.as_ref())
+                    .is_some_and(|d| d.resolved.is_some());
+                if resolved {
+                    self.realize_loss(id, now);
+                }
+            }
         }
     }
 
