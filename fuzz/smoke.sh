@@ -14,7 +14,7 @@ secs=${POR_FUZZ_SECONDS:-20}
 # The targets that need the node (settings, files_decode) build the node and its
 # embedded chain: POR_FUZZ_FEATURES=node adds them.
 features=${POR_FUZZ_FEATURES:-}
-targets="frame_decoder message signed engine_peer scenario"
+targets="frame_decoder message signed engine_peer scenario consistency"
 if [ "$features" = node ]; then
   targets="$targets settings files_decode"
 fi

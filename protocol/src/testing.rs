@@ -8,6 +8,8 @@
 //! ordered links and pumps frames between them until nothing moves. Time is always an
 //! argument: nothing here reads a clock.
 
+pub mod consistency;
+
 use crate::channel::ChannelRecord;
 use crate::config::EngineConfig;
 use crate::crypto::{Deployment, Keypair, NodeId};
