@@ -559,6 +559,8 @@ mod tests {
         drop(db);
         let reopened = NodeDb::open(&path).unwrap();
         assert_eq!(reopened.generation, generation);
+        // The relay's kept closings (its forwarded responses) are durable too.
+        assert!(!mirror.closings.is_empty(), "closings were written");
         assert_eq!(reopened.store(), &mirror);
         let live: Vec<_> = engines[1].channels().cloned().collect();
         let restored = Engine::restore(
