@@ -270,14 +270,18 @@ impl Engine {
     /// delivered, a proof, a refund) reaches the application once, even across a crash:
     /// had the node crashed before its record was durable, the event was never
     /// released, and the outcome arrives again after the restart.
+    ///
+    /// One kind does not wait: a request for us as server goes to the handler at once,
+    /// so that its answer is computed while the commit runs (the answer itself leaves
+    /// only once everything before it is durable). Were the node to crash before the
+    /// request was durable, it was never acknowledged, and it arrives again.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.tag_events();
-        match self.events_out.front() {
-            Some((needs, _)) if *needs <= self.durable_seq => {
-                self.events_out.pop_front().map(|(_, e)| e)
-            }
-            _ => None,
-        }
+        let durable = self.durable_seq;
+        let at = self.events_out.iter().position(|(needs, e)| {
+            *needs <= durable || matches!(e, Event::RequestReceived { .. })
+        })?;
+        self.events_out.remove(at).map(|(_, e)| e)
     }
 
     /// Events waiting for their writes to become durable.
