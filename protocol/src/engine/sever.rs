@@ -146,6 +146,18 @@ impl Engine {
                     self.write_pending(id);
                     self.finish_if_done(id);
                 }
+                // Whatever the peer still owed us on finished requests is lost now.
+                let downs: Vec<RequestId> = self.requests.ids_down(channel);
+                for id in downs {
+                    let resolved = self
+                        .requests
+                        .get(&id)
+                        .and_then(|p| p.down.as_ref())
+                        .is_some_and(|d| d.resolved.is_some());
+                    if resolved {
+                        self.realize_loss(id, now);
+                    }
+                }
             }
         }
         // Every request whose remaining route crosses the edge is answered by the proof.
@@ -161,20 +173,19 @@ impl Engine {
         for id in affected {
             self.resolve_with_proof(id, notice.clone(), now, in_sync_of);
         }
-        // The peer can pay nothing more on a severed edge: whatever it still owed on
-        // requests sent over it (including those the proof just resolved) is lost now,
-        // and they are finished. Left for a sync that never comes, they would stay in
-        // flight for ever.
+        // Requests sent over the severed edge itself, which the proof just resolved,
+        // are finished: nothing more comes over that edge. Left for a sync that never
+        // comes, they would stay in flight for ever.
         if self.channels.contains_key(&channel) {
             let downs: Vec<RequestId> = self.requests.ids_down(channel);
             for id in downs {
-                let resolved = self
-                    .requests
-                    .get(&id)
-                    .and_then(|p| p.down.as_ref())
-                    .is_some_and(|d| d.resolved.is_some());
-                if resolved {
-                    self.realize_loss(id, now);
+                let Some(d) = self.requests.get_mut(&id).and_then(|p| p.down.as_mut()) else {
+                    continue;
+                };
+                if d.resolved.is_some() && !d.finished {
+                    d.finished = true;
+                    self.write_pending(id);
+                    self.finish_if_done(id);
                 }
             }
         }
