@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use por_chain::local::{Clock, LocalChain};
 use por_chain::{Chain, LocalClient};
-use por_protocol::testing::consistency::{Bytes, Harness, Setup};
+use por_protocol::testing::consistency::{parse_saved, random_input, Bytes, Harness, Setup};
 use por_protocol::Amount;
 use serde_json::json;
 
@@ -51,27 +51,11 @@ fn inputs() -> Vec<Vec<u8>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../protocol/tests/consistency");
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| {
-            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-            text.trim()
-                .trim_matches(|c| c == '[' || c == ']')
-                .split(',')
-                .map(str::trim)
-                .filter(|b| !b.is_empty())
-                .map(|b| b.parse().unwrap())
-                .collect()
-        })
+        .map(|e| parse_saved(&std::fs::read(e.unwrap().path()).unwrap()))
         .collect();
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for k in 0..32 {
-        let mut input: Vec<u8> = (0..1500)
-            .map(|_| {
-                seed ^= seed >> 12;
-                seed ^= seed << 25;
-                seed ^= seed >> 27;
-                (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-            })
-            .collect();
+        let mut input = random_input(&mut seed, 1500);
         // Half of them with nodes that never sever for lateness, so that many
         // channels are still live at the end and settle exactly.
         if k % 2 == 0 {

@@ -7,7 +7,7 @@
 
 use proptest::prelude::*;
 
-use por_protocol::testing::consistency::Harness;
+use por_protocol::testing::consistency::{parse_saved, random_input, Harness};
 
 fn check(input: &[u8]) -> por_protocol::testing::consistency::Stats {
     match Harness::run(input) {
@@ -63,15 +63,7 @@ fn random_scripts_reach_every_outcome_and_fault() {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut total = por_protocol::testing::consistency::Stats::default();
     for _ in 0..200 {
-        let input: Vec<u8> = (0..1200)
-            .map(|_| {
-                // xorshift64*
-                seed ^= seed >> 12;
-                seed ^= seed << 25;
-                seed ^= seed >> 27;
-                (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-            })
-            .collect();
+        let input = random_input(&mut seed, 1200);
         let s = check(&input);
         total.sent += s.sent;
         total.acked += s.acked;
@@ -103,21 +95,6 @@ fn random_scripts_reach_every_outcome_and_fault() {
     assert!(total.crashes > 0 && total.severed > 0, "{total:?}");
 }
 
-/// An input as saved: its bytes as a comma-separated list (in brackets or not), or
-/// raw.
-fn parse(raw: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(raw);
-    let listed: Option<Vec<u8>> = text
-        .trim()
-        .trim_matches(|c| c == '[' || c == ']')
-        .split(',')
-        .map(str::trim)
-        .filter(|b| !b.is_empty())
-        .map(|b| b.parse().ok())
-        .collect();
-    listed.unwrap_or_else(|| raw.to_vec())
-}
-
 /// Every input that once broke an invariant (in `tests/consistency/`, each named for
 /// the bug it found) passes.
 #[test]
@@ -126,7 +103,7 @@ fn the_inputs_that_found_bugs_pass() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let input = parse(&std::fs::read(&path).unwrap());
+        let input = parse_saved(&std::fs::read(&path).unwrap());
         if let Err(v) = Harness::run(&input) {
             panic!("{}: {v}", path.display());
         }
@@ -143,5 +120,5 @@ fn replay_an_input_from_a_file() {
         eprintln!("skipped: POR_CONSISTENCY_INPUT is not set");
         return;
     };
-    check(&parse(&std::fs::read(path).unwrap()));
+    check(&parse_saved(&std::fs::read(path).unwrap()));
 }

@@ -171,6 +171,34 @@ impl Setup {
     }
 }
 
+/// `len` pseudo-random bytes from `seed` (xorshift64*): inputs for tests that want
+/// many scripts, reproducibly, without a fuzzer.
+pub fn random_input(seed: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *seed ^= *seed >> 12;
+            *seed ^= *seed << 25;
+            *seed ^= *seed >> 27;
+            (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+/// An input as saved in `protocol/tests/consistency/`: its bytes as a comma-separated
+/// list (in brackets or not), or raw.
+pub fn parse_saved(raw: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(raw);
+    let listed: Option<Vec<u8>> = text
+        .trim()
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(|b| b.parse().ok())
+        .collect();
+    listed.unwrap_or_else(|| raw.to_vec())
+}
+
 /// The fuzzer's input, read a byte at a time; past its end every byte is zero.
 #[derive(Clone, Debug)]
 pub struct Bytes<'a> {
@@ -576,12 +604,7 @@ impl Harness {
             }
             Action::Deliver { link, count } => {
                 // One of the links with frames on it (so that most steps move).
-                let busy: Vec<(usize, bool)> = self
-                    .links
-                    .iter()
-                    .filter(|(_, q)| !q.is_empty())
-                    .map(|(k, _)| *k)
-                    .collect();
+                let busy = self.busy_links();
                 if !busy.is_empty() {
                     let (e, backwards) = busy[usize::from(link) % busy.len()];
                     self.deliver(e, backwards, usize::from(count))?;
@@ -1127,6 +1150,15 @@ impl Harness {
         Err(self.violation(format!("never settled: {}", busy.join(", "))))
     }
 
+    /// The links with frames on them: (edge index, backwards).
+    fn busy_links(&self) -> Vec<(usize, bool)> {
+        self.links
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// Delivers every frame (each node's writes made durable as it goes) until
     /// nothing moves.
     fn pump(&mut self) -> Result<(), Violation> {
@@ -1134,12 +1166,7 @@ impl Harness {
             for i in 0..self.slots.len() {
                 self.persist(i, true)?;
             }
-            let busy: Vec<(usize, bool)> = self
-                .links
-                .iter()
-                .filter(|(_, q)| !q.is_empty())
-                .map(|(k, _)| *k)
-                .collect();
+            let busy = self.busy_links();
             if busy.is_empty() {
                 return self.check();
             }
