@@ -94,16 +94,7 @@ impl Client {
     fn send_attempt(&mut self, engine: &mut Engine, metrics: &Metrics, mut w: Waiter, t: Time) {
         let route = match w.options.route.take() {
             Some(r) => Some(r),
-            None => engine
-                .quote(
-                    &w.server,
-                    (w.body.len() as u64).saturating_add(w.options.response_limit),
-                    w.options.max_rtt_ms,
-                    1,
-                )
-                .into_iter()
-                .next()
-                .map(|q| q.route),
+            None => pick_route(engine, &w),
         };
         let Some(route) = route else {
             let err = NodeError::NoRoute {
@@ -253,4 +244,32 @@ impl Client {
             _ => {}
         }
     }
+}
+
+/// How many routes a request looks through for one whose first hop is connected.
+const ROUTE_CHOICES: usize = 4;
+
+/// The cheapest route for `w` whose first hop is connected now; else the cheapest
+/// (its request waits for the reconnection, its deadline running). A request held for
+/// a reconnection reaches its downstream late, which answers late by our clock
+/// without knowing it: the shortfall in late fees would count against an honest edge.
+fn pick_route(engine: &Engine, w: &Waiter) -> Option<Route> {
+    let bytes = (w.body.len() as u64).saturating_add(w.options.response_limit);
+    let first_ready = |r: &Route| r.channels.first().is_some_and(|c| engine.channel_ready(*c));
+    let cheapest = engine
+        .quote(&w.server, bytes, w.options.max_rtt_ms, 1)
+        .into_iter()
+        .next()?
+        .route;
+    if first_ready(&cheapest) {
+        return Some(cheapest);
+    }
+    Some(
+        engine
+            .quote(&w.server, bytes, w.options.max_rtt_ms, ROUTE_CHOICES)
+            .into_iter()
+            .map(|q| q.route)
+            .find(|r| first_ready(r))
+            .unwrap_or(cheapest),
+    )
 }

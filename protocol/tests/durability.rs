@@ -3,7 +3,7 @@
 
 use por_protocol::messages::Message;
 use por_protocol::testing::{Network, TestNode};
-use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, Route};
+use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, Route, SeverReason};
 use por_protocol::{Amount, Engine, EngineConfig, Event, Keypair, Time};
 
 fn setup() -> (Vec<Keypair>, Vec<EdgeInfo>) {
@@ -437,4 +437,32 @@ fn a_late_response_keeps_only_its_fee_for_retransmission_and_both_arrive_after_r
     assert_eq!(got.cumulative, paid.cumulative, "the fee arrived, once");
     assert!(paid.cumulative > Amount::ZERO);
     assert!(paid.unacked.is_empty(), "and was acknowledged");
+}
+
+#[test]
+fn a_channel_is_ready_while_connected_and_again_once_reestablished() {
+    let (_keys, mut h) = network();
+    let (b, c) = (h.id(1), h.id(2));
+    assert!(h.nodes[1].engine.channel_ready(ChannelId(2)));
+    assert!(!h.nodes[1].engine.channel_ready(ChannelId(99)), "not ours");
+    h.nodes[1].engine.peer_disconnected(c, Time(10));
+    h.nodes[2].engine.peer_disconnected(b, Time(10));
+    assert!(!h.nodes[1].engine.channel_ready(ChannelId(2)));
+    assert!(
+        h.nodes[1].engine.channel_ready(ChannelId(1)),
+        "the other edge"
+    );
+    h.nodes[1].engine.peer_connected(c, Time(11));
+    h.nodes[2].engine.peer_connected(b, Time(11));
+    assert!(
+        !h.nodes[1].engine.channel_ready(ChannelId(2)),
+        "connected, not yet reestablished"
+    );
+    pump(&mut h, Time(11), false);
+    assert!(h.nodes[1].engine.channel_ready(ChannelId(2)));
+    h.nodes[1]
+        .engine
+        .sever(ChannelId(2), SeverReason::Operator, Time(12))
+        .unwrap();
+    assert!(!h.nodes[1].engine.channel_ready(ChannelId(2)), "severed");
 }

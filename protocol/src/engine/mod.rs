@@ -209,6 +209,18 @@ impl Engine {
         self.requests.len()
     }
 
+    /// Whether frames for our channel `channel` leave at once: its peer is connected
+    /// and has reestablished the channel. A request sent over a channel that is not
+    /// ready waits for the reconnection, and its deadline runs meanwhile: a client
+    /// prefers a route whose first hop is ready (its downstream could not know of
+    /// the wait, and would answer late by our clock). False for a channel we do not
+    /// hold or that is severed.
+    pub fn channel_ready(&self, channel: ChannelId) -> bool {
+        self.channels
+            .get(&channel)
+            .is_some_and(|c| c.ready && c.rec.severed.is_none())
+    }
+
     /// Up to `k` priced routes to `server` for `bytes` carried (request body plus
     /// response limit) whose round trip fits `max_rtt_ms`, cheapest first.
     pub fn quote(&self, server: &NodeId, bytes: u64, max_rtt_ms: u64, k: usize) -> Vec<Quote> {
