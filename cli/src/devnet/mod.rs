@@ -38,6 +38,12 @@ const DEPOSIT_NEAR: u128 = 10;
 const NODE_PORT: u16 = 7000;
 /// The control endpoint every node serves on its namespace's loopback.
 const CONTROL_IN_NETNS: &str = "127.0.0.1:7100";
+/// The late-fee tolerance of hosts joined by emulated internet links, unless the
+/// scenario sets one: past TCP's 200 ms minimum retransmission timeout, so that one
+/// lost packet's retransmission (a request the downstream received late, and so
+/// answered late by its own clock) is not counted as late fees it withheld, which the
+/// §5.4 heuristic would sever an honest edge for.
+const EMULATED_FEE_TOLERANCE_MS: &str = "250";
 
 /// `por devnet` subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -763,7 +769,7 @@ async fn build(st: &mut State, plan: &Plan) -> Result<()> {
         } else {
             (format!("{}:0", hnet.ip), "127.0.0.1:0".to_string())
         };
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--log-format",
             "json",
             "node",
@@ -791,6 +797,12 @@ async fn build(st: &mut State, plan: &Plan) -> Result<()> {
         .map(|s| s.to_string())
         .chain(extra.iter().cloned())
         .collect();
+        if st.net.emulated && !extra.iter().any(|f| f == "--fee-tolerance-ms") {
+            args.extend([
+                "--fee-tolerance-ms".into(),
+                EMULATED_FEE_TOLERANCE_MS.into(),
+            ]);
+        }
         let node = Daemon::start(
             args,
             hnet.netns.clone(),
