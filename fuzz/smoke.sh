@@ -11,12 +11,12 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 secs=${POR_FUZZ_SECONDS:-20}
-# The targets that need the node (settings, files_decode) build the node and its
+# The targets that need the node (settings, files_decode, wal) build the node and its
 # embedded chain: POR_FUZZ_FEATURES=node adds them.
 features=${POR_FUZZ_FEATURES:-}
-targets="frame_decoder message signed engine_peer scenario consistency"
+targets="frame_decoder message signed engine_peer scenario consistency contract"
 if [ "$features" = node ]; then
-  targets="$targets settings files_decode"
+  targets="$targets settings files_decode wal"
 fi
 cargo +nightly fuzz build -O ${features:+--features "$features"}
 for target in $targets; do
