@@ -476,7 +476,7 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => {
                 // NEAR reverts a refused call: start again and replay what succeeded.
                 // The old contract goes first: dropping it flushes its collections.
-                c = None;
+                drop(c.take());
                 env(0, true);
                 let mut fresh = PorContract::new(config());
                 let mut again = Model::default();

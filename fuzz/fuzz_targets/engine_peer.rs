@@ -8,29 +8,14 @@
 use libfuzzer_sys::fuzz_target;
 use por_protocol::engine::Event;
 use por_protocol::messages::encode_frame;
-use por_protocol::testing::Network;
-use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, RequestId, Route};
+use por_protocol::testing::{test_edge, Network};
+use por_protocol::types::{ChannelId, RequestId, Route};
 use por_protocol::{Amount, EngineConfig, Keypair, Time};
 
 fuzz_target!(|data: &[u8]| {
     let keys = [Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32])];
+    let edge = test_edge(1, &keys[0], &keys[1]);
     let (a, b) = (keys[0].id(), keys[1].id());
-    let edge = EdgeInfo {
-        id: ChannelId(1),
-        a,
-        b,
-        terms: EdgeTerms {
-            latency_ms: 10,
-            base_cost: Amount(100),
-            byte_cost: Amount(1),
-            sync_interval_ms: 100,
-            sync_phase_ms: 0,
-            max_late_fee_rate: Amount(10),
-            bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
-        },
-        deposit_a: Amount(1_000_000),
-        deposit_b: Amount(1_000_000),
-    };
     let configs = [EngineConfig::default(), EngineConfig::default()];
     let mut net = Network::new(keys.into_iter().zip(configs), vec![edge], Time::ZERO);
     let route = Route {

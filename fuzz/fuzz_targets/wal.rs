@@ -29,8 +29,8 @@ use libfuzzer_sys::fuzz_target;
 use por_node::db::NodeDb;
 use por_protocol::config::SeverPolicy;
 use por_protocol::store::{Store, Write};
-use por_protocol::testing::Network;
-use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, Route};
+use por_protocol::testing::{test_edge, Network};
+use por_protocol::types::{ChannelId, Route};
 use por_protocol::{Amount, EngineConfig, Event, Keypair, Time};
 
 /// The relay's write batches of an honest exchange, in commit order.
@@ -38,26 +38,10 @@ fn batches() -> &'static Vec<Vec<Write>> {
     static BATCHES: OnceLock<Vec<Vec<Write>>> = OnceLock::new();
     BATCHES.get_or_init(|| {
         let keys: Vec<Keypair> = (1u8..=3).map(|i| Keypair::from_seed([i; 32])).collect();
-        let terms = EdgeTerms {
-            latency_ms: 10,
-            base_cost: Amount(100),
-            byte_cost: Amount(1),
-            sync_interval_ms: 100,
-            sync_phase_ms: 0,
-            max_late_fee_rate: Amount(10),
-            bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
-        };
-        let edges: Vec<EdgeInfo> = [(1, 0, 1), (2, 1, 2)]
-            .iter()
-            .map(|&(id, a, b)| EdgeInfo {
-                id: ChannelId(id),
-                a: keys[a].id(),
-                b: keys[b].id(),
-                terms: terms.clone(),
-                deposit_a: Amount(1_000_000),
-                deposit_b: Amount(1_000_000),
-            })
-            .collect();
+        let edges = vec![
+            test_edge(1, &keys[0], &keys[1]),
+            test_edge(2, &keys[1], &keys[2]),
+        ];
         // Unanswered requests stay in flight (nobody severs for them).
         let config = EngineConfig {
             sever_policy: SeverPolicy::Never,

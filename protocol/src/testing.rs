@@ -10,6 +10,7 @@
 
 pub mod consistency;
 
+use crate::amount::Amount;
 use crate::channel::ChannelRecord;
 use crate::config::EngineConfig;
 use crate::crypto::{Deployment, Keypair, NodeId};
@@ -19,7 +20,29 @@ use crate::messages::Message;
 use crate::store::{Store, StoreError};
 use crate::time::Time;
 use crate::topology::Topology;
-use crate::types::{ChannelId, EdgeInfo};
+use crate::types::{ChannelId, EdgeInfo, EdgeTerms};
+
+/// The edge `id` between `a` and `b` that tests and fuzzers use when its terms do not
+/// matter: 10 ms, a base cost of 100 and 1 per byte, syncs every 100 ms, late fees up
+/// to 10 per ms, and 1,000,000 deposited on each side.
+pub fn test_edge(id: u64, a: &Keypair, b: &Keypair) -> EdgeInfo {
+    EdgeInfo {
+        id: ChannelId(id),
+        a: a.id(),
+        b: b.id(),
+        terms: EdgeTerms {
+            latency_ms: 10,
+            base_cost: Amount(100),
+            byte_cost: Amount(1),
+            sync_interval_ms: 100,
+            sync_phase_ms: 0,
+            max_late_fee_rate: Amount(10),
+            bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
+        },
+        deposit_a: Amount(1_000_000),
+        deposit_b: Amount(1_000_000),
+    }
+}
 
 /// One engine and its durable store.
 #[derive(Debug)]

@@ -5,28 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use por_protocol::messages::{decode_frame, encode_frame, Message};
-use por_protocol::testing::Network;
-use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, Route};
+use por_protocol::testing::{test_edge as edge, Network};
+use por_protocol::types::{ChannelId, Route};
 use por_protocol::{wire, Amount, EngineConfig, Keypair, Time};
-
-fn edge(id: u64, a: &Keypair, b: &Keypair) -> EdgeInfo {
-    EdgeInfo {
-        id: ChannelId(id),
-        a: a.id(),
-        b: b.id(),
-        terms: EdgeTerms {
-            latency_ms: 10,
-            base_cost: Amount(100),
-            byte_cost: Amount(1),
-            sync_interval_ms: 100,
-            sync_phase_ms: 0,
-            max_late_fee_rate: Amount(10),
-            bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
-        },
-        deposit_a: Amount(1_000_000),
-        deposit_b: Amount(1_000_000),
-    }
-}
 
 /// Delivers every frame until quiet, returning them all.
 fn exchange(net: &mut Network, now: Time) -> Vec<Message> {
