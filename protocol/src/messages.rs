@@ -51,6 +51,42 @@ pub struct Echo {
     pub held_ms: u64,
 }
 
+/// The lane a message travels on between two neighbours (a transport stream).
+///
+/// Frames on one lane arrive in the order they were sent; frames on different lanes
+/// may overtake each other. Every message whose order matters to the receiver goes on
+/// [`Lane::Control`]: each direction of a channel is one chain of signed updates that
+/// the receiver takes strictly in sequence (payments, refunds and late fees), a
+/// `Reestablish` opens a connection, and a proof or fee-less sync carries nothing a
+/// body could delay. Only a fee-less [`Message::Response`] of at least
+/// [`BULK_BODY`] bytes of body goes on [`Lane::Bulk`]: it carries no update, answers
+/// exactly one request, and its late fee, if any, travels ahead of it on the control
+/// lane as a [`Message::LateFee`]. So a MiB response never holds back an ack, a sync,
+/// a small response or the next request. (A large *request* body stays on the control
+/// lane: its payment is one link of the update chain, and the updates after it could
+/// not be taken before it anyway.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// Ordered traffic: every update, every control message, small bodies. Sent first.
+    Control,
+    /// Large fee-less response bodies, interleaved behind the control lane.
+    Bulk,
+}
+
+impl Lane {
+    /// The transport stream number of this lane.
+    pub fn stream(self) -> u32 {
+        match self {
+            Lane::Control => 0,
+            Lane::Bulk => 1,
+        }
+    }
+}
+
+/// Response bodies at least this long travel on [`Lane::Bulk`] (and a late one pays
+/// its final fee in a separate [`Message::LateFee`] ahead of it).
+pub const BULK_BODY: usize = 16 * 1024;
+
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -243,11 +279,21 @@ impl Message {
         }
     }
 
+    /// The lane this message travels on (see [`Lane`]).
+    pub fn lane(&self) -> Lane {
+        match self {
+            Message::Response {
+                fee: None, body, ..
+            } if body.len() >= BULK_BODY => Lane::Bulk,
+            _ => Lane::Control,
+        }
+    }
+
     /// Whether this message carries a signed channel update (and so is retransmitted
     /// from the channel's unacknowledged set after a reconnect).
     pub fn carries_update(&self) -> bool {
         match self {
-            Message::Request(_) | Message::Reject { .. } => true,
+            Message::Request(_) | Message::Reject { .. } | Message::LateFee { .. } => true,
             Message::Response { fee, .. }
             | Message::Proof { fee, .. }
             | Message::Sync { fee, .. } => fee.is_some(),

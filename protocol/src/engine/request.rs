@@ -12,7 +12,7 @@ use crate::amount::Amount;
 use crate::crypto::{self, Hash, NodeId};
 use crate::error::ProtocolError;
 use crate::merkle::MerkleProof;
-use crate::messages::{Message, RejectReason, RequestMsg};
+use crate::messages::{Message, RejectReason, RequestMsg, BULK_BODY};
 use crate::pending::{Downstream, Pending, Resolution, Upstream};
 use crate::time::Time;
 use crate::types::{
@@ -619,6 +619,26 @@ impl Engine {
         let message = self.with_fees(channel, &[id], now, make)?;
         self.remember_closing(channel, id, &message, now);
         self.write_pending(id);
+        // A large response goes on the bulk lane, which must carry no update: its
+        // final fee goes ahead of it on the control lane, as the `LateFee` it is kept
+        // as for retransmission anyway (see `Lane`).
+        let message = match message {
+            Message::Response {
+                request,
+                response,
+                body,
+                fee: Some(fee),
+            } if body.len() >= BULK_BODY => {
+                self.send(peer, Message::LateFee { channel, fee });
+                Message::Response {
+                    request,
+                    response,
+                    body,
+                    fee: None,
+                }
+            }
+            other => other,
+        };
         self.send(peer, message);
         self.finish_if_done(id);
         Ok(())
