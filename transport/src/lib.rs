@@ -5,9 +5,12 @@
 //! peer. Three interchangeable implementations:
 //!
 //! - [`tcp`]: tokio + TLS 1.3 (tokio-rustls), one connection per neighbour, frames
-//!   `len | stream | payload` multiplexed over it;
+//!   `len | stream | payload` multiplexed over it, large ones cut into chunks that
+//!   interleave between lanes ([`sched`]: control lane first, a fair share for the
+//!   rest, a bound on what a peer may leave half-sent);
 //! - [`quic`]: quinn + rustls, one QUIC unidirectional stream per lane, so a slow or
-//!   large frame on one lane does not hold back others;
+//!   large frame on one lane does not hold back others (lane 0 at a higher priority;
+//!   stream and connection windows configured);
 //! - [`mem`]: in-process channels, for tests.
 //!
 //! [`shaped::Shaped`] wraps any connection and delays every frame it sends by a fixed
@@ -18,7 +21,8 @@
 //! [`TransportError::WrongIdentity`], and [`Connection::peer`] is the verified identity.
 //!
 //! Guarantees every implementation passes in `tests/conformance.rs`: frames arrive
-//! intact and in order per stream up to [`TransportConfig::max_frame_len`]; oversized
+//! intact and in order per stream up to [`TransportConfig::max_frame_len`]; a long
+//! burst on one lane does not hold back frames on another; oversized
 //! frames are refused; a disconnect is seen by both sides; idle, half-open and
 //! slowloris peers are cut off by timeouts with bounded memory; queues are bounded.
 //!
@@ -35,6 +39,7 @@ use por_protocol::NodeId;
 pub mod frame;
 pub mod mem;
 pub mod quic;
+pub mod sched;
 pub mod shaped;
 pub mod tcp;
 pub mod tls;
@@ -78,6 +83,15 @@ pub enum TransportError {
         /// The limit.
         max: usize,
     },
+    /// A peer left more bytes of frames half-sent (on TCP, chunks of frames not yet
+    /// complete, summed over lanes) than [`TransportConfig::max_partial_bytes`].
+    #[error("{bytes} bytes of half-sent frames exceed the {max}-byte bound")]
+    HalfSent {
+        /// Bytes held.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
     /// A stream (lane) number at or above [`MAX_STREAMS`].
     #[error("stream {0} is out of range (max {MAX_STREAMS})")]
     BadStream(u32),
@@ -117,6 +131,17 @@ pub struct TransportConfig {
     pub queue_bytes: usize,
     /// Inbound handshakes in progress at once; more connections are dropped at once.
     pub max_handshakes: usize,
+    /// TCP: bytes of frames a peer may leave half-sent (started on one lane, not yet
+    /// finished, while other lanes' chunks interleave), summed over lanes. Senders keep
+    /// their own half-sent frames within their own setting, so both ends should agree
+    /// (as on `max_frame_len`). At least `max_frame_len`.
+    pub max_partial_bytes: usize,
+    /// QUIC: bytes a peer may send on one lane ahead of our reading it (the stream
+    /// receive window). At least `max_frame_len` plus a header.
+    pub stream_window: usize,
+    /// QUIC: bytes a peer may send on all lanes together ahead of our reading them
+    /// (the connection receive window).
+    pub connection_window: usize,
 }
 
 impl Default for TransportConfig {
@@ -129,6 +154,9 @@ impl Default for TransportConfig {
             keep_alive: Duration::from_secs(5),
             queue_bytes: 8 * 1024 * 1024,
             max_handshakes: 256,
+            max_partial_bytes: 8 * 1024 * 1024,
+            stream_window: 2 * (por_protocol::wire::MAX_FRAME_LEN + frame::HEADER_LEN),
+            connection_window: 8 * 1024 * 1024,
         }
     }
 }

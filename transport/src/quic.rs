@@ -1,6 +1,8 @@
 //! QUIC (quinn + rustls): one connection per neighbour, one unidirectional QUIC stream
 //! per lane. Frames on a lane arrive in order; lanes do not block each other, so a
-//! large or slow frame on one lane leaves the others flowing.
+//! large or slow frame on one lane leaves the others flowing. Lane 0 (control) is sent
+//! at a higher priority than the others, which share what is left round robin; each
+//! lane's and the connection's receive windows are bounded by the configuration.
 //!
 //! `recv` polls every inbound lane itself, round robin (no reader tasks, no queue):
 //! bytes are read only while the application asks for frames, so a slow application
@@ -63,13 +65,20 @@ fn quic_transport_config(
     t.keep_alive_interval(Some(cfg.keep_alive));
     t.max_concurrent_uni_streams(MAX_STREAMS.into());
     t.max_concurrent_bidi_streams(0u32.into());
-    let window = u32::try_from(
-        cfg.max_frame_len
-            .saturating_add(frame::HEADER_LEN)
-            .saturating_mul(2),
-    )
-    .unwrap_or(u32::MAX);
-    t.stream_receive_window(window.into());
+    // A lane may run a frame and a bit ahead of the reader; all lanes together, the
+    // connection window (so many lanes cannot multiply what a peer may push at us).
+    let frame = cfg.max_frame_len.saturating_add(frame::HEADER_LEN);
+    let stream = cfg.stream_window.max(frame);
+    let conn = cfg.connection_window.max(stream);
+    let varint = |n: usize| {
+        quinn::VarInt::from_u64(n as u64)
+            .map_err(|_| TransportError::Tls(format!("window of {n} bytes out of range")))
+    };
+    t.stream_receive_window(varint(stream)?);
+    t.receive_window(varint(conn)?);
+    // What we send ahead of acknowledgement, across lanes: the peer's windows bound it
+    // too, this keeps our own buffers at the same size.
+    t.send_window(conn as u64);
     Ok(Arc::new(t))
 }
 
@@ -431,6 +440,11 @@ impl QuicConnection {
             .conn
             .open_uni()
             .await
+            .map_err(|_| TransportError::Closed)?;
+        // Control first: quinn sends a higher-priority stream's data before any other's.
+        let priority = if stream == 0 { 1 } else { 0 };
+        opened
+            .set_priority(priority)
             .map_err(|_| TransportError::Closed)?;
         let mut lanes = self.lanes.lock().map_err(|_| TransportError::Closed)?;
         // Another sender may have opened the lane meanwhile: use theirs (ours stays unused

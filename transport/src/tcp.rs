@@ -1,8 +1,15 @@
 //! TCP with TLS 1.3: one connection per neighbour, frames `len | stream | payload`.
 //!
-//! Sends write straight to the socket under a lock (no queue: a slow peer pushes back
-//! through TCP flow control); receives read straight from it through a
-//! [`FrameDecoder`]. Inbound handshakes run in their own tasks, at most
+//! Lanes share the one byte stream by interleaving: a writer task per connection
+//! takes what senders queued through a [`Scheduler`] (control lane first, the others
+//! round robin, large frames cut into chunks), so a MiB frame on one lane holds a
+//! frame on another back by at most one chunk. A send completes once its frames are
+//! written; senders wait meanwhile, so what is queued is bounded by what they hold
+//! (a slow peer pushes back through TCP flow control). The socket's unsent queue is
+//! kept short (`TCP_NOTSENT_LOWAT`), so the kernel does not hold megabytes of bulk
+//! chunks ahead of a control frame either. Receives read straight from the socket
+//! through a [`FrameDecoder`] and a [`Reassembler`], which bounds the bytes a peer
+//! may leave half-sent. Inbound handshakes run in their own tasks, at most
 //! `max_handshakes` at once and each within `handshake_timeout`, so a slowloris peer
 //! holds one small task for a bounded time and cannot block the accept loop.
 
@@ -14,19 +21,35 @@ use por_protocol::{Keypair, NodeId};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::frame::{self, FrameDecoder};
+use crate::frame::FrameDecoder;
+use crate::sched::{Reassembler, Scheduler};
 use crate::tls::{self, Identity};
-use crate::{check_stream, Connection, Listener, Transport, TransportConfig, TransportError};
+use crate::{Connection, Listener, Transport, TransportConfig, TransportError};
 
 /// Room made for each read.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Most bytes the writer hands TLS at once (then it looks at the queues again).
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Unsent bytes the kernel may hold before the socket stops taking more: a control
+/// frame queued now waits behind at most this much on our side of the wire.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Keeps the kernel's unsent queue short (see [`NOTSENT_LOWAT`]). Best effort: a
+/// kernel without the option still works, with more bulk ahead of control.
+fn short_send_queue(sock: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(sock).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        debug!(error = %e, "TCP_NOTSENT_LOWAT not available");
+    }
+}
 
 /// The TCP transport of one node.
 #[derive(Clone)]
@@ -98,6 +121,7 @@ impl Transport for TcpTransport {
                     detail: e.to_string(),
                 })?;
             sock.set_nodelay(true)?;
+            short_send_queue(&sock);
             connector
                 .connect(name, sock)
                 .await
@@ -141,6 +165,7 @@ async fn accept_loop(
             if stream.set_nodelay(true).is_err() {
                 return;
             }
+            short_send_queue(&stream);
             let done = timeout(config.handshake_timeout, acceptor.accept(stream)).await;
             let tls = match done {
                 Ok(Ok(tls)) => tls,
@@ -197,12 +222,30 @@ impl Listener for TcpListener {
 
 type Stream = TlsStream<TcpStream>;
 
+/// What a sender learns once its frames are written (or the writer gave up).
+type Done = oneshot::Sender<()>;
+
+/// What senders share with the connection's writer task.
+#[derive(Debug)]
+struct Outbound {
+    queue: std::sync::Mutex<Scheduler<Done>>,
+    wake: Notify,
+}
+
+/// The reading half: the socket, its frame decoder and the chunks' reassembly.
+#[derive(Debug)]
+struct Inbound {
+    read: ReadHalf<Stream>,
+    dec: FrameDecoder,
+    parts: Reassembler<Instant>,
+}
+
 /// One authenticated TCP connection.
 #[derive(Debug)]
 pub struct TcpConnection {
     peer: NodeId,
-    reader: Mutex<(ReadHalf<Stream>, FrameDecoder)>,
-    writer: Arc<Mutex<WriteHalf<Stream>>>,
+    reader: Mutex<Inbound>,
+    out: Arc<Outbound>,
     config: Arc<TransportConfig>,
     closed: CancellationToken,
 }
@@ -210,30 +253,48 @@ pub struct TcpConnection {
 impl TcpConnection {
     fn new(stream: Stream, peer: NodeId, config: Arc<TransportConfig>) -> TcpConnection {
         let (r, w) = tokio::io::split(stream);
+        let out = Arc::new(Outbound {
+            queue: std::sync::Mutex::new(Scheduler::new(
+                config.max_frame_len,
+                config.max_partial_bytes,
+            )),
+            wake: Notify::new(),
+        });
+        let closed = CancellationToken::new();
+        tokio::spawn(write_loop(w, out.clone(), closed.clone(), config.clone()));
         TcpConnection {
             peer,
-            reader: Mutex::new((r, FrameDecoder::new(config.max_frame_len))),
-            writer: Arc::new(Mutex::new(w)),
+            reader: Mutex::new(Inbound {
+                read: r,
+                dec: FrameDecoder::new(config.max_frame_len),
+                parts: Reassembler::new(config.max_frame_len, config.max_partial_bytes),
+            }),
+            out,
             config,
-            closed: CancellationToken::new(),
+            closed,
         }
     }
 
     async fn read_frame(&self) -> Result<(u32, Bytes), TransportError> {
         let mut guard = self.reader.lock().await;
-        let (rd, dec) = &mut *guard;
+        let Inbound { read, dec, parts } = &mut *guard;
         loop {
-            if let Some(f) = dec.next_frame()? {
-                return Ok(f);
+            while let Some((word, payload)) = dec.next_frame()? {
+                if let Some(frame) = parts.push(word, payload, Instant::now())? {
+                    return Ok(frame);
+                }
             }
-            let (limit, what) = if dec.in_frame() {
-                (self.config.frame_timeout, "frame")
-            } else {
-                (self.config.idle_timeout, "idle")
+            // A frame under way, whole or in chunks, must complete within the frame
+            // timeout of its start; otherwise the peer must say something within the
+            // idle timeout.
+            let (deadline, what) = match parts.oldest() {
+                Some(t) => (t + self.config.frame_timeout, "frame"),
+                None if dec.in_frame() => (Instant::now() + self.config.frame_timeout, "frame"),
+                None => (Instant::now() + self.config.idle_timeout, "idle"),
             };
             let buf = dec.reserve(READ_CHUNK);
             let read = tokio::select! {
-                r = timeout(limit, rd.read_buf(buf)) => r,
+                r = tokio::time::timeout_at(deadline, read.read_buf(buf)) => r,
                 () = self.closed.cancelled() => return Err(TransportError::Closed),
             };
             match read {
@@ -245,6 +306,68 @@ impl TcpConnection {
             }
         }
     }
+}
+
+impl Drop for TcpConnection {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+/// The connection's writer: batches of chunks from the scheduler to the socket until
+/// the connection closes; then an orderly TLS close. A write that fails or stalls past
+/// the frame timeout closes the connection (every waiting sender then sees it closed).
+async fn write_loop(
+    mut w: WriteHalf<Stream>,
+    out: Arc<Outbound>,
+    closed: CancellationToken,
+    config: Arc<TransportConfig>,
+) {
+    loop {
+        let batch = match out.queue.lock() {
+            Ok(mut q) => q.next_batch(WRITE_BATCH),
+            Err(_) => break,
+        };
+        if batch.parts.is_empty() {
+            tokio::select! {
+                () = out.wake.notified() => continue,
+                () = closed.cancelled() => break,
+            }
+        }
+        let write = async {
+            for part in &batch.parts {
+                w.write_all(part).await?;
+            }
+            w.flush().await
+        };
+        let wrote = tokio::select! {
+            r = timeout(config.frame_timeout, write) => r,
+            () = closed.cancelled() => break,
+        };
+        match wrote {
+            Ok(Ok(())) => {
+                for done in batch.done {
+                    let _ = done.send(());
+                }
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "tcp write failed");
+                closed.cancel();
+                break;
+            }
+            Err(_) => {
+                debug!("tcp write stalled past the frame timeout");
+                closed.cancel();
+                break;
+            }
+        }
+    }
+    // Waiting senders see their completions dropped: the connection is closed.
+    if let Ok(mut q) = out.queue.lock() {
+        q.clear();
+    }
+    // Send close_notify so the peer sees an orderly end, then drop the socket.
+    let _ = timeout(std::time::Duration::from_secs(1), w.shutdown()).await;
 }
 
 fn is_disconnect(e: &std::io::Error) -> bool {
@@ -269,28 +392,25 @@ impl Connection for TcpConnection {
     }
 
     async fn send_all(&self, stream: u32, frames: Vec<Bytes>) -> Result<(), TransportError> {
-        check_stream(stream)?;
         if self.closed.is_cancelled() {
             return Err(TransportError::Closed);
         }
-        // Small frames are coalesced into one write; a large payload follows its
-        // header without being copied (TLS encrypts it straight from the frame).
-        let parts = frame::encode_parts(stream, frames, self.config.max_frame_len)?;
-        let mut w = self.writer.lock().await;
-        let write = async {
-            for part in &parts {
-                w.write_all(part).await?;
-            }
-            w.flush().await
-        };
-        match timeout(self.config.frame_timeout, write).await {
+        let (tx, rx) = oneshot::channel();
+        self.out
+            .queue
+            .lock()
+            .map_err(|_| TransportError::Closed)?
+            .push(stream, frames, tx)?;
+        self.out.wake.notify_one();
+        // Frames are written in the writer's own time, interleaved with other lanes';
+        // the frame timeout bounds how long they may wait for the peer.
+        match timeout(self.config.frame_timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(TransportError::Closed),
             Err(_) => {
                 self.close();
                 Err(TransportError::Timeout("frame"))
             }
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if is_disconnect(&e) => Err(TransportError::Closed),
-            Ok(Err(e)) => Err(TransportError::Io(e)),
         }
     }
 
@@ -303,17 +423,7 @@ impl Connection for TcpConnection {
     }
 
     fn close(&self) {
-        if self.closed.is_cancelled() {
-            return;
-        }
+        // The writer sees it, sends close_notify and drops the socket.
         self.closed.cancel();
-        let writer = self.writer.clone();
-        // Send close_notify so the peer sees an orderly end, then drop the socket.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let mut w = writer.lock().await;
-                let _ = timeout(std::time::Duration::from_secs(1), w.shutdown()).await;
-            });
-        }
     }
 }

@@ -27,6 +27,9 @@ fn config() -> TransportConfig {
         keep_alive: Duration::from_millis(200),
         queue_bytes: 4 * MAX,
         max_handshakes: 256,
+        max_partial_bytes: 4 * MAX,
+        stream_window: 2 * MAX,
+        connection_window: 8 * MAX,
     }
 }
 
@@ -560,6 +563,53 @@ async fn dialling_nothing_fails_with_a_typed_error<F: Fixture>(f: F) {
     );
 }
 
+/// Lanes: a long burst of maximal frames on lane 1 does not hold back small frames
+/// on lane 0 sent once it is under way; both lanes arrive intact and in order.
+async fn a_large_burst_does_not_hold_back_another_lane<F: Fixture>(f: F) {
+    const BULK: usize = 256;
+    const SMALL: usize = 10;
+    let (_t, _l, client, server) = pair(&f).await;
+    let client = Arc::new(client);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let c = client.clone();
+    let bulk = tokio::spawn(async move {
+        let frames: Vec<Bytes> = (0..BULK).map(|n| payload(1, n, MAX)).collect();
+        c.send_all(1, frames).await.unwrap();
+    });
+    let c = client.clone();
+    let small = tokio::spawn(async move {
+        started_rx.await.unwrap();
+        for n in 0..SMALL {
+            c.send(0, payload(0, n, 40)).await.unwrap();
+        }
+    });
+    let mut started = Some(started_tx);
+    let (mut next, mut order) = ([0usize; 2], Vec::new());
+    while next != [SMALL, BULK] {
+        let (stream, frame) = timeout(Duration::from_secs(20), server.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let n = next[stream as usize];
+        let len = if stream == 0 { 40 } else { MAX };
+        assert_eq!(frame, payload(stream, n, len), "stream {stream} frame {n}");
+        next[stream as usize] += 1;
+        order.push(stream);
+        if let Some(tx) = started.take() {
+            tx.send(()).unwrap();
+        }
+    }
+    bulk.await.unwrap();
+    small.await.unwrap();
+    let last_small = order.iter().rposition(|s| *s == 0).unwrap();
+    let bulk_after = order[last_small..].iter().filter(|s| **s == 1).count();
+    assert!(
+        bulk_after > 0,
+        "every small frame waited for the whole {BULK}-frame burst"
+    );
+    eprintln!("small frames all in with {bulk_after} of {BULK} bulk frames still to come");
+}
+
 macro_rules! suite {
     ($name:ident, $fixture:expr) => {
         mod $name {
@@ -568,6 +618,11 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn frames_arrive_intact_and_in_order_per_stream() {
                 super::frames_arrive_intact_and_in_order($fixture).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_large_burst_does_not_hold_back_another_lane() {
+                super::a_large_burst_does_not_hold_back_another_lane($fixture).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,3 +676,66 @@ macro_rules! suite {
 suite!(tcp, Tcp);
 suite!(quic, Quic);
 suite!(mem, Mem(MemNetwork::new()));
+
+/// A frame header as raw bytes.
+fn raw_header(len: usize, word: u32) -> Vec<u8> {
+    let mut h = (len as u32).to_be_bytes().to_vec();
+    h.extend_from_slice(&word.to_be_bytes());
+    h
+}
+
+/// TCP alone cuts frames into chunks (QUIC has a stream per lane, memory whole
+/// frames): a peer that leaves more than `max_partial_bytes` half-sent is dropped, and
+/// a chunked frame left unfinished hits the frame timeout even while whole frames on
+/// another lane arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_half_sent_frames_are_bounded_in_bytes_and_time() {
+    use por_transport::sched::MORE;
+    let (_t, mut listener, client, server) = pair(&Tcp).await;
+    let addr = listener.local_addr();
+    // Five lanes each start a maximal frame: one more than the 4 × MAX bound.
+    let mut bytes = Vec::new();
+    for lane in 1..=5u32 {
+        bytes.extend(raw_header(MAX, lane | MORE));
+        bytes.extend(vec![7u8; MAX]);
+    }
+    let _guard = Tcp
+        .raw_session(addr.clone(), key(3), key(1).id(), bytes)
+        .await;
+    let greedy = listener.accept().await.unwrap();
+    let err = timeout(Duration::from_secs(5), greedy.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::HalfSent { bytes, max } if bytes == 5 * MAX && max == 4 * MAX),
+        "{err}"
+    );
+    // A first chunk, then a whole frame on lane 0, then nothing.
+    let mut bytes = raw_header(100, 1 | MORE);
+    bytes.extend([1u8; 100]);
+    bytes.extend(raw_header(2, 0));
+    bytes.extend(b"hi");
+    let _guard = Tcp.raw_session(addr, key(4), key(1).id(), bytes).await;
+    let stalled = listener.accept().await.unwrap();
+    let t0 = Instant::now();
+    assert_eq!(
+        stalled.recv().await.unwrap(),
+        (0, Bytes::from_static(b"hi"))
+    );
+    let err = timeout(Duration::from_secs(5), stalled.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Timeout("frame")), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1400),
+        "the idle timeout, not the frame timeout"
+    );
+    // The honest connection is untouched.
+    client.send(0, Bytes::from_static(b"fine")).await.unwrap();
+    assert_eq!(
+        server.recv().await.unwrap(),
+        (0, Bytes::from_static(b"fine"))
+    );
+}
