@@ -107,7 +107,10 @@ pub(crate) async fn node_run(
             "this node misbehaves by configuration (testnets only)"
         );
     }
-    let b = b.event_log(cfg.event_log).limits(cfg.limits);
+    let b = b
+        .event_log(cfg.event_log)
+        .limits(cfg.limits)
+        .transport_config(cfg.transport_config.clone());
     let mut b = match serve_files {
         Some(dir) => b.handler(Misbehaving {
             inner: por_files::FilesHandler::new(por_files::Store::open(dir)?),

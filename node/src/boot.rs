@@ -119,7 +119,7 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         metrics.clone(),
         span.clone(),
     );
-    links.bound_queues(b.limits.queued_bytes_per_peer);
+    links.bound_queues(b.limits.queued_bytes_per_peer, b.limits.bulk_lanes);
     links.set_addresses(&snapshot);
     let chain_task = tokio::spawn(
         crate::follower::follow_chain(

@@ -96,6 +96,18 @@ pub struct Settings {
     /// dropped.
     #[cfg_attr(feature = "cli", arg(long, env = "POR_MAX_QUEUED_BYTES_PER_PEER"))]
     pub max_queued_bytes_per_peer: Option<usize>,
+    /// Lanes per peer that large responses spread over (besides the control lane).
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_BULK_LANES"))]
+    pub bulk_lanes: Option<u32>,
+    /// QUIC: bytes a peer may send on one lane ahead of our reading it.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_QUIC_STREAM_WINDOW"))]
+    pub quic_stream_window: Option<usize>,
+    /// QUIC: bytes a peer may send on all lanes together ahead of our reading them.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_QUIC_CONNECTION_WINDOW"))]
+    pub quic_connection_window: Option<usize>,
+    /// TCP: bytes of frames a peer may leave half-sent across its lanes.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_TCP_MAX_PARTIAL_BYTES"))]
+    pub tcp_max_partial_bytes: Option<usize>,
     /// Most connections open at once on each HTTP surface (control, metrics).
     #[cfg_attr(feature = "cli", arg(long, env = "POR_HTTP_MAX_CONNECTIONS"))]
     pub http_max_connections: Option<usize>,
@@ -211,6 +223,10 @@ impl Settings {
             max_in_flight_per_peer,
             max_in_flight_bytes_per_peer,
             max_queued_bytes_per_peer,
+            bulk_lanes,
+            quic_stream_window,
+            quic_connection_window,
+            tcp_max_partial_bytes,
             http_max_connections,
             http_header_timeout_ms,
             chain,
@@ -294,6 +310,31 @@ impl Settings {
         if let Some(m) = self.max_queued_bytes_per_peer {
             limits.queued_bytes_per_peer = m;
         }
+        if let Some(n) = self.bulk_lanes {
+            // Out of range is refused by `limits.check` below.
+            limits.bulk_lanes = n;
+        }
+        let mut transport_config = por_transport::TransportConfig::default();
+        let frame = transport_config.max_frame_len;
+        let at_least_a_frame = |key: &str, v: usize| {
+            if v < frame {
+                return Err(NodeError::Config {
+                    source_name: "settings".into(),
+                    key: key.into(),
+                    detail: format!("{v} bytes is less than one frame ({frame} bytes)"),
+                });
+            }
+            Ok(v)
+        };
+        if let Some(w) = self.quic_stream_window {
+            transport_config.stream_window = at_least_a_frame("quic_stream_window", w)?;
+        }
+        if let Some(w) = self.quic_connection_window {
+            transport_config.connection_window = at_least_a_frame("quic_connection_window", w)?;
+        }
+        if let Some(w) = self.tcp_max_partial_bytes {
+            transport_config.max_partial_bytes = at_least_a_frame("tcp_max_partial_bytes", w)?;
+        }
         if let Some(m) = self.http_max_connections {
             // Zero is refused by `limits.check` below, with the engine's bounds.
             limits.http.max_connections = m;
@@ -362,6 +403,7 @@ impl Settings {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms.unwrap_or(10_000)),
             event_log: self.event_log.unwrap_or(0),
             limits,
+            transport_config,
             misbehaviour: Misbehaviour {
                 answer: self.answer.unwrap_or(true),
                 answer_delay: Duration::from_millis(self.answer_delay_ms.unwrap_or(0)),
@@ -430,6 +472,8 @@ pub struct NodeConfig {
     pub event_log: usize,
     /// The node's bounds on what peers and HTTP clients can make it hold.
     pub limits: Limits,
+    /// Timeouts, frame bounds and lane windows of the transport.
+    pub transport_config: por_transport::TransportConfig,
     /// How the node's application misbehaves (testnets only; the engine's own
     /// misbehaviour is in `engine.misbehaviour`).
     pub misbehaviour: Misbehaviour,
@@ -560,6 +604,12 @@ sever_policy = "wait_syncs:3"
 # max_in_flight_per_peer = 20000
 # max_in_flight_bytes_per_peer = 268435456
 # max_queued_bytes_per_peer = 67108864
+# Lanes (transport streams) large responses spread over, besides the control lane,
+# and the windows a peer may fill on them (docs/protocol.md, "Lanes").
+# bulk_lanes = 4
+# quic_stream_window = 2228240
+# quic_connection_window = 8388608
+# tcp_max_partial_bytes = 8388608
 # http_max_connections = 256
 # http_header_timeout_ms = 5000
 

@@ -19,6 +19,11 @@ pub struct Limits {
     /// that lets more pile up is too slow and is dropped (the engine retransmits what
     /// matters when it reconnects).
     pub queued_bytes_per_peer: usize,
+    /// Transport lanes (streams) per peer that large responses spread over, each
+    /// with its own writer; the control lane comes on top. More let more large
+    /// responses progress side by side; each is a QUIC stream (or a TCP lane with a
+    /// half-sent frame) a peer must be able to hold.
+    pub bulk_lanes: u32,
     /// Each HTTP surface (control endpoint, metrics listener).
     pub http: HttpLimits,
 }
@@ -27,6 +32,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             queued_bytes_per_peer: 64 << 20,
+            bulk_lanes: 4,
             http: HttpLimits::default(),
         }
     }
@@ -49,6 +55,14 @@ impl Limits {
                      closings and {SLACK_FRAMES} frames): at least {need}",
                     self.queued_bytes_per_peer, engine.closing_retention_bytes
                 ),
+            });
+        }
+        let most = por_transport::MAX_STREAMS.saturating_sub(1);
+        if !(1..=most).contains(&self.bulk_lanes) {
+            return Err(NodeError::Config {
+                source_name: "settings".into(),
+                key: "bulk_lanes".into(),
+                detail: format!("{} is out of range: 1 to {most}", self.bulk_lanes),
             });
         }
         if self.http.max_connections == 0 {
@@ -76,5 +90,13 @@ mod tests {
         };
         let err = small.check(&engine).unwrap_err().to_string();
         assert!(err.contains("max_queued_bytes_per_peer"), "{err}");
+        for lanes in [0, por_transport::MAX_STREAMS] {
+            let bad = Limits {
+                bulk_lanes: lanes,
+                ..Limits::default()
+            };
+            let err = bad.check(&engine).unwrap_err().to_string();
+            assert!(err.contains("bulk_lanes"), "{err}");
+        }
     }
 }

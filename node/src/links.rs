@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use por_chain::Snapshot;
+use por_protocol::messages::Lane;
 use por_protocol::{Deployment, Engine, NodeId};
 use por_transport::shaped::Shaped;
 use por_transport::{AnyConnection, AnyListener, AnyTransport, Connection, Listener, Transport};
@@ -27,8 +28,11 @@ const WRITE_BURST: usize = 256;
 /// The most bytes of frames handed to the transport in one write (one larger frame
 /// goes alone).
 const WRITE_BURST_BYTES: usize = 256 * 1024;
-/// The stream all protocol frames use: one ordered stream per peer.
-const STREAM: u32 = 0;
+/// The control lane's stream: every frame whose order matters (see
+/// [`por_protocol::messages::Lane`]). Large responses go round robin on streams
+/// `1..=bulk_lanes`, each with its own writer, so they interleave with each other
+/// and never hold this one back.
+const CONTROL: u32 = 0;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What connection tasks tell the engine task.
@@ -66,13 +70,33 @@ pub(crate) struct Shared {
     span: Span,
     /// Most bytes of frames queued for one peer before it counts as too slow.
     max_queued_bytes: usize,
+    /// Lanes large responses spread over.
+    bulk_lanes: u32,
 }
 
-/// A connection's write queue, as the engine task fills it: the frames and the bytes
-/// of those its writer has not yet handed to the transport.
+/// A connection's write queues, as the engine task fills them: one per lane (the
+/// control lane first, then the bulk lanes), and the bytes of the frames their
+/// writers have not yet handed to the transport, all lanes together.
 pub(crate) struct Outbox {
-    tx: mpsc::Sender<Bytes>,
+    lanes: Vec<mpsc::Sender<Bytes>>,
     queued: Arc<AtomicUsize>,
+    /// The bulk lane the next large response goes on.
+    next_bulk: usize,
+}
+
+impl Outbox {
+    /// The queue of a frame on `lane`: control on its own, bulk round robin.
+    fn queue(&mut self, lane: Lane) -> Option<&mpsc::Sender<Bytes>> {
+        let i = match lane {
+            Lane::Control => 0,
+            Lane::Bulk => {
+                let bulk = self.lanes.len().saturating_sub(1).max(1);
+                self.next_bulk = (self.next_bulk + 1) % bulk;
+                1 + self.next_bulk
+            }
+        };
+        self.lanes.get(i).or_else(|| self.lanes.first())
+    }
 }
 
 /// The engine task's view of the connections.
@@ -89,10 +113,14 @@ enum Link {
 }
 
 impl Link {
-    async fn send_all(&self, frames: Vec<Bytes>) -> Result<(), por_transport::TransportError> {
+    async fn send_all(
+        &self,
+        stream: u32,
+        frames: Vec<Bytes>,
+    ) -> Result<(), por_transport::TransportError> {
         match self {
-            Link::Plain(c) => c.send_all(STREAM, frames).await,
-            Link::Shaped(c) => c.send_all(STREAM, frames).await,
+            Link::Plain(c) => c.send_all(stream, frames).await,
+            Link::Shaped(c) => c.send_all(stream, frames).await,
         }
     }
 
@@ -135,6 +163,7 @@ impl Links {
                 metrics,
                 span,
                 max_queued_bytes: crate::limits::Limits::default().queued_bytes_per_peer,
+                bulk_lanes: crate::limits::Limits::default().bulk_lanes,
             },
             current: HashMap::new(),
             dialing: HashMap::new(),
@@ -193,12 +222,14 @@ impl Links {
         }
     }
 
-    /// A connection came up; returns whether it replaced another.
-    /// Sets the bytes of frames one peer may have queued before it is dropped.
-    pub(crate) fn bound_queues(&mut self, max_queued_bytes: usize) {
+    /// Sets the bytes of frames one peer may have queued before it is dropped, and
+    /// the lanes large responses spread over.
+    pub(crate) fn bound_queues(&mut self, max_queued_bytes: usize, bulk_lanes: u32) {
         self.shared.max_queued_bytes = max_queued_bytes;
+        self.shared.bulk_lanes = bulk_lanes.max(1);
     }
 
+    /// A connection came up; returns whether it replaced another.
     pub(crate) fn up(&mut self, peer: NodeId, conn: u64, tx: Outbox) -> bool {
         self.shared.metrics.peers_connected.inc();
         self.current.insert(peer, (conn, tx)).is_some()
@@ -229,12 +260,12 @@ impl Links {
         }
     }
 
-    /// Queues a frame for `peer`. A peer that is not connected gets nothing (the engine
-    /// resends what matters after reconnection); one too slow to drain its queue (more
-    /// than `WRITE_QUEUE` frames or `max_queued_bytes` waiting) is dropped, and this
-    /// returns true: the engine must be told it is gone.
-    pub(crate) fn send(&mut self, peer: NodeId, frame: Bytes) -> bool {
-        let Some((_, out)) = self.current.get(&peer) else {
+    /// Queues a frame for `peer` on `lane`. A peer that is not connected gets nothing
+    /// (the engine resends what matters after reconnection); one too slow to drain its
+    /// queues (more than `WRITE_QUEUE` frames on a lane or `max_queued_bytes` waiting
+    /// on all) is dropped, and this returns true: the engine must be told it is gone.
+    pub(crate) fn send(&mut self, peer: NodeId, lane: Lane, frame: Bytes) -> bool {
+        let Some((_, out)) = self.current.get_mut(&peer) else {
             debug!(%peer, "not connected: frame dropped");
             return false;
         };
@@ -244,13 +275,15 @@ impl Links {
             warn!(
                 %peer,
                 queued,
-                frames = out.tx.max_capacity() - out.tx.capacity(),
                 max = self.shared.max_queued_bytes,
                 "peer is not draining its frames (bytes queued): dropping it"
             );
             true
         } else {
-            match out.tx.try_send(frame) {
+            let Some(tx) = out.queue(lane) else {
+                return false;
+            };
+            match tx.try_send(frame) {
                 Ok(()) => false,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(%peer, "peer is not draining its frames: dropping it");
@@ -433,11 +466,25 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
         )),
         None => Link::Plain(conn),
     });
-    let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let queued = Arc::new(AtomicUsize::new(0));
+    let lanes = 1 + shared.bulk_lanes as usize;
+    let mut senders = Vec::with_capacity(lanes);
+    let mut writers = Vec::with_capacity(lanes);
+    for stream in 0..lanes {
+        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        senders.push(tx);
+        let stream = u32::try_from(stream).unwrap_or(CONTROL);
+        writers.push(tokio::spawn(write_lane(
+            link.clone(),
+            stream,
+            rx,
+            queued.clone(),
+        )));
+    }
     let out = Outbox {
-        tx,
-        queued: queued.clone(),
+        lanes: senders,
+        queued,
+        next_bulk: 0,
     };
     if shared
         .events
@@ -452,39 +499,6 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
         link.close();
         return;
     }
-    let writer_link = link.clone();
-    let writer = tokio::spawn(async move {
-        // What is queued goes out in few writes (a TLS record and a syscall per
-        // burst of up to WRITE_BURST_BYTES rather than per frame).
-        let mut burst = Vec::with_capacity(WRITE_BURST);
-        'writing: while rx.recv_many(&mut burst, WRITE_BURST).await > 0 {
-            // In writes of at most WRITE_BURST_BYTES (or one larger frame): the
-            // transport copies a write into one buffer, and a burst of MiB responses
-            // would otherwise be copied whole.
-            let mut group = Vec::new();
-            let mut bytes = 0;
-            // The queue's bytes count until the transport has taken them.
-            for frame in burst.drain(..) {
-                if !group.is_empty() && bytes + frame.len() > WRITE_BURST_BYTES {
-                    if let Err(e) = writer_link.send_all(std::mem::take(&mut group)).await {
-                        debug!("send failed: {e}");
-                        break 'writing;
-                    }
-                    queued.fetch_sub(bytes, Ordering::Relaxed);
-                    bytes = 0;
-                }
-                bytes += frame.len();
-                group.push(frame);
-            }
-            if let Err(e) = writer_link.send_all(group).await {
-                debug!("send failed: {e}");
-                break;
-            }
-            queued.fetch_sub(bytes, Ordering::Relaxed);
-        }
-        // The engine task dropped us, or the connection failed.
-        writer_link.close();
-    });
     let moved = async {
         match dialled {
             Some(addr) => moved(&shared, peer, addr).await,
@@ -526,9 +540,50 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
             }
         }
     }
-    writer.abort();
+    for w in writers {
+        w.abort();
+    }
     link.close();
     let _ = shared.events.send(LinkEvent::Down { peer, conn: id }).await;
+}
+
+/// One lane's writer: what the engine task queued on it goes out in few writes (a
+/// TLS record and a syscall per burst of up to `WRITE_BURST_BYTES` rather than per
+/// frame), while the other lanes' writers run beside it.
+async fn write_lane(
+    link: Arc<Link>,
+    stream: u32,
+    mut rx: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+) {
+    let mut burst = Vec::with_capacity(WRITE_BURST);
+    'writing: while rx.recv_many(&mut burst, WRITE_BURST).await > 0 {
+        // In writes of at most WRITE_BURST_BYTES (or one larger frame): the transport
+        // copies a write into one buffer, and a burst of MiB responses would
+        // otherwise be copied whole.
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        // The queue's bytes count until the transport has taken them.
+        for frame in burst.drain(..) {
+            if !group.is_empty() && bytes + frame.len() > WRITE_BURST_BYTES {
+                if let Err(e) = link.send_all(stream, std::mem::take(&mut group)).await {
+                    debug!(stream, "send failed: {e}");
+                    break 'writing;
+                }
+                queued.fetch_sub(bytes, Ordering::Relaxed);
+                bytes = 0;
+            }
+            bytes += frame.len();
+            group.push(frame);
+        }
+        if let Err(e) = link.send_all(stream, group).await {
+            debug!(stream, "send failed: {e}");
+            break;
+        }
+        queued.fetch_sub(bytes, Ordering::Relaxed);
+    }
+    // The engine task dropped us, or the connection failed.
+    link.close();
 }
 
 #[cfg(test)]

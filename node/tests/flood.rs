@@ -49,6 +49,7 @@ async fn stream_closed(stream: &mut TcpStream, limit: Duration) -> bool {
 async fn a_flooded_node_refuses_past_every_bound_and_keeps_serving_its_honest_neighbour() {
     let limits = Limits {
         queued_bytes_per_peer: QUEUED,
+        bulk_lanes: 4,
         http: HttpLimits {
             max_connections: 16,
             header_timeout: Duration::from_millis(800),
