@@ -273,7 +273,10 @@ impl Pump {
             match messages::encode_frame(&tx.message) {
                 Ok(frame) => {
                     self.metrics.frames_out.inc();
-                    if self.links.send(tx.to, tx.message.lane(), Bytes::from(frame)) {
+                    if self
+                        .links
+                        .send(tx.to, tx.message.lane(), Bytes::from(frame))
+                    {
                         self.engine.peer_disconnected(tx.to, now());
                     }
                 }
