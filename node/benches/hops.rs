@@ -9,31 +9,23 @@
 //! `POR_BENCH_COMMIT_MS` sets the nodes' busy commit interval (default 2).
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
-use por_chain::{AnyChain, Chain, LocalClient};
-use por_node::{handler_fn, NodeBuilder, NodeHandle, Outcome, RequestOptions};
-use por_protocol::types::EdgeTerms;
-use por_protocol::{Amount, EngineConfig, Keypair, SeverPolicy};
+use por_node::{handler_fn, Outcome, RequestOptions, TransportKind};
+use por_protocol::Keypair;
 use por_transport::tcp::TcpTransport;
 use por_transport::{Connection, Listener, Transport, TransportConfig};
+
+mod common;
+use common::env;
 
 /// mimalloc: the node allocates and frees a frame, a write and a few small records per
 /// request on several threads; glibc's allocator cost about a sixth of the CPU.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn summary(name: &str, n: usize, elapsed: Duration, mut lat: Vec<Duration>) -> (f64, f64) {
     lat.sort();
@@ -48,82 +40,11 @@ fn summary(name: &str, n: usize, elapsed: Duration, mut lat: Vec<Duration>) -> (
 }
 
 async fn por_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
-    let dir = std::env::temp_dir().join(format!("por-bench-hops-{}-{hops}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ws = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = std::fs::read(por_chain::wasm::build_contract(&ws).unwrap()).unwrap();
-    let mut local =
-        LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall).unwrap();
-    let mut cfg = dev_config();
-    cfg["min_deposit"] = "1".into();
-    local.ensure_initialised(cfg).unwrap();
-    let names: Vec<String> = (0..=hops).map(|i| format!("n{i}.local")).collect();
-    for a in &names {
-        local.fund(a, 1_000 * NEAR).unwrap();
-    }
-    let chain = Arc::new(std::sync::Mutex::new(local));
-    let engine = EngineConfig {
-        sever_policy: SeverPolicy::Never,
-        heuristic: None,
-        ..EngineConfig::default()
-    };
-    let mut nodes: Vec<NodeHandle> = Vec::new();
-    for (i, a) in names.iter().enumerate() {
-        let node = NodeBuilder::new(
-            Keypair::from_seed([i as u8 + 1; 32]),
-            AnyChain::Local(LocalClient::new(chain.clone(), a)),
-            dir.join(a),
-        )
-        .engine_config(engine.clone())
-        .register(Amount(10 * NEAR))
-        .chain_poll(Duration::from_millis(50))
-        .commit_interval(Duration::from_millis(env("POR_BENCH_COMMIT_MS", 2) as u64))
-        .handler(handler_fn(|req| async move { req.body }))
-        .start()
-        .await
-        .unwrap();
-        nodes.push(node);
-    }
-    let terms = EdgeTerms {
-        latency_ms: 1_000,
-        base_cost: Amount(1),
-        byte_cost: Amount(0),
-        sync_interval_ms: 1_000,
-        sync_phase_ms: 0,
-        max_late_fee_rate: Amount(1),
-        bandwidth: EdgeTerms::DEFAULT_BANDWIDTH,
-    };
-    for w in names.windows(2) {
-        let a = LocalClient::new(chain.clone(), &w[0]);
-        let id = a
-            .propose_channel(&w[1], &terms, Amount(100 * NEAR))
-            .await
-            .unwrap();
-        LocalClient::new(chain.clone(), &w[1])
-            .confirm_channel(id, Amount(100 * NEAR))
-            .await
-            .unwrap();
-    }
-    let (client, server) = (nodes[0].clone(), nodes[hops].id());
-    loop {
-        if !client
-            .quote(server, 64, 64, 60_000, 1)
-            .await
-            .unwrap()
-            .is_empty()
-            && client
-                .status()
-                .await
-                .unwrap()
-                .channels
-                .iter()
-                .all(|c| c.connected)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let path = common::Path::start(&format!("hops-{hops}"), hops, TransportKind::Tcp, || {
+        handler_fn(|req| async move { req.body })
+    })
+    .await;
+    let (client, server) = (path.client().clone(), path.server());
     // Warm up, then measure.
     let run = |count: usize| {
         let client = client.clone();
@@ -147,10 +68,7 @@ async fn por_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
     let _ = run(n / 10).await;
     let (elapsed, lat) = run(n).await;
     let out = summary(&format!("por, {hops} hop(s), TCP"), n, elapsed, lat);
-    for node in &nodes {
-        node.shutdown().await.unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    path.stop().await;
     out
 }
 
