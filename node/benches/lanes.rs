@@ -9,7 +9,8 @@
 //! `POR_BENCH_SMALL_RATE` the small requests sent per second, open loop (default 100);
 //! `POR_BENCH_BULK_RATE` the 1 MiB responses asked for per second (default 30; 0 asks
 //! back to back), `POR_BENCH_BULK` the most of them in flight (default 8). The nodes'
-//! files go under `TMPDIR`.
+//! files go under `TMPDIR`. `POR_BENCH_TRACE=1` prints each small request slower than
+//! 10 ms, with when it was sent.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +25,13 @@ use common::env;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// When the process started (for `POR_BENCH_TRACE`, which prints the small requests
+/// slower than 10 ms and when they were sent).
+fn start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
 
 /// The large responses' size.
 const BULK: usize = 1 << 20;
@@ -48,7 +56,14 @@ async fn small_flow(client: &NodeHandle, server: NodeId, rate: usize, secs: u64)
                 .await
                 .unwrap();
             assert!(matches!(out, Outcome::Response { .. }), "{out:?}");
-            t0.elapsed()
+            let took = t0.elapsed();
+            if std::env::var("POR_BENCH_TRACE").is_ok() && took > Duration::from_millis(10) {
+                eprintln!(
+                    "slow: sent at {:?}, took {took:?}",
+                    t0.duration_since(start())
+                );
+            }
+            took
         });
     }
     let mut lat = Vec::new();
@@ -191,6 +206,7 @@ async fn run(transport: TransportKind, secs: u64, rate: usize, bulk: (usize, usi
 }
 
 fn main() {
+    start();
     let secs = env("POR_BENCH_SECS", 10) as u64;
     let rate = env("POR_BENCH_SMALL_RATE", 100);
     let conc = env("POR_BENCH_BULK", 8);
