@@ -4,11 +4,13 @@
 //! ahead of the body on the control lane; see `por_protocol::messages::Lane`).
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/chain.rs"]
+mod chain;
+
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
+use por_chain::local::NEAR;
 use por_chain::{AnyChain, Chain, LocalClient};
 use por_node::{handler_fn, NodeBuilder, NodeHandle, Outcome, RequestOptions, TransportKind};
 use por_protocol::types::EdgeTerms;
@@ -38,20 +40,8 @@ fn terms() -> EdgeTerms {
 /// echoed.
 async fn three(name: &str, transport: TransportKind) -> (PathBuf, Vec<NodeHandle>) {
     let dir = std::env::temp_dir().join(format!("por-lanes-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = std::fs::read(por_chain::wasm::build_contract(&workspace).unwrap()).unwrap();
-    let mut local =
-        LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall).unwrap();
-    let mut config = dev_config();
-    config["min_deposit"] = "1".into();
-    local.ensure_initialised(config).unwrap();
     let names = ["alice.local", "bob.local", "carol.local"];
-    for a in names {
-        local.fund(a, 100 * NEAR).unwrap();
-    }
-    let chain = Arc::new(Mutex::new(local));
+    let chain = chain::local_chain(&dir, &names, 100 * NEAR, |_| {});
     let client = |a: &str| LocalClient::new(chain.clone(), a);
     let mut nodes = Vec::new();
     for (i, a) in names.iter().enumerate() {

@@ -7,11 +7,14 @@
 //! closed channel stays closed.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+#[path = "support/chain.rs"]
+mod chain;
+
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
+use por_chain::local::{LocalChain, NEAR};
 use por_chain::{AnyChain, Chain, ChainError, LocalClient};
 use por_node::{handler_fn, NodeBuilder, NodeHandle, Outcome, RequestOptions};
 use por_protocol::channel::CloseStage;
@@ -131,20 +134,12 @@ async fn finalized(chain: &AnyChain, channel: ChannelId) -> (Amount, Amount) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closes_holding_old_states_are_challenged_live_and_after_a_restart() {
     let dir = std::env::temp_dir().join(format!("por-watchtower-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = std::fs::read(por_chain::wasm::build_contract(&workspace).unwrap()).unwrap();
-    let mut local =
-        LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall).unwrap();
-    let mut config = dev_config();
-    config["min_deposit"] = "1".into();
-    config["challenge_ns"] = CHALLENGE_NS.to_string().into();
-    local.ensure_initialised(config).unwrap();
-    for a in ["alice.local", "bob.local", "carol.local"] {
-        local.fund(a, 100 * NEAR).unwrap();
-    }
-    let chain: Shared = Arc::new(Mutex::new(local));
+    let chain: Shared = chain::local_chain(
+        &dir,
+        &["alice.local", "bob.local", "carol.local"],
+        100 * NEAR,
+        |config| config["challenge_ns"] = CHALLENGE_NS.to_string().into(),
+    );
 
     let bob = start(&chain, &dir, "bob", 2).await;
     let alice = start(&chain, &dir, "alice", 1).await;

@@ -3,10 +3,12 @@
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
+#[path = "../../tests/support/chain.rs"]
+mod chain;
+
+use por_chain::local::NEAR;
 use por_chain::{AnyChain, Chain, LocalClient};
 use por_node::{Handler, NodeBuilder, NodeHandle, TransportKind};
 use por_protocol::types::EdgeTerms;
@@ -36,20 +38,9 @@ impl Path {
         handler: impl Fn() -> H,
     ) -> Path {
         let dir = std::env::temp_dir().join(format!("por-bench-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let ws = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let wasm = std::fs::read(por_chain::wasm::build_contract(&ws).unwrap()).unwrap();
-        let mut local =
-            LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall).unwrap();
-        let mut cfg = dev_config();
-        cfg["min_deposit"] = "1".into();
-        local.ensure_initialised(cfg).unwrap();
         let names: Vec<String> = (0..=hops).map(|i| format!("n{i}.local")).collect();
-        for a in &names {
-            local.fund(a, 1_000 * NEAR).unwrap();
-        }
-        let chain = Arc::new(std::sync::Mutex::new(local));
+        let accounts: Vec<&str> = names.iter().map(String::as_str).collect();
+        let chain = chain::local_chain(&dir, &accounts, 1_000 * NEAR, |_| {});
         let engine = EngineConfig {
             sever_policy: SeverPolicy::Never,
             heuristic: None,

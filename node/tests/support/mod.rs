@@ -3,12 +3,13 @@
 //! Mallory (a neighbour driven by hand: her own engine over a real TCP connection).
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
 
+pub mod chain;
+
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
+use por_chain::local::NEAR;
 use por_chain::{AnyChain, Chain, LocalClient};
 use por_node::{handler_fn, NodeBuilder, NodeHandle, Outcome, RequestOptions};
 use por_protocol::engine::Event;
@@ -69,19 +70,12 @@ pub async fn trio_with(
         let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
     }
     let dir = std::env::temp_dir().join(format!("por-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = std::fs::read(por_chain::wasm::build_contract(&workspace).unwrap()).unwrap();
-    let mut local =
-        LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall).unwrap();
-    let mut config = dev_config();
-    config["min_deposit"] = "1".into();
-    local.ensure_initialised(config).unwrap();
-    for a in ["alice.local", "bob.local", "mallory.local"] {
-        local.fund(a, 100 * NEAR).unwrap();
-    }
-    let chain = Arc::new(Mutex::new(local));
+    let chain = chain::local_chain(
+        &dir,
+        &["alice.local", "bob.local", "mallory.local"],
+        100 * NEAR,
+        |_| {},
+    );
     let client = |a: &str| AnyChain::Local(LocalClient::new(chain.clone(), a));
     let builder = |name: &str, seed: u8| {
         NodeBuilder::new(
