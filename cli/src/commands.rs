@@ -29,7 +29,7 @@ pub(crate) fn init(dir: &Path, account: &str, listen: &str, control: &str) -> Re
     let key = config::write_new_key(&dir.join("node.key"), seed)?;
     std::fs::write(&conf, config::template(account, listen, control))
         .with_context(|| format!("writing {}", conf.display()))?;
-    println!(
+    outln!(
         "node key {} written to {}\nconfig written to {}",
         por_node::key_hex(&key.id()),
         dir.join("node.key").display(),
@@ -142,7 +142,7 @@ pub(crate) async fn node_run(
         metrics = node.metrics_address().unwrap_or("-"),
         "node running"
     );
-    println!(
+    outln!(
         "{}",
         json!({"event": "ready", "id": por_node::key_hex(&node.id()), "address": node.address(),
                "control": control.to_string(), "token_file": token_file,
@@ -187,7 +187,7 @@ fn control_of(args: &ControlArgs) -> Result<(String, String)> {
 pub(crate) async fn control(args: &ControlArgs, request: Value) -> Result<()> {
     let (addr, token) = control_of(args)?;
     let v = por_node::control::call(&addr, &token, request).await?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    outln!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 
@@ -263,20 +263,20 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
             let id = c
                 .propose_channel(&peer, &t, amount(&deposit, "deposit")?)
                 .await?;
-            println!("{}", json!({"proposed": id.0, "peer": peer}));
+            outln!("{}", json!({"proposed": id.0, "peer": peer}));
         }
         ChannelCommand::Confirm { chain, id, deposit } => {
             let c = chain_of(&chain).await?;
             c.confirm_channel(ChannelId(id), amount(&deposit, "deposit")?)
                 .await?;
-            println!("{}", json!({"confirmed": id}));
+            outln!("{}", json!({"confirmed": id}));
         }
         ChannelCommand::Cancel { chain, id } => {
             chain_of(&chain)
                 .await?
                 .cancel_channel(ChannelId(id))
                 .await?;
-            println!("{}", json!({"cancelled": id}));
+            outln!("{}", json!({"cancelled": id}));
         }
         ChannelCommand::Close {
             chain,
@@ -290,7 +290,7 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
             let ch = ChannelId(id);
             if finalize {
                 let (a, b) = c.finalize_close(ch).await?;
-                println!(
+                outln!(
                     "{}",
                     json!({"finalized": id, "paid_a": a.0.to_string(), "paid_b": b.0.to_string()})
                 );
@@ -299,19 +299,19 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
             let states = held_states(&cfg, id).await?;
             if force {
                 let until = c.start_close(ch, &states).await?;
-                println!(
+                outln!(
                     "{}",
                     json!({"closing": id, "challenge_ends_ns": until.to_string()})
                 );
             } else if confirm {
                 let (a, b) = c.confirm_close(ch, &states).await?;
-                println!(
+                outln!(
                     "{}",
                     json!({"closed": id, "paid_a": a.0.to_string(), "paid_b": b.0.to_string()})
                 );
             } else {
                 c.propose_close(ch, &states).await?;
-                println!("{}", json!({"close_proposed": id}));
+                outln!("{}", json!({"close_proposed": id}));
             }
         }
         ChannelCommand::Challenge { chain, id } => {
@@ -324,12 +324,12 @@ pub(crate) async fn channel(command: ChannelCommand) -> Result<()> {
                 .challenge(ChannelId(id), &states)
                 .await
                 .with_context(|| format!("challenging the close of channel {id}"))?;
-            println!("{}", json!({"challenged": id, "states": states.len()}));
+            outln!("{}", json!({"challenged": id, "states": states.len()}));
         }
         ChannelCommand::List { chain } => {
             let c = chain_of(&chain).await?;
             let list = c.channels_of(c.account()).await?;
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            outln!("{}", serde_json::to_string_pretty(&list)?);
         }
     }
     Ok(())
@@ -343,14 +343,14 @@ pub(crate) async fn stake(command: StakeCommand) -> Result<()> {
             c.add_stake(amount(&a, "amount")?)
                 .await
                 .with_context(|| format!("adding stake for {}", c.account()))?;
-            println!("{}", json!({"stake_added": a, "account": c.account()}));
+            outln!("{}", json!({"stake_added": a, "account": c.account()}));
         }
         StakeCommand::Unstake { chain, amount: a } => {
             let c = chain_of(&chain).await?;
             c.unstake(amount(&a, "amount")?)
                 .await
                 .with_context(|| format!("unstaking for {}", c.account()))?;
-            println!("{}", json!({"unbonding": a, "account": c.account()}));
+            outln!("{}", json!({"unbonding": a, "account": c.account()}));
         }
         StakeCommand::Withdraw { chain } => {
             let c = chain_of(&chain).await?;
@@ -358,7 +358,7 @@ pub(crate) async fn stake(command: StakeCommand) -> Result<()> {
                 .withdraw()
                 .await
                 .with_context(|| format!("withdrawing for {}", c.account()))?;
-            println!(
+            outln!(
                 "{}",
                 json!({"withdrawn": sent.0.to_string(), "account": c.account()})
             );
@@ -387,7 +387,7 @@ pub(crate) async fn topology(args: &ChainArgs) -> Result<()> {
             "byte_cost": e.terms.byte_cost.0.to_string()})
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&json!({"nodes": nodes, "edges": edges, "center": center}))?
     );
@@ -437,7 +437,7 @@ pub(crate) async fn contract(command: ContractCommand) -> Result<()> {
                 )
                 .await
                 .with_context(|| format!("deploying the contract to {contract}"))?;
-            println!(
+            outln!(
                 "{}",
                 json!({"deployed": done.contract, "created": done.created,
                        "network": network, "deployment": done.deployment,
@@ -468,7 +468,7 @@ pub(crate) async fn chain(command: ChainCommand) -> Result<()> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             let bound = listener.local_addr()?;
-            println!(
+            outln!(
                 "{}",
                 json!({"event": "ready", "chain": bound.to_string(), "path": path.display().to_string(),
                        "faucet": faucet})
@@ -500,7 +500,7 @@ pub(crate) async fn chain(command: ChainCommand) -> Result<()> {
                 .fund(&account, &key.id(), amount(&a, "amount")?.0)
                 .await
                 .with_context(|| format!("funding {account}"))?;
-            println!(
+            outln!(
                 "{}",
                 json!({"account": account, "balance": balance.to_string()})
             );

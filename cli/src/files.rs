@@ -156,7 +156,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
                 size: tag.size,
                 providers,
             };
-            println!(
+            outln!(
                 "{}",
                 json!({"ticket": ticket.to_string(), "root": tag.root.to_hex(), "size": tag.size,
                        "kind": tag.kind, "name": tag.name, "files": tag.children.len()})
@@ -164,7 +164,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
         }
         FilesCommand::Ls { store } => {
             for t in Store::open(&store)?.ls()? {
-                println!(
+                outln!(
                     "{}",
                     json!({"root": t.root.to_hex(), "kind": t.kind, "name": t.name, "size": t.size,
                            "files": t.children.len()})
@@ -173,7 +173,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
         }
         FilesCommand::Rm { store, root } => {
             let t = Store::open(&store)?.rm(&Root::parse(&root)?)?;
-            println!("{}", json!({"removed": t.root.to_hex(), "name": t.name}));
+            outln!("{}", json!({"removed": t.root.to_hex(), "name": t.name}));
         }
         FilesCommand::Get {
             config,
@@ -210,7 +210,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
                     transfer::get(&node, &ticket, &output, options, progress.as_ref(), stop).await;
                 node.shutdown().await?;
                 let r = r?;
-                println!(
+                outln!(
                     "{}",
                     json!({"event": "done", "output": output, "bytes": r.bytes_fetched,
                            "bytes_requested": r.bytes_requested,
@@ -252,7 +252,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
                 .await;
                 node.shutdown().await?;
                 let q = q?;
-                println!(
+                outln!(
                     "{}",
                     json!({"provider": por_node::key_hex(&q.provider), "requests": q.requests,
                            "cost": q.cost.0.to_string(), "rtt_ms": q.rtt_ms,
@@ -277,7 +277,7 @@ pub(crate) fn run(command: FilesCommand) -> Result<()> {
                     TransferOptions::default(),
                     &http,
                     |a| {
-                        println!(
+                        outln!(
                             "{}",
                             json!({"event": "ready", "gateway": format!("http://{a}")})
                         );

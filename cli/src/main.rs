@@ -5,10 +5,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+/// `println!` for the command's output, quiet on a closed pipe (see [`out`]).
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::out::write(format_args!($($arg)*), true) };
+}
+
+/// `print!` for the command's output, quiet on a closed pipe (see [`out`]).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::out::write(format_args!($($arg)*), false) };
+}
+
 mod commands;
 mod demo;
 mod devnet;
 mod files;
+mod out;
 
 /// mimalloc: the node allocates and frees a frame, a write and a few small records per
 /// request on several threads; glibc's allocator cost about a sixth of the CPU.
@@ -476,11 +487,11 @@ fn simulate(path: &Path, announce: bool, format: Format) -> Result<usize> {
     match format {
         Format::Json => {
             if announce {
-                println!("{}", serde_json_line(&name, path));
+                outln!("{}", serde_json_line(&name, path));
             }
-            print!("{}", report.to_json_lines());
+            out!("{}", report.to_json_lines());
         }
-        Format::Table => print!("{}", report.to_table(&name, &description)),
+        Format::Table => out!("{}", report.to_table(&name, &description)),
     }
     for v in &report.violations {
         eprintln!("{}: invariant broken: {v}", path.display());
@@ -541,7 +552,7 @@ fn main() -> Result<()> {
             }
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             let report = runtime.block_on(por_node::demo::run(&options))?;
-            print!("{}", demo::render(&report, transport_name(transport)));
+            out!("{}", demo::render(&report, transport_name(transport)));
         }
         Command::Init {
             dir,

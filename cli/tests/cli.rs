@@ -265,3 +265,22 @@ fn init_then_run_errors_name_what_is_wrong() {
     assert!(err.contains("127.0.0.1:1"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reader that goes away (`por simulate … | head`) ends `por` quietly and
+/// successfully, not with a panic about a broken pipe.
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_por"))
+        .args(["simulate", "testnet/scenarios"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before anything is written: the first write meets a broken pipe.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
