@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::encode_header;
-use crate::{TransportError, MAX_STREAMS};
+use crate::{check_frame, check_stream, TransportError};
 
 /// The stream-word bit that says more chunks of this frame follow.
 pub const MORE: u32 = 1 << 31;
@@ -90,14 +90,9 @@ impl<T> Scheduler<T> {
         frames: Vec<Bytes>,
         token: T,
     ) -> Result<(), TransportError> {
-        if stream >= MAX_STREAMS {
-            return Err(TransportError::BadStream(stream));
-        }
-        if let Some(f) = frames.iter().find(|f| f.len() > self.max_frame) {
-            return Err(TransportError::Oversized {
-                len: f.len(),
-                max: self.max_frame,
-            });
+        check_stream(stream)?;
+        for f in &frames {
+            check_frame(f, self.max_frame)?;
         }
         self.lanes.entry(stream).or_default().push_back(Job {
             frames: frames.into(),
@@ -268,9 +263,7 @@ impl<I: Copy + Ord> Reassembler<I> {
     ) -> Result<Option<(u32, Bytes)>, TransportError> {
         let more = word & MORE != 0;
         let stream = word & !MORE;
-        if stream >= MAX_STREAMS {
-            return Err(TransportError::BadStream(stream));
-        }
+        check_stream(stream)?;
         if !more && !self.partial.contains_key(&stream) {
             return Ok(Some((stream, payload)));
         }
@@ -321,6 +314,7 @@ impl<I: Copy + Ord> Reassembler<I> {
 mod tests {
     use super::*;
     use crate::frame::FrameDecoder;
+    use crate::MAX_STREAMS;
     use proptest::prelude::*;
 
     fn wire(batch: &Batch<u32>) -> Vec<u8> {

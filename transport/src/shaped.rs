@@ -48,7 +48,8 @@ impl<C: Connection> Shaped<C> {
         self.delay
     }
 
-    /// Lane `stream`'s delay line, started on first use; `None` once it has failed.
+    /// Lane `stream`'s delay line, started on first use; `Closed` once its pump has
+    /// failed.
     fn line(&self, stream: u32) -> Result<Line, TransportError> {
         let mut lines = self.lines.lock().map_err(|_| TransportError::Closed)?;
         if let Some((line, pump)) = lines.get(&stream) {
