@@ -36,7 +36,7 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         detail: e.to_string(),
     })?;
     let id = b.key.id();
-    let db = NodeDb::open(&b.data_dir.join("node.redb"))?;
+    let mut db = NodeDb::open(&b.data_dir.join("node.redb"))?;
     let transport = match b.transport {
         crate::TransportKind::Tcp => AnyTransport::Tcp(por_transport::tcp::TcpTransport::new(
             &b.key,

@@ -9,37 +9,28 @@
 //!
 //! Once the log passes a size, a checkpoint writes every record the writes since the
 //! last checkpoint touched into redb in one transaction, together with the log's next
-//! generation number, and the log starts again under that number. Opening loads redb
-//! and replays the log of the same generation (a log of an older one was already
-//! checkpointed). A request that is forwarded and answered between two checkpoints
-//! never touches the B-tree at all.
+//! generation number, while a fresh log under that number takes the commits: the
+//! checkpoint runs on a thread of its own (see `checkpoint.rs`), so a commit never
+//! waits for the B-tree. Opening loads redb and replays the log of the same generation
+//! and, if a checkpoint was cut short, the one after it (a log of an older generation
+//! was already checkpointed). A request that is forwarded and answered between two
+//! checkpoints never touches the B-tree at all.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use por_protocol::store::{Store, StoreError, Write};
 use por_protocol::types::{ChannelId, RequestId};
 use por_protocol::{wire, Deployment};
 use redb::{Database, ReadableTable, TableDefinition};
 
+use crate::checkpoint::{Dirty, Fold, CHANNELS, CLOSINGS, META, PENDING, UNACKED, WAL_GENERATION};
 use crate::wal::Wal;
 use crate::NodeError;
 
-/// Channel records without their unacknowledged updates (which are kept apart, so
-/// that a checkpoint writes each update once instead of every record re-writing all
-/// of them).
-const CHANNELS: TableDefinition<u64, &[u8]> = TableDefinition::new("channels");
-/// Our signed, not yet acknowledged updates, by (channel, seq): the update and the
-/// message that carries it.
-const UNACKED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("unacked");
-const PENDING: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("pending");
-/// Closing messages kept for resending, by request: (channel, message).
-const CLOSINGS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("closings");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The contract deployment the records were signed for (one row, key `deployment`).
 const DEPLOYMENT: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("deployment");
-/// The generation of the write-ahead log whose records are not yet in the tables.
-const WAL_GENERATION: &str = "wal_generation";
 /// The meta key of the chain height the node has followed to (see `follower.rs`).
 pub(crate) const CHAIN_CURSOR: &str = "chain_cursor";
 
@@ -47,18 +38,10 @@ pub(crate) const CHAIN_CURSOR: &str = "chain_cursor";
 /// commits; replaying it on start takes milliseconds).
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 8 << 20;
 
-/// What the writes since the last checkpoint touched.
-#[derive(Debug, Default)]
-struct Dirty {
-    channels: BTreeSet<ChannelId>,
-    pending: BTreeSet<RequestId>,
-    /// Unacknowledged updates added, by (channel, seq).
-    added: BTreeSet<(u64, u64)>,
-    /// Acknowledged up to, per channel.
-    acked: BTreeMap<u64, u64>,
-    /// Kept closings added or dropped.
-    closings: BTreeSet<RequestId>,
-}
+/// While a checkpoint is still being written, the new log may grow to this many
+/// times the checkpoint size before a commit waits for it: the bound on what a
+/// restart replays.
+const CHECKPOINT_LAG: u64 = 4;
 
 /// Folds one write into the store and notes what it touched: the one path for a
 /// commit and for a replay of the log.
@@ -67,44 +50,12 @@ fn fold(store: &mut Store, dirty: &mut Dirty, w: Write) -> Result<(), StoreError
     store.apply_owned(w)
 }
 
-impl Dirty {
-    fn note(&mut self, w: &Write) {
-        match w {
-            Write::Channel(rec) => {
-                self.channels.insert(rec.id());
-            }
-            Write::Outgoing {
-                channel, update, ..
-            } => {
-                self.channels.insert(*channel);
-                self.added.insert((channel.0, update.update.seq));
-            }
-            Write::Acked { channel, seq, .. } => {
-                self.channels.insert(*channel);
-                let slot = self.acked.entry(channel.0).or_default();
-                *slot = (*slot).max(*seq);
-            }
-            Write::Incoming { channel, .. }
-            | Write::Severed { channel, .. }
-            | Write::Close { channel, .. } => {
-                self.channels.insert(*channel);
-            }
-            Write::Pending(p) => {
-                self.pending.insert(p.id);
-            }
-            Write::PendingDone(id) => {
-                self.pending.insert(*id);
-            }
-            Write::Closing { request, .. } | Write::ClosingDropped { request } => {
-                self.closings.insert(*request);
-            }
-        }
-    }
-}
+/// A checkpoint being written on its thread: the buffer back, or what failed.
+type Folding = std::thread::JoinHandle<Result<Vec<u8>, String>>;
 
 /// The node's durable state.
 pub struct NodeDb {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
     store: Store,
     wal: Wal,
@@ -115,9 +66,15 @@ pub struct NodeDb {
     checkpoint_bytes: u64,
     /// The log record being built, kept between commits.
     record: Vec<u8>,
+    /// The checkpoint of the previous log generation, while its thread writes it.
+    folding: Option<Folding>,
+    /// The buffer a checkpoint's rows are encoded into, back from the last one.
+    fold_buf: Vec<u8>,
+    /// Numbers set while a checkpoint held the tables, stored once it is in.
+    deferred: BTreeMap<String, u64>,
 }
 
-/// Largest record buffer kept between commits.
+/// Largest record (and checkpoint) buffer kept for the next one.
 const RECORD_BUFFER_KEEP: usize = 16 << 20;
 
 impl std::fmt::Debug for NodeDb {
@@ -250,23 +207,79 @@ impl NodeDb {
                 .unwrap_or(0);
         }
         let log_path = path.with_extension("wal");
-        let (wal, records) = Wal::open(&log_path, generation)?;
-        let mut dirty = Dirty::default();
-        let replayed = records.len();
-        for (offset, payload) in records {
-            let damaged = |detail: String| NodeError::Log {
-                path: log_path.clone(),
-                offset,
-                detail,
+        let prev_path = Wal::prev_path(&log_path);
+        // The logs whose records are not in the tables yet, oldest first: the one of
+        // the tables' generation and, if a checkpoint was being written when the node
+        // stopped, the next one after it. A log of an older generation was folded in
+        // already (the node stopped before deleting or replacing it).
+        let mut logs = Vec::new();
+        for p in [&prev_path, &log_path] {
+            let Some(loaded) = Wal::load(p)? else {
+                continue;
             };
-            for w in decode_writes(&payload).map_err(damaged)? {
-                fold(&mut store, &mut dirty, w)
-                    .map_err(|e| damaged(format!("replay refused: {e}")))?;
+            if loaded.generation < generation {
+                if *p == prev_path {
+                    Wal::remove_prev(&log_path)?;
+                }
+                continue;
+            }
+            if loaded.generation != generation + logs.len() as u64 {
+                return Err(NodeError::Log {
+                    path: p.clone(),
+                    offset: 8,
+                    detail: format!(
+                        "log generation {} is newer than the database's {generation}{}: \
+                         the database is older than its log",
+                        loaded.generation,
+                        if logs.is_empty() {
+                            ""
+                        } else {
+                            " and its first log's"
+                        },
+                    ),
+                });
+            }
+            logs.push((p.clone(), loaded));
+        }
+        let mut dirty = Dirty::default();
+        let mut replayed = 0;
+        for (p, loaded) in &logs {
+            for (offset, payload) in &loaded.records {
+                let damaged = |detail: String| NodeError::Log {
+                    path: p.clone(),
+                    offset: *offset,
+                    detail,
+                };
+                for w in decode_writes(payload).map_err(damaged)? {
+                    fold(&mut store, &mut dirty, w)
+                        .map_err(|e| damaged(format!("replay refused: {e}")))?;
+                }
+                replayed += 1;
             }
         }
         if replayed > 0 {
-            tracing::info!(db = %path.display(), records = replayed, "replayed the write-ahead log");
+            tracing::info!(db = %path.display(), records = replayed, logs = logs.len(), "replayed the write-ahead log");
         }
+        let db = Arc::new(db);
+        let (wal, generation) = match logs.as_slice() {
+            [] => (Wal::create(&log_path, generation)?, generation),
+            [(p, loaded)] if *p == log_path => (Wal::resume(&log_path, loaded)?, generation),
+            _ => {
+                // A checkpoint was cut short: fold both logs in now, so that the node
+                // starts from one log again.
+                let next = generation + logs.len() as u64;
+                let taken = Fold::take(
+                    &mut store,
+                    std::mem::take(&mut dirty),
+                    &mut pending_rows,
+                    next,
+                );
+                taken.write(&db, Vec::new()).map_err(|e| err(&e))?;
+                let wal = Wal::create(&log_path, next)?;
+                Wal::remove_prev(&log_path)?;
+                (wal, next)
+            }
+        };
         Ok(NodeDb {
             db,
             path: path.to_path_buf(),
@@ -277,6 +290,9 @@ impl NodeDb {
             pending_rows,
             checkpoint_bytes,
             record: Vec::new(),
+            folding: None,
+            fold_buf: Vec::new(),
+            deferred: BTreeMap::new(),
         })
     }
 
@@ -303,85 +319,87 @@ impl NodeDb {
         if record.capacity() <= RECORD_BUFFER_KEEP {
             self.record = record;
         }
+        self.reap(false)?;
         if self.wal.len() >= self.checkpoint_bytes {
-            self.checkpoint()?;
+            if self.folding.is_some()
+                && self.wal.len() >= self.checkpoint_bytes.saturating_mul(CHECKPOINT_LAG)
+            {
+                // The last checkpoint is still being written and the log has run far
+                // ahead of it: wait, so a restart never replays more than this.
+                self.reap(true)?;
+            }
+            if self.folding.is_none() {
+                self.start_checkpoint()?;
+            }
         }
         Ok(())
     }
 
-    /// Writes every record touched since the last checkpoint into the tables, with the
-    /// next log generation, in one transaction; then starts the log again.
+    /// Checkpoints now and waits until it is in: every record the log holds is
+    /// written into the tables, and the log starts again, empty.
     pub fn checkpoint(&mut self) -> Result<(), NodeError> {
+        self.reap(true)?;
+        self.start_checkpoint()?;
+        self.reap(true)
+    }
+
+    /// Takes the rows the current log touched, sets the log aside for a fresh one of
+    /// the next generation, and starts writing the rows into the tables on a thread
+    /// of their own (see `checkpoint.rs`). Only one runs at a time.
+    fn start_checkpoint(&mut self) -> Result<(), NodeError> {
         let err = db_err(&self.path);
         let next = self.generation + 1;
-        let dirty = std::mem::take(&mut self.dirty);
-        let tx = self.db.begin_write().map_err(|e| err(&e))?;
-        {
-            let mut t = tx.open_table(CHANNELS).map_err(|e| err(&e))?;
-            let mut u = tx.open_table(UNACKED).map_err(|e| err(&e))?;
-            for id in &dirty.channels {
-                if let Some(rec) = self.store.channels.get_mut(id) {
-                    // The record's head: its unacknowledged updates live in UNACKED.
-                    let unacked = std::mem::take(&mut rec.outgoing.unacked);
-                    let bytes = wire::encode(&*rec);
-                    rec.outgoing.unacked = unacked;
-                    let bytes = bytes.map_err(|e| err(&e))?;
-                    t.insert(id.0, bytes.as_slice()).map_err(|e| err(&e))?;
-                    // Updates added since the last checkpoint and still unacknowledged.
-                    for &(_, seq) in dirty.added.range((id.0, 0)..=(id.0, u64::MAX)) {
-                        if let Some(entry) = rec.outgoing.unacked.get(&seq) {
-                            let bytes = wire::encode(entry).map_err(|e| err(&e))?;
-                            u.insert((id.0, seq), bytes.as_slice())
-                                .map_err(|e| err(&e))?;
-                        }
-                    }
-                }
-            }
-            for (&channel, &up_to) in &dirty.acked {
-                u.retain_in((channel, 0)..=(channel, up_to), |_, _| false)
-                    .map_err(|e| err(&e))?;
-            }
-            let mut t = tx.open_table(PENDING).map_err(|e| err(&e))?;
-            for id in &dirty.pending {
-                match self.store.pending.get(id) {
-                    Some(p) => {
-                        let bytes = wire::encode(p).map_err(|e| err(&e))?;
-                        t.insert(&id.0, bytes.as_slice()).map_err(|e| err(&e))?;
-                        self.pending_rows.insert(*id);
-                    }
-                    None => {
-                        if self.pending_rows.remove(id) {
-                            t.remove(&id.0).map_err(|e| err(&e))?;
-                        }
-                    }
-                }
-            }
-            let mut t = tx.open_table(CLOSINGS).map_err(|e| err(&e))?;
-            for id in &dirty.closings {
-                match self.store.closings.get(id) {
-                    Some(kept) => {
-                        let bytes = wire::encode(kept).map_err(|e| err(&e))?;
-                        t.insert(&id.0, bytes.as_slice()).map_err(|e| err(&e))?;
-                    }
-                    None => {
-                        t.remove(&id.0).map_err(|e| err(&e))?;
-                    }
-                }
-            }
-            tx.open_table(META)
-                .map_err(|e| err(&e))?
-                .insert(WAL_GENERATION, next)
-                .map_err(|e| err(&e))?;
-        }
-        tx.commit().map_err(|e| err(&e))?;
-        // The tables now hold everything the log does: a crash from here on finds
-        // the old log's generation behind the tables' and discards it.
+        let fold = Fold::take(
+            &mut self.store,
+            std::mem::take(&mut self.dirty),
+            &mut self.pending_rows,
+            next,
+        );
+        tracing::debug!(db = %self.path.display(), generation = next, rows = fold.rows(), "checkpoint");
+        self.wal.rotate(next)?;
         self.generation = next;
-        self.wal.restart(next)
+        let (db, buf) = (self.db.clone(), std::mem::take(&mut self.fold_buf));
+        let thread = std::thread::Builder::new()
+            .name("por-checkpoint".into())
+            .spawn(move || fold.write(&db, buf))
+            .map_err(|e| err(&format!("cannot start the checkpoint thread: {e}")))?;
+        self.folding = Some(thread);
+        Ok(())
+    }
+
+    /// Finishes the running checkpoint if it is done (or, with `wait`, once it is):
+    /// deletes the log it folded in and stores the numbers set meanwhile. A checkpoint
+    /// that failed is reported here; nothing was lost (both logs are still on disk),
+    /// but the node must stop.
+    fn reap(&mut self, wait: bool) -> Result<(), NodeError> {
+        let Some(thread) = self.folding.take() else {
+            return Ok(());
+        };
+        if !wait && !thread.is_finished() {
+            self.folding = Some(thread);
+            return Ok(());
+        }
+        let err = db_err(&self.path);
+        let mut buf = thread
+            .join()
+            .map_err(|_| err(&"the checkpoint thread panicked"))?
+            .map_err(|e| err(&e))?;
+        if buf.capacity() <= RECORD_BUFFER_KEEP {
+            buf.clear();
+            self.fold_buf = buf;
+        }
+        Wal::remove_prev(&self.path.with_extension("wal"))?;
+        for (key, value) in std::mem::take(&mut self.deferred) {
+            self.write_meta(&key, value)?;
+        }
+        Ok(())
     }
 
     /// A number kept beside the records (the chain cursor, say).
     pub fn meta(&self, key: &str) -> Result<Option<u64>, NodeError> {
+        if let Some(v) = self.deferred.get(key) {
+            return Ok(Some(*v));
+        }
         let err = db_err(&self.path);
         let r = self.db.begin_read().map_err(|e| err(&e))?;
         let t = r.open_table(META).map_err(|e| err(&e))?;
@@ -391,7 +409,8 @@ impl NodeDb {
     /// Binds the records to `deployment` the first time, and refuses a database whose
     /// records were signed for another: its channel ids and states mean nothing on
     /// this chain (ids restart at 1 in every deployment).
-    pub fn bind_deployment(&self, deployment: &Deployment) -> Result<(), NodeError> {
+    pub fn bind_deployment(&mut self, deployment: &Deployment) -> Result<(), NodeError> {
+        self.reap(true)?;
         let err = db_err(&self.path);
         let w = self.db.begin_write().map_err(|e| err(&e))?;
         {
@@ -418,8 +437,21 @@ impl NodeDb {
         w.commit().map_err(|e| err(&e))
     }
 
-    /// Sets a number kept beside the records, durably.
-    pub fn set_meta(&self, key: &str, value: u64) -> Result<(), NodeError> {
+    /// Sets a number kept beside the records: durably at once, or, while a
+    /// checkpoint is being written, once it is in (the tables take one writer at a
+    /// time, and a commit must not wait for it). Meant for numbers that may lag, as
+    /// the chain cursor may (a crash then replays a few chain events, harmlessly);
+    /// [`NodeDb::meta`] reads the latest set.
+    pub fn set_meta(&mut self, key: &str, value: u64) -> Result<(), NodeError> {
+        self.reap(false)?;
+        if self.folding.is_some() {
+            self.deferred.insert(key.to_string(), value);
+            return Ok(());
+        }
+        self.write_meta(key, value)
+    }
+
+    fn write_meta(&self, key: &str, value: u64) -> Result<(), NodeError> {
         let err = db_err(&self.path);
         let w = self.db.begin_write().map_err(|e| err(&e))?;
         w.open_table(META)
@@ -427,6 +459,16 @@ impl NodeDb {
             .insert(key, value)
             .map_err(|e| err(&e))?;
         w.commit().map_err(|e| err(&e))
+    }
+}
+
+impl Drop for NodeDb {
+    /// Waits for a running checkpoint (it would be safe to leave it cut short, but a
+    /// reopen then has two logs to replay).
+    fn drop(&mut self) {
+        if let Err(e) = self.reap(true) {
+            tracing::warn!(db = %self.path.display(), error = %e, "the last checkpoint did not finish");
+        }
     }
 }
 
@@ -441,7 +483,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("por-db-{}-deployment", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let db = NodeDb::open(&dir.join("node.redb")).unwrap();
+        let mut db = NodeDb::open(&dir.join("node.redb")).unwrap();
         let ours = Deployment::of("testnet", "por.testnet");
         db.bind_deployment(&ours).unwrap();
         db.bind_deployment(&ours).unwrap();
@@ -642,6 +684,90 @@ mod tests {
         let db = NodeDb::open(&path).unwrap();
         assert_eq!(db.store(), &want);
         assert_eq!(db.generation, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A crash while a checkpoint is being written leaves the tables one generation
+    /// behind, the finished log set aside and the next one taking commits: opening
+    /// replays both, in order, folds them in and starts from one log again. A crash
+    /// between setting the finished log aside and renaming the fresh one into place
+    /// leaves only the finished one: that too.
+    #[test]
+    fn a_checkpoint_cut_short_is_finished_from_both_logs() {
+        let dir = std::env::temp_dir().join(format!("por-db-{}-cut", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.redb");
+        let log = path.with_extension("wal");
+        let prev = Wal::prev_path(&log);
+        let mut db = NodeDb::open(&path).unwrap();
+        open_channel(&mut db, 1);
+        // The state on disk when the checkpoint of generation 0 began: tables at 0,
+        // the log of 0 holding channel 1.
+        let tables_at_0 = std::fs::read(&path).unwrap();
+        let log_0 = std::fs::read(&log).unwrap();
+        let only_1 = db.store().clone();
+        db.checkpoint().unwrap();
+        open_channel(&mut db, 2);
+        let both = db.store().clone();
+        drop(db);
+        let log_1 = std::fs::read(&log).unwrap();
+        for (fresh_in_place, want) in [(true, &both), (false, &only_1)] {
+            std::fs::write(&path, &tables_at_0).unwrap();
+            std::fs::write(&prev, &log_0).unwrap();
+            if fresh_in_place {
+                std::fs::write(&log, &log_1).unwrap();
+            } else {
+                std::fs::remove_file(&log).unwrap();
+            }
+            let mut db = NodeDb::open(&path).unwrap();
+            assert_eq!(db.store(), want, "fresh log in place: {fresh_in_place}");
+            assert!(!prev.exists(), "the finished log is folded in and deleted");
+            assert_eq!(std::fs::metadata(&log).unwrap().len(), 16, "one empty log");
+            // And the database goes on from there.
+            open_channel(&mut db, 3);
+            let now = db.store().clone();
+            drop(db);
+            assert_eq!(NodeDb::open(&path).unwrap().store(), &now);
+        }
+        // The log after the finished one without it: something was lost, refused.
+        std::fs::write(&path, &tables_at_0).unwrap();
+        std::fs::write(&log, &log_1).unwrap();
+        let e = NodeDb::open(&path).unwrap_err();
+        assert!(e.to_string().contains("newer"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Checkpoints run beside the commits: the numbers set while one is written are
+    /// read back at once and stored once it is in, and commits go on into the next
+    /// log meanwhile.
+    #[test]
+    fn commits_and_numbers_go_on_while_a_checkpoint_is_written() {
+        let dir = std::env::temp_dir().join(format!("por-db-{}-beside", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.redb");
+        // A checkpoint after every commit.
+        let mut db = NodeDb::open_with(&path, 0).unwrap();
+        let mut saw_running = false;
+        for id in 1..=50 {
+            open_channel(&mut db, id);
+            saw_running |= db.folding.is_some();
+            db.set_meta(CHAIN_CURSOR, id).unwrap();
+            assert_eq!(db.meta(CHAIN_CURSOR).unwrap(), Some(id));
+        }
+        assert!(
+            saw_running,
+            "commits came back before their checkpoint was in"
+        );
+        let want = db.store().clone();
+        assert_eq!(want.channels.len(), 50);
+        drop(db);
+        let db = NodeDb::open(&path).unwrap();
+        assert_eq!(db.store(), &want);
+        assert_eq!(db.meta(CHAIN_CURSOR).unwrap(), Some(50));
+        assert!(!Wal::prev_path(&path.with_extension("wal")).exists());
+        drop(db);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

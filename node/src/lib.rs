@@ -11,6 +11,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod boot;
+mod checkpoint;
 mod client;
 pub mod config;
 pub mod control;

@@ -2,8 +2,9 @@
 //!
 //! Every group commit appends one record (the encoded writes) and syncs it: one
 //! sequential write and one `fdatasync`, instead of rewriting B-tree pages. The
-//! database proper is brought up to date at checkpoints (see [`crate::db`]), after
-//! which the log starts again under the next generation number.
+//! database proper is brought up to date at checkpoints (see [`crate::checkpoint`]):
+//! the log is set aside whole and a fresh one of the next generation number takes the
+//! commits while the finished one is folded into the tables.
 //!
 //! File layout: an 16-byte header (`PORWAL01`, then the generation as u64 LE), then
 //! records of `[len: u32 LE][crc32 of payload: u32 LE][payload]`.
@@ -63,26 +64,34 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A log read back from disk.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// The generation in its header.
+    pub(crate) generation: u64,
+    /// Its whole records (offset, payload), oldest first.
+    pub(crate) records: Records,
+    /// Where the whole records end (a torn last record starts there).
+    end: u64,
+    /// The file's length.
+    total: u64,
+}
+
 impl Wal {
-    /// Opens the log at `path` for `generation` (the one the database was last
-    /// checkpointed at) and returns its records (offset, payload), oldest first.
-    ///
-    /// A missing log, or one of an older generation (its records are already in the
-    /// database), is replaced by an empty one. A log of a newer generation means the
-    /// database is older than its log (restored from a backup, say): refused.
-    pub(crate) fn open(path: &Path, generation: u64) -> Result<(Wal, Records), NodeError> {
+    /// Reads the log at `path`: `None` if there is none. A torn last record (one that
+    /// runs past the end or fails its checksum at the end) is left out: it was never
+    /// reported durable. A bad record with more data after it is damage to state that
+    /// was reported durable, and an error.
+    pub(crate) fn load(path: &Path) -> Result<Option<Loaded>, NodeError> {
         let err = io_err(path);
         let bytes = match File::open(path) {
             Ok(mut f) => {
                 let mut bytes = Vec::new();
                 f.read_to_end(&mut bytes).map_err(&err)?;
-                Some(bytes)
+                bytes
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(err(e)),
-        };
-        let Some(bytes) = bytes else {
-            return Ok((Wal::create(path, generation)?, Vec::new()));
         };
         let damaged = |offset: u64, detail: String| NodeError::Log {
             path: path.to_path_buf(),
@@ -96,27 +105,13 @@ impl Wal {
         }
         let mut gen_bytes = [0u8; 8];
         gen_bytes.copy_from_slice(&bytes[8..16]);
-        let found = u64::from_le_bytes(gen_bytes);
-        if found < generation {
-            return Ok((Wal::create(path, generation)?, Vec::new()));
-        }
-        if found > generation {
-            return Err(damaged(
-                8,
-                format!(
-                    "log generation {found} is newer than the database's {generation}: \
-                     the database is older than its log"
-                ),
-            ));
-        }
+        let generation = u64::from_le_bytes(gen_bytes);
         let total = bytes.len() as u64;
         let mut records = Vec::new();
         let mut at = HEADER;
-        let mut torn = false;
         while at < total {
             let rest = total - at;
             if rest < RECORD_HEADER {
-                torn = true;
                 break;
             }
             let i = at as usize;
@@ -128,13 +123,11 @@ impl Wal {
             let end = at + RECORD_HEADER + len;
             if end > total {
                 // The record runs past the end of the file: the last write, torn.
-                torn = true;
                 break;
             }
             let payload = &bytes[i + 8..end as usize];
             if len > MAX_RECORD || crc(payload) != sum {
                 if end == total {
-                    torn = true;
                     break;
                 }
                 return Err(damaged(
@@ -148,25 +141,37 @@ impl Wal {
             records.push((at, payload.to_vec()));
             at = end;
         }
+        Ok(Some(Loaded {
+            generation,
+            records,
+            end: at,
+            total,
+        }))
+    }
+
+    /// Opens the log `loaded` was read from for appending after its whole records,
+    /// cutting a torn last record off first.
+    pub(crate) fn resume(path: &Path, loaded: &Loaded) -> Result<Wal, NodeError> {
+        let err = io_err(path);
         let file = OpenOptions::new().write(true).open(path).map_err(&err)?;
-        if torn {
+        if loaded.end < loaded.total {
             tracing::warn!(
                 log = %path.display(),
-                offset = at,
-                dropped = total - at,
+                offset = loaded.end,
+                dropped = loaded.total - loaded.end,
                 "cutting a torn last record off the write-ahead log (it was never reported durable)"
             );
-            file.set_len(at).map_err(&err)?;
+            file.set_len(loaded.end).map_err(&err)?;
             file.sync_all().map_err(&err)?;
         }
         let mut wal = Wal {
             file,
             path: path.to_path_buf(),
-            generation,
-            len: at,
+            generation: loaded.generation,
+            len: loaded.end,
         };
         wal.seek_end()?;
-        Ok((wal, records))
+        Ok(wal)
     }
 
     fn seek_end(&mut self) -> Result<(), NodeError> {
@@ -177,9 +182,9 @@ impl Wal {
         Ok(())
     }
 
-    /// Writes a fresh, empty log for `generation` under a temporary name, syncs it and
-    /// renames it over `path`.
-    fn create(path: &Path, generation: u64) -> Result<Wal, NodeError> {
+    /// Writes a fresh, empty log for `generation` under a temporary name and syncs it:
+    /// the file and that name, for the caller to rename into place.
+    fn fresh(path: &Path, generation: u64) -> Result<(File, PathBuf), NodeError> {
         let err = io_err(path);
         let tmp = path.with_extension("wal-new");
         let mut file = File::create(&tmp).map_err(&err)?;
@@ -188,6 +193,13 @@ impl Wal {
         header[8..].copy_from_slice(&generation.to_le_bytes());
         file.write_all(&header).map_err(&err)?;
         file.sync_all().map_err(&err)?;
+        Ok((file, tmp))
+    }
+
+    /// Writes a fresh, empty log for `generation` and renames it over `path`.
+    pub(crate) fn create(path: &Path, generation: u64) -> Result<Wal, NodeError> {
+        let err = io_err(path);
+        let (file, tmp) = Wal::fresh(path, generation)?;
         std::fs::rename(&tmp, path).map_err(&err)?;
         sync_dir(path).map_err(&err)?;
         Ok(Wal {
@@ -196,6 +208,42 @@ impl Wal {
             generation,
             len: HEADER,
         })
+    }
+
+    /// Where a finished log waits while it is folded into the tables.
+    pub(crate) fn prev_path(path: &Path) -> PathBuf {
+        path.with_extension("wal-prev")
+    }
+
+    /// Sets this log aside as the finished one ([`Wal::prev_path`]) and goes on in a
+    /// fresh, empty log of `generation`. In order: the fresh log is written and synced
+    /// under a temporary name, this one renamed aside, the fresh one renamed into
+    /// place, the directory synced; a crash at any point leaves the finished log
+    /// under one of its two names, which opening finds.
+    pub(crate) fn rotate(&mut self, generation: u64) -> Result<(), NodeError> {
+        let path = self.path.clone();
+        let err = io_err(&path);
+        let (file, tmp) = Wal::fresh(&path, generation)?;
+        std::fs::rename(&path, Wal::prev_path(&path)).map_err(&err)?;
+        std::fs::rename(&tmp, &path).map_err(&err)?;
+        sync_dir(&path).map_err(&err)?;
+        *self = Wal {
+            file,
+            path: path.clone(),
+            generation,
+            len: HEADER,
+        };
+        Ok(())
+    }
+
+    /// Deletes the finished log set aside by [`Wal::rotate`] (the tables hold it now),
+    /// if it is there.
+    pub(crate) fn remove_prev(path: &Path) -> Result<(), NodeError> {
+        match std::fs::remove_file(Wal::prev_path(path)) {
+            Ok(()) => sync_dir(path).map_err(io_err(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(path)(e)),
+        }
     }
 
     /// Empties `record` to take a payload, leaving room for the record header in
@@ -232,16 +280,15 @@ impl Wal {
         Ok(())
     }
 
-    /// Starts the log again, empty, under `generation`: called once the database
-    /// holds everything the current log does.
-    pub(crate) fn restart(&mut self, generation: u64) -> Result<(), NodeError> {
-        *self = Wal::create(&self.path, generation)?;
-        Ok(())
-    }
-
     /// Bytes in the log, header included.
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The generation in the log's header.
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -257,6 +304,14 @@ mod tests {
         r.leak()
     }
 
+    /// The log at `p`, fresh at `generation` if there is none, and its records.
+    fn open(p: &Path, generation: u64) -> Result<(Wal, Records), NodeError> {
+        match Wal::load(p)? {
+            None => Ok((Wal::create(p, generation)?, Vec::new())),
+            Some(l) => Ok((Wal::resume(p, &l)?, l.records)),
+        }
+    }
+
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("por-wal-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -268,13 +323,13 @@ mod tests {
     fn records_come_back_in_order_after_reopen() {
         let d = dir("order");
         let p = d.join("node.wal");
-        let (mut w, recs) = Wal::open(&p, 3).unwrap();
+        let (mut w, recs) = open(&p, 3).unwrap();
         assert!(recs.is_empty());
         for i in 0..50u8 {
             w.append(rec(&vec![i; i as usize * 7])).unwrap();
         }
         drop(w);
-        let (mut w, recs) = Wal::open(&p, 3).unwrap();
+        let (mut w, recs) = open(&p, 3).unwrap();
         assert_eq!(recs.len(), 50);
         assert_eq!(recs[0].0, HEADER);
         for (i, (_, r)) in recs.iter().enumerate() {
@@ -283,7 +338,7 @@ mod tests {
         // Appends continue after the replayed records.
         w.append(rec(b"more")).unwrap();
         drop(w);
-        assert_eq!(Wal::open(&p, 3).unwrap().1.len(), 51);
+        assert_eq!(open(&p, 3).unwrap().1.len(), 51);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -291,7 +346,7 @@ mod tests {
     fn a_torn_last_record_is_cut_off_and_the_log_goes_on() {
         let d = dir("torn");
         let p = d.join("node.wal");
-        let (mut w, _) = Wal::open(&p, 0).unwrap();
+        let (mut w, _) = open(&p, 0).unwrap();
         w.append(rec(b"first")).unwrap();
         w.append(rec(b"second, which the crash tears")).unwrap();
         drop(w);
@@ -300,7 +355,7 @@ mod tests {
             let f = OpenOptions::new().write(true).open(&p).unwrap();
             f.set_len(full - cut).unwrap();
             drop(f);
-            let (mut w, recs) = Wal::open(&p, 0).unwrap();
+            let (mut w, recs) = open(&p, 0).unwrap();
             assert_eq!(recs, vec![(HEADER, b"first".to_vec())], "cut {cut}");
             w.append(rec(b"second, which the crash tears")).unwrap();
             drop(w);
@@ -312,10 +367,7 @@ mod tests {
         let n = bytes.len();
         bytes[n - 3] ^= 0xff;
         std::fs::write(&p, &bytes).unwrap();
-        assert_eq!(
-            Wal::open(&p, 0).unwrap().1,
-            vec![(HEADER, b"first".to_vec())]
-        );
+        assert_eq!(open(&p, 0).unwrap().1, vec![(HEADER, b"first".to_vec())]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -323,14 +375,14 @@ mod tests {
     fn damage_before_the_last_record_is_refused() {
         let d = dir("damage");
         let p = d.join("node.wal");
-        let (mut w, _) = Wal::open(&p, 0).unwrap();
+        let (mut w, _) = open(&p, 0).unwrap();
         w.append(rec(b"first")).unwrap();
         w.append(rec(b"second")).unwrap();
         drop(w);
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[HEADER as usize + 9] ^= 0x01; // inside "first"
         std::fs::write(&p, &bytes).unwrap();
-        let e = Wal::open(&p, 0).unwrap_err();
+        let e = open(&p, 0).unwrap_err();
         assert!(
             matches!(&e, NodeError::Log { offset, .. } if *offset == HEADER),
             "{e}"
@@ -342,22 +394,27 @@ mod tests {
     }
 
     #[test]
-    fn generations_older_logs_are_replaced_newer_refused() {
-        let d = dir("gen");
+    fn a_rotated_log_is_set_aside_whole_and_the_fresh_one_takes_appends() {
+        let d = dir("rotate");
         let p = d.join("node.wal");
-        let (mut w, _) = Wal::open(&p, 4).unwrap();
-        w.append(rec(b"already checkpointed")).unwrap();
+        let (mut w, _) = open(&p, 4).unwrap();
+        w.append(rec(b"finished")).unwrap();
+        w.rotate(5).unwrap();
+        assert_eq!((w.generation(), w.len()), (5, HEADER));
+        w.append(rec(b"next")).unwrap();
         drop(w);
-        // The database moved on to generation 5 (a checkpoint finished, the crash
-        // came before the new log replaced the old one).
-        let (w, recs) = Wal::open(&p, 5).unwrap();
-        assert!(recs.is_empty());
-        assert_eq!(w.len(), HEADER);
-        drop(w);
-        let e = Wal::open(&p, 2).unwrap_err();
-        assert!(e.to_string().contains("newer"), "{e}");
+        let prev = Wal::load(&Wal::prev_path(&p)).unwrap().unwrap();
+        assert_eq!(prev.generation, 4);
+        assert_eq!(prev.records, vec![(HEADER, b"finished".to_vec())]);
+        let now = Wal::load(&p).unwrap().unwrap();
+        assert_eq!(now.generation, 5);
+        assert_eq!(now.records, vec![(HEADER, b"next".to_vec())]);
+        Wal::remove_prev(&p).unwrap();
+        assert!(Wal::load(&Wal::prev_path(&p)).unwrap().is_none());
+        // Removing what is not there is not an error (a crash came after the delete).
+        Wal::remove_prev(&p).unwrap();
         std::fs::write(&p, b"something else entirely").unwrap();
-        let e = Wal::open(&p, 5).unwrap_err();
+        let e = Wal::load(&p).unwrap_err();
         assert!(e.to_string().contains("not a por write-ahead log"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -1,0 +1,232 @@
+//! Checkpoints: a finished generation of the write-ahead log folded into the tables,
+//! off the commit path.
+//!
+//! The database ([`crate::db`]) notes what every write touches ([`Dirty`]). When the
+//! log passes its size it takes a [`Fold`]: each touched record as it stands at the
+//! end of that log (clones sharing their large bodies: the only work done on the
+//! commit path). It then rotates the log (the finished
+//! one kept beside as `wal-prev`, a fresh one of the next generation taking the
+//! commits) and hands the fold to a thread, which writes it into redb in one
+//! transaction together with the next generation number. Commits go on meanwhile:
+//! they touch only the new log and the in-memory store. Once the fold is in, the
+//! finished log is deleted.
+//!
+//! A crash while a fold runs leaves the tables one generation behind, with both logs
+//! on disk: opening replays the two in order (see [`crate::db::NodeDb::open`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use por_protocol::channel::ChannelRecord;
+use por_protocol::engine::Pending;
+use por_protocol::messages::Message;
+use por_protocol::store::{Store, Write};
+use por_protocol::types::{ChannelId, ChannelUpdate, RequestId};
+use redb::{Database, TableDefinition};
+
+/// Channel records without their unacknowledged updates (which are kept apart, so
+/// that a checkpoint writes each update once instead of every record re-writing all
+/// of them).
+pub(crate) const CHANNELS: TableDefinition<u64, &[u8]> = TableDefinition::new("channels");
+/// Our signed, not yet acknowledged updates, by (channel, seq): the update and the
+/// message that carries it.
+pub(crate) const UNACKED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("unacked");
+/// Requests in flight, by id.
+pub(crate) const PENDING: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("pending");
+/// Closing messages kept for resending, by request: (channel, message).
+pub(crate) const CLOSINGS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("closings");
+/// Numbers kept beside the records (the log generation, the chain cursor).
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The generation of the write-ahead log whose records are not yet in the tables.
+pub(crate) const WAL_GENERATION: &str = "wal_generation";
+
+/// What the writes since the last checkpoint touched.
+#[derive(Debug, Default)]
+pub(crate) struct Dirty {
+    channels: BTreeSet<ChannelId>,
+    pending: BTreeSet<RequestId>,
+    /// Unacknowledged updates added, by (channel, seq).
+    added: BTreeSet<(u64, u64)>,
+    /// Acknowledged up to, per channel.
+    acked: BTreeMap<u64, u64>,
+    /// Kept closings added or dropped.
+    closings: BTreeSet<RequestId>,
+}
+
+impl Dirty {
+    /// Notes what `w` touches.
+    pub(crate) fn note(&mut self, w: &Write) {
+        match w {
+            Write::Channel(rec) => {
+                self.channels.insert(rec.id());
+            }
+            Write::Outgoing {
+                channel, update, ..
+            } => {
+                self.channels.insert(*channel);
+                self.added.insert((channel.0, update.update.seq));
+            }
+            Write::Acked { channel, seq, .. } => {
+                self.channels.insert(*channel);
+                let slot = self.acked.entry(channel.0).or_default();
+                *slot = (*slot).max(*seq);
+            }
+            Write::Incoming { channel, .. }
+            | Write::Severed { channel, .. }
+            | Write::Close { channel, .. } => {
+                self.channels.insert(*channel);
+            }
+            Write::Pending(p) => {
+                self.pending.insert(p.id);
+            }
+            Write::PendingDone(id) => {
+                self.pending.insert(*id);
+            }
+            Write::Closing { request, .. } | Write::ClosingDropped { request } => {
+                self.closings.insert(*request);
+            }
+        }
+    }
+}
+
+/// The rows one checkpoint writes, as the store held them when it was taken (`None`
+/// for a row to delete). Taking it copies no large body: responses and requests hold
+/// theirs in shared buffers. They are encoded on the checkpoint's thread.
+#[derive(Debug)]
+pub(crate) struct Fold {
+    /// The log generation the tables are at once this is in.
+    next: u64,
+    /// Channel records' heads (without their unacknowledged updates).
+    channels: Vec<ChannelRecord>,
+    unacked: Vec<((u64, u64), (ChannelUpdate, Message))>,
+    /// Unacknowledged updates to delete: (channel, up to seq).
+    acked: Vec<(u64, u64)>,
+    pending: Vec<([u8; 16], Option<Pending>)>,
+    closings: Vec<([u8; 16], Option<Kept>)>,
+}
+
+/// A kept closing: the upstream channel and the message.
+type Kept = (ChannelId, Message);
+
+impl Fold {
+    /// Takes the rows `dirty` names as `store` holds them now. `pending_rows` (the
+    /// requests with a row in the table) is brought up to what the fold leaves.
+    pub(crate) fn take(
+        store: &mut Store,
+        dirty: Dirty,
+        pending_rows: &mut HashSet<RequestId>,
+        next: u64,
+    ) -> Fold {
+        let mut channels = Vec::with_capacity(dirty.channels.len());
+        let mut unacked = Vec::new();
+        for id in &dirty.channels {
+            let Some(rec) = store.channels.get_mut(id) else {
+                continue;
+            };
+            // The record's head: its unacknowledged updates live in UNACKED.
+            let held = std::mem::take(&mut rec.outgoing.unacked);
+            channels.push(rec.clone());
+            rec.outgoing.unacked = held;
+            // Updates added since the last checkpoint and still unacknowledged.
+            for &(_, seq) in dirty.added.range((id.0, 0)..=(id.0, u64::MAX)) {
+                if let Some(entry) = rec.outgoing.unacked.get(&seq) {
+                    unacked.push(((id.0, seq), entry.clone()));
+                }
+            }
+        }
+        let mut pending = Vec::with_capacity(dirty.pending.len());
+        for id in &dirty.pending {
+            match store.pending.get(id) {
+                Some(p) => {
+                    pending.push((id.0, Some(p.clone())));
+                    pending_rows.insert(*id);
+                }
+                None => {
+                    if pending_rows.remove(id) {
+                        pending.push((id.0, None));
+                    }
+                }
+            }
+        }
+        let closings = dirty
+            .closings
+            .iter()
+            .map(|id| (id.0, store.closings.get(id).cloned()))
+            .collect();
+        Fold {
+            next,
+            channels,
+            unacked,
+            acked: dirty.acked.into_iter().collect(),
+            pending,
+            closings,
+        }
+    }
+
+    /// Writes the rows and the next generation into `db` in one transaction, each
+    /// row encoded into `buf` (given back for the next checkpoint, so that one
+    /// allocation serves them all).
+    pub(crate) fn write(self, db: &Database, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
+        let next = self.next;
+        let e = |e: &dyn std::fmt::Display| format!("checkpoint to generation {next}: {e}");
+        fn encode<'b, T: serde::Serialize>(
+            buf: &'b mut Vec<u8>,
+            v: &T,
+        ) -> Result<&'b [u8], String> {
+            buf.clear();
+            por_protocol::wire::encode_into(v, buf).map_err(|x| x.to_string())?;
+            Ok(buf.as_slice())
+        }
+        let tx = db.begin_write().map_err(|x| e(&x))?;
+        {
+            let mut t = tx.open_table(CHANNELS).map_err(|x| e(&x))?;
+            for rec in &self.channels {
+                t.insert(rec.id().0, encode(&mut buf, rec).map_err(|x| e(&x))?)
+                    .map_err(|x| e(&x))?;
+            }
+            let mut t = tx.open_table(UNACKED).map_err(|x| e(&x))?;
+            for (key, entry) in &self.unacked {
+                t.insert(*key, encode(&mut buf, entry).map_err(|x| e(&x))?)
+                    .map_err(|x| e(&x))?;
+            }
+            for &(channel, up_to) in &self.acked {
+                t.retain_in((channel, 0)..=(channel, up_to), |_, _| false)
+                    .map_err(|x| e(&x))?;
+            }
+            let mut t = tx.open_table(PENDING).map_err(|x| e(&x))?;
+            for (id, row) in &self.pending {
+                match row {
+                    Some(p) => t
+                        .insert(id, encode(&mut buf, p).map_err(|x| e(&x))?)
+                        .map(drop),
+                    None => t.remove(id).map(drop),
+                }
+                .map_err(|x| e(&x))?;
+            }
+            let mut t = tx.open_table(CLOSINGS).map_err(|x| e(&x))?;
+            for (id, row) in &self.closings {
+                match row {
+                    Some(kept) => t
+                        .insert(id, encode(&mut buf, kept).map_err(|x| e(&x))?)
+                        .map(drop),
+                    None => t.remove(id).map(drop),
+                }
+                .map_err(|x| e(&x))?;
+            }
+            tx.open_table(META)
+                .map_err(|x| e(&x))?
+                .insert(WAL_GENERATION, next)
+                .map_err(|x| e(&x))?;
+        }
+        tx.commit().map_err(|x| e(&x))?;
+        Ok(buf)
+    }
+
+    /// Rows the fold writes or deletes.
+    pub(crate) fn rows(&self) -> usize {
+        self.channels.len()
+            + self.unacked.len()
+            + self.acked.len()
+            + self.pending.len()
+            + self.closings.len()
+    }
+}
