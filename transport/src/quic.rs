@@ -479,14 +479,25 @@ impl Connection for QuicConnection {
         }
         let lane = self.lane(stream).await?;
         let mut lane = lane.lock().await;
-        match timeout(self.config.frame_timeout, lane.write_all_chunks(&mut parts)).await {
-            Err(_) => {
-                self.close();
-                Err(TransportError::Timeout("frame"))
+        // The frame timeout bounds how long each part (a large frame, or a buffer of
+        // small ones) may wait for the peer to take it, not a whole burst: a peer that
+        // reads steadily is flow control at work, one that stops is cut off.
+        for part in parts.iter_mut() {
+            match timeout(
+                self.config.frame_timeout,
+                lane.write_all_chunks(std::slice::from_mut(part)),
+            )
+            .await
+            {
+                Err(_) => {
+                    self.close();
+                    return Err(TransportError::Timeout("frame"));
+                }
+                Ok(Err(_)) => return Err(TransportError::Closed),
+                Ok(Ok(())) => {}
             }
-            Ok(Err(_)) => Err(TransportError::Closed),
-            Ok(Ok(())) => Ok(()),
         }
+        Ok(())
     }
 
     async fn recv(&self) -> Result<(u32, Bytes), TransportError> {

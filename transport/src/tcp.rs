@@ -396,15 +396,18 @@ impl Connection for TcpConnection {
             return Err(TransportError::Closed);
         }
         let (tx, rx) = oneshot::channel();
+        // Frames are written in the writer's own time, interleaved with other lanes';
+        // the frame timeout bounds how long each may wait for the peer (a burst of
+        // many frames gets that much per frame, not for all of them).
+        let count = u32::try_from(frames.len().max(1)).unwrap_or(u32::MAX);
+        let allowed = self.config.frame_timeout.saturating_mul(count);
         self.out
             .queue
             .lock()
             .map_err(|_| TransportError::Closed)?
             .push(stream, frames, tx)?;
         self.out.wake.notify_one();
-        // Frames are written in the writer's own time, interleaved with other lanes';
-        // the frame timeout bounds how long they may wait for the peer.
-        match timeout(self.config.frame_timeout, rx).await {
+        match timeout(allowed, rx).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(TransportError::Closed),
             Err(_) => {
