@@ -17,6 +17,10 @@
 //!   run past the end of the file reads as the torn last write, and a damaged
 //!   generation in the file header as a log already checkpointed (docs/fuzzing.md).
 //!
+//! With the high bit of `checkpoint at` set, the node stopped while that checkpoint was
+//! being written: the tables are from before it, the log it folds set aside beside
+//! the next one (which the input damages as above); the oracles are the same.
+//!
 //! Input: `[commits][checkpoint at][op]*`, each op `[kind][offset: u32 LE][value]`:
 //! kind 0 cuts at the offset, 1 xors the byte there with the value, 2 appends `value`
 //! bytes of `offset`'s low byte. With `commits = 0xff` the rest is the whole log file.
@@ -125,8 +129,10 @@ fn dir(tag: &str) -> PathBuf {
 /// What `k` honest commits leave, a checkpoint after commit `checkpoint` (none at 0):
 /// the database file, the log, the store after each commit (`states[i]`, from 0) and
 /// the log's length after each commit (`ends[i]`; the log starts again empty at the
-/// checkpoint). Made once per `(k, checkpoint)`: committing is not what is fuzzed.
-type Committed = (Vec<u8>, Vec<u8>, Vec<Store>, Vec<u64>);
+/// checkpoint); and the database file and log as they were when the checkpoint began
+/// (a crash before it was in leaves those, the log set aside). Made once per
+/// `(k, checkpoint)`: committing is not what is fuzzed.
+type Committed = (Vec<u8>, Vec<u8>, Vec<Store>, Vec<u64>, Vec<u8>, Vec<u8>);
 fn committed(k: usize, checkpoint: usize) -> &'static Committed {
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -140,12 +146,15 @@ fn committed(k: usize, checkpoint: usize) -> &'static Committed {
     let log = path.with_extension("wal");
     let mut states = vec![Store::default()];
     let mut ends = vec![HEADER];
+    let (mut tables_before, mut log_before) = (Vec::new(), Vec::new());
     {
         let mut db = NodeDb::open_with(&path, u64::MAX).expect("fresh database");
         for (i, b) in batches()[..k].iter().enumerate() {
             db.commit(b.clone()).expect("honest commit");
             states.push(db.store().clone());
             if i + 1 == checkpoint {
+                tables_before = std::fs::read(&path).expect("read database");
+                log_before = std::fs::read(&log).expect("read log");
                 db.checkpoint().expect("checkpoint");
             }
             ends.push(std::fs::metadata(&log).expect("log").len());
@@ -156,6 +165,8 @@ fn committed(k: usize, checkpoint: usize) -> &'static Committed {
         std::fs::read(&log).expect("read log"),
         states,
         ends,
+        tables_before,
+        log_before,
     )));
     let _ = std::fs::remove_dir_all(&dir);
     made.lock().expect("lock").insert((k, checkpoint), c);
@@ -195,8 +206,15 @@ fuzz_target!(|input: &[u8]| {
     // prepared logs kept in memory.
     let k = 1 + usize::from(*commits) % all.len().min(24);
     let checkpoint = [0, k / 2, k][usize::from(*checkpoint_at) % 3];
-    let (db_file, original, states, ends) = committed(k, checkpoint);
-    std::fs::write(&path, db_file).expect("write database");
+    let (db_file, original, states, ends, tables_before, log_before) = committed(k, checkpoint);
+    // The high bit: the node stopped while the checkpoint was being written, so the
+    // tables are from before it and the log it folds waits beside the next one.
+    if *checkpoint_at >= 0x80 && checkpoint > 0 {
+        std::fs::write(&path, tables_before).expect("write database");
+        std::fs::write(log.with_extension("wal-prev"), log_before).expect("write set-aside log");
+    } else {
+        std::fs::write(&path, db_file).expect("write database");
+    }
     let mut bytes = original.clone();
     for op in ops.chunks_exact(6).take(4) {
         let offset = u32::from_le_bytes([op[1], op[2], op[3], op[4]]) as usize;
