@@ -26,8 +26,8 @@ use por_protocol::Amount;
 use serde_json::{json, Value};
 
 use common::procs::{
-    amount, control, ends_agree, init_funded, open_path, served_chain, settled, spawn, token,
-    wait_connected, Proc,
+    amount, control, end_with, ends_agree, init_funded, open_path, served_chain, settled, spawn,
+    token, wait_connected, Proc, RESTARTABLE,
 };
 
 const NAMES: [&str; 4] = ["client", "relay1", "relay2", "server"];
@@ -54,36 +54,26 @@ fn env(name: &str, default: u64) -> u64 {
 
 fn node(dir: &Path, name: &str, chain: &str, transport: &str) -> Proc {
     let conf = dir.join(name).join("por.toml");
-    spawn(
-        &[
-            "--log-format",
-            "json",
-            "node",
-            "run",
-            "--transport",
-            transport,
-            "--config",
-            conf.to_str().unwrap(),
-            "--chain",
-            "served",
-            "--chain-addr",
-            chain,
-            "--listen",
-            "127.0.0.1:0",
-            "--control",
-            "127.0.0.1:0",
-            "--sever-policy",
-            "never",
-            // A node that was dead at a sync pays that sync's late fees once it is
-            // back: with the §5.4 heuristic its peers would (rightly) sever for it.
-            // What is tested here is what a restart keeps.
-            "--heuristic-window-ms",
-            "0",
-            "--chain-poll-ms",
-            "100",
-        ],
-        &dir.join(format!("{name}.log")),
-    )
+    let mut args = vec![
+        "--log-format",
+        "json",
+        "node",
+        "run",
+        "--transport",
+        transport,
+        "--config",
+        conf.to_str().unwrap(),
+        "--chain",
+        "served",
+        "--chain-addr",
+        chain,
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        "127.0.0.1:0",
+    ];
+    args.extend(RESTARTABLE);
+    spawn(&args, &dir.join(format!("{name}.log")))
 }
 
 /// Channels each node of the path holds.
@@ -258,16 +248,7 @@ async fn crash_points(transport: &str) {
     let statuses = settled(&procs.iter().collect::<Vec<_>>()).await;
     ends_agree(&statuses);
     for (i, w) in statuses.windows(2).enumerate() {
-        let end = |s: &Value, peer: &Value| {
-            s["channels"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| &c["peer"] == peer)
-                .unwrap()
-                .clone()
-        };
-        let (a, b) = (end(&w[0], &w[1]["id"]), end(&w[1], &w[0]["id"]));
+        let (a, b) = (end_with(&w[0], &w[1]["id"]), end_with(&w[1], &w[0]["id"]));
         let id = a["id"].as_u64().unwrap().to_string();
         let close = |name: &str, p: &Proc, confirm: bool| {
             let conf = dir.join(format!("{name}/por.toml"));

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use common::procs::{
     amount, control, ends_agree, init_funded, open_path, served_chain, settled, spawn,
-    wait_connected, Proc,
+    wait_connected, Proc, RESTARTABLE,
 };
 
 /// 12 MiB and a bit: 25 pieces of 512 KiB, the last one short.
@@ -76,17 +76,9 @@ impl Net {
             listen,
             "--control",
             "127.0.0.1:0",
-            // A provider dead at a sync pays that sync's late fees only once it is
-            // back: with the §5.4 heuristic (or a sever policy) on, its relay would
-            // rightly sever it. This test is about what the restart keeps.
-            "--sever-policy",
-            "never",
-            "--heuristic-window-ms",
-            "0",
-            "--chain-poll-ms",
-            "100",
         ]
         .iter()
+        .chain(&RESTARTABLE)
         .map(|s| s.to_string())
         .collect()
     }

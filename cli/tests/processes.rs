@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use common::procs::{
     amount, control, ends_agree, served_chain, settled, spawn, token, wait_connected, Proc,
+    RESTARTABLE,
 };
 
 /// The chain the processes share.
@@ -122,21 +123,8 @@ fn node(dir: &Path, name: &str, ground: &Ground, transport: &str) -> Proc {
         conf.to_str().unwrap(),
     ];
     args.extend(flags.iter().map(String::as_str));
-    args.extend([
-        "--listen",
-        "127.0.0.1:0",
-        "--control",
-        "127.0.0.1:0",
-        "--sever-policy",
-        "never",
-        // A relay that was dead at a sync pays that sync's late fees only after
-        // it is back: with the §5.4 heuristic on, its peers would (rightly) count
-        // that as a loss and sever. This test is about what the restart keeps.
-        "--heuristic-window-ms",
-        "0",
-        "--chain-poll-ms",
-        "100",
-    ]);
+    args.extend(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"]);
+    args.extend(RESTARTABLE);
     spawn(&args, &dir.join(format!("{name}.log")))
 }
 

@@ -166,18 +166,34 @@ pub(crate) async fn settled(procs: &[&Proc]) -> Vec<Value> {
     statuses
 }
 
+/// Flags for nodes that are killed and restarted: no severing for what a dead node
+/// could not do (a node dead at a sync pays that sync's late fees only once it is
+/// back; with a sever policy or the §5.4 heuristic its peers would rightly sever it),
+/// and the chain followed closely. These tests are about what a restart keeps.
+pub(crate) const RESTARTABLE: [&str; 6] = [
+    "--sever-policy",
+    "never",
+    "--heuristic-window-ms",
+    "0",
+    "--chain-poll-ms",
+    "100",
+];
+
+/// A node's end of its channel with `peer` (a node id), from the node's status.
+pub(crate) fn end_with(status: &Value, peer: &Value) -> Value {
+    status["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| &c["peer"] == peer)
+        .unwrap()
+        .clone()
+}
+
 /// Along a path of nodes' statuses, both ends of every channel agree on what was
 /// paid each way.
 pub(crate) fn ends_agree(statuses: &[Value]) {
-    let end = |x: &Value, peer: &Value| {
-        x["channels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| &c["peer"] == peer)
-            .unwrap()
-            .clone()
-    };
+    let end = end_with;
     for w in statuses.windows(2) {
         let (ab, ba) = (end(&w[0], &w[1]["id"]), end(&w[1], &w[0]["id"]));
         assert_eq!(ab["unacked"], "0", "{ab}");
