@@ -8,7 +8,8 @@
 //! `POR_BENCH_SECS` sets each measurement's length (default 10 s);
 //! `POR_BENCH_SMALL_RATE` the small requests sent per second, open loop (default 100);
 //! `POR_BENCH_BULK_RATE` the 1 MiB responses asked for per second (default 30; 0 asks
-//! back to back), `POR_BENCH_BULK` the most of them in flight (default 8). The nodes'
+//! back to back), `POR_BENCH_BULK` the most of them in flight (default 8),
+//! `POR_BENCH_HOPS` the path's edges (default 3: the issue's path). The nodes'
 //! files go under `TMPDIR`. `POR_BENCH_TRACE=1` prints each small request slower than
 //! 10 ms, with when it was sent.
 #![allow(clippy::unwrap_used)]
@@ -171,7 +172,8 @@ async fn with_bulk(
 }
 
 async fn run(transport: TransportKind, secs: u64, rate: usize, bulk: (usize, usize)) {
-    let path = common::Path::start(&format!("lanes-{transport:?}"), 3, transport, || {
+    let hops = env("POR_BENCH_HOPS", 3);
+    let path = common::Path::start(&format!("lanes-{transport:?}"), hops, transport, || {
         handler_fn(|req| async move {
             if req.body == b"B" {
                 vec![0x5a; BULK]
@@ -218,8 +220,9 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!(
-            "3 hops, loopback, {} cores: {rate} small ({SMALL}-byte) requests/s, open loop, \
+            "{} hops, loopback, {} cores: {rate} small ({SMALL}-byte) requests/s, open loop, \
              beside {} 1 MiB responses (at most {conc} in flight); {secs} s per measurement",
+            env("POR_BENCH_HOPS", 3),
             std::thread::available_parallelism().map_or(0, |p| p.get()),
             if bulk_rate == 0 {
                 "back-to-back".to_string()
