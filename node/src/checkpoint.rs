@@ -168,14 +168,6 @@ impl Fold {
     pub(crate) fn write(self, db: &Database, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
         let next = self.next;
         let e = |e: &dyn std::fmt::Display| format!("checkpoint to generation {next}: {e}");
-        fn encode<'b, T: serde::Serialize>(
-            buf: &'b mut Vec<u8>,
-            v: &T,
-        ) -> Result<&'b [u8], String> {
-            buf.clear();
-            por_protocol::wire::encode_into(v, buf).map_err(|x| x.to_string())?;
-            Ok(buf.as_slice())
-        }
         let tx = db.begin_write().map_err(|x| e(&x))?;
         {
             let mut t = tx.open_table(CHANNELS).map_err(|x| e(&x))?;
@@ -193,25 +185,9 @@ impl Fold {
                     .map_err(|x| e(&x))?;
             }
             let mut t = tx.open_table(PENDING).map_err(|x| e(&x))?;
-            for (id, row) in &self.pending {
-                match row {
-                    Some(p) => t
-                        .insert(id, encode(&mut buf, p).map_err(|x| e(&x))?)
-                        .map(drop),
-                    None => t.remove(id).map(drop),
-                }
-                .map_err(|x| e(&x))?;
-            }
+            put_or_remove(&mut t, &self.pending, &mut buf).map_err(|x| e(&x))?;
             let mut t = tx.open_table(CLOSINGS).map_err(|x| e(&x))?;
-            for (id, row) in &self.closings {
-                match row {
-                    Some(kept) => t
-                        .insert(id, encode(&mut buf, kept).map_err(|x| e(&x))?)
-                        .map(drop),
-                    None => t.remove(id).map(drop),
-                }
-                .map_err(|x| e(&x))?;
-            }
+            put_or_remove(&mut t, &self.closings, &mut buf).map_err(|x| e(&x))?;
             tx.open_table(META)
                 .map_err(|x| e(&x))?
                 .insert(WAL_GENERATION, next)
@@ -229,4 +205,27 @@ impl Fold {
             + self.pending.len()
             + self.closings.len()
     }
+}
+
+/// `v` encoded into `buf` (cleared first).
+fn encode<'b, T: serde::Serialize>(buf: &'b mut Vec<u8>, v: &T) -> Result<&'b [u8], String> {
+    buf.clear();
+    por_protocol::wire::encode_into(v, buf).map_err(|x| x.to_string())?;
+    Ok(buf.as_slice())
+}
+
+/// Writes each row that is `Some` into `t` by its request id, and deletes each `None`.
+fn put_or_remove<T: serde::Serialize>(
+    t: &mut redb::Table<&[u8; 16], &[u8]>,
+    rows: &[([u8; 16], Option<T>)],
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
+    for (id, row) in rows {
+        match row {
+            Some(v) => t.insert(id, encode(buf, v)?).map(drop),
+            None => t.remove(id).map(drop),
+        }
+        .map_err(|x| x.to_string())?;
+    }
+    Ok(())
 }
