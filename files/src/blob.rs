@@ -123,7 +123,9 @@ pub fn chunk_ranges(ranges: &[(u64, u64)]) -> Result<ChunkRanges, FilesError> {
 }
 
 /// The exact length of the encoding of `ranges` of a blob of `size` bytes: 64 bytes
-/// per parent pair on the way, plus the data of every chunk group touched.
+/// per parent pair on the way, the whole data of every chunk group the ranges cover,
+/// and of a group they cover in part, its parents down to the chunks asked for and
+/// those chunks (the encoder hashes the group's other chunks itself).
 pub fn encoded_len(size: u64, ranges: &ChunkRanges) -> u64 {
     // The encoder's own walk (pre-order, down to the chunk groups) over the ranges as
     // it canonicalises them: a range reaching the last chunk runs to the end.
@@ -146,9 +148,57 @@ pub fn encoded_len(size: u64, ranges: &ChunkRanges) -> u64 {
         .ranges_pre_order_chunks_iter_ref(&canonical, 0)
         .map(|c| match c {
             BaoChunk::Parent { .. } => 64,
-            BaoChunk::Leaf { size, .. } => size as u64,
+            BaoChunk::Leaf {
+                start_chunk,
+                size,
+                ranges,
+                ..
+            } => group_len(start_chunk, size as u64, ranges),
         })
         .sum()
+}
+
+/// The length of one chunk group's part of an encoding: the group's `size` bytes from
+/// `start` when `query` covers it all, else what bao-tree's encoder writes for a group
+/// covered in part (`encode_selected_rec`, walked here without hashing): each parent
+/// on the way down to the chunks asked for, and those chunks.
+fn group_len(start: ChunkNum, size: u64, query: &range_collections::RangeSetRef<ChunkNum>) -> u64 {
+    if query.is_empty() {
+        return 0;
+    }
+    if query.is_all() || size <= CHUNK_BYTES {
+        return size;
+    }
+    // The subtree's halves, as the encoder splits it: the left one a power of two of
+    // chunks, the right one the rest.
+    let chunks = size.div_ceil(CHUNK_BYTES).next_power_of_two();
+    let mid = chunks / 2;
+    let mid_bytes = mid * CHUNK_BYTES;
+    let (left, right) = split_query(query, start, start + mid);
+    64 + group_len(start, mid_bytes, left) + group_len(start + mid, size - mid_bytes, right)
+}
+
+/// `query` split at `mid` for a subtree starting at `start`, each half given as "all"
+/// when it covers its subtree whole (as bao-tree's own split does, so that `is_all`
+/// says whether to go further down).
+fn split_query<'a>(
+    query: &'a range_collections::RangeSetRef<ChunkNum>,
+    start: ChunkNum,
+    mid: ChunkNum,
+) -> (
+    &'a range_collections::RangeSetRef<ChunkNum>,
+    &'a range_collections::RangeSetRef<ChunkNum>,
+) {
+    const ALL: &[ChunkNum] = &[ChunkNum(0)];
+    let all = || range_collections::RangeSetRef::new_unchecked(ALL);
+    let (mut a, mut b) = query.split(mid);
+    if a.boundaries().len() == 1 && a.boundaries()[0] <= start {
+        a = all();
+    }
+    if b.boundaries().len() == 1 && b.boundaries()[0] <= mid {
+        b = all();
+    }
+    (a, b)
 }
 
 /// Encodes `ranges` of the blob in `data` with its pre-order `outboard`, checking the
@@ -190,6 +240,21 @@ pub fn decode(
     ranges: &ChunkRanges,
     encoded: &[u8],
 ) -> Result<Vec<Verified>, FilesError> {
+    // A range from past the end asks the encoder for the last chunk (a proof of the
+    // size); providers refuse it, and so does the decoder, so that every encoding it
+    // takes has the length `encoded_len` gives.
+    let chunks = ChunkNum::chunks(size).0.max(1);
+    if let Some(start) = ranges
+        .boundaries()
+        .iter()
+        .step_by(2)
+        .find(|s| s.0 >= chunks)
+    {
+        return Err(FilesError::BadRanges(format!(
+            "range from chunk {} past the blob's {chunks} chunks",
+            start.0
+        )));
+    }
     let expected = encoded_len(size, ranges);
     if encoded.len() as u64 != expected {
         return Err(FilesError::Mismatch(format!(
@@ -239,6 +304,94 @@ mod tests {
         let mut ob = Vec::new();
         let root = outboard(&data[..], n as u64, &mut ob).unwrap();
         (data, ob, root)
+    }
+
+    /// Every range, aligned to chunk groups or not, one or several, up to or past the
+    /// end: the encoder writes exactly `encoded_len` bytes, and they decode to exactly
+    /// the blob's bytes asked for (a range ending inside a group used to be priced and
+    /// checked as the whole group, so its honest encoding was refused).
+    #[test]
+    fn encoded_len_is_exact_for_any_ranges() {
+        for n in [
+            1usize,
+            1024,
+            1500,
+            16 * 1024,
+            40 * 1024 + 123,
+            70 * 1024 + 1,
+        ] {
+            let (data, ob, root) = setup(n);
+            let chunks = (n as u64).div_ceil(CHUNK_BYTES);
+            let mut cases = Vec::new();
+            for s in 0..chunks {
+                for e in [s + 1, s + 2, s + 5, s + 16, s + 17, chunks, chunks + 3] {
+                    if e > s {
+                        cases.push(vec![(s, e)]);
+                    }
+                }
+            }
+            if chunks > 40 {
+                cases.push(vec![(0, 1), (3, 4), (20, 33), (40, 100)]);
+            }
+            for case in cases {
+                let ranges = chunk_ranges(&case).unwrap();
+                let enc = encode(root, n as u64, &data[..], &ob[..], &ranges).unwrap();
+                assert_eq!(
+                    enc.len() as u64,
+                    encoded_len(n as u64, &ranges),
+                    "{n}: {case:?}"
+                );
+                let got = decode(root, n as u64, &ranges, &enc).unwrap();
+                assert!(!got.is_empty());
+                for v in got {
+                    let at = v.offset as usize;
+                    assert_eq!(&data[at..at + v.data.len()], &v.data[..], "{n}: {case:?}");
+                }
+            }
+        }
+    }
+
+    /// A range from past the blob's end is refused by name, whatever the encoding.
+    #[test]
+    fn ranges_from_past_the_end_are_refused() {
+        let (data, ob, root) = setup(1500);
+        let ranges = chunk_ranges(&[(0, 1), (2, 3)]).unwrap();
+        let enc = encode(root, 1500, &data[..], &ob[..], &ranges).unwrap();
+        let e = decode(root, 1500, &ranges, &enc).unwrap_err();
+        assert!(e.to_string().contains("past the blob's 2 chunks"), "{e}");
+    }
+
+    /// The `files_decode` fuzz target's seeds: `[a, b, encoding of chunks a..a+b+1]` of
+    /// its 40 KiB blob, for a few ranges (without them the fuzzer never gets past the
+    /// length check). Each seed decodes; with `POR_WRITE_FUZZ_SEEDS=1` they are written to
+    /// `fuzz/corpus/files_decode`.
+    #[test]
+    fn fuzz_seeds_for_files_decode_decode() {
+        const SIZE: usize = 40 * 1024 + 123;
+        let (data, ob, root) = setup(SIZE);
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/files_decode");
+        let write = std::env::var("POR_WRITE_FUZZ_SEEDS").is_ok();
+        for (a, b) in [
+            (0u8, 0u8),
+            (0, 47),
+            (5, 2),
+            (15, 1),
+            (16, 0),
+            (31, 9),
+            (40, 0),
+            (40, 7),
+        ] {
+            let start = u64::from(a % 48);
+            let ranges = chunk_ranges(&[(start, start + u64::from(b % 48) + 1)]).unwrap();
+            let enc = encode(root, SIZE as u64, &data[..], &ob[..], &ranges).unwrap();
+            assert!(!decode(root, SIZE as u64, &ranges, &enc).unwrap().is_empty());
+            if write {
+                std::fs::create_dir_all(&dir).unwrap();
+                let seed: Vec<u8> = [a, b].into_iter().chain(enc).collect();
+                std::fs::write(dir.join(format!("seed-{a}-{b}")), seed).unwrap();
+            }
+        }
     }
 
     #[test]
