@@ -181,13 +181,13 @@ fn group_len(start: ChunkNum, size: u64, query: &range_collections::RangeSetRef<
 /// `query` split at `mid` for a subtree starting at `start`, each half given as "all"
 /// when it covers its subtree whole (as bao-tree's own split does, so that `is_all`
 /// says whether to go further down).
-fn split_query<'a>(
-    query: &'a range_collections::RangeSetRef<ChunkNum>,
+fn split_query(
+    query: &range_collections::RangeSetRef<ChunkNum>,
     start: ChunkNum,
     mid: ChunkNum,
 ) -> (
-    &'a range_collections::RangeSetRef<ChunkNum>,
-    &'a range_collections::RangeSetRef<ChunkNum>,
+    &range_collections::RangeSetRef<ChunkNum>,
+    &range_collections::RangeSetRef<ChunkNum>,
 ) {
     const ALL: &[ChunkNum] = &[ChunkNum(0)];
     let all = || range_collections::RangeSetRef::new_unchecked(ALL);
