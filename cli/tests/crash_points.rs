@@ -26,8 +26,8 @@ use por_protocol::Amount;
 use serde_json::{json, Value};
 
 use common::procs::{
-    amount, control, end_with, ends_agree, init_funded, open_path, served_chain, settled, spawn,
-    token, wait_connected, Proc, RESTARTABLE,
+    amount, control, end_with, ends_agree, init_funded, node_run, open_path, served_chain, settled,
+    token, wait_connected, Proc,
 };
 
 const NAMES: [&str; 4] = ["client", "relay1", "relay2", "server"];
@@ -53,27 +53,12 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn node(dir: &Path, name: &str, chain: &str, transport: &str) -> Proc {
-    let conf = dir.join(name).join("por.toml");
-    let mut args = vec![
-        "--log-format",
-        "json",
-        "node",
-        "run",
-        "--transport",
+    node_run(
+        dir,
+        name,
         transport,
-        "--config",
-        conf.to_str().unwrap(),
-        "--chain",
-        "served",
-        "--chain-addr",
-        chain,
-        "--listen",
-        "127.0.0.1:0",
-        "--control",
-        "127.0.0.1:0",
-    ];
-    args.extend(RESTARTABLE);
-    spawn(&args, &dir.join(format!("{name}.log")))
+        &["--chain", "served", "--chain-addr", chain],
+    )
 }
 
 /// Channels each node of the path holds.

@@ -21,8 +21,7 @@ use por_protocol::Amount;
 use serde_json::{json, Value};
 
 use common::procs::{
-    amount, control, ends_agree, served_chain, settled, spawn, token, wait_connected, Proc,
-    RESTARTABLE,
+    amount, control, ends_agree, node_run, served_chain, settled, token, wait_connected, Proc,
 };
 
 /// The chain the processes share.
@@ -110,22 +109,9 @@ fn near_key(dir: &Path, name: &str) -> std::path::PathBuf {
 }
 
 fn node(dir: &Path, name: &str, ground: &Ground, transport: &str) -> Proc {
-    let conf = dir.join(name).join("por.toml");
     let flags = ground.flags(dir, name);
-    let mut args: Vec<&str> = vec![
-        "--log-format",
-        "json",
-        "node",
-        "run",
-        "--transport",
-        transport,
-        "--config",
-        conf.to_str().unwrap(),
-    ];
-    args.extend(flags.iter().map(String::as_str));
-    args.extend(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"]);
-    args.extend(RESTARTABLE);
-    spawn(&args, &dir.join(format!("{name}.log")))
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    node_run(dir, name, transport, &flags)
 }
 
 /// The control endpoint answers nobody without the node's token: a browser's

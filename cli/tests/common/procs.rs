@@ -166,6 +166,27 @@ pub(crate) async fn settled(procs: &[&Proc]) -> Vec<Value> {
     statuses
 }
 
+/// A restartable `por node run` of `name` over `transport`, from its `por.toml` in
+/// `dir/name`, with the chain given by `chain_flags`, listening and controlled on
+/// loopback ports of its choosing; it logs to `dir/name.log`.
+pub(crate) fn node_run(dir: &Path, name: &str, transport: &str, chain_flags: &[&str]) -> Proc {
+    let conf = dir.join(name).join("por.toml");
+    let mut args = vec![
+        "--log-format",
+        "json",
+        "node",
+        "run",
+        "--transport",
+        transport,
+        "--config",
+        conf.to_str().unwrap(),
+    ];
+    args.extend(chain_flags);
+    args.extend(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"]);
+    args.extend(RESTARTABLE);
+    spawn(&args, &dir.join(format!("{name}.log")))
+}
+
 /// Flags for nodes that are killed and restarted: no severing for what a dead node
 /// could not do (a node dead at a sync pays that sync's late fees only once it is
 /// back; with a sever policy or the §5.4 heuristic its peers would rightly sever it),
