@@ -61,7 +61,8 @@ pub struct EngineConfig {
     pub max_in_flight: usize,
     /// Maximum requests one peer may have in flight through us at once (those that
     /// arrived over its edge); more are refused (and refunded) as `Overloaded`. It
-    /// also bounds the `awaiting` list of a peer's `Reestablish`.
+    /// also bounds the requests we keep in flight over one channel downstream (with
+    /// `messages::MAX_AWAITING`): past it a request is not sent (`ChannelBusy`).
     pub max_in_flight_per_peer: usize,
     /// Maximum bytes one peer's requests in flight through us may buy at once (request
     /// bodies plus response limits: what we may have to hold for it); past it its

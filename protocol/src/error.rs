@@ -164,14 +164,29 @@ pub enum ProtocolError {
         /// The repeated request.
         request: RequestId,
     },
-    /// A `Reestablish` awaits more requests than the peer may have in flight with us.
-    #[error("reestablish on {channel} awaits {count} requests, over the {max} a peer may have in flight")]
+    /// A `Reestablish` awaits more requests than any honest node keeps in flight over
+    /// one channel (`messages::MAX_AWAITING`).
+    #[error(
+        "reestablish on {channel} awaits {count} requests, over the {max} a reestablish may name"
+    )]
     TooManyAwaiting {
         /// The channel.
         channel: ChannelId,
         /// How many it named.
         count: usize,
-        /// The per-peer in-flight bound.
+        /// The bound (`messages::MAX_AWAITING`).
+        max: usize,
+    },
+    /// We already have as many requests in flight over this channel as we keep there
+    /// (the lesser of `max_in_flight_per_peer` and `messages::MAX_AWAITING`): the
+    /// request is not sent (a relay refuses it upstream as `Overloaded`, refunded).
+    #[error("{count} requests in flight over {channel} already (at most {max}): not sent")]
+    ChannelBusy {
+        /// The channel.
+        channel: ChannelId,
+        /// Requests in flight over it.
+        count: usize,
+        /// The bound.
         max: usize,
     },
     /// A local API call was invalid (bad route, unknown request, body too large ...).
@@ -206,6 +221,7 @@ impl ProtocolError {
                 | ProtocolError::UnknownRequest(_)
                 | ProtocolError::ChannelSevered(_)
                 | ProtocolError::InvalidCall(_)
+                | ProtocolError::ChannelBusy { .. }
         )
     }
 }

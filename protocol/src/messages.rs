@@ -87,6 +87,13 @@ impl Lane {
 /// its final fee in a separate [`Message::LateFee`] ahead of it).
 pub const BULK_BODY: usize = 16 * 1024;
 
+/// The most requests a [`Message::Reestablish`] may await (65,536 ids of 16 bytes fit
+/// one frame), whatever either end's configuration: an honest node never keeps more
+/// than this in flight over one channel downstream (see
+/// `EngineConfig::max_in_flight_per_peer`), so its `Reestablish` is never refused for
+/// its length.
+pub const MAX_AWAITING: usize = 1 << 16;
+
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {

@@ -3,7 +3,7 @@
 //! test drives one bound past its limit and checks the refusal and what it cost.
 #![allow(clippy::unwrap_used)]
 
-use por_protocol::messages::{Message, RejectReason};
+use por_protocol::messages::{Message, RejectReason, MAX_AWAITING};
 use por_protocol::testing::Network;
 use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, RequestId, Route};
 use por_protocol::{wire, Amount, EngineConfig, Event, Keypair, NodeId, ProtocolError, Time};
@@ -148,29 +148,147 @@ fn a_second_reestablish_on_one_connection_is_refused() {
 }
 
 #[test]
-fn a_reestablish_awaiting_more_than_a_peer_may_have_in_flight_is_refused() {
-    let config = EngineConfig {
-        max_in_flight_per_peer: 4,
-        ..EngineConfig::default()
-    };
-    let (mut net, route) = net(config);
+fn a_reestablish_awaiting_more_than_max_awaiting_is_refused() {
+    let (mut net, route) = net(EngineConfig::default());
     let id = answered(&mut net, &route, 1);
-    let mut awaiting: Vec<RequestId> = (0..4u8).map(|i| RequestId([i; 16])).collect();
+    let mut awaiting: Vec<RequestId> = (0..MAX_AWAITING as u32)
+        .map(|i| {
+            let mut b = [0xee; 16];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            RequestId(b)
+        })
+        .collect();
     awaiting.push(id);
+    let msg = Message::Reestablish {
+        channel: ChannelId(1),
+        received_seq: 0,
+        sent_seq: 0,
+        awaiting: awaiting.clone(),
+    };
+    assert!(
+        wire::encoded_len(&msg).unwrap() <= wire::MAX_FRAME_LEN,
+        "the list fits one frame: the bound is the engine's"
+    );
     let (verdict, bytes) = reestablish(&mut net, awaiting, true);
     let err = verdict.unwrap_err();
     assert!(
         matches!(
             err,
-            ProtocolError::TooManyAwaiting {
-                count: 5,
-                max: 4,
+            ProtocolError::TooManyAwaiting { count, max: MAX_AWAITING, .. } if count == MAX_AWAITING + 1
+        ),
+        "{err}"
+    );
+    assert!(err.is_fatal());
+    assert_eq!(bytes, 0);
+}
+
+/// The soak found it: a client went on sending while its first hop was away (the
+/// requests wait for the reconnection), and came back awaiting more than the relay
+/// takes from one peer. The relay refused that `Reestablish` as fatal, on every
+/// reconnection, so the edge never came back. Now it is taken: the relay serves what
+/// it takes and refuses the rest (refunded).
+#[test]
+fn a_peer_back_with_more_requests_than_we_take_is_served_and_refused_the_rest() {
+    let config = EngineConfig {
+        max_in_flight_per_peer: 3,
+        ..EngineConfig::default()
+    };
+    let (mut net, route) = net(config);
+    let (a, b) = (net.id(0), net.id(1));
+    net.nodes[0].engine.peer_disconnected(b, T0);
+    net.nodes[1].engine.peer_disconnected(a, T0);
+    let ids: Vec<RequestId> = (0..5u8)
+        .map(|n| {
+            net.nodes[0]
+                .engine
+                .send_request(route.clone(), vec![n], 8, Amount(1), T0)
+                .unwrap()
+        })
+        .collect();
+    assert!(net.pump(T0).is_empty());
+    let at_b = net.channel(1, ChannelId(1)).unwrap().incoming.cumulative.0;
+    assert_eq!(at_b, 0, "nothing reached B while it was away");
+    net.nodes[0].engine.peer_connected(b, T0);
+    net.nodes[1].engine.peer_connected(a, T0);
+    let errors = net.pump(T0);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().all(|e| matches!(
+            e,
+            ProtocolError::RequestRefused {
+                reason: RejectReason::Overloaded,
+                ..
+            }
+        )),
+        "only the two past B's bound are refused, nothing fatal: {errors:?}"
+    );
+    assert_eq!(
+        rejections(&mut net),
+        vec![RejectReason::Overloaded, RejectReason::Overloaded]
+    );
+    let each = 2 * (100 + 1 + 8);
+    assert_eq!(net_paid(&net), 3 * each, "the two refused were refunded");
+    for id in &ids[..3] {
+        net.nodes[2].engine.respond(*id, vec![0; 8], T0).unwrap();
+    }
+    assert!(net.pump(T0).is_empty());
+    let delivered = net
+        .events(0)
+        .into_iter()
+        .filter(|e| matches!(e, Event::ResponseDelivered { .. }))
+        .count();
+    assert_eq!(delivered, 3);
+}
+
+/// A node keeps no more requests in flight over one channel than it takes from one
+/// peer: past it `send_request` refuses at once, and nothing is paid for it.
+#[test]
+fn a_client_keeps_no_more_in_flight_over_a_channel_than_it_takes_from_a_peer() {
+    let keys = [1u8, 2, 3].map(|i| Keypair::from_seed([i; 32]));
+    let ids = keys.clone().map(|k| k.id());
+    let edges = vec![edge(1, ids[0], ids[1]), edge(2, ids[1], ids[2])];
+    let client = EngineConfig {
+        max_in_flight_per_peer: 2,
+        ..EngineConfig::default()
+    };
+    let configs = [client, EngineConfig::default(), EngineConfig::default()];
+    let mut net = Network::new(keys.into_iter().zip(configs), edges, Time::ZERO);
+    let route = Route {
+        nodes: ids.to_vec(),
+        channels: vec![ChannelId(1), ChannelId(2)],
+    };
+    let send = |net: &mut Network, n: u8| {
+        net.nodes[0]
+            .engine
+            .send_request(route.clone(), vec![n], 8, Amount(1), T0)
+    };
+    let first = send(&mut net, 0).unwrap();
+    send(&mut net, 1).unwrap();
+    let err = send(&mut net, 2).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::ChannelBusy {
+                count: 2,
+                max: 2,
                 ..
             }
         ),
         "{err}"
     );
-    assert_eq!(bytes, 0);
+    assert!(!err.is_fatal());
+    assert!(net.pump(T0).is_empty());
+    let each = 2 * (100 + 1 + 8);
+    assert_eq!(
+        net_paid(&net),
+        2 * each,
+        "nothing paid for the one not sent"
+    );
+    net.nodes[2].engine.respond(first, vec![0; 8], T0).unwrap();
+    assert!(net.pump(T0).is_empty());
+    send(&mut net, 3).unwrap();
+    assert!(net.pump(T0).is_empty());
+    assert_eq!(net_paid(&net), 3 * each);
 }
 
 /// The reason each of A's requests was refused with, in order.

@@ -6,7 +6,7 @@ use crate::amount::Amount;
 use crate::config::SeverPolicy;
 use crate::crypto::NodeId;
 use crate::error::ProtocolError;
-use crate::messages::{Echo, Message};
+use crate::messages::{Echo, Message, MAX_AWAITING};
 use crate::time::Time;
 use crate::types::{AckOf, ChannelId, FeePayment, RequestId, SeverReason, SignedSeverNotice};
 
@@ -90,13 +90,16 @@ impl Engine {
         sent_seq: u64,
         awaiting: &[RequestId],
     ) -> Result<(), ProtocolError> {
-        let max = self.config.max_in_flight_per_peer;
+        let max = MAX_AWAITING;
         let ch = self
             .channels
             .get_mut(&channel)
             .ok_or(ProtocolError::UnknownPeer(from))?;
         // Each reestablish resends what the peer awaits: bound it to one per
-        // connection, one mention per request, and the requests a peer may have.
+        // connection, one mention per request, and the most requests an honest node
+        // keeps in flight over a channel. Not to our `max_in_flight_per_peer`: while
+        // the connection was down the peer may have sent more than we will take, and
+        // our refusals of the rest are among what it awaits (held for it here).
         if ch.reestablished {
             return Err(ProtocolError::RepeatedReestablish { channel });
         }

@@ -12,7 +12,7 @@ use crate::amount::Amount;
 use crate::crypto::{self, Hash, NodeId};
 use crate::error::ProtocolError;
 use crate::merkle::MerkleProof;
-use crate::messages::{Message, RejectReason, RequestMsg, BULK_BODY};
+use crate::messages::{Message, RejectReason, RequestMsg, BULK_BODY, MAX_AWAITING};
 use crate::pending::{Downstream, Pending, Resolution, Upstream};
 use crate::time::Time;
 use crate::types::{
@@ -64,6 +64,7 @@ impl Engine {
         if !self.channels.contains_key(&channel) {
             return Err(ProtocolError::InvalidCall("first edge is not ours".into()));
         }
+        self.room_on(channel)?;
         self.next_nonce = self.next_nonce.wrapping_add(1);
         let core = RequestCore {
             client: self.id,
@@ -115,7 +116,25 @@ impl Engine {
         Ok(id)
     }
 
-    /// Pays `next` over `channel` and sends the request on; registers `p` as pending.
+    /// Refuses (`ChannelBusy`) past the requests we keep in flight over one channel:
+    /// the lesser of what we take from one peer and what a `Reestablish` may name, so
+    /// that a peer away for a while (we go on sending; the updates are retransmitted
+    /// when it is back) never gets a `Reestablish` it must refuse.
+    fn room_on(&self, channel: ChannelId) -> Result<(), ProtocolError> {
+        let max = self.config.max_in_flight_per_peer.min(MAX_AWAITING);
+        let count = self.requests.load_down(channel);
+        if count >= max {
+            return Err(ProtocolError::ChannelBusy {
+                channel,
+                count,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Pays `next` over `channel` and sends the request on; registers `p` as pending
+    /// (if there is room on `channel`: [`Engine::room_on`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward(
         &mut self,
@@ -128,6 +147,7 @@ impl Engine {
         budget_ms: u64,
         now: Time,
     ) -> Result<(), ProtocolError> {
+        self.room_on(channel)?;
         header.budget_ms = budget_ms;
         let memo = Memo::Request {
             request: p.id,
@@ -275,7 +295,8 @@ impl Engine {
         ) {
             Ok(()) => {}
             Err(e) => {
-                // Cannot pay downstream (insolvent): refund upstream.
+                // Cannot pay downstream (insolvent) or too many in flight over
+                // it already: refund upstream.
                 return self.refuse(
                     from,
                     channel,
@@ -286,11 +307,13 @@ impl Engine {
                 );
             }
         }
-        if let Some(ch) = self.channels.get_mut(&channel) {
-            ch.ledger.earnings.push_back((now, kept));
-        }
-        if let Some(ch) = self.channels.get_mut(&down_channel) {
-            ch.ledger.earnings.push_back((now, kept));
+        // Only the unprofitable-edge heuristic reads the ledgers.
+        if let Some(h) = self.config.heuristic {
+            for c in [channel, down_channel] {
+                if let Some(ch) = self.channels.get_mut(&c) {
+                    ch.ledger.earned(now, kept, h.window_ms);
+                }
+            }
         }
         self.events.push_back(Event::RequestForwarded {
             request: id,

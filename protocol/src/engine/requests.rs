@@ -97,6 +97,11 @@ impl Requests {
         )
     }
 
+    /// How many requests went out over `channel`.
+    pub(super) fn load_down(&self, channel: ChannelId) -> usize {
+        self.by_down.get(&channel).map_or(0, BTreeSet::len)
+    }
+
     /// Requests whose upstream edge is `channel`.
     pub(super) fn up_of(&self, channel: ChannelId) -> impl Iterator<Item = &RequestId> {
         self.by_up.get(&channel).into_iter().flatten()
