@@ -12,14 +12,51 @@ use crate::types::{ChannelUpdate, RequestId};
 
 use super::{Engine, Timer};
 
-/// What an edge earned and lost recently, for the unprofitable-edge heuristic.
+/// Earnings and losses are summed per this many milliseconds: a window of an hour is
+/// then at most 3,600 entries per edge, however many requests it carries (one entry
+/// per request held 25 million of them at 7,000 requests a second, and summed them at
+/// every sync).
+const LEDGER_BUCKET_MS: u64 = 1_000;
+
+/// What an edge earned and lost recently, for the unprofitable-edge heuristic: sums
+/// per [`LEDGER_BUCKET_MS`], oldest first, none older than the heuristic's window.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Ledger {
     pub(super) earnings: VecDeque<(Time, Amount)>,
     pub(super) losses: VecDeque<(Time, Amount)>,
 }
 
+/// Adds `amount` at `now` to `list`'s last bucket, or starts the next one.
+fn add(list: &mut VecDeque<(Time, Amount)>, now: Time, amount: Amount) {
+    let bucket = Time(
+        now.ms()
+            .saturating_sub(now.ms().checked_rem(LEDGER_BUCKET_MS).unwrap_or(0)),
+    );
+    if let Some((t, sum)) = list.back_mut() {
+        if *t == bucket {
+            if let Ok(total) = sum.checked_add(amount) {
+                *sum = total;
+                return;
+            }
+        }
+    }
+    list.push_back((bucket, amount));
+}
+
 impl Ledger {
+    /// Records what the edge earned at `now`, keeping `window_ms` of history.
+    pub(super) fn earned(&mut self, now: Time, amount: Amount, window_ms: u64) {
+        add(&mut self.earnings, now, amount);
+        self.prune(now.minus(window_ms));
+    }
+
+    /// Records what the edge lost at `now`, keeping `window_ms` of history.
+    pub(super) fn lost(&mut self, now: Time, amount: Amount, window_ms: u64) {
+        add(&mut self.losses, now, amount);
+        self.prune(now.minus(window_ms));
+    }
+
+    /// Forgets the buckets that started before `since`.
     pub(super) fn prune(&mut self, since: Time) {
         while self.earnings.front().is_some_and(|(t, _)| *t < since) {
             self.earnings.pop_front();
@@ -111,5 +148,37 @@ impl Engine {
                 acks_due: VecDeque::new(),
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_holds_one_sum_per_second_of_its_window() {
+        let mut l = Ledger::default();
+        // 10,000 requests a second for 20 s, with a window of 5 s.
+        for i in 0..200_000u64 {
+            l.earned(Time(i / 10), Amount(2), 5_000);
+        }
+        l.lost(Time(19_999), Amount(7), 5_000);
+        assert_eq!(
+            l.earnings.len(),
+            5,
+            "the buckets from 15 s (the window's start, 14.999 s, rounds up)"
+        );
+        let earned = Amount::checked_sum(l.earnings.iter().map(|(_, a)| *a)).unwrap();
+        // 15 s to 19.999 s, 10 requests per ms.
+        assert_eq!(earned, Amount(5_000 * 10 * 2));
+        assert_eq!(
+            l.losses
+                .iter()
+                .map(|(t, a)| (t.ms(), a.0))
+                .collect::<Vec<_>>(),
+            [(19_000, 7)]
+        );
+        l.prune(Time(30_000));
+        assert!(l.earnings.is_empty() && l.losses.is_empty());
     }
 }

@@ -184,8 +184,8 @@ impl Engine {
         let missing = expected.saturating_sub(d.fees_received);
         let (peer, channel) = (d.peer, d.channel);
         if !missing.is_zero() {
-            if let Some(ch) = self.channels.get_mut(&channel) {
-                ch.ledger.losses.push_back((now, missing));
+            if let (Some(ch), Some(h)) = (self.channels.get_mut(&channel), self.config.heuristic) {
+                ch.ledger.lost(now, missing, h.window_ms);
             }
             self.events.push_back(Event::LossRecorded {
                 request: id,
