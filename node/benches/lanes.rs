@@ -9,7 +9,9 @@
 //! `POR_BENCH_SMALL_RATE` the small requests sent per second, open loop (default 100);
 //! `POR_BENCH_BULK_RATE` the 1 MiB responses asked for per second (default 30; 0 asks
 //! back to back), `POR_BENCH_BULK` the most of them in flight (default 8),
-//! `POR_BENCH_HOPS` the path's edges (default 3: the path). The nodes'
+//! `POR_BENCH_HOPS` the path's edges (default 3: the path),
+//! `POR_BENCH_APART=1` sends the bulk flow over a second path of its own (a control:
+//! the two flows then share only this host's cores). The nodes'
 //! files go under `TMPDIR`. `POR_BENCH_TRACE=1` prints each small request slower than
 //! 10 ms, with when it was sent.
 #![allow(clippy::unwrap_used)]
@@ -131,15 +133,17 @@ fn quantile(lat: &mut [Duration], q: f64) -> f64 {
     lat.get(i).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
-/// The bulk flow alone for `secs` after a second's ramp (MiB/s), or beside a small
-/// flow measured over the same window (then also its round trips).
+/// The bulk flow (over `bulk_path`) alone for `secs` after a second's ramp (MiB/s),
+/// or beside a small flow (over `small_path`) measured over the same window (then
+/// also its round trips).
 async fn with_bulk(
-    client: &NodeHandle,
-    server: NodeId,
+    bulk_path: (&NodeHandle, NodeId),
+    small_path: (&NodeHandle, NodeId),
     bulk: (usize, usize),
     secs: u64,
     small_rate: Option<usize>,
 ) -> (f64, Vec<Duration>) {
+    let (client, server) = bulk_path;
     let (stop, counting, bytes) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
@@ -157,7 +161,7 @@ async fn with_bulk(
     counting.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     let lat = match small_rate {
-        Some(rate) => small_flow(client, server, rate, secs).await,
+        Some(rate) => small_flow(small_path.0, small_path.1, rate, secs).await,
         None => {
             tokio::time::sleep(Duration::from_secs(secs)).await;
             Vec::new()
@@ -183,12 +187,27 @@ async fn run(transport: TransportKind, secs: u64, rate: usize, bulk: (usize, usi
         })
     })
     .await;
-    let (client, server) = (path.client().clone(), path.server());
+    // The control experiment: the bulk flow over a path of its own, sharing only
+    // the host's cores with the small requests' path.
+    let apart = match std::env::var("POR_BENCH_APART").is_ok_and(|v| v == "1") {
+        true => Some(
+            common::Path::start(
+                &format!("lanes-{transport:?}-bulk"),
+                hops,
+                transport,
+                || handler_fn(|_| async move { vec![0x5a; BULK] }),
+            )
+            .await,
+        ),
+        false => None,
+    };
+    let small = (path.client(), path.server());
+    let big = apart.as_ref().map_or(small, |p| (p.client(), p.server()));
     // Warm up both flows.
-    let _ = with_bulk(&client, server, bulk, 1, Some(rate)).await;
-    let mut alone = small_flow(&client, server, rate, secs).await;
-    let (bulk_alone, _) = with_bulk(&client, server, bulk, secs, None).await;
-    let (bulk_loaded, mut loaded) = with_bulk(&client, server, bulk, secs, Some(rate)).await;
+    let _ = with_bulk(big, small, bulk, 1, Some(rate)).await;
+    let mut alone = small_flow(small.0, small.1, rate, secs).await;
+    let (bulk_alone, _) = with_bulk(big, small, bulk, secs, None).await;
+    let (bulk_loaded, mut loaded) = with_bulk(big, small, bulk, secs, Some(rate)).await;
     let (a50, a99) = (quantile(&mut alone, 0.5), quantile(&mut alone, 0.99));
     let (l50, l99) = (quantile(&mut loaded, 0.5), quantile(&mut loaded, 0.99));
     println!(
@@ -205,6 +224,9 @@ async fn run(transport: TransportKind, secs: u64, rate: usize, bulk: (usize, usi
         (bulk_loaded / bulk_alone - 1.0) * 100.0
     );
     path.stop().await;
+    if let Some(p) = apart {
+        p.stop().await;
+    }
 }
 
 fn main() {
