@@ -85,7 +85,7 @@ pub struct Settings {
     /// Most requests in flight at once.
     #[cfg_attr(feature = "cli", arg(long, env = "POR_MAX_IN_FLIGHT"))]
     pub max_in_flight: Option<usize>,
-    /// Most requests one peer may have in flight through this node.
+    /// Most requests one peer may have in flight through this node (at most 25,000).
     #[cfg_attr(feature = "cli", arg(long, env = "POR_MAX_IN_FLIGHT_PER_PEER"))]
     pub max_in_flight_per_peer: Option<usize>,
     /// Most bytes one peer's requests in flight through this node may buy (bodies
@@ -301,6 +301,15 @@ impl Settings {
         }
         if let Some(m) = self.max_in_flight_per_peer {
             positive("max_in_flight_per_peer", m as u64)?;
+            if m > por_protocol::MAX_IN_FLIGHT_PER_PEER {
+                return Err(bad(
+                    "max_in_flight_per_peer",
+                    format!(
+                        "at most {}: one sync's late-fee payment names each late request of a peer and must fit one frame",
+                        por_protocol::MAX_IN_FLIGHT_PER_PEER
+                    ),
+                ));
+            }
             engine.max_in_flight_per_peer = m;
         }
         if let Some(m) = self.max_in_flight_bytes_per_peer {
@@ -670,6 +679,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("sever_policy"), "{err}");
+        for (m, ok) in [(25_000, true), (25_001, false), (0, false)] {
+            let r = Settings {
+                max_in_flight_per_peer: Some(m),
+                ..from_file_ok()
+            }
+            .resolve();
+            assert_eq!(r.is_ok(), ok, "max_in_flight_per_peer = {m}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("max_in_flight_per_peer"), "{e}");
+            }
+        }
         let err = Settings::default().resolve().unwrap_err().to_string();
         assert!(
             err.contains("account") && err.contains("POR_ACCOUNT"),

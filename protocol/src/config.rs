@@ -45,6 +45,11 @@ pub struct Misbehaviour {
     pub withhold_late_fees: bool,
 }
 
+/// The most `max_in_flight_per_peer` may be: a sync's late-fee payment names every
+/// late request of the peer it pays (a 32-byte item each), and must fit one frame with
+/// room to spare (25,000 items are 800 KB of the 1 MiB + 64 KiB).
+pub const MAX_IN_FLIGHT_PER_PEER: usize = 25_000;
+
 /// Engine configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineConfig {
@@ -63,6 +68,8 @@ pub struct EngineConfig {
     /// arrived over its edge); more are refused (and refunded) as `Overloaded`. It
     /// also bounds the requests we keep in flight over one channel downstream (with
     /// `messages::MAX_AWAITING`): past it a request is not sent (`ChannelBusy`).
+    /// Taken as at most [`MAX_IN_FLIGHT_PER_PEER`] (see
+    /// [`EngineConfig::per_peer_bound`]).
     pub max_in_flight_per_peer: usize,
     /// Maximum bytes one peer's requests in flight through us may buy at once (request
     /// bodies plus response limits: what we may have to hold for it); past it its
@@ -79,6 +86,14 @@ pub struct EngineConfig {
     pub closing_retention_bytes: u64,
     /// Deliberate deviations (simulation only).
     pub misbehaviour: Misbehaviour,
+}
+
+impl EngineConfig {
+    /// The bound on one peer's requests in flight through us, and on ours over one
+    /// channel: `max_in_flight_per_peer`, at most [`MAX_IN_FLIGHT_PER_PEER`].
+    pub fn per_peer_bound(&self) -> usize {
+        self.max_in_flight_per_peer.min(MAX_IN_FLIGHT_PER_PEER)
+    }
 }
 
 impl Default for EngineConfig {

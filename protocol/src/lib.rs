@@ -45,7 +45,9 @@ pub use time::Time;
 pub use types::*;
 
 #[cfg(feature = "engine")]
-pub use config::{EngineConfig, Heuristic, Misbehaviour, ProofForwarding, SeverPolicy};
+pub use config::{
+    EngineConfig, Heuristic, Misbehaviour, ProofForwarding, SeverPolicy, MAX_IN_FLIGHT_PER_PEER,
+};
 #[cfg(feature = "crypto")]
 pub use crypto::Keypair;
 #[cfg(feature = "engine")]

@@ -5,8 +5,10 @@
 
 use por_protocol::messages::{Message, RejectReason, MAX_AWAITING};
 use por_protocol::testing::Network;
-use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, RequestId, Route};
-use por_protocol::{wire, Amount, EngineConfig, Event, Keypair, NodeId, ProtocolError, Time};
+use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, FeeItem, RequestId, Route};
+use por_protocol::{
+    wire, Amount, EngineConfig, Event, Keypair, NodeId, ProtocolError, Time, MAX_IN_FLIGHT_PER_PEER,
+};
 
 const T0: Time = Time(1_000);
 /// The response every request here buys and gets: a file relay's kind of answer.
@@ -413,4 +415,24 @@ fn a_late_response_lost_on_the_wire_is_resent_once() {
         (RESPONSE..RESPONSE + 4096).contains(&bytes),
         "the body goes once: {sent:?}"
     );
+}
+
+/// A sync pays the late fees of every late request of a peer in one payment, an item
+/// each: at the most a peer may have in flight, the items still fit a frame with room
+/// for the rest of the message, at the largest totals.
+#[test]
+fn the_fee_items_of_every_request_a_peer_may_have_fit_one_frame() {
+    let items: Vec<FeeItem> = (0..MAX_IN_FLIGHT_PER_PEER as u64)
+        .map(|i| FeeItem {
+            request: RequestId([[0xff; 8], i.to_le_bytes()].concat().try_into().unwrap()),
+            total: Amount(u128::MAX),
+        })
+        .collect();
+    let len = wire::encoded_len(&items).unwrap();
+    assert!(len <= wire::MAX_FRAME_LEN - (128 << 10), "{len} bytes");
+    let config = EngineConfig {
+        max_in_flight_per_peer: usize::MAX,
+        ..EngineConfig::default()
+    };
+    assert_eq!(config.per_peer_bound(), MAX_IN_FLIGHT_PER_PEER);
 }

@@ -121,7 +121,7 @@ impl Engine {
     /// that a peer away for a while (we go on sending; the updates are retransmitted
     /// when it is back) never gets a `Reestablish` it must refuse.
     fn room_on(&self, channel: ChannelId) -> Result<(), ProtocolError> {
-        let max = self.config.max_in_flight_per_peer.min(MAX_AWAITING);
+        let max = self.config.per_peer_bound().min(MAX_AWAITING);
         let count = self.requests.load_down(channel);
         if count >= max {
             return Err(ProtocolError::ChannelBusy {
@@ -372,12 +372,12 @@ impl Engine {
             return Err((R::Overloaded, "in-flight limit reached".into()));
         }
         let (count, held) = self.requests.load_up(channel);
-        if count >= self.config.max_in_flight_per_peer {
+        if count >= self.config.per_peer_bound() {
             return Err((
                 R::Overloaded,
                 format!(
                     "{count} requests of this peer in flight (at most {})",
-                    self.config.max_in_flight_per_peer
+                    self.config.per_peer_bound()
                 ),
             ));
         }
