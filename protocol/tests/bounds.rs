@@ -35,10 +35,15 @@ fn edge(id: u64, a: NodeId, b: NodeId) -> EdgeInfo {
 
 /// Client A -- relay B -- server C, B and C configured by `config`.
 fn net(config: EngineConfig) -> (Network, Route) {
+    net_of(EngineConfig::default(), config)
+}
+
+/// Client A configured by `client`, relay B and server C by `config`.
+fn net_of(client: EngineConfig, config: EngineConfig) -> (Network, Route) {
     let keys = [1u8, 2, 3].map(|i| Keypair::from_seed([i; 32]));
     let ids = keys.clone().map(|k| k.id());
     let edges = vec![edge(1, ids[0], ids[1]), edge(2, ids[1], ids[2])];
-    let configs = [EngineConfig::default(), config.clone(), config];
+    let configs = [client, config.clone(), config];
     let net = Network::new(keys.into_iter().zip(configs), edges, Time::ZERO);
     let route = Route {
         nodes: ids.to_vec(),
@@ -246,19 +251,11 @@ fn a_peer_back_with_more_requests_than_we_take_is_served_and_refused_the_rest() 
 /// peer: past it `send_request` refuses at once, and nothing is paid for it.
 #[test]
 fn a_client_keeps_no_more_in_flight_over_a_channel_than_it_takes_from_a_peer() {
-    let keys = [1u8, 2, 3].map(|i| Keypair::from_seed([i; 32]));
-    let ids = keys.clone().map(|k| k.id());
-    let edges = vec![edge(1, ids[0], ids[1]), edge(2, ids[1], ids[2])];
     let client = EngineConfig {
         max_in_flight_per_peer: 2,
         ..EngineConfig::default()
     };
-    let configs = [client, EngineConfig::default(), EngineConfig::default()];
-    let mut net = Network::new(keys.into_iter().zip(configs), edges, Time::ZERO);
-    let route = Route {
-        nodes: ids.to_vec(),
-        channels: vec![ChannelId(1), ChannelId(2)],
-    };
+    let (mut net, route) = net_of(client, EngineConfig::default());
     let send = |net: &mut Network, n: u8| {
         net.nodes[0]
             .engine
