@@ -72,6 +72,7 @@ struct Misbehaving<H> {
 
 impl<H: por_node::Handler> por_node::Handler for Misbehaving<H> {
     async fn handle(&self, request: por_node::IncomingRequest) -> Vec<u8> {
+        let files = is_files_request(&request.body);
         if !self.how.answer {
             // Acked and never answered: the engine's timers, not this task, decide
             // what happens to the request (bounded by max_in_flight).
@@ -83,7 +84,7 @@ impl<H: por_node::Handler> por_node::Handler for Misbehaving<H> {
         }
         // The last byte of a file response is the blob's data (or its last proof
         // hash): either way the client's verification fails.
-        if self.how.corrupt_files {
+        if self.how.corrupt_files && files {
             if let Some(last) = body.last_mut() {
                 *last ^= 0xff;
             }
@@ -92,7 +93,28 @@ impl<H: por_node::Handler> por_node::Handler for Misbehaving<H> {
     }
 }
 
-/// `por node run`: echoes request bodies, or serves the file store in `serve_files`.
+/// Whether a request body is the file layer's: it starts with its version byte.
+fn is_files_request(body: &[u8]) -> bool {
+    body.first() == Some(&por_files::proto::VERSION)
+}
+
+/// A node with a file store: the file layer's requests are answered from the store,
+/// any other body is echoed (as by a node without one), so one host serves both.
+struct FilesOrEcho(por_files::FilesHandler);
+
+impl por_node::Handler for FilesOrEcho {
+    async fn handle(&self, request: por_node::IncomingRequest) -> Vec<u8> {
+        if is_files_request(&request.body) {
+            self.0.handle(request).await
+        } else {
+            request.body
+        }
+    }
+}
+
+/// `por node run`: echoes request bodies, and serves the file store in `serve_files`
+/// to the file layer's requests; its control endpoint also runs the file layer's
+/// transfers (`files_get`).
 pub(crate) async fn node_run(
     file: Option<&Path>,
     flags: &Settings,
@@ -113,7 +135,7 @@ pub(crate) async fn node_run(
         .transport_config(cfg.transport_config.clone());
     let mut b = match serve_files {
         Some(dir) => b.handler(Misbehaving {
-            inner: por_files::FilesHandler::new(por_files::Store::open(dir)?),
+            inner: FilesOrEcho(por_files::FilesHandler::new(por_files::Store::open(dir)?)),
             how: bad,
         }),
         None => b.handler(Misbehaving {
@@ -132,8 +154,14 @@ pub(crate) async fn node_run(
     }
     let node = b.start().await?;
     let token = por_node::control::write_token(&cfg.data_dir)?;
-    let control =
-        por_node::control::serve(&cfg.control, node.clone(), token, cfg.limits.http).await?;
+    let control = por_node::control::serve_with(
+        &cfg.control,
+        node.clone(),
+        token,
+        cfg.limits.http,
+        crate::files::control_ops(),
+    )
+    .await?;
     let token_file = por_node::control::token_path(&cfg.data_dir);
     tracing::info!(
         id = %por_node::key_hex(&node.id()),

@@ -301,3 +301,81 @@ fn futures_shared(
 ) -> impl std::future::Future<Output = ()> + Clone {
     futures::FutureExt::shared(Box::pin(f))
 }
+
+/// The file layer's ops on a running node's control endpoint (`por node run`):
+/// `files_get` fetches a ticket through the node, as `por files get` does through
+/// a node of its own. `{"op": "files_get", "ticket": ..., "output": path, and
+/// optionally "spend_cap" (yoctoNEAR, a string), "window"}`; answered with the
+/// transfer's report once it is done. A request cut off (its connection closed)
+/// stops the transfer where it is; the same request again resumes it.
+pub(crate) fn control_ops() -> por_node::control::ExtraOps {
+    por_node::control::ExtraOps::default().with(
+        "files_get",
+        std::sync::Arc::new(|node: por_node::NodeHandle, req: serde_json::Value| {
+            futures::FutureExt::boxed(files_get(node, req))
+        }),
+    )
+}
+
+async fn files_get(
+    node: por_node::NodeHandle,
+    req: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let ticket: Ticket = req["ticket"]
+        .as_str()
+        .ok_or("\"ticket\": missing (what `por files add` printed)")?
+        .parse()
+        .map_err(|e| format!("\"ticket\": {e}"))?;
+    let output = PathBuf::from(
+        req["output"]
+            .as_str()
+            .ok_or("\"output\": missing (where to write what the ticket names)")?,
+    );
+    let spend_cap = match &req["spend_cap"] {
+        serde_json::Value::Null => None,
+        v => {
+            Some(Amount(v.as_str().and_then(|s| s.parse().ok()).ok_or(
+                "\"spend_cap\": yoctoNEAR, a whole number in a string",
+            )?))
+        }
+    };
+    let mut options = TransferOptions {
+        spend_cap,
+        ..TransferOptions::default()
+    };
+    if let Some(w) = req["window"].as_u64() {
+        options.window = usize::try_from(w)
+            .ok()
+            .filter(|w| (1..=64).contains(w))
+            .ok_or("\"window\": 1 to 64 requests in flight per provider")?;
+    }
+    let started = std::time::Instant::now();
+    let r = transfer::get(
+        &node,
+        &ticket,
+        &output,
+        options,
+        &Silent,
+        std::future::pending::<()>(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let providers: serde_json::Map<String, serde_json::Value> = r
+        .providers
+        .iter()
+        .map(|(id, p)| {
+            (
+                por_node::key_hex(id),
+                json!({"pieces": p.pieces, "bytes": p.bytes, "spent": p.spent.0.to_string(),
+                       "failures": p.failures, "deviated": p.deviated}),
+            )
+        })
+        .collect();
+    Ok(
+        json!({"root": ticket.root.to_string(), "size": r.size, "bytes": r.bytes_fetched,
+              "bytes_requested": r.bytes_requested, "requests": r.requests,
+              "wasted_pieces": r.wasted_pieces, "resumed_pieces": r.resumed_pieces,
+              "spent": r.spent.0.to_string(), "evidence": r.evidence,
+              "providers": providers, "secs": started.elapsed().as_secs_f64()}),
+    )
+}

@@ -202,7 +202,8 @@ enum NodeCommand {
         config: Option<PathBuf>,
         #[command(flatten)]
         settings: Box<por_node::Settings>,
-        /// Serve this file store (`por files add`) instead of echoing request bodies.
+        /// Serve this file store (`por files add`) to the file layer's requests (bodies
+        /// that start with its version byte, 1); other bodies are still echoed.
         #[arg(long)]
         serve_files: Option<PathBuf>,
     },

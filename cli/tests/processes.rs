@@ -116,7 +116,8 @@ fn node(dir: &Path, name: &str, ground: &Ground, transport: &str) -> Proc {
 
 /// The control endpoint answers nobody without the node's token: a browser's
 /// cross-origin POST (a simple request: `text/plain`, no `Authorization`) is refused
-/// and does nothing, and so is a request with the token but not `application/json`.
+/// and does nothing, and so is a request with the token but not `application/json`,
+/// or one larger than the endpoint takes.
 async fn control_endpoint_trusts_only_its_token(p: &Proc) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = p.ready["control"].as_str().unwrap();
@@ -151,6 +152,30 @@ async fn control_endpoint_trusts_only_its_token(p: &Proc) {
             .unwrap_err();
         assert!(err.to_string().contains("unauthorized"), "{err}");
     }
+    // A body over the endpoint's 4 MiB, with the token: refused as too large (413),
+    // in the endpoint's JSON, while the body is still being sent.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let len = (4 << 20) + 1;
+    let head = format!(
+        "POST /v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    );
+    let (mut rd, mut wr) = s.split();
+    let send = async {
+        // The endpoint may answer and close before it has read it all.
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&vec![b' '; len]).await;
+    };
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut got));
+    let ((), read) = tokio::join!(send, read);
+    let _ = read.unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(
+        got.contains("larger than the control endpoint takes (4 MiB)"),
+        "{got}"
+    );
     // Still running, and answering its owner.
     control(p, json!({"op": "status"})).await.unwrap();
 }

@@ -11,17 +11,20 @@
 //! application/json` (also required), to another origin without a CORS preflight, and
 //! the endpoint answers no preflight.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures::future::BoxFuture;
 use http_body_util::BodyExt as _;
 use por_chain::Chain;
 use por_protocol::types::Route;
@@ -89,10 +92,30 @@ fn same_token(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The control endpoint's state: the node and its token.
+/// An op that a layer above the node adds to its control endpoint (the `por` CLI
+/// adds the file layer's `files_get`): the node and the request's JSON object in,
+/// the answer's JSON, or why it was refused, out.
+pub type ExtraOp =
+    Arc<dyn Fn(NodeHandle, Value) -> BoxFuture<'static, Result<Value, String>> + Send + Sync>;
+
+/// The ops added to a control endpoint beside its own, by name. An added op never
+/// replaces one of the endpoint's own: those are looked up first.
+#[derive(Clone, Default)]
+pub struct ExtraOps(BTreeMap<String, ExtraOp>);
+
+impl ExtraOps {
+    /// These ops and `op`, served as `name`.
+    pub fn with(mut self, name: &str, op: ExtraOp) -> ExtraOps {
+        self.0.insert(name.to_string(), op);
+        self
+    }
+}
+
+/// The control endpoint's state: the node, its token and the ops added to it.
 struct Control {
     node: NodeHandle,
     token: String,
+    extra: ExtraOps,
 }
 
 /// `{"err": why}` with `status`.
@@ -100,7 +123,11 @@ fn refusal(status: StatusCode, why: String) -> Response {
     (status, axum::Json(json!({ "err": why }))).into_response()
 }
 
-async fn handle(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -122,13 +149,28 @@ async fn handle(State(c): State<Arc<Control>>, headers: HeaderMap, body: Bytes) 
             "the body must be application/json".into(),
         );
     }
+    // Read past the token check, so a stranger learns nothing about the endpoint. A
+    // body over MAX_BODY is refused with its own status (413), in the endpoint's JSON.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request is larger than the control endpoint takes ({} MiB)",
+                    MAX_BODY >> 20
+                ),
+            )
+        }
+        Err(e) => return refusal(e.status(), e.body_text()),
+    };
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(&body) else {
         return refusal(
             StatusCode::BAD_REQUEST,
             "the body is not a JSON object".into(),
         );
     };
-    match answer(&c.node, &Value::Object(req)).await {
+    match answer(&c.node, &c.extra, &Value::Object(req)).await {
         Ok(v) => axum::Json(json!({ "ok": v })).into_response(),
         Err(e) => refusal(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     }
@@ -141,6 +183,17 @@ pub async fn serve(
     node: NodeHandle,
     token: String,
     limits: crate::http::HttpLimits,
+) -> Result<SocketAddr, NodeError> {
+    serve_with(addr, node, token, limits, ExtraOps::default()).await
+}
+
+/// [`serve`], with the ops in `extra` served beside the endpoint's own.
+pub async fn serve_with(
+    addr: &str,
+    node: NodeHandle,
+    token: String,
+    limits: crate::http::HttpLimits,
+    extra: ExtraOps,
 ) -> Result<SocketAddr, NodeError> {
     let bad = |detail: String| NodeError::Config {
         source_name: "settings".into(),
@@ -158,7 +211,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1", post(handle))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Arc::new(Control { node, token }));
+        .with_state(Arc::new(Control { node, token, extra }));
     tokio::spawn(async move {
         if let Err(e) = crate::http::serve(listener, app, limits, "control").await {
             tracing::warn!("control endpoint stopped: {e}");
@@ -219,7 +272,7 @@ fn field<'a>(req: &'a Value, k: &str) -> Result<&'a Value, NodeError> {
     }
 }
 
-async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
+async fn answer(node: &NodeHandle, extra: &ExtraOps, req: &Value) -> Result<Value, NodeError> {
     let text = |k: &str| -> Result<String, NodeError> {
         Ok(field(req, k)?.as_str().unwrap_or_default().to_string())
     };
@@ -305,11 +358,19 @@ async fn answer(node: &NodeHandle, req: &Value) -> Result<Value, NodeError> {
             tokio::spawn(async move { node.shutdown().await });
             Ok(Value::Null)
         }
-        other => Err(NodeError::Config {
-            source_name: "control".into(),
-            key: "op".into(),
-            detail: format!("unknown op {other:?}"),
-        }),
+        other => match extra.0.get(other) {
+            Some(op) => op(node.clone(), req.clone())
+                .await
+                .map_err(|detail| NodeError::Op {
+                    op: other.to_string(),
+                    detail,
+                }),
+            None => Err(NodeError::Config {
+                source_name: "control".into(),
+                key: "op".into(),
+                detail: format!("unknown op {other:?}"),
+            }),
+        },
     }
 }
 
@@ -435,13 +496,21 @@ pub async fn call_on(
         .send_request(req)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
+    let response_status = response.status();
     let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|e| unreachable(e.to_string()))?
         .to_bytes();
     driver.abort();
-    let v: Value = serde_json::from_slice(&body).map_err(|e| unreachable(e.to_string()))?;
+    let status = response_status;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| {
+        // Something answered, but not the endpoint's JSON: say what it answered.
+        NodeError::Remote(format!(
+            "{addr} answered {status} without the control endpoint's JSON ({e}): {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ))
+    })?;
     match v.get("ok") {
         Some(ok) => Ok(ok.clone()),
         None => Err(NodeError::Remote(

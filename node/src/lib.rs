@@ -125,6 +125,14 @@ pub enum NodeError {
     /// The node is shutting down or has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// An op a layer above the node serves on its control endpoint refused or failed.
+    #[error("{op}: {detail}")]
+    Op {
+        /// The op.
+        op: String,
+        /// Why.
+        detail: String,
+    },
 }
 
 /// The node's clock: milliseconds since the Unix epoch, as the engine's [`por_protocol::Time`].
