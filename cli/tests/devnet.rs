@@ -74,7 +74,13 @@ impl Drop for Devnet {
     }
 }
 
-fn start(tag: &str, hosts: usize, transport: &str, isolation: &str) -> (Devnet, Value) {
+fn start(
+    tag: &str,
+    hosts: usize,
+    transport: &str,
+    isolation: &str,
+    extra: &[&str],
+) -> (Devnet, Value) {
     let name = format!("t{tag}{}", std::process::id() % 100_000);
     let dir = std::env::temp_dir().join(format!("por-devnet-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -91,10 +97,24 @@ fn start(tag: &str, hosts: usize, transport: &str, isolation: &str) -> (Devnet, 
             isolation,
             "--name",
             &d.name,
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     );
     assert_eq!(n(&up, "hosts"), hosts as u64, "{up}");
     (d, up)
+}
+
+/// `por devnet files <args>` fetching one file: its summary, with the transfer's own
+/// line as `transfer`.
+fn files(dir: &Path, args: &[&str]) -> Value {
+    let all: Vec<&str> = ["files"].into_iter().chain(args.iter().copied()).collect();
+    let mut lines = devnet(dir, &all).unwrap_or_else(|e| panic!("por devnet {all:?}: {e}"));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let mut summary = lines.pop().unwrap();
+    summary["transfer"] = lines.pop().unwrap();
+    summary
 }
 
 /// Every request sent has exactly one outcome.
@@ -114,7 +134,7 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
         eprintln!("no network namespaces here (not root, or no iproute2): hosts on loopback addresses, partitions skipped");
         "loopback"
     };
-    let (d, up) = start("a", 12, "tcp", isolation);
+    let (d, up) = start("a", 12, "tcp", isolation, &[]);
     assert_eq!(up["isolation"], isolation);
     // A ring of 12 with three chords.
     assert_eq!(n(&up, "channels"), 15);
@@ -265,6 +285,23 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
         assert!(err.contains("partitions need network namespaces"), "{err}");
     }
 
+    // A file through the file layer: a MiB (two pieces) from two providers across
+    // the emulated internet, verified and byte-identical, paid for.
+    let files = files(
+        &d.dir,
+        &[
+            "--from",
+            "h01",
+            "--provider",
+            "h04",
+            "--provider",
+            "h08",
+            "--size",
+            "1048576",
+        ],
+    );
+    assert_eq!(n(&files, "identical"), 1, "{files}");
+
     // Money: both ends of every channel hold the same acknowledged state.
     let check = ok(&d.dir, &["check"]);
     assert_eq!(check["agree"], true, "{check}");
@@ -290,6 +327,13 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
     );
     assert_eq!(report["conservation"]["conserved"], true, "{report}");
     assert_eq!(report["relays_profit"], true, "{report}");
+    let f = &report["files"];
+    assert_eq!(
+        (n(f, "transfers"), n(f, "identical"), n(f, "bytes")),
+        (1, 1, 1 << 20),
+        "{f}"
+    );
+    assert!(f["mib_per_s"]["p50"].as_f64().unwrap() > 0.0, "{f}");
     assert_eq!(
         n(&report["conservation"], "channels_checked"),
         15,
@@ -302,7 +346,9 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
         .unwrap();
     let md = String::from_utf8_lossy(&md.stdout);
     assert!(
-        md.contains("| hops | responses |") && md.contains("Money conserved"),
+        md.contains("| hops | responses |")
+            && md.contains("Money conserved")
+            && md.contains("File transfers: 1 (1 fetched, 1 identical, 0 failed)"),
         "{md}"
     );
 
@@ -335,7 +381,13 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
 #[test]
 fn six_hosts_over_quic_on_loopback_addresses_refuse_a_partition_and_agree_after_a_kill() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (d, up) = start("q", 6, "quic", "loopback");
+    let (d, up) = start(
+        "q",
+        6,
+        "quic",
+        "loopback",
+        &["--misbehave", "h05=corrupt-files"],
+    );
     assert_eq!(up["isolation"], "loopback");
     assert_eq!(up["transport"], "quic");
     let status = devnet(&d.dir, &["status"]).unwrap();
@@ -347,6 +399,38 @@ fn six_hosts_over_quic_on_loopback_addresses_refuse_a_partition_and_agree_after_
         &["load", "--from", "h01", "--to", "h03", "--requests", "30"],
     );
     assert_eq!(n(&load, "responses"), 30, "{load}");
+    // A file from two providers, one of which (h05) corrupts what it serves: caught,
+    // dropped, its evidence kept, and the file finished from the other, identical.
+    let files = files(
+        &d.dir,
+        &[
+            "--from",
+            "h01",
+            "--provider",
+            "h03",
+            "--provider",
+            "h05",
+            "--size",
+            "2097152",
+        ],
+    );
+    assert_eq!(n(&files, "identical"), 1, "{files}");
+    let transfer = &files["transfer"];
+    assert_eq!(
+        transfer["deviated"],
+        serde_json::json!(["h05"]),
+        "{transfer}"
+    );
+    assert!(n(transfer, "evidence") >= 1, "{transfer}");
+    // Bad input is refused before anything is added or spent.
+    let err = devnet(&d.dir, &["files", "--from", "h01", "--provider", "h01"]).unwrap_err();
+    assert!(err.contains("also a --provider"), "{err}");
+    let err = devnet(
+        &d.dir,
+        &["files", "--from", "h01", "--provider", "h03", "--size", "0"],
+    )
+    .unwrap_err();
+    assert!(err.contains("--size 0"), "{err}");
     ok(&d.dir, &["kill", "h02"]);
     let after = ok(
         &d.dir,
@@ -422,7 +506,7 @@ fn the_live_map_shows_every_node_and_a_sever_within_seconds_in_chromium() {
         }
     };
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (d, _) = start("m", 5, "tcp", "loopback");
+    let (d, _) = start("m", 5, "tcp", "loopback", &[]);
     let mut map = Command::new(env!("CARGO_BIN_EXE_por"))
         .args(["devnet", "map", "--listen", "127.0.0.1:0", "--dir"])
         .arg(&d.dir)

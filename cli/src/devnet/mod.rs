@@ -6,6 +6,7 @@
 //! partitions, link changes), load, and a check that both ends of every channel
 //! agree. docs/testnet.md describes it.
 
+mod files;
 mod links;
 mod map;
 mod net;
@@ -199,6 +200,30 @@ pub(crate) enum DevnetCommand {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: u64,
+        /// The devnet's directory.
+        #[arg(long, default_value = ".por-devnet")]
+        dir: PathBuf,
+    },
+    /// Share files of random bytes from provider hosts and fetch them from a client
+    /// host through the file layer (verified and paid piece by piece, the pieces split
+    /// between the providers); prints each transfer (rate, cost, whether the bytes
+    /// arrived identical, providers caught deviating) and records it for the report.
+    Files {
+        /// The client host.
+        #[arg(long)]
+        from: String,
+        /// A provider host; repeatable.
+        #[arg(long = "provider", required = true)]
+        providers: Vec<String>,
+        /// Bytes per file (at most 1 GiB).
+        #[arg(long, default_value_t = 4 << 20)]
+        size: u64,
+        /// Files, fetched one after another.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Requests in flight per provider.
+        #[arg(long, default_value_t = 4)]
+        window: u64,
         /// The devnet's directory.
         #[arg(long, default_value = ".por-devnet")]
         dir: PathBuf,
@@ -422,6 +447,22 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
             println!("{}", load(&st, &from, &to, requests, concurrency).await?);
             Ok(())
         }
+        DevnetCommand::Files {
+            from,
+            providers,
+            size,
+            count,
+            window,
+            dir,
+        } => {
+            let st = State::load(&dir)?;
+            let summary = files::files(&st, &from, &providers, size, count, window).await?;
+            println!("{summary}");
+            if summary["identical"] != summary["files"] {
+                bail!("not every file arrived whole and identical: {summary}");
+            }
+            Ok(())
+        }
         DevnetCommand::Check { dir } => {
             let st = State::load(&dir)?;
             let report = check(&st).await?;
@@ -510,6 +551,22 @@ fn topology(n: usize) -> Vec<(usize, usize)> {
         edges.extend((0..n / 2).step_by(2).map(|i| (i, i + n / 2)));
     }
     edges
+}
+
+/// What one TCP connection carries over `link`, in bytes a second: the link's rate,
+/// or less where loss bounds it (Mathis et al., 1997: MSS / RTT × 1.22 / √loss; at
+/// 0.1 % loss and a 140 ms round trip, about 400 kB/s of the 100 Mbit/s), halved for
+/// slow start after the link has been idle. A 512 KiB file piece then takes seconds
+/// over a long link, and its deadline says so: promised at the link's rate, such
+/// pieces came late and their edges were severed.
+fn tcp_bandwidth(link: &links::Link) -> u64 {
+    let rate = (link.bandwidth_bps / 8).max(1);
+    if link.loss <= 0.0 {
+        return rate;
+    }
+    let rtt_s = (f64::from(link.latency_ms + link.jitter_ms) * 2.0 / 1000.0).max(0.001);
+    let mathis = 1448.0 / rtt_s * 1.22 / link.loss.sqrt() / 2.0;
+    rate.min(mathis as u64).max(1)
 }
 
 /// The terms of a devnet channel promising `latency_ms` one way.
@@ -792,6 +849,8 @@ async fn build(st: &mut State, plan: &Plan) -> Result<()> {
             &(STAKE_NEAR * por_chain::local::NEAR).to_string(),
             "--chain-poll-ms",
             &poll_ms,
+            "--serve-files",
+            &files::store_dir(&dir, &name).display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -825,13 +884,17 @@ async fn build(st: &mut State, plan: &Plan) -> Result<()> {
     for c in &plan.channels {
         let (ha, hb) = (&st.hosts[c.a], &st.hosts[c.b]);
         // A channel promises what its link delivers: the emulated one-way latency
-        // and its jitter, plus 20 ms for the nodes themselves.
-        let latency_ms = match &emulated_links {
+        // and its jitter, plus 20 ms for the nodes themselves, and the bandwidth one
+        // TCP connection gets over it (`tcp_bandwidth`).
+        let (latency_ms, bandwidth) = match &emulated_links {
             Some(l) => {
                 let link = l.link(l.endpoint(&ha.name)?, l.endpoint(&hb.name)?);
-                u64::from(link.latency_ms + link.jitter_ms) + 20
+                (
+                    u64::from(link.latency_ms + link.jitter_ms) + 20,
+                    tcp_bandwidth(&link),
+                )
             }
-            None => 50,
+            None => (50, EdgeTerms::DEFAULT_BANDWIDTH),
         };
         let signer = |h: &Host| -> Result<por_chain::RemoteClient> {
             let key =
@@ -840,7 +903,10 @@ async fn build(st: &mut State, plan: &Plan) -> Result<()> {
                 chain_addr, &h.account, key,
             ))
         };
-        let terms = c.terms.clone().unwrap_or_else(|| terms(latency_ms));
+        let terms = c.terms.clone().unwrap_or_else(|| EdgeTerms {
+            bandwidth,
+            ..terms(latency_ms)
+        });
         let id = signer(ha)?
             .propose_channel(&hb.account, &terms, c.deposit_a)
             .await

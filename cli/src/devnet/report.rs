@@ -1,6 +1,7 @@
 //! `por devnet report`: what the devnet's traffic came to, from the outcomes `load`
-//! recorded (`outcomes.jsonl`), every running node's channels and the chain's view
-//! of them. Latency by path length, outcomes over time, late fees, each node's
+//! recorded (`outcomes.jsonl`), the file transfers `files` recorded
+//! (`transfers.jsonl`), every running node's channels and the chain's view of them.
+//! Latency by path length, outcomes over time, transfer rates, late fees, each node's
 //! earnings, severed channels, and money conservation of every channel: the two ends
 //! agree, and what they hold adds up to what was deposited on chain.
 
@@ -199,11 +200,19 @@ pub(crate) async fn report(st: &State, statuses: &[(String, Value)]) -> Result<V
             problems.push(json!({"channel": id, "deposits": deposits.to_string(), a.clone(): ab, b.clone(): ba}));
         }
     }
+    let transfers = super::files::summary(&st.dir);
     let clients_servers: Vec<String> = outcomes
         .iter()
         .flat_map(|o| [o["from"].as_str(), o["to"].as_str()])
         .flatten()
         .map(str::to_string)
+        .chain(
+            transfers["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_str().map(str::to_string)),
+        )
         .collect();
     let relays: Vec<&Value> = nodes
         .iter()
@@ -246,7 +255,7 @@ pub(crate) async fn report(st: &State, statuses: &[(String, Value)]) -> Result<V
         "misbehaving": misbehaving,
         "transport": st.transport, "emulated_links": st.net.emulated,
         "requests": outcomes.len(), "outcomes": kinds, "latency_by_hops": latency,
-        "outcomes_over_time": over_time,
+        "outcomes_over_time": over_time, "files": transfers,
         "late_fees_received_by_clients": late_fees.to_string(), "clients_spent": spent.to_string(),
         "nodes": nodes,
         "relays_that_forwarded": relays.len(), "relays_profit": relays_profit,
@@ -291,6 +300,24 @@ pub(crate) fn markdown(r: &Value) -> String {
         r["late_fees_received_by_clients"].as_str().unwrap_or("0"),
         r["clients_spent"].as_str().unwrap_or("0")
     ));
+    let f = &r["files"];
+    if f["transfers"].as_u64().unwrap_or(0) > 0 {
+        md.push_str(&format!(
+            "File transfers: {} ({} fetched, {} identical, {} failed), {} bytes, \
+             MiB/s min {} / median {} / max {}; spent {} yocto; providers caught \
+             deviating: {}.\n\n",
+            f["transfers"],
+            f["fetched"],
+            f["identical"],
+            f["failed"],
+            f["bytes"],
+            f["mib_per_s"]["min"],
+            f["mib_per_s"]["p50"],
+            f["mib_per_s"]["max"],
+            f["spent"].as_str().unwrap_or("0"),
+            f["deviating_providers"]
+        ));
+    }
     md.push_str(
         "| host | received | paid | net | channels | severed |\n|---|---|---|---|---|---|\n",
     );
