@@ -191,7 +191,7 @@ pub(crate) async fn files(
         println!("{record}");
         records.push(record);
     }
-    append(&st.dir, &records)?;
+    super::report::append_lines(&st.dir.join(TRANSFERS_FILE), &records)?;
     Ok(
         json!({"from": from, "providers": providers, "files": count, "fetched": done,
               "identical": identical, "failed": count - done, "bytes": bytes,
@@ -205,23 +205,6 @@ fn mib_per_s(bytes: u64, secs: f64) -> f64 {
         return 0.0;
     }
     (bytes as f64 / (1u64 << 20) as f64 / secs * 100.0).round() / 100.0
-}
-
-/// Appends transfer records to the devnet's record.
-fn append(dir: &Path, records: &[Value]) -> Result<()> {
-    let p = dir.join(TRANSFERS_FILE);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
-    let mut text = String::new();
-    for r in records {
-        text.push_str(&r.to_string());
-        text.push('\n');
-    }
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", p.display()))
 }
 
 /// The report's `transfers` section, from the record: how many, how fast (MiB/s:

@@ -23,14 +23,18 @@ const BUCKET_MS: u64 = 10_000;
 
 /// Appends outcomes to the devnet's record.
 pub(crate) fn record(dir: &Path, outcomes: &[Value]) -> Result<()> {
-    let p = dir.join(OUTCOMES_FILE);
+    append_lines(&dir.join(OUTCOMES_FILE), outcomes)
+}
+
+/// Appends `values` to the file `p`, one JSON line each.
+pub(crate) fn append_lines(p: &Path, values: &[Value]) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&p)
+        .open(p)
         .with_context(|| format!("opening {}", p.display()))?;
     let mut text = String::new();
-    for o in outcomes {
+    for o in values {
         text.push_str(&o.to_string());
         text.push('\n');
     }
