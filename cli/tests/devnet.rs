@@ -160,6 +160,24 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
     assert_eq!(outcomes(&after), 5, "{after}");
     assert_eq!(n(&after, "responses"), 5, "{after}");
 
+    // A file through the file layer: a MiB (two pieces) from two providers across
+    // the emulated internet, verified and byte-identical, paid for (while every
+    // channel is up).
+    let files = files(
+        &d.dir,
+        &[
+            "--from",
+            "h01",
+            "--provider",
+            "h04",
+            "--provider",
+            "h08",
+            "--size",
+            "1048576",
+        ],
+    );
+    assert_eq!(n(&files, "identical"), 1, "{files}");
+
     if isolation == "netns" {
         assert_eq!(up["emulated_links"], true, "{up}");
         // h01 (us-east-1) and h02 (us-west-2) are 67 ms apart: no request between
@@ -285,23 +303,6 @@ fn twelve_hosts_survive_a_kill_under_load_and_a_partition_and_leave_nothing_behi
         assert!(err.contains("partitions need network namespaces"), "{err}");
     }
 
-    // A file through the file layer: a MiB (two pieces) from two providers across
-    // the emulated internet, verified and byte-identical, paid for.
-    let files = files(
-        &d.dir,
-        &[
-            "--from",
-            "h01",
-            "--provider",
-            "h04",
-            "--provider",
-            "h08",
-            "--size",
-            "1048576",
-        ],
-    );
-    assert_eq!(n(&files, "identical"), 1, "{files}");
-
     // Money: both ends of every channel hold the same acknowledged state.
     let check = ok(&d.dir, &["check"]);
     assert_eq!(check["agree"], true, "{check}");
@@ -415,13 +416,31 @@ fn six_hosts_over_quic_on_loopback_addresses_refuse_a_partition_and_agree_after_
         ],
     );
     assert_eq!(n(&files, "identical"), 1, "{files}");
+    // h03 may finish every piece before h05's answers are checked; whatever of h05
+    // was checked is caught, and nothing is held against h03.
     let transfer = &files["transfer"];
+    let deviated = transfer["deviated"].as_array().unwrap();
+    assert!(deviated.iter().all(|h| h == "h05"), "{transfer}");
     assert_eq!(
-        transfer["deviated"],
-        serde_json::json!(["h05"]),
+        n(transfer, "evidence") > 0,
+        !deviated.is_empty(),
         "{transfer}"
     );
-    assert!(n(transfer, "evidence") >= 1, "{transfer}");
+    // From h05 alone the file cannot be had: it is caught and nothing is accepted.
+    let err = devnet(
+        &d.dir,
+        &[
+            "files",
+            "--from",
+            "h01",
+            "--provider",
+            "h05",
+            "--size",
+            "1048576",
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("no provider left"), "{err}");
     // Bad input is refused before anything is added or spent.
     let err = devnet(&d.dir, &["files", "--from", "h01", "--provider", "h01"]).unwrap_err();
     assert!(err.contains("also a --provider"), "{err}");

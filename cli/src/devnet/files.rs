@@ -192,8 +192,10 @@ pub(crate) async fn files(
         records.push(record);
     }
     super::report::append_lines(&st.dir.join(TRANSFERS_FILE), &records)?;
+    let errors: Vec<&Value> = records.iter().filter_map(|r| r.get("error")).collect();
     Ok(
         json!({"from": from, "providers": providers, "files": count, "fetched": done,
+              "errors": errors,
               "identical": identical, "failed": count - done, "bytes": bytes,
               "mib_per_s": mib_per_s(bytes, secs), "spent": spent.to_string()}),
     )

@@ -459,7 +459,10 @@ pub(crate) async fn run(cmd: DevnetCommand) -> Result<()> {
             let summary = files::files(&st, &from, &providers, size, count, window).await?;
             println!("{summary}");
             if summary["identical"] != summary["files"] {
-                bail!("not every file arrived whole and identical: {summary}");
+                bail!(
+                    "not every file arrived whole and identical: {summary}; failures: {}",
+                    summary["errors"]
+                );
             }
             Ok(())
         }
