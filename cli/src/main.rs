@@ -478,6 +478,16 @@ fn simulate(path: &Path, announce: bool, format: Format) -> Result<usize> {
     let scenario = por_testnet::Scenario::from_toml(&text)
         .with_context(|| format!("parsing {}", path.display()))?;
     let description = scenario.description.clone();
+    let transfers = scenario
+        .file_transfers()
+        .with_context(|| format!("{}'s file loads", path.display()))?;
+    if !transfers.is_empty() {
+        eprintln!(
+            "{}: its {} file transfers run on real processes only (por devnet run): the simulator has no file layer",
+            path.display(),
+            transfers.len()
+        );
+    }
     let report = por_testnet::Sim::new(scenario)
         .with_context(|| format!("setting up {}", path.display()))?
         .run();

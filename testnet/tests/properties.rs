@@ -148,6 +148,8 @@ fn scenario(seed: u64, eventually_sever: bool, crashes: bool) -> Scenario {
         edges,
         requests,
         faults,
+        loads: Vec::new(),
+        loads_expanded: false,
     }
 }
 

@@ -23,6 +23,11 @@ impl Sim {
             scenario: scenario_name.clone(),
             detail,
         };
+        // Request loads are requests like any other; file loads need a file layer,
+        // which the simulator does not have: they run on real processes only.
+        let scenario = scenario
+            .expand_loads()
+            .map_err(|e| invalid(e.to_string()))?;
         let mut nodes = Vec::new();
         let mut index = BTreeMap::new();
         let mut by_name = BTreeMap::new();
