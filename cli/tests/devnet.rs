@@ -667,3 +667,46 @@ fn the_papers_scenarios_run_on_real_processes_as_in_the_simulator() {
         }
     }
 }
+
+#[test]
+fn a_scenarios_request_and_file_loads_run_on_real_processes() {
+    if !netns_possible() {
+        eprintln!("SKIPPED por devnet run with loads: no network namespaces here (not root, or no iproute2)");
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let r = run_scenario("loads-requests-and-files.toml", "tcp", "l");
+    // The request flow (50 Poisson arrivals from the scenario's seed, as the
+    // simulator draws them): every request answered both ways.
+    let requests = r["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 50, "{r}");
+    assert_eq!(r["same_outcomes"], true, "{r}");
+    assert!(
+        requests.iter().all(|q| q["real"]["kind"] == "response"),
+        "{r}"
+    );
+    // The file load: a transfer at 1 s and one at 3 s (its window ends at 5 s), each
+    // 1 MiB fetched from Pia and Pavel, byte for byte, and paid for.
+    let t = &r["transfer_totals"];
+    assert_eq!(n(t, "files"), 2, "{r}");
+    assert_eq!(n(t, "identical"), 2, "{r}");
+    assert_eq!(n(t, "bytes"), 2 << 20, "{r}");
+    assert!(
+        t["spent"].as_str().unwrap().parse::<u128>().unwrap() > 0,
+        "{r}"
+    );
+    let starts: Vec<u64> = r["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| n(x, "t_ms"))
+        .collect();
+    assert!(
+        starts[0] >= 1000 && starts[1] >= 3000 && starts[1] < 4000,
+        "{starts:?}"
+    );
+    // The transfers' own requests are counted beside the timeline, and the balances
+    // are not compared with a simulation that has no transfers.
+    assert!(n(&r, "file_events") > 0, "{r}");
+    assert!(r["same_balances"].is_null(), "{r}");
+}

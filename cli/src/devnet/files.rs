@@ -77,6 +77,165 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// The window `files` and file loads use when none is given.
+pub(crate) const DEFAULT_WINDOW: u64 = 4;
+
+/// One client fetching files of one size from a set of providers: checked once,
+/// then any number of [`Fetcher::transfer`]s (one after another, or at once, as a
+/// scenario's file load starts them).
+#[derive(Clone)]
+pub(crate) struct Fetcher {
+    /// The devnet's directory.
+    dir: PathBuf,
+    /// The client host.
+    from: String,
+    /// The provider hosts.
+    providers: Vec<String>,
+    /// Their node ids, in the same order.
+    ids: Vec<por_protocol::NodeId>,
+    /// Bytes per file.
+    size: u64,
+    /// Requests in flight per provider.
+    window: u64,
+}
+
+impl Fetcher {
+    /// Checks the hosts and sizes and makes the directories the transfers use.
+    pub(crate) fn new(
+        st: &State,
+        from: &str,
+        providers: &[String],
+        size: u64,
+        window: u64,
+    ) -> Result<Fetcher> {
+        if size == 0 || size > MAX_SIZE {
+            bail!("--size {size}: 1 byte to {} MiB", MAX_SIZE >> 20);
+        }
+        if providers.iter().any(|p| p == from) {
+            bail!("--from {from} is also a --provider: a node fetches from others");
+        }
+        st.host(from)?;
+        let mut ids = Vec::new();
+        for p in providers {
+            let id = st.host(p)?.id();
+            ids.push(por_node::parse_key(id).with_context(|| format!("{p}'s node id {id:?}"))?);
+        }
+        for d in [
+            st.dir.join("files-src"),
+            st.dir.join("hosts").join(from).join("downloads"),
+        ] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(Fetcher {
+            dir: st.dir.clone(),
+            from: from.to_string(),
+            providers: providers.to_vec(),
+            ids,
+            size,
+            window,
+        })
+    }
+
+    /// One transfer: a new file of random bytes added to every provider's store,
+    /// fetched by the client's node, compared byte for byte. Its record (with `error`
+    /// where it failed); an `Err` only where the devnet's own files fail.
+    pub(crate) async fn transfer(&self) -> Result<Value> {
+        let st = State::load(&self.dir)?;
+        let client = st.host(&self.from)?;
+        let name = rand::random::<u64>();
+        let src = self.dir.join("files-src").join(format!("{name}.bin"));
+        // Writing and hashing the file is disk and CPU work: off the runtime, so that
+        // a scenario's other actions leave on time beside a large file.
+        let me = self.clone();
+        let root = tokio::task::spawn_blocking({
+            let src = src.clone();
+            move || me.prepare(&src)
+        })
+        .await
+        .context("preparing a file")??;
+        let ticket = Ticket {
+            kind: Kind::Blob,
+            root,
+            size: self.size,
+            providers: self.ids.clone(),
+        };
+        // Named after the source too: two transfers of one load at once never share
+        // an output.
+        let out = self
+            .dir
+            .join("hosts")
+            .join(&self.from)
+            .join("downloads")
+            .join(format!("{root}-{name}"));
+        let at_ms = por_node::map::now_ms();
+        let answer = if client.node.alive() {
+            super::control(
+                client,
+                json!({"op": "files_get", "ticket": ticket.to_string(), "output": out,
+                       "window": self.window}),
+            )
+            .await
+        } else {
+            Err(anyhow::anyhow!("{} is not running", self.from))
+        };
+        let mut record = json!({"at_ms": at_ms, "from": self.from, "providers": self.providers,
+                                "root": root.to_string(), "size": self.size});
+        let m = record.as_object_mut().context("a record is an object")?;
+        match answer {
+            Ok(r) => {
+                let same = tokio::task::spawn_blocking({
+                    let (src, out) = (src.clone(), out.clone());
+                    move || same_bytes(&src, &out)
+                })
+                .await
+                .context("comparing a file")??;
+                let took = r["secs"].as_f64().unwrap_or(0.0);
+                let deviated: Vec<&str> = self
+                    .providers
+                    .iter()
+                    .zip(&self.ids)
+                    .filter(|(_, id)| r["providers"][por_node::key_hex(id)]["deviated"] == true)
+                    .map(|(p, _)| p.as_str())
+                    .collect();
+                m.insert("identical".into(), json!(same));
+                m.insert("secs".into(), json!(took));
+                m.insert("mib_per_s".into(), json!(mib_per_s(self.size, took)));
+                m.insert("spent".into(), r["spent"].clone());
+                m.insert("requests".into(), r["requests"].clone());
+                m.insert("bytes_requested".into(), r["bytes_requested"].clone());
+                m.insert("wasted_pieces".into(), r["wasted_pieces"].clone());
+                m.insert("deviated".into(), json!(deviated));
+                m.insert(
+                    "evidence".into(),
+                    json!(r["evidence"].as_array().map_or(0, Vec::len)),
+                );
+                m.insert("by_provider".into(), r["providers"].clone());
+            }
+            Err(e) => {
+                m.insert("error".into(), json!(format!("{e:#}")));
+            }
+        }
+        let _ = std::fs::remove_file(&src);
+        let _ = std::fs::remove_file(&out);
+        Ok(record)
+    }
+
+    /// A file of random bytes at `src`, added to every provider's store: its root.
+    fn prepare(&self, src: &Path) -> Result<por_files::Root> {
+        random_file(src, self.size)?;
+        let mut root = None;
+        for p in &self.providers {
+            let store = Store::open(store_dir(&self.dir, p))
+                .with_context(|| format!("{p}'s file store"))?;
+            let tag = store
+                .add(src)
+                .with_context(|| format!("adding to {p}'s store"))?;
+            root = Some(tag.root);
+        }
+        root.context("no provider")
+    }
+}
+
 /// `files`: `count` files of `size` random bytes, each added to every provider's
 /// store and fetched by `from`'s node, `window` requests in flight per provider.
 /// What each transfer came to is printed as a line and recorded; the summary is
@@ -89,116 +248,44 @@ pub(crate) async fn files(
     count: u64,
     window: u64,
 ) -> Result<Value> {
-    if size == 0 || size > MAX_SIZE {
-        bail!("--size {size}: 1 byte to {} MiB", MAX_SIZE >> 20);
-    }
     if count == 0 || count > MAX_COUNT {
         bail!("--count {count}: 1 to {MAX_COUNT} files");
     }
-    if providers.iter().any(|p| p == from) {
-        bail!("--from {from} is also a --provider: a node fetches from others");
-    }
-    let client = st.host(from)?;
-    if !client.node.alive() {
+    let fetcher = Fetcher::new(st, from, providers, size, window)?;
+    if !st.host(from)?.node.alive() {
         bail!("{from} is not running");
     }
-    let mut ids = Vec::new();
-    for p in providers {
-        let id = st.host(p)?.id();
-        ids.push(por_node::parse_key(id).with_context(|| format!("{p}'s node id {id:?}"))?);
-    }
-    let work = st.dir.join("files-src");
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let downloads = st.dir.join("hosts").join(from).join("downloads");
-    std::fs::create_dir_all(&downloads)
-        .with_context(|| format!("creating {}", downloads.display()))?;
-    let (mut done, mut identical, mut bytes, mut secs, mut spent) = (0u64, 0u64, 0u64, 0f64, 0u128);
     let mut records = Vec::new();
     for _ in 0..count {
-        let src = work.join(format!("{}.bin", rand::random::<u64>()));
-        random_file(&src, size)?;
-        let mut root = None;
-        for p in providers {
-            let store =
-                Store::open(store_dir(&st.dir, p)).with_context(|| format!("{p}'s file store"))?;
-            let tag = store
-                .add(&src)
-                .with_context(|| format!("adding to {p}'s store"))?;
-            root = Some(tag.root);
-        }
-        let root = root.context("no --provider")?;
-        let ticket = Ticket {
-            kind: Kind::Blob,
-            root,
-            size,
-            providers: ids.clone(),
-        };
-        let out = downloads.join(root.to_string());
-        let _ = std::fs::remove_file(&out);
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let answer = super::control(
-            client,
-            json!({"op": "files_get", "ticket": ticket.to_string(), "output": out,
-                   "window": window}),
-        )
-        .await;
-        let mut record = json!({"at_ms": at_ms, "from": from, "providers": providers,
-                                "root": root.to_string(), "size": size});
-        match answer {
-            Ok(r) => {
-                let same = same_bytes(&src, &out)?;
-                let took = r["secs"].as_f64().unwrap_or(0.0);
-                let paid: u128 = r["spent"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                let deviated: Vec<&str> = providers
-                    .iter()
-                    .zip(&ids)
-                    .filter(|(_, id)| r["providers"][por_node::key_hex(id)]["deviated"] == true)
-                    .map(|(p, _)| p.as_str())
-                    .collect();
-                done += 1;
-                identical += u64::from(same);
-                bytes = bytes.saturating_add(size);
-                secs += took;
-                spent = spent.saturating_add(paid);
-                let m = record.as_object_mut().context("a record is an object")?;
-                m.insert("identical".into(), json!(same));
-                m.insert("secs".into(), json!(took));
-                m.insert("mib_per_s".into(), json!(mib_per_s(size, took)));
-                m.insert("spent".into(), json!(paid.to_string()));
-                m.insert("requests".into(), r["requests"].clone());
-                m.insert("bytes_requested".into(), r["bytes_requested"].clone());
-                m.insert("wasted_pieces".into(), r["wasted_pieces"].clone());
-                m.insert("deviated".into(), json!(deviated));
-                m.insert(
-                    "evidence".into(),
-                    json!(r["evidence"].as_array().map_or(0, Vec::len)),
-                );
-                m.insert("by_provider".into(), r["providers"].clone());
-            }
-            Err(e) => {
-                if let Some(m) = record.as_object_mut() {
-                    m.insert("error".into(), json!(format!("{e:#}")));
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&src);
-        let _ = std::fs::remove_file(&out);
+        let record = fetcher.transfer().await?;
         println!("{record}");
         records.push(record);
     }
     super::report::append_lines(&st.dir.join(TRANSFERS_FILE), &records)?;
+    let mut s = totals(&records);
+    if let Some(m) = s.as_object_mut() {
+        m.insert("from".into(), json!(from));
+        m.insert("providers".into(), json!(providers));
+    }
+    Ok(s)
+}
+
+/// What a set of transfer records came to: how many files, fetched, identical,
+/// failed (with their errors), the bytes, the rate over the time spent fetching, and
+/// what they cost.
+pub(crate) fn totals(records: &[Value]) -> Value {
+    let fetched: Vec<&Value> = records.iter().filter(|r| r["error"].is_null()).collect();
+    let bytes: u64 = fetched.iter().filter_map(|r| r["size"].as_u64()).sum();
+    let secs: f64 = fetched.iter().filter_map(|r| r["secs"].as_f64()).sum();
+    let spent: u128 = fetched
+        .iter()
+        .filter_map(|r| r["spent"].as_str().and_then(|s| s.parse::<u128>().ok()))
+        .sum();
     let errors: Vec<&Value> = records.iter().filter_map(|r| r.get("error")).collect();
-    Ok(
-        json!({"from": from, "providers": providers, "files": count, "fetched": done,
-              "errors": errors,
-              "identical": identical, "failed": count - done, "bytes": bytes,
-              "mib_per_s": mib_per_s(bytes, secs), "spent": spent.to_string()}),
-    )
+    json!({"files": records.len(), "fetched": fetched.len(), "errors": errors,
+           "identical": fetched.iter().filter(|r| r["identical"] == true).count(),
+           "failed": records.len() - fetched.len(), "bytes": bytes,
+           "mib_per_s": mib_per_s(bytes, secs), "spent": spent.to_string()})
 }
 
 /// MiB per second, two decimals.

@@ -23,13 +23,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use por_protocol::{Amount, ProofForwarding, SeverPolicy};
-use por_testnet::scenario::FaultSpec;
+use por_testnet::scenario::{FaultSpec, LoadSpec};
 use por_testnet::{Record, Scenario, Sim};
 use serde_json::{json, Value};
 
 use super::net::{Isolation, Net};
 use super::state::State;
-use super::{control, links, Plan, PlannedChannel};
+use super::{control, files, links, Plan, PlannedChannel};
 
 /// Engine events each node keeps for the run.
 const EVENT_LOG: &str = "65536";
@@ -144,6 +144,8 @@ enum Action {
     },
     /// A node severs its channel with a peer.
     Sever(usize, usize),
+    /// A transfer of file load `k` starts.
+    Files(usize),
 }
 
 /// A link `(from, to)` changed to `(loss, extra_ms)` at `from_ms`, and back to the
@@ -223,6 +225,9 @@ fn schedule(s: &Scenario) -> Result<Vec<(u64, Action)>> {
             }
         }
     }
+    for (at_ms, k) in s.file_transfers()? {
+        out.push((at_ms, Action::Files(k)));
+    }
     // Kills first at equal times: a node offline from 0 is down before anything is sent.
     out.sort_by_key(|(t, a)| (*t, !matches!(a, Action::Kill(_))));
     Ok(out)
@@ -239,6 +244,8 @@ struct Collected {
     outcomes: BTreeMap<String, Value>,
     /// What the runner did, when.
     actions: Vec<Value>,
+    /// The file loads' transfers, as they finished.
+    transfers: Vec<Value>,
 }
 
 fn now_ms() -> u64 {
@@ -275,6 +282,7 @@ async fn act(
     action: &Action,
     got: &Arc<Mutex<Collected>>,
     t0: u64,
+    transfers: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<Value> {
     let mut st = State::load(dir)?;
     let name = |i: usize| s.nodes[i].name.clone();
@@ -364,6 +372,46 @@ async fn act(
             control(st.host(&ha)?, json!({"op": "sever", "channel": id})).await?;
             json!({"severed": id, "by": name(*a)})
         }
+        Action::Files(k) => {
+            let Some(LoadSpec::Files {
+                client,
+                providers,
+                size_bytes,
+                window,
+                ..
+            }) = s.loads.get(*k)
+            else {
+                bail!("no file load {}", k + 1);
+            };
+            let host = |n: &str| index(s, n).map(|i| Net::host_name(i + 1));
+            let providers: Vec<String> =
+                providers.iter().map(|p| host(p)).collect::<Result<_>>()?;
+            let fetcher = files::Fetcher::new(
+                &st,
+                &host(client)?,
+                &providers,
+                *size_bytes,
+                window.unwrap_or(files::DEFAULT_WINDOW),
+            )?;
+            let (got, load, started) = (got.clone(), k + 1, now_ms().saturating_sub(t0));
+            let (client, named) = (client.clone(), client.clone());
+            transfers.push(tokio::spawn(async move {
+                let mut record = fetcher
+                    .transfer()
+                    .await
+                    .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+                if let Value::Object(m) = &mut record {
+                    m.insert("load".into(), json!(load));
+                    m.insert("client".into(), json!(client));
+                    m.insert("t_ms".into(), json!(started));
+                    m.insert("done_ms".into(), json!(now_ms().saturating_sub(t0)));
+                }
+                if let Ok(mut g) = got.lock() {
+                    g.transfers.push(record);
+                }
+            }));
+            json!({"transfer": load, "from": named, "size": size_bytes})
+        }
     })
 }
 
@@ -422,7 +470,9 @@ pub(crate) async fn run(o: RunOptions) -> Result<Value> {
     let text = std::fs::read_to_string(&o.scenario)
         .with_context(|| format!("reading {}", o.scenario.display()))?;
     let scenario = Scenario::from_toml(&text)
-        .with_context(|| format!("{} is not a scenario", o.scenario.display()))?;
+        .with_context(|| format!("{} is not a scenario", o.scenario.display()))?
+        .expand_loads()
+        .with_context(|| format!("{}'s loads", o.scenario.display()))?;
     if !(1..=250).contains(&scenario.nodes.len()) {
         bail!(
             "a devnet runs 1 to 250 nodes; the scenario has {}",
@@ -450,6 +500,8 @@ pub(crate) async fn run(o: RunOptions) -> Result<Value> {
                 || n.starts_with("chain.")
                 || n.starts_with("links.")
                 || n == "outcomes.jsonl"
+                || n == files::TRANSFERS_FILE
+                || n == "files-src"
         });
         if !ours {
             bail!(
@@ -501,6 +553,7 @@ async fn drive(o: &RunOptions, scenario: &Scenario, sim: &por_testnet::Report) -
         .fold(1u64, |l, i| (l / gcd(l, i)).saturating_mul(i).min(60_000));
     let t0 = (now_ms() + LEAD_MS).div_ceil(period) * period;
     let end = t0 + scenario.duration_ms;
+    let mut transfers = Vec::new();
     for (at, action) in schedule(scenario)? {
         loop {
             let now = now_ms();
@@ -515,7 +568,7 @@ async fn drive(o: &RunOptions, scenario: &Scenario, sim: &por_testnet::Report) -
                 poll_events(&State::load(&dir)?, &got).await;
             }
         }
-        let done = act(&dir, scenario, &action, &got, t0).await?;
+        let done = act(&dir, scenario, &action, &got, t0, &mut transfers).await?;
         if let Ok(mut g) = got.lock() {
             g.actions
                 .push(json!({"t_ms": now_ms().saturating_sub(t0), "did": done}));
@@ -523,6 +576,16 @@ async fn drive(o: &RunOptions, scenario: &Scenario, sim: &por_testnet::Report) -
     }
     while now_ms() < end + 1_000 {
         tokio::time::sleep(POLL).await;
+        poll_events(&State::load(&dir)?, &got).await;
+    }
+    // Transfers still going at the scenario's end are waited for (each is bounded by
+    // the node's own request deadlines), then their events read.
+    if !transfers.is_empty() {
+        for t in transfers {
+            if let Err(e) = t.await {
+                tracing::warn!(error = %e, "a transfer task ended abnormally");
+            }
+        }
         poll_events(&State::load(&dir)?, &got).await;
     }
     let st = State::load(&dir)?;
@@ -543,6 +606,10 @@ async fn drive(o: &RunOptions, scenario: &Scenario, sim: &por_testnet::Report) -
     }
     real.sort_by_key(|r| r["t_ms"].as_i64().unwrap_or(0));
     let simulated: Vec<Value> = sim.records.iter().map(sim_json).collect();
+    let mut transfers = got.transfers;
+    transfers.sort_by_key(|t| t["t_ms"].as_u64().unwrap_or(0));
+    super::report::append_lines(&dir.join(files::TRANSFERS_FILE), &transfers)?;
+    let file_loads = !transfers.is_empty();
 
     // Match each simulated event with the first real one of its node, kind, peer and
     // request.
@@ -578,12 +645,22 @@ async fn drive(o: &RunOptions, scenario: &Scenario, sim: &por_testnet::Report) -
             None => only_sim.push(s.clone()),
         }
     }
-    let only_real: Vec<Value> = real
-        .iter()
-        .zip(&used)
-        .filter(|(_, u)| !**u)
-        .map(|(r, _)| r.clone())
-        .collect();
+    // With file loads, events of requests with no scenario label (hex ids: the file
+    // layer's piece requests, or a scenario request that never came back) are counted
+    // rather than listed.
+    let file_request =
+        |r: &Value| file_loads && r["request"].as_str().is_some_and(|q| !q.starts_with('r'));
+    let (mut only_real, mut file_events) = (Vec::new(), 0usize);
+    for (r, u) in real.iter().zip(&used) {
+        if *u {
+            continue;
+        }
+        if file_request(r) {
+            file_events += 1;
+        } else {
+            only_real.push(r.clone());
+        }
+    }
 
     // Each request's outcome both ways.
     let mut requests = Vec::new();
@@ -656,9 +733,14 @@ async fn drive(o: &RunOptions, scenario: &Scenario, sim: &por_testnet::Report) -
             "real": real.map(|r| r.to_string()), "host": h.name}),
         );
     }
+    // The simulator runs no transfers, so with file loads the balances also hold
+    // what the transfers paid and earned: not comparable.
+    let same_balances = (!file_loads).then_some(same_balances);
     Ok(json!({
         "scenario": scenario.name, "transport": o.transport, "link_percent": o.link_percent,
         "same_outcomes": same_outcomes, "same_balances": same_balances,
+        "transfers": transfers, "transfer_totals": files::totals(&transfers),
+        "file_events": file_events,
         "matched": timeline.iter().filter(|t| !t["real_ms"].is_null()).count(),
         "max_delta_ms": max_delta,
         "requests": requests, "balances": balances, "timeline": timeline,
@@ -741,6 +823,32 @@ pub(crate) fn markdown(r: &Value) -> String {
             ));
         }
     }
+    let transfers = r["transfers"].as_array().cloned().unwrap_or_default();
+    if !transfers.is_empty() {
+        s.push_str(
+            "\n**File transfers** (real processes only: the simulator has no file layer)\n\n\
+             | load | start ms | end ms | client | size | MiB/s | spent | identical | error |\n\
+             |---:|---:|---:|---|---:|---:|---:|---|---|\n",
+        );
+        for t in &transfers {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                txt(&t["load"]),
+                txt(&t["t_ms"]),
+                txt(&t["done_ms"]),
+                txt(&t["client"]),
+                txt(&t["size"]),
+                txt(&t["mib_per_s"]),
+                txt(&t["spent"]),
+                txt(&t["identical"]),
+                txt(&t["error"])
+            ));
+        }
+        s.push_str(&format!(
+            "\n{} events of the transfers' own requests are left out of the timeline.\n",
+            r["file_events"]
+        ));
+    }
     s.push_str("\n| node | simulated balance | real balance |\n|---|---:|---:|\n");
     if let Some(b) = r["balances"].as_object() {
         for (n, v) in b {
@@ -753,7 +861,13 @@ pub(crate) fn markdown(r: &Value) -> String {
     }
     s.push_str(&format!(
         "\nSame outcomes: {}. Same balances: {}. Largest timing difference: {} ms.\n",
-        r["same_outcomes"], r["same_balances"], r["max_delta_ms"]
+        r["same_outcomes"],
+        if r["same_balances"].is_null() {
+            "not comparable (the balances hold the file transfers)".to_string()
+        } else {
+            r["same_balances"].to_string()
+        },
+        r["max_delta_ms"]
     ));
     s
 }
