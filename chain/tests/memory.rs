@@ -47,7 +47,11 @@ fn two_hundred_contract_runs_leave_resident_memory_where_it_was() {
     for i in 20..220 {
         view(&chain, i);
     }
-    assert_eq!(chain.views_executed() - executed, 200, "every view ran the contract");
+    assert_eq!(
+        chain.views_executed() - executed,
+        200,
+        "every view ran the contract"
+    );
     let grown_mib = rss_kib().saturating_sub(before) / 1024;
     // Loading the module per run grew this by about 1.4 GiB.
     assert!(
