@@ -307,7 +307,7 @@ impl Scenario {
                     max: MAX_LOAD_EVENTS,
                 });
             }
-            self.check_names(k, load)?;
+            self.check_load(k, load)?;
             if let LoadSpec::Requests {
                 client,
                 server,
@@ -351,7 +351,7 @@ impl Scenario {
         let mut out = Vec::new();
         for (k, load) in self.loads.iter().enumerate() {
             if matches!(load, LoadSpec::Files { .. }) {
-                self.check_names(k, load)?;
+                self.check_load(k, load)?;
                 let times = load.arrivals(self.seed, k, self.duration_ms)?;
                 if out.len().saturating_add(times.len()) > MAX_LOAD_EVENTS {
                     return Err(LoadError::TooMany {
@@ -365,7 +365,9 @@ impl Scenario {
         Ok(out)
     }
 
-    fn check_names(&self, k: usize, load: &LoadSpec) -> Result<(), LoadError> {
+    /// A load's names are the scenario's nodes, and a file load's providers and
+    /// window are ones a transfer can use.
+    fn check_load(&self, k: usize, load: &LoadSpec) -> Result<(), LoadError> {
         let names: Vec<&String> = match load {
             LoadSpec::Requests { client, server, .. } => vec![client, server],
             LoadSpec::Files {
@@ -388,6 +390,17 @@ impl Scenario {
                 return Err(LoadError::Providers { load: k + 1 });
             }
         }
+        if let LoadSpec::Files {
+            window: Some(w), ..
+        } = load
+        {
+            if !(1..=MAX_FILE_WINDOW).contains(w) {
+                return Err(LoadError::FileWindow {
+                    load: k + 1,
+                    window: *w,
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -405,6 +418,10 @@ pub const MAX_LOAD_BODY_TOTAL: u64 = 64 << 20;
 
 /// The largest file a load may transfer.
 pub const MAX_LOAD_FILE: u64 = 1 << 30;
+
+/// The most requests in flight per provider a file load may ask for (the node's
+/// `files_get` takes 1 to 64).
+pub const MAX_FILE_WINDOW: u64 = 64;
 
 /// How a load's arrivals are spaced.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -622,6 +639,16 @@ pub enum LoadError {
         /// The name.
         name: String,
     },
+    /// A file load's window outside 1 to [`MAX_FILE_WINDOW`].
+    #[error(
+        "load {load}: window {window}: 1 to {MAX_FILE_WINDOW} requests in flight per provider"
+    )]
+    FileWindow {
+        /// The load.
+        load: usize,
+        /// The window asked for.
+        window: u64,
+    },
     /// A file load without providers, or one fetching from itself.
     #[error("load {load}: a file load needs providers other than its client")]
     Providers {
@@ -774,5 +801,10 @@ size_bytes = 1048576
             one("kind = \"files\"\nclient = \"a\"\nper_s = 1\nsize_bytes = 0\nproviders = [\"b\"]"),
             Err(LoadError::Size { .. })
         ));
+        assert_eq!(
+            one(&format!("{files}providers = [\"b\"]\nwindow = 0")).unwrap_err(),
+            LoadError::FileWindow { load: 1, window: 0 }
+        );
+        assert!(one(&format!("{files}providers = [\"b\"]\nwindow = 64")).is_ok());
     }
 }
