@@ -46,8 +46,17 @@ fn simulate_a_directory_runs_every_scenario() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.matches(r#""kind":"scenario""#).count(), 5);
-    assert_eq!(text.matches(r#""kind":"final""#).count(), 5);
+    // The five of §5 and the loads scenario.
+    assert_eq!(text.matches(r#""kind":"scenario""#).count(), 6);
+    assert_eq!(text.matches(r#""kind":"final""#).count(), 6);
+    // Its file load is not simulated, and it says so.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "loads-requests-and-files.toml: its 2 file transfers run on real processes only"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
