@@ -383,21 +383,19 @@ impl Scenario {
             }
         }
         if let LoadSpec::Files {
-            client, providers, ..
+            client,
+            providers,
+            window,
+            ..
         } = load
         {
             if providers.is_empty() || providers.contains(client) {
                 return Err(LoadError::Providers { load: k + 1 });
             }
-        }
-        if let LoadSpec::Files {
-            window: Some(w), ..
-        } = load
-        {
-            if !(1..=MAX_FILE_WINDOW).contains(w) {
+            if let Some(w) = window.filter(|w| !(1..=MAX_FILE_WINDOW).contains(w)) {
                 return Err(LoadError::FileWindow {
                     load: k + 1,
-                    window: *w,
+                    window: w,
                 });
             }
         }
