@@ -166,9 +166,13 @@ fn module_cache(path: &Path) -> Result<FilesystemContractRuntimeCache, ChainErro
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    // near-vm-runner first moves a legacy cache from `<home>/<store>/contracts` to the
+    // new path; a store name of our own makes that a path that never exists, so no
+    // directory of the user's beside the database is ever moved.
+    let store = format!("{name}.legacy");
     FilesystemContractRuntimeCache::with_memory_cache(
         home,
-        None::<&str>,
+        Some(store.as_str()),
         &name,
         LOADED_MODULES,
         None,
