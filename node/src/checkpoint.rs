@@ -81,6 +81,9 @@ impl Dirty {
             Write::PendingDone(id) => {
                 self.pending.insert(*id);
             }
+            Write::FeesPaid(totals) | Write::FeesReceived(totals) => {
+                self.pending.extend(totals.iter().map(|(id, _)| *id));
+            }
             Write::Closing { request, .. } | Write::ClosingDropped { request } => {
                 self.closings.insert(*request);
             }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::amount::Amount;
 use crate::channel::{ChannelRecord, CloseStage};
 use crate::crypto::Signature;
 use crate::messages::Message;
@@ -64,6 +65,15 @@ pub enum Write {
     Pending(Box<Pending>),
     /// A request is finished here.
     PendingDone(RequestId),
+    /// Late fees paid upstream: each request's new running total
+    /// ([`crate::pending::Upstream::fee_paid`]). One write for a whole payment instead
+    /// of a record per request: a sync pays every late request of its edge, and
+    /// rewriting each one's full record at every sync is what made a path that fell
+    /// behind unable to catch up.
+    FeesPaid(Vec<(RequestId, Amount)>),
+    /// Late fees received from downstream: each request's new running total
+    /// ([`crate::pending::Downstream::fees_received`]), one write per payment.
+    FeesReceived(Vec<(RequestId, Amount)>),
     /// A closing message (response or proof, without its fee) sent upstream on
     /// `channel`, kept to resend to a peer that reconnects still awaiting it. Durable
     /// because the request it closes is: a node that crashed after committing a close
@@ -183,6 +193,22 @@ impl Store {
             Write::PendingDone(id) => {
                 self.pending.remove(&id);
             }
+            // Running totals only go up; a request already finished here has no
+            // record left to raise.
+            Write::FeesPaid(totals) => {
+                for (id, total) in totals {
+                    if let Some(up) = self.pending.get_mut(&id).and_then(|p| p.up.as_mut()) {
+                        up.fee_paid = up.fee_paid.max(total);
+                    }
+                }
+            }
+            Write::FeesReceived(totals) => {
+                for (id, total) in totals {
+                    if let Some(d) = self.pending.get_mut(&id).and_then(|p| p.down.as_mut()) {
+                        d.fees_received = d.fees_received.max(total);
+                    }
+                }
+            }
             Write::Closing {
                 channel,
                 request,
@@ -202,5 +228,86 @@ impl Store {
         self.channels
             .get_mut(&id)
             .ok_or(StoreError::UnknownChannel(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Hash, NodeId};
+    use crate::pending::{Downstream, Upstream};
+    use crate::time::Time;
+    use crate::types::{RequestCore, Route};
+
+    fn pending(id: u8) -> Pending {
+        let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
+        let up = Upstream {
+            peer: a,
+            channel: ChannelId(1),
+            received_at: Time(0),
+            send_deadline: Time(10),
+            amount_in: Amount(100),
+            fee_paid: Amount::ZERO,
+            closed_at: None,
+            queued_proof: None,
+        };
+        let down = Downstream {
+            peer: b,
+            channel: ChannelId(2),
+            sent_at: Time(1),
+            expect_by: Time(9),
+            amount_out: Amount(90),
+            acked: true,
+            fees_received: Amount::ZERO,
+            resolved: None,
+            overdue_syncs: 0,
+            finished: false,
+        };
+        Pending {
+            id: RequestId([id; 16]),
+            core: RequestCore {
+                client: a,
+                server: b,
+                nonce: 1,
+                body_hash: Hash::of_body(b""),
+                body_len: 0,
+                response_limit: 0,
+                late_fee_rate: Amount(1),
+                route: Route {
+                    nodes: vec![a, NodeId([3; 32]), b],
+                    channels: vec![ChannelId(1), ChannelId(2)],
+                },
+            },
+            position: 1,
+            up: Some(up),
+            down: Some(down),
+            served_body: None,
+        }
+    }
+
+    #[test]
+    fn fee_totals_fold_into_their_requests_and_never_go_down() {
+        let mut store = Store::default();
+        store.apply(&Write::Pending(Box::new(pending(1)))).unwrap();
+        store.apply(&Write::Pending(Box::new(pending(2)))).unwrap();
+        let (one, two, gone) = (RequestId([1; 16]), RequestId([2; 16]), RequestId([9; 16]));
+        store
+            .apply(&Write::FeesPaid(vec![(one, Amount(5)), (gone, Amount(7))]))
+            .unwrap();
+        store
+            .apply(&Write::FeesReceived(vec![(two, Amount(4))]))
+            .unwrap();
+        // A stale total (an older payment replayed) leaves the higher one.
+        store
+            .apply(&Write::FeesPaid(vec![(one, Amount(3))]))
+            .unwrap();
+        let fee_paid = |s: &Store, id| s.pending[&id].up.as_ref().unwrap().fee_paid;
+        let received = |s: &Store, id| s.pending[&id].down.as_ref().unwrap().fees_received;
+        assert_eq!(fee_paid(&store, one), Amount(5));
+        assert_eq!(fee_paid(&store, two), Amount::ZERO);
+        assert_eq!(received(&store, two), Amount(4));
+        assert_eq!(received(&store, one), Amount::ZERO);
+        // A finished request is not brought back by a total for it.
+        assert!(!store.pending.contains_key(&gone));
     }
 }

@@ -466,3 +466,88 @@ fn a_channel_is_ready_while_connected_and_again_once_reestablished() {
         .unwrap();
     assert!(!h.nodes[1].engine.channel_ready(ChannelId(2)), "severed");
 }
+
+/// What B's engine asks to write until it is quiet, folded into its store and
+/// reported durable (as the harness's `flush` does), for the test to look at.
+fn writes_of_b(h: &mut Network) -> Vec<por_protocol::store::Write> {
+    let mut all = Vec::new();
+    while let Some(batch) = h.nodes[1].engine.poll_writes() {
+        for w in &batch.writes {
+            h.nodes[1].store.apply(w).unwrap();
+        }
+        all.extend(batch.writes);
+        h.nodes[1].engine.writes_durable(batch.up_to);
+    }
+    all
+}
+
+#[test]
+fn a_sync_paying_many_late_requests_writes_their_fees_once_and_they_survive_a_restart() {
+    use por_protocol::store::Write;
+    let (keys, mut h) = network();
+    // Five: the late fees of two syncs (about 2 s at 1 per ms each) fit B's deposit.
+    const N: usize = 5;
+    for i in 0..N {
+        h.nodes[0]
+            .engine
+            .send_request(route(&keys), vec![i as u8], 64, Amount(1), Time(1))
+            .unwrap();
+    }
+    pump(&mut h, Time(1), false);
+    assert_eq!(h.nodes[1].engine.in_flight(), N);
+    // C never answers: at B's sync of its upstream edge every request is late.
+    h.nodes[1].engine.handle_timeout(Time(1_000));
+    let writes = writes_of_b(&mut h);
+    let records = writes
+        .iter()
+        .filter(|w| matches!(w, Write::Pending(_)))
+        .count();
+    let paid: Vec<_> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::FeesPaid(totals) => Some(totals.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        records, 0,
+        "no request's whole record rewritten for its fee"
+    );
+    assert_eq!(paid.len(), 1, "one write for the whole payment");
+    assert_eq!(paid[0].len(), N);
+    let first: Vec<Amount> = paid[0].iter().map(|(_, a)| *a).collect();
+    assert!(first.iter().all(|a| *a > Amount::ZERO));
+    // A is paid and takes it.
+    let errors = h.pump(Time(1_000));
+    assert!(errors.is_empty(), "{errors:?}");
+    let a_got = |h: &Network| h.channel(0, ChannelId(1)).unwrap().incoming.cumulative;
+    let after_first = a_got(&h);
+    assert_eq!(
+        after_first,
+        Amount::checked_sum(first.iter().copied()).unwrap()
+    );
+    // B restarts from its store: it knows what it paid, so its next sync pays each
+    // request one more second's fee (rate 1 per ms), not the whole of it again.
+    h.crash(1, Time(1_500));
+    pump(&mut h, Time(1_500), false);
+    h.nodes[1].engine.handle_timeout(Time(2_000));
+    let writes = writes_of_b(&mut h);
+    let again: Vec<_> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::FeesPaid(totals) => Some(totals.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again.len(), 1);
+    for ((id, before), (id2, now)) in paid[0].iter().zip(&again[0]) {
+        assert_eq!(id, id2);
+        assert_eq!(now.checked_sub(*before).unwrap(), Amount(1_000));
+    }
+    let errors = h.pump(Time(2_000));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        a_got(&h).checked_sub(after_first).unwrap(),
+        Amount(1_000 * N as u128)
+    );
+}

@@ -6,6 +6,7 @@ use crate::amount::Amount;
 use crate::crypto::NodeId;
 use crate::error::ProtocolError;
 use crate::messages::Message;
+use crate::store::Write;
 use crate::time::Time;
 use crate::types::{fee_items_hash, ChannelId, FeeItem, FeePayment, Memo, RequestId};
 
@@ -81,9 +82,11 @@ impl Engine {
             };
             self.keep_for_retransmission(channel, seq, carrier);
         }
+        let mut totals = Vec::with_capacity(increments.len());
         for (id, inc, peer, owed_since) in increments {
             if let Some(up) = self.requests.get_mut(&id).and_then(|p| p.up.as_mut()) {
                 up.fee_paid = up.fee_paid.checked_add(inc)?;
+                totals.push((id, up.fee_paid));
                 self.events.push_back(Event::LateFeePaid {
                     request: id,
                     peer,
@@ -92,8 +95,8 @@ impl Engine {
                     owed_since,
                 });
             }
-            self.write_pending(id);
         }
+        self.write(Write::FeesPaid(totals));
         Ok(message)
     }
 
@@ -134,9 +137,11 @@ impl Engine {
             return Err(bad("item increments exceed the payment"));
         }
         self.accept_update(from, channel, &fee.update)?;
+        let mut totals = Vec::with_capacity(credits.len());
         for (id, inc, total) in credits {
             if let Some(d) = self.requests.get_mut(&id).and_then(|p| p.down.as_mut()) {
                 d.fees_received = total;
+                totals.push((id, total));
                 self.events.push_back(Event::LateFeeReceived {
                     request: id,
                     peer: from,
@@ -144,7 +149,9 @@ impl Engine {
                     total,
                 });
             }
-            self.write_pending(id);
+        }
+        if !totals.is_empty() {
+            self.write(Write::FeesReceived(totals));
         }
         Ok(())
     }
