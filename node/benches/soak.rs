@@ -11,7 +11,9 @@
 //! the sample length in seconds (default 10), `POR_SOAK_WARMUP` the samples left out of
 //! the flatness figures (default: the first tenth), `POR_BENCH_TRANSPORT=tcp|quic` the
 //! transport (default tcp), `POR_SOAK_OUT` a directory for `soak-<transport>.csv` and
-//! `.svg` (default the current one). The nodes' files go under `TMPDIR`.
+//! `.svg` (default the current one), `POR_SOAK_MAX_IN_FLIGHT` the most requests the
+//! load keeps in flight (default 20,000; past it a request is shed, not sent). The
+//! nodes' files go under `TMPDIR`.
 //!
 //! All four nodes and the load run in this one process, so the resident memory is the
 //! four nodes' together plus the load's own (its requests in flight).
@@ -35,10 +37,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Requests' body (echoed back).
 const BODY: usize = 64;
-/// The most requests the load keeps in flight; past it a request is not sent but
-/// counted as shed, so a node that falls behind shows as shed load, not as the load's
-/// own memory growing.
-const MAX_IN_FLIGHT: u64 = 20_000;
+/// The most requests the load keeps in flight by default (`POR_SOAK_MAX_IN_FLIGHT`);
+/// past it a request is not sent but counted as shed, so a node that falls behind
+/// shows as shed load, not as the load's own memory growing.
+const MAX_IN_FLIGHT: usize = 20_000;
 
 /// What the load has seen since the last sample.
 #[derive(Default)]
@@ -123,6 +125,7 @@ async fn soak(
 ) -> Vec<Sample> {
     let window = Arc::new(Mutex::new(Window::default()));
     let in_flight = Arc::new(AtomicU64::new(0));
+    let max_in_flight = env("POR_SOAK_MAX_IN_FLIGHT", MAX_IN_FLIGHT) as u64;
     let (mut sent, mut shed) = (0u64, 0u64);
     let (mut sent_at_sample, mut shed_at_sample) = (0u64, 0u64);
     let mut samples = Vec::new();
@@ -137,7 +140,7 @@ async fn soak(
         // As many as the rate asks for by now, whatever the tick's jitter.
         let due = (start.elapsed().as_secs_f64() * rate) as u64;
         while sent + shed < due {
-            if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            if in_flight.load(Ordering::Relaxed) >= max_in_flight {
                 shed += 1;
                 continue;
             }
