@@ -3,12 +3,13 @@
 //! test drives one bound past its limit and checks the refusal and what it cost.
 #![allow(clippy::unwrap_used)]
 
-use por_protocol::messages::{Message, RejectReason, MAX_AWAITING};
+use por_protocol::messages::{Message, RejectReason, MAX_AWAITING, MAX_SYNC_PROOFS};
 use por_protocol::testing::Network;
-use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, FeeItem, RequestId, Route};
+use por_protocol::types::{ChannelId, EdgeInfo, EdgeTerms, FeeItem, RequestId, Route, SeverReason};
 use por_protocol::{
     wire, Amount, EngineConfig, Event, Keypair, NodeId, ProtocolError, Time, MAX_IN_FLIGHT_PER_PEER,
 };
+use por_protocol::{ProofForwarding, SeverPolicy};
 
 const T0: Time = Time(1_000);
 /// The response every request here buys and gets: a file relay's kind of answer.
@@ -432,4 +433,141 @@ fn the_fee_items_of_every_request_a_peer_may_have_fit_one_frame() {
         ..EngineConfig::default()
     };
     assert_eq!(config.per_peer_bound(), MAX_IN_FLIGHT_PER_PEER);
+}
+
+/// A sever that ends more requests than one sync may carry, with every relay holding
+/// its proofs for the next sync (policy `next_sync`): each sync carries at most
+/// `MAX_SYNC_PROOFS` and the rest follow it as proofs of their own, so no frame is
+/// larger than a frame may be, and every request still ends at the client with its
+/// proof.
+#[test]
+fn proofs_held_for_a_sync_past_what_one_sync_carries_follow_it_on_their_own() {
+    const N: usize = 1_300;
+    let keys = [1u8, 2, 3, 4].map(|i| Keypair::from_seed([i; 32]));
+    let ids = keys.clone().map(|k| k.id());
+    let edges = vec![
+        edge(1, ids[0], ids[1]),
+        edge(2, ids[1], ids[2]),
+        edge(3, ids[2], ids[3]),
+    ];
+    let holding = EngineConfig {
+        proof_forwarding: ProofForwarding::NextSync,
+        sever_policy: SeverPolicy::Never,
+        heuristic: None,
+        ..EngineConfig::default()
+    };
+    let configs = [
+        EngineConfig::default(),
+        holding.clone(),
+        holding,
+        EngineConfig::default(),
+    ];
+    let mut net = Network::new(keys.into_iter().zip(configs), edges, Time::ZERO);
+    let route = Route {
+        nodes: ids.to_vec(),
+        channels: vec![ChannelId(1), ChannelId(2), ChannelId(3)],
+    };
+    let mut sent = Vec::new();
+    for i in 0..N {
+        let id = net.nodes[0]
+            .engine
+            .send_request(
+                route.clone(),
+                (i as u32).to_le_bytes().to_vec(),
+                64,
+                Amount(1),
+                T0,
+            )
+            .unwrap();
+        sent.push(id);
+    }
+    assert!(net.pump(T0).is_empty());
+    assert_eq!(net.nodes[2].engine.in_flight(), N, "C holds every request");
+    // D never answers and goes offline (nothing to or from it is delivered from here
+    // on); C severs its edge to D, which ends all of them with C's proof.
+    net.nodes[2]
+        .engine
+        .sever(ChannelId(3), SeverReason::Operator, T0)
+        .unwrap();
+    // Every frame on the way back, as (from, kind, proofs in it, encoded bytes).
+    let mut frames: Vec<(usize, &'static str, usize, usize)> = Vec::new();
+    let mut proofs_bytes = 0;
+    let mut now = T0;
+    while now < Time(T0.ms() + 3_000) {
+        now = Time(now.ms() + 50);
+        for i in 0..4 {
+            net.engine(i).handle_timeout(now);
+        }
+        let errors = net.pump_filtered(now, |from, to, m| {
+            if from == 3 || to == 3 {
+                return false;
+            }
+            let proofs = match m {
+                Message::Sync { proofs, .. } => {
+                    proofs_bytes = proofs_bytes.max(wire::encoded_len(proofs).unwrap());
+                    proofs.len()
+                }
+                Message::Proof { .. } => 1,
+                _ => 0,
+            };
+            let len = por_protocol::messages::encode_frame(m).unwrap().len();
+            frames.push((from, m.kind(), proofs, len));
+            true
+        });
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    let largest = frames.iter().map(|f| f.3).max().unwrap();
+    assert!(largest <= wire::MAX_FRAME_LEN, "a frame of {largest} bytes");
+    // A sync's most proofs fit beside the late-fee items of every request a peer may
+    // have in flight, with room left for the rest of the sync (its signed update).
+    let items: Vec<FeeItem> = (0..MAX_IN_FLIGHT_PER_PEER as u64)
+        .map(|i| FeeItem {
+            request: RequestId([[0xff; 8], i.to_le_bytes()].concat().try_into().unwrap()),
+            total: Amount(u128::MAX),
+        })
+        .collect();
+    let items_bytes = wire::encoded_len(&items).unwrap();
+    assert!(proofs_bytes > 0);
+    assert!(
+        items_bytes + proofs_bytes <= wire::MAX_FRAME_LEN - (16 << 10),
+        "{items_bytes} + {proofs_bytes} bytes"
+    );
+    for relay in [1, 2] {
+        let syncs: Vec<usize> = frames
+            .iter()
+            .filter(|f| f.0 == relay && f.1 == "sync" && f.2 > 0)
+            .map(|f| f.2)
+            .collect();
+        assert_eq!(
+            syncs,
+            [MAX_SYNC_PROOFS],
+            "relay {relay}'s one sync with proofs"
+        );
+        let alone = frames
+            .iter()
+            .filter(|f| f.0 == relay && f.1 == "proof")
+            .count();
+        assert_eq!(
+            alone,
+            N - MAX_SYNC_PROOFS,
+            "relay {relay}'s proofs after its sync"
+        );
+    }
+    let delivered: std::collections::HashSet<RequestId> = net
+        .events(0)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SeverProofDelivered {
+                request, channel, ..
+            } => {
+                assert_eq!(channel, ChannelId(3));
+                Some(request)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered.len(), N, "every request ended with its proof");
+    assert!(sent.iter().all(|id| delivered.contains(id)));
+    assert_eq!(net.nodes[0].engine.in_flight(), 0);
+    assert_eq!(net.nodes[1].engine.in_flight(), 0);
 }

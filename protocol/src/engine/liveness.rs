@@ -6,7 +6,7 @@ use crate::amount::Amount;
 use crate::config::SeverPolicy;
 use crate::crypto::NodeId;
 use crate::error::ProtocolError;
-use crate::messages::{Echo, Message, MAX_AWAITING};
+use crate::messages::{Echo, Message, MAX_AWAITING, MAX_SYNC_PROOFS};
 use crate::time::Time;
 use crate::types::{AckOf, ChannelId, FeePayment, RequestId, SeverReason, SignedSeverNotice};
 
@@ -232,6 +232,9 @@ impl Engine {
                 }
             }
         }
+        // A sync carries at most MAX_SYNC_PROOFS of them; the rest follow it, each on
+        // its own, in the same order the sync's would be handled (its fee first).
+        let rest = proofs.split_off(proofs.len().min(MAX_SYNC_PROOFS));
         // 3. Late fees owed to the peer up to now, carried by the sync itself.
         let sync = |fee| Message::Sync {
             channel,
@@ -252,7 +255,8 @@ impl Engine {
                 proofs: proofs.clone(),
             },
         };
-        for (id, n) in &proofs {
+        let mut after = Vec::with_capacity(rest.len());
+        for (i, (id, n)) in proofs.iter().chain(&rest).enumerate() {
             self.note_proof_forwarded(*id, n.notice.channel);
             let copy = Message::Proof {
                 request: *id,
@@ -260,11 +264,17 @@ impl Engine {
                 fee: None,
             };
             self.remember_closing(channel, *id, &copy, now);
+            if i >= proofs.len() {
+                after.push(copy);
+            }
         }
-        for (id, _) in &proofs {
+        for (id, _) in proofs.iter().chain(&rest) {
             self.write_pending(*id);
         }
         self.send(peer, message);
+        for m in after {
+            self.send(peer, m);
+        }
         for id in ups {
             self.finish_if_done(id);
         }

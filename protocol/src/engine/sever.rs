@@ -198,6 +198,14 @@ impl Engine {
         notice: SignedSeverNotice,
         now: Time,
     ) -> Result<(), ProtocolError> {
+        // A proof for a request we no longer hold, of an edge we already know is
+        // severed: an honest duplicate. The first proof of that severance ended every
+        // request of ours that crossed the edge, and the peer sends one per request
+        // (some after a sync that carried the first). Nothing in it is taken.
+        if self.requests.get(&request).is_none() && self.topology.is_severed(notice.notice.channel)
+        {
+            return Ok(());
+        }
         let p = self.forwarded_to(from, request)?;
         self.check_proof(p, &notice)?;
         if p.down.as_ref().is_some_and(|d| d.resolved.is_some()) {
