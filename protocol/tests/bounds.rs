@@ -415,18 +415,23 @@ fn a_late_response_lost_on_the_wire_is_resent_once() {
     );
 }
 
+/// The late-fee items of a sync paying every request a peer may have in flight, at the
+/// largest totals.
+fn largest_fee_items() -> Vec<FeeItem> {
+    (0..MAX_IN_FLIGHT_PER_PEER as u64)
+        .map(|i| FeeItem {
+            request: RequestId([[0xff; 8], i.to_le_bytes()].concat().try_into().unwrap()),
+            total: Amount(u128::MAX),
+        })
+        .collect()
+}
+
 /// A sync pays the late fees of every late request of a peer in one payment, an item
 /// each: at the most a peer may have in flight, the items still fit a frame with room
 /// for the rest of the message, at the largest totals.
 #[test]
 fn the_fee_items_of_every_request_a_peer_may_have_fit_one_frame() {
-    let items: Vec<FeeItem> = (0..MAX_IN_FLIGHT_PER_PEER as u64)
-        .map(|i| FeeItem {
-            request: RequestId([[0xff; 8], i.to_le_bytes()].concat().try_into().unwrap()),
-            total: Amount(u128::MAX),
-        })
-        .collect();
-    let len = wire::encoded_len(&items).unwrap();
+    let len = wire::encoded_len(&largest_fee_items()).unwrap();
     assert!(len <= wire::MAX_FRAME_LEN - (128 << 10), "{len} bytes");
     let config = EngineConfig {
         max_in_flight_per_peer: usize::MAX,
@@ -520,13 +525,7 @@ fn proofs_held_for_a_sync_past_what_one_sync_carries_follow_it_on_their_own() {
     assert!(largest <= wire::MAX_FRAME_LEN, "a frame of {largest} bytes");
     // A sync's most proofs fit beside the late-fee items of every request a peer may
     // have in flight, with room left for the rest of the sync (its signed update).
-    let items: Vec<FeeItem> = (0..MAX_IN_FLIGHT_PER_PEER as u64)
-        .map(|i| FeeItem {
-            request: RequestId([[0xff; 8], i.to_le_bytes()].concat().try_into().unwrap()),
-            total: Amount(u128::MAX),
-        })
-        .collect();
-    let items_bytes = wire::encoded_len(&items).unwrap();
+    let items_bytes = wire::encoded_len(&largest_fee_items()).unwrap();
     assert!(proofs_bytes > 0);
     assert!(
         items_bytes + proofs_bytes <= wire::MAX_FRAME_LEN - (16 << 10),
