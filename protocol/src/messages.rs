@@ -94,8 +94,8 @@ pub const BULK_BODY: usize = 16 * 1024;
 /// its length.
 pub const MAX_AWAITING: usize = 1 << 16;
 
-/// The most proofs one [`Message::Sync`] carries (policy `next_sync`). A proof is about
-/// 180 bytes, so 512 of them take about 90 KiB, within the 128 KiB a sync keeps beside
+/// The most proofs one [`Message::Sync`] carries (policy `next_sync`). A proof is 172 bytes
+/// on the wire, so 512 of them take 86 KiB, within the 128 KiB a sync keeps beside
 /// the late-fee items of every request a peer may have in flight. Proofs past it leave
 /// right after the sync, each as its own [`Message::Proof`], so a sever that ends
 /// thousands of requests never makes a sync larger than a frame.

@@ -255,8 +255,7 @@ impl Engine {
                 proofs: proofs.clone(),
             },
         };
-        let mut after = Vec::with_capacity(rest.len());
-        for (i, (id, n)) in proofs.iter().chain(&rest).enumerate() {
+        for (id, n) in proofs.iter().chain(&rest) {
             self.note_proof_forwarded(*id, n.notice.channel);
             let copy = Message::Proof {
                 request: *id,
@@ -264,16 +263,20 @@ impl Engine {
                 fee: None,
             };
             self.remember_closing(channel, *id, &copy, now);
-            if i >= proofs.len() {
-                after.push(copy);
-            }
         }
         for (id, _) in proofs.iter().chain(&rest) {
             self.write_pending(*id);
         }
         self.send(peer, message);
-        for m in after {
-            self.send(peer, m);
+        for (request, notice) in rest {
+            self.send(
+                peer,
+                Message::Proof {
+                    request,
+                    notice,
+                    fee: None,
+                },
+            );
         }
         for id in ups {
             self.finish_if_done(id);
