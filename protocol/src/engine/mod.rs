@@ -141,6 +141,12 @@ impl Engine {
             }
         }
         for p in store.pending.values() {
+            // Nonces start from the clock (`new`); one of ours still held may have
+            // taken a nonce past that (a restart within the same millisecond, or a
+            // clock stepped back), and a new request must never get its id.
+            if p.core.client == e.id {
+                e.next_nonce = e.next_nonce.max(p.core.nonce);
+            }
             if let Some(d) = &p.down {
                 if d.resolved.is_none() {
                     e.timers.insert((d.expect_by, Timer::Overdue(p.id)));
