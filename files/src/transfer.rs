@@ -266,7 +266,7 @@ async fn ask(
     size: u64,
     ranges: Vec<(u64, u64)>,
     options: RequestOptions,
-) -> (Answer, Amount) {
+) -> (Answer, Option<Amount>) {
     let request = FilesRequest::Get {
         root,
         ranges: ranges.clone(),
@@ -274,7 +274,8 @@ async fn ask(
     let body = request.encode();
     let outcome = match node.request(provider, body.clone(), options).await {
         Ok(o) => o,
-        Err(e) => return (Answer::Failed(e.to_string()), Amount::ZERO),
+        // Not known whether it was paid: counted as quoted.
+        Err(e) => return (Answer::Failed(e.to_string()), None),
     };
     match outcome {
         Outcome::Response {
@@ -309,20 +310,21 @@ async fn ask(
                     e,
                 ),
             };
-            (a, paid)
+            (a, Some(paid))
         }
         Outcome::Proof { channel, paid, .. } => (
             Answer::Failed(format!("edge {channel} on the route was severed")),
-            paid,
+            Some(paid),
         ),
+        // A refusal refunds the payment: nothing was spent.
         Outcome::Rejected { reason, .. } => (
             Answer::Failed(format!("refused on the route: {reason}")),
-            Amount::ZERO,
+            Some(Amount::ZERO),
         ),
         Outcome::Late { overdue_ms, .. } => (
             Answer::Failed(format!("no answer {overdue_ms} ms past the deadline")),
             // A late request was paid: its cost is what the quote said.
-            Amount::ZERO,
+            None,
         ),
     }
 }
@@ -620,12 +622,8 @@ impl<'a> Transfer<'a> {
                 continue;
             };
             // What was really paid replaces what was committed (a late request's
-            // payment stands as quoted).
-            let paid = if matches!(answer, Answer::Failed(_)) && paid == Amount::ZERO {
-                quoted
-            } else {
-                paid
-            };
+            // payment, and one whose call failed, stand as quoted).
+            let paid = paid.unwrap_or(quoted);
             report.spent = report
                 .spent
                 .checked_sub(quoted)
