@@ -266,7 +266,7 @@ async fn ask(
     size: u64,
     ranges: Vec<(u64, u64)>,
     options: RequestOptions,
-) -> (Answer, Option<Amount>) {
+) -> (Answer, Amount) {
     let request = FilesRequest::Get {
         root,
         ranges: ranges.clone(),
@@ -274,8 +274,7 @@ async fn ask(
     let body = request.encode();
     let outcome = match node.request(provider, body.clone(), options).await {
         Ok(o) => o,
-        // Not known whether it was paid: counted as quoted.
-        Err(e) => return (Answer::Failed(e.to_string()), None),
+        Err(e) => return (Answer::Failed(e.to_string()), Amount::ZERO),
     };
     match outcome {
         Outcome::Response {
@@ -310,21 +309,20 @@ async fn ask(
                     e,
                 ),
             };
-            (a, Some(paid))
+            (a, paid)
         }
         Outcome::Proof { channel, paid, .. } => (
             Answer::Failed(format!("edge {channel} on the route was severed")),
-            Some(paid),
+            paid,
         ),
-        // A refusal refunds the payment: nothing was spent.
         Outcome::Rejected { reason, .. } => (
             Answer::Failed(format!("refused on the route: {reason}")),
-            Some(Amount::ZERO),
+            Amount::ZERO,
         ),
         Outcome::Late { overdue_ms, .. } => (
             Answer::Failed(format!("no answer {overdue_ms} ms past the deadline")),
             // A late request was paid: its cost is what the quote said.
-            None,
+            Amount::ZERO,
         ),
     }
 }
@@ -622,8 +620,12 @@ impl<'a> Transfer<'a> {
                 continue;
             };
             // What was really paid replaces what was committed (a late request's
-            // payment, and one whose call failed, stand as quoted).
-            let paid = paid.unwrap_or(quoted);
+            // payment stands as quoted).
+            let paid = if matches!(answer, Answer::Failed(_)) && paid == Amount::ZERO {
+                quoted
+            } else {
+                paid
+            };
             report.spent = report
                 .spent
                 .checked_sub(quoted)
