@@ -202,8 +202,7 @@ impl Engine {
         // severed: an honest duplicate. The first proof of that severance ended every
         // request of ours that crossed the edge, and the peer sends one per request
         // (some after a sync that carried the first). Nothing in it is taken.
-        if self.requests.get(&request).is_none() && self.topology.is_severed(notice.notice.channel)
-        {
+        if !self.requests.contains(&request) && self.topology.is_severed(notice.notice.channel) {
             return Ok(());
         }
         let p = self.forwarded_to(from, request)?;
