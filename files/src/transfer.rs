@@ -96,7 +96,7 @@ pub struct ProviderReport {
     pub pieces: u64,
     /// Verified bytes it delivered first.
     pub bytes: u64,
-    /// Paid for requests to it.
+    /// Paid to the first hop for requests to it (see [`TransferReport::spent`]).
     pub spent: Amount,
     /// Requests that failed (proof, refusal, late, error).
     pub failures: u32,
@@ -120,7 +120,10 @@ pub struct TransferReport {
     pub requests: u64,
     /// Pieces whose answer came after another provider's (raced) or after failure.
     pub wasted_pieces: u64,
-    /// Total paid.
+    /// Total paid to the first hop, each request at what it really paid: a failed
+    /// request that was sent counts (a refusal's refund and late fees come back to
+    /// the client as payments of their own, not netted here); one that failed before
+    /// it was sent does not.
     pub spent: Amount,
     /// Per provider.
     pub providers: BTreeMap<NodeId, ProviderReport>,
@@ -258,7 +261,9 @@ enum Answer {
     Failed(String),
 }
 
-/// Sends one `get` of `ranges` to `provider` along `route` and checks the answer.
+/// Sends one `get` of `ranges` to `provider` along `route` and checks the answer,
+/// with what the request paid to the first hop: for every outcome the SDK says; for a
+/// call that failed before sending (no route, the channel busy), nothing.
 async fn ask(
     node: &NodeHandle,
     provider: NodeId,
@@ -315,14 +320,16 @@ async fn ask(
             Answer::Failed(format!("edge {channel} on the route was severed")),
             paid,
         ),
-        Outcome::Rejected { reason, .. } => (
+        // A refusal's refund comes back as a payment to us: what was paid out stands.
+        Outcome::Rejected { reason, paid, .. } => (
             Answer::Failed(format!("refused on the route: {reason}")),
-            Amount::ZERO,
+            paid,
         ),
-        Outcome::Late { overdue_ms, .. } => (
+        Outcome::Late {
+            overdue_ms, paid, ..
+        } => (
             Answer::Failed(format!("no answer {overdue_ms} ms past the deadline")),
-            // A late request was paid: its cost is what the quote said.
-            Amount::ZERO,
+            paid,
         ),
     }
 }
@@ -619,13 +626,7 @@ impl<'a> Transfer<'a> {
             let Some((piece, p, answer, paid, quoted)) = next else {
                 continue;
             };
-            // What was really paid replaces what was committed (a late request's
-            // payment stands as quoted).
-            let paid = if matches!(answer, Answer::Failed(_)) && paid == Amount::ZERO {
-                quoted
-            } else {
-                paid
-            };
+            // What was really paid replaces what was committed.
             report.spent = report
                 .spent
                 .checked_sub(quoted)

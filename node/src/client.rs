@@ -31,6 +31,30 @@ struct Waiter {
 }
 
 impl Waiter {
+    /// A request not yet sent.
+    fn new(
+        server: NodeId,
+        body: Vec<u8>,
+        options: RequestOptions,
+        reply: oneshot::Sender<Result<Outcome, NodeError>>,
+    ) -> Waiter {
+        Waiter {
+            reply: Some(reply),
+            server,
+            body,
+            route: Route {
+                nodes: Vec::new(),
+                channels: Vec::new(),
+            },
+            options,
+            reroutes: 0,
+            proofs: Vec::new(),
+            deadline: None,
+            fees: Amount::ZERO,
+            paid: Amount::ZERO,
+        }
+    }
+
     fn answer(&mut self, outcome: Result<Outcome, NodeError>) {
         if let Some(reply) = self.reply.take() {
             let _ = reply.send(outcome);
@@ -72,21 +96,7 @@ impl Client {
         reply: oneshot::Sender<Result<Outcome, NodeError>>,
         t: Time,
     ) {
-        let waiter = Waiter {
-            reply: Some(reply),
-            server,
-            body,
-            route: Route {
-                nodes: Vec::new(),
-                channels: Vec::new(),
-            },
-            options,
-            reroutes: 0,
-            proofs: Vec::new(),
-            deadline: None,
-            fees: Amount::ZERO,
-            paid: Amount::ZERO,
-        };
+        let waiter = Waiter::new(server, body, options, reply);
         self.send_attempt(engine, metrics, waiter, t);
     }
 
@@ -135,6 +145,7 @@ impl Client {
                     request: id,
                     overdue_ms,
                     fees_received: w.fees,
+                    paid: w.paid,
                 }));
             }
         }
@@ -231,6 +242,7 @@ impl Client {
                         request: *request,
                         reason: format!("{reason:?}"),
                         refunded: *refunded,
+                        paid: w.paid,
                     }));
                 }
             }
@@ -272,4 +284,92 @@ fn pick_route(engine: &Engine, w: &Waiter) -> Option<Route> {
             .find(|r| first_ready(r))
             .unwrap_or(cheapest),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use por_protocol::messages::RejectReason;
+    use por_protocol::{Deployment, EngineConfig, Keypair};
+
+    use super::*;
+
+    /// A client with one request waiting, sent for `amount` with its deadline at
+    /// 100 ms; and the engine its events come from.
+    fn sent(
+        amount: Amount,
+    ) -> (
+        Client,
+        Engine,
+        RequestId,
+        oneshot::Receiver<Result<Outcome, NodeError>>,
+    ) {
+        let mut engine = Engine::new(
+            EngineConfig::default(),
+            Keypair::from_seed([1; 32]),
+            Deployment::of("testnet", "por.testnet"),
+            Time(0),
+        );
+        let mut client = Client::default();
+        let (tx, rx) = oneshot::channel();
+        let id = RequestId([7; 16]);
+        let options = RequestOptions {
+            late_after_ms: 50,
+            ..RequestOptions::default()
+        };
+        let server = Keypair::from_seed([2; 32]).id();
+        client
+            .waiters
+            .insert(id, Waiter::new(server, b"x".to_vec(), options, tx));
+        client.on_event(
+            &mut engine,
+            &Metrics::default(),
+            &Event::RequestSent {
+                request: id,
+                first_hop: server,
+                amount,
+                deadline: Time(100),
+            },
+        );
+        (client, engine, id, rx)
+    }
+
+    #[test]
+    fn a_refused_request_says_what_it_paid_and_what_came_back() {
+        let (mut client, mut engine, id, mut rx) = sent(Amount(700));
+        client.on_event(
+            &mut engine,
+            &Metrics::default(),
+            &Event::RequestRejected {
+                request: id,
+                reason: RejectReason::Overloaded,
+                refunded: Amount(700),
+            },
+        );
+        match rx.try_recv() {
+            Ok(Ok(Outcome::Rejected {
+                paid,
+                refunded,
+                reason,
+                ..
+            })) => {
+                assert_eq!((paid, refunded), (Amount(700), Amount(700)));
+                assert_eq!(reason, "Overloaded");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_late_request_says_what_it_paid() {
+        let (mut client, _engine, _id, mut rx) = sent(Amount(700));
+        client.on_timer(&Metrics::default(), Time(149));
+        assert!(rx.try_recv().is_err(), "not late before its check");
+        client.on_timer(&Metrics::default(), Time(160));
+        match rx.try_recv() {
+            Ok(Ok(Outcome::Late {
+                paid, overdue_ms, ..
+            })) => assert_eq!((paid, overdue_ms), (Amount(700), 60)),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -445,14 +445,16 @@ pub fn outcome_json(o: &Outcome) -> Value {
             request,
             reason,
             refunded,
+            paid,
         } => json!({"kind": "rejected", "request": request.to_string(), "reason": reason,
-            "refunded": refunded.0.to_string()}),
+            "refunded": refunded.0.to_string(), "paid": paid.0.to_string()}),
         Outcome::Late {
             request,
             overdue_ms,
             fees_received,
+            paid,
         } => json!({"kind": "late", "request": request.to_string(), "overdue_ms": overdue_ms,
-            "fees_received": fees_received.0.to_string()}),
+            "fees_received": fees_received.0.to_string(), "paid": paid.0.to_string()}),
     }
 }
 

@@ -105,8 +105,10 @@ pub enum Outcome {
         request: RequestId,
         /// Why.
         reason: String,
-        /// The refund.
+        /// The refund (of the last attempt's payment).
         refunded: Amount,
+        /// Paid to the first hop, over every attempt (the refund came back on top).
+        paid: Amount,
     },
     /// Past its deadline with neither a response nor a proof: it keeps earning late
     /// fees at every sync until one comes.
@@ -117,6 +119,8 @@ pub enum Outcome {
         overdue_ms: u64,
         /// Fees received so far.
         fees_received: Amount,
+        /// Paid to the first hop, over every attempt.
+        paid: Amount,
     },
 }
 
