@@ -321,7 +321,7 @@ pub struct RequestCore {
     pub server: NodeId,
     /// Client-chosen nonce that makes the id unique.
     pub nonce: u64,
-    /// SHA-256 of the body.
+    /// BLAKE3 of the body (`Hash::of_body`).
     pub body_hash: Hash,
     /// Body length in bytes (charged per byte, with `response_limit`).
     pub body_len: u64,
@@ -406,7 +406,7 @@ impl RequestHeader {
 pub struct ResponseBody {
     /// The request answered.
     pub request: RequestId,
-    /// SHA-256 of the response body.
+    /// BLAKE3 of the response body (`Hash::of_body`).
     pub body_hash: Hash,
     /// Length of the response body: with the client's signed
     /// [`RequestCore::response_limit`], a signed response longer than bought is
