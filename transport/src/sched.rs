@@ -232,10 +232,35 @@ impl<T> Scheduler<T> {
     }
 }
 
+/// The most chunks a half-sent frame holds apart; past it they are joined into one
+/// (so a peer sending tiny chunks holds at most this many parts per stream, over at
+/// most [`MAX_STREAMS`](crate::MAX_STREAMS) streams). A 1 MiB frame in 16 KiB chunks
+/// has 64.
+const MAX_PARTS: usize = 256;
+
+/// A frame whose chunks are still arriving: the chunks as they came (joined once, in
+/// one allocation of the frame's size, when the last one is in: growing one buffer
+/// chunk by chunk copied a 512 KiB frame about twice over), their bytes and since when.
+#[derive(Debug)]
+struct Partial<I> {
+    parts: Vec<Bytes>,
+    len: usize,
+    since: I,
+}
+
+/// `parts` (of `len` bytes in all) as one buffer, in one allocation.
+fn join(parts: &[Bytes], len: usize) -> Bytes {
+    let mut buf = BytesMut::with_capacity(len);
+    for part in parts {
+        buf.put_slice(part);
+    }
+    buf.freeze()
+}
+
 /// The receiving half: joins chunks back into frames, per lane.
 #[derive(Debug)]
 pub struct Reassembler<I> {
-    partial: HashMap<u32, (BytesMut, I)>,
+    partial: HashMap<u32, Partial<I>>,
     bytes: usize,
     max_frame: usize,
     max_partial: usize,
@@ -267,7 +292,7 @@ impl<I: Copy + Ord> Reassembler<I> {
         if !more && !self.partial.contains_key(&stream) {
             return Ok(Some((stream, payload)));
         }
-        let have = self.partial.get(&stream).map_or(0, |(b, _)| b.len());
+        let have = self.partial.get(&stream).map_or(0, |p| p.len);
         let len = have.saturating_add(payload.len());
         if len > self.max_frame {
             return Err(TransportError::Oversized {
@@ -284,24 +309,30 @@ impl<I: Copy + Ord> Reassembler<I> {
                 });
             }
             self.bytes = bytes;
-            let entry = self
-                .partial
-                .entry(stream)
-                .or_insert_with(|| (BytesMut::new(), now));
-            entry.0.extend_from_slice(&payload);
+            let entry = self.partial.entry(stream).or_insert_with(|| Partial {
+                parts: Vec::new(),
+                len: 0,
+                since: now,
+            });
+            if entry.parts.len() >= MAX_PARTS {
+                let joined = join(&entry.parts, entry.len);
+                entry.parts = vec![joined];
+            }
+            entry.len = len;
+            entry.parts.push(payload);
             return Ok(None);
         }
-        let Some((mut buf, _)) = self.partial.remove(&stream) else {
+        let Some(mut p) = self.partial.remove(&stream) else {
             return Ok(Some((stream, payload)));
         };
-        self.bytes = self.bytes.saturating_sub(buf.len());
-        buf.extend_from_slice(&payload);
-        Ok(Some((stream, buf.freeze())))
+        self.bytes = self.bytes.saturating_sub(p.len);
+        p.parts.push(payload);
+        Ok(Some((stream, join(&p.parts, len))))
     }
 
     /// When the oldest half-sent frame started arriving, if any is.
     pub fn oldest(&self) -> Option<I> {
-        self.partial.values().map(|(_, t)| *t).min()
+        self.partial.values().map(|p| p.since).min()
     }
 
     /// Bytes of half-sent frames held.
@@ -406,6 +437,23 @@ mod tests {
         assert_eq!(frames.len(), 3);
         // The first two interleaved and finished before the third.
         assert_eq!(frames[2].0, 3);
+    }
+
+    #[test]
+    fn a_frame_in_tiny_chunks_is_joined_whole_holding_a_bounded_list_of_parts() {
+        let frame: Vec<u8> = (0..1_000u32).map(|i| (i % 251) as u8).collect();
+        let mut re = Reassembler::new(1 << 20, 1 << 20);
+        let (last, rest) = frame.split_last().unwrap();
+        for b in rest {
+            assert_eq!(re.push(5 | MORE, Bytes::from(vec![*b]), 0u8).unwrap(), None);
+            let p = &re.partial[&5];
+            assert!(p.parts.len() <= MAX_PARTS, "{} parts", p.parts.len());
+        }
+        assert_eq!(re.held(), frame.len() - 1);
+        let (stream, got) = re.push(5, Bytes::from(vec![*last]), 0).unwrap().unwrap();
+        assert_eq!((stream, &got[..]), (5, &frame[..]));
+        assert_eq!(re.held(), 0);
+        assert_eq!(re.oldest(), None);
     }
 
     #[test]
