@@ -232,29 +232,49 @@ impl<T> Scheduler<T> {
     }
 }
 
-/// The most chunks a half-sent frame holds apart; past it they are joined into one
-/// (so a peer sending tiny chunks holds at most this many parts per stream, over at
-/// most [`MAX_STREAMS`](crate::MAX_STREAMS) streams). A 1 MiB frame in 16 KiB chunks
-/// has 64.
-const MAX_PARTS: usize = 256;
+/// A chunk of at least this many bytes is held apart, as it came; a smaller one is
+/// copied onto the frame's tail, a buffer that grows by doubling. So a frame in honest
+/// 16 KiB chunks is copied once, when it is joined, and one in tiny chunks costs no
+/// more than a growing buffer, while its parts stay at most two per `MIN_PART` bytes
+/// (each part held apart, and the tail cut off before it).
+const MIN_PART: usize = 4 * 1024;
 
-/// A frame whose chunks are still arriving: the chunks as they came (joined once, in
-/// one allocation of the frame's size, when the last one is in: growing one buffer
-/// chunk by chunk copied a 512 KiB frame about twice over), their bytes and since when.
+/// A frame whose chunks are still arriving: its parts held apart and the tail after
+/// them, their bytes in all, and since when. Joined once, in one allocation of the
+/// frame's size, when the last chunk is in (growing one buffer chunk by chunk copied a
+/// 512 KiB frame about twice over).
 #[derive(Debug)]
 struct Partial<I> {
     parts: Vec<Bytes>,
+    tail: BytesMut,
     len: usize,
     since: I,
 }
 
-/// `parts` (of `len` bytes in all) as one buffer, in one allocation.
-fn join(parts: &[Bytes], len: usize) -> Bytes {
-    let mut buf = BytesMut::with_capacity(len);
-    for part in parts {
-        buf.put_slice(part);
+impl<I> Partial<I> {
+    /// Takes one more chunk.
+    fn add(&mut self, chunk: Bytes) {
+        self.len = self.len.saturating_add(chunk.len());
+        if chunk.len() < MIN_PART {
+            self.tail.extend_from_slice(&chunk);
+            return;
+        }
+        if !self.tail.is_empty() {
+            self.parts.push(self.tail.split().freeze());
+        }
+        self.parts.push(chunk);
     }
-    buf.freeze()
+
+    /// The frame, `last` being its final chunk, in one allocation.
+    fn join(self, last: &[u8]) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.len.saturating_add(last.len()));
+        for part in &self.parts {
+            buf.put_slice(part);
+        }
+        buf.put_slice(&self.tail);
+        buf.put_slice(last);
+        buf.freeze()
+    }
 }
 
 /// The receiving half: joins chunks back into frames, per lane.
@@ -309,25 +329,22 @@ impl<I: Copy + Ord> Reassembler<I> {
                 });
             }
             self.bytes = bytes;
-            let entry = self.partial.entry(stream).or_insert_with(|| Partial {
-                parts: Vec::new(),
-                len: 0,
-                since: now,
-            });
-            if entry.parts.len() >= MAX_PARTS {
-                let joined = join(&entry.parts, entry.len);
-                entry.parts = vec![joined];
-            }
-            entry.len = len;
-            entry.parts.push(payload);
+            self.partial
+                .entry(stream)
+                .or_insert_with(|| Partial {
+                    parts: Vec::new(),
+                    tail: BytesMut::new(),
+                    len: 0,
+                    since: now,
+                })
+                .add(payload);
             return Ok(None);
         }
-        let Some(mut p) = self.partial.remove(&stream) else {
+        let Some(p) = self.partial.remove(&stream) else {
             return Ok(Some((stream, payload)));
         };
         self.bytes = self.bytes.saturating_sub(p.len);
-        p.parts.push(payload);
-        Ok(Some((stream, join(&p.parts, len))))
+        Ok(Some((stream, p.join(&payload))))
     }
 
     /// When the oldest half-sent frame started arriving, if any is.
@@ -440,20 +457,36 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_in_tiny_chunks_is_joined_whole_holding_a_bounded_list_of_parts() {
-        let frame: Vec<u8> = (0..1_000u32).map(|i| (i % 251) as u8).collect();
-        let mut re = Reassembler::new(1 << 20, 1 << 20);
-        let (last, rest) = frame.split_last().unwrap();
-        for b in rest {
-            assert_eq!(re.push(5 | MORE, Bytes::from(vec![*b]), 0u8).unwrap(), None);
-            let p = &re.partial[&5];
-            assert!(p.parts.len() <= MAX_PARTS, "{} parts", p.parts.len());
+    fn a_frame_in_chunks_of_any_size_is_joined_whole_holding_few_parts() {
+        // Tiny chunks, 16 KiB ones, and the two alternating.
+        let tiny = vec![1usize; 999];
+        let honest = vec![CHUNK; 40];
+        let mixed: Vec<usize> = (0..60)
+            .map(|i| if i % 2 == 0 { 1 } else { CHUNK })
+            .collect();
+        for sizes in [tiny, honest, mixed] {
+            let total: usize = sizes.iter().sum::<usize>() + 1;
+            let frame: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+            let mut re = Reassembler::new(1 << 20, 1 << 20);
+            let mut at = 0;
+            for n in &sizes {
+                let chunk = Bytes::copy_from_slice(&frame[at..at + n]);
+                assert_eq!(re.push(5 | MORE, chunk, 0u8).unwrap(), None);
+                at += n;
+                let p = &re.partial[&5];
+                assert!(
+                    p.parts.len() <= 2 * at / MIN_PART,
+                    "{} parts",
+                    p.parts.len()
+                );
+            }
+            assert_eq!(re.held(), total - 1);
+            let last = Bytes::copy_from_slice(&frame[at..]);
+            let (stream, got) = re.push(5, last, 0).unwrap().unwrap();
+            assert_eq!((stream, &got[..]), (5, &frame[..]));
+            assert_eq!(re.held(), 0);
+            assert_eq!(re.oldest(), None);
         }
-        assert_eq!(re.held(), frame.len() - 1);
-        let (stream, got) = re.push(5, Bytes::from(vec![*last]), 0).unwrap().unwrap();
-        assert_eq!((stream, &got[..]), (5, &frame[..]));
-        assert_eq!(re.held(), 0);
-        assert_eq!(re.oldest(), None);
     }
 
     #[test]
