@@ -15,6 +15,7 @@
 //! on disk: opening replays the two in order (see [`crate::db::NodeDb::open`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 
 use por_protocol::channel::ChannelRecord;
 use por_protocol::engine::Pending;
@@ -22,6 +23,8 @@ use por_protocol::messages::Message;
 use por_protocol::store::{Store, Write};
 use por_protocol::types::{ChannelId, ChannelUpdate, RequestId};
 use redb::{Database, TableDefinition};
+
+use crate::kept::{self, ClosingFold, Closings, CLOSINGS_IN_LOG};
 
 /// Channel records without their unacknowledged updates (which are kept apart, so
 /// that a checkpoint writes each update once instead of every record re-writing all
@@ -32,7 +35,8 @@ pub(crate) const CHANNELS: TableDefinition<u64, &[u8]> = TableDefinition::new("c
 pub(crate) const UNACKED: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("unacked");
 /// Requests in flight, by id.
 pub(crate) const PENDING: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("pending");
-/// Closing messages kept for resending, by request: (channel, message).
+/// Closing messages kept for resending, by request: (channel, message). Those whose
+/// message is in a kept log are in [`CLOSINGS_IN_LOG`] instead (see `kept.rs`).
 pub(crate) const CLOSINGS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("closings");
 /// Numbers kept beside the records (the log generation, the chain cursor).
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -91,6 +95,26 @@ impl Dirty {
     }
 }
 
+/// What the tables hold rows for, beside the records themselves.
+#[derive(Debug, Default)]
+pub(crate) struct Rows {
+    /// Requests with a row in PENDING.
+    pub(crate) pending: HashSet<RequestId>,
+    /// Kept closings' rows and the kept logs they refer to.
+    pub(crate) closings: Closings,
+}
+
+/// A finished log a checkpoint folds in.
+#[derive(Debug)]
+pub(crate) struct Folded {
+    /// Its generation.
+    pub(crate) generation: u64,
+    /// Its bytes.
+    pub(crate) size: u64,
+    /// Where it is.
+    pub(crate) path: PathBuf,
+}
+
 /// The rows one checkpoint writes, as the store held them when it was taken (`None`
 /// for a row to delete). Taking it copies no large body: responses and requests hold
 /// theirs in shared buffers. They are encoded on the checkpoint's thread.
@@ -104,21 +128,26 @@ pub(crate) struct Fold {
     /// Unacknowledged updates to delete: (channel, up to seq).
     acked: Vec<(u64, u64)>,
     pending: Vec<([u8; 16], Option<Pending>)>,
-    closings: Vec<([u8; 16], Option<Kept>)>,
+    closings: ClosingFold,
+    /// The database's path, beside which kept logs are linked.
+    db: PathBuf,
+    /// The folded logs to keep, linked before the tables refer to them.
+    links: Vec<(PathBuf, u64)>,
 }
 
-/// A kept closing: the upstream channel and the message.
-type Kept = (ChannelId, Message);
-
 impl Fold {
-    /// Takes the rows `dirty` names as `store` holds them now. `pending_rows` (the
-    /// requests with a row in the table) is brought up to what the fold leaves.
+    /// Takes the rows `dirty` names as `store` holds them now, the logs `folded` being
+    /// folded in. `rows` (what the tables hold rows for) is brought up to what the
+    /// fold leaves.
     pub(crate) fn take(
         store: &mut Store,
         dirty: Dirty,
-        pending_rows: &mut HashSet<RequestId>,
+        rows: &mut Rows,
+        folded: &[Folded],
         next: u64,
+        db: &Path,
     ) -> Fold {
+        let pending_rows = &mut rows.pending;
         let mut channels = Vec::with_capacity(dirty.channels.len());
         let mut unacked = Vec::new();
         for id in &dirty.channels {
@@ -150,10 +179,12 @@ impl Fold {
                 }
             }
         }
-        let closings = dirty
-            .closings
+        let sizes: Vec<(u64, u64)> = folded.iter().map(|f| (f.generation, f.size)).collect();
+        let closings = rows.closings.take(store, &dirty.closings, &sizes);
+        let links = folded
             .iter()
-            .map(|id| (id.0, store.closings.get(id).cloned()))
+            .filter(|f| closings.link.contains(&f.generation))
+            .map(|f| (f.path.clone(), f.generation))
             .collect();
         Fold {
             next,
@@ -162,6 +193,8 @@ impl Fold {
             acked: dirty.acked.into_iter().collect(),
             pending,
             closings,
+            db: db.to_path_buf(),
+            links,
         }
     }
 
@@ -171,6 +204,10 @@ impl Fold {
     pub(crate) fn write(self, db: &Database, mut buf: Vec<u8>) -> Result<Vec<u8>, String> {
         let next = self.next;
         let e = |e: &dyn std::fmt::Display| format!("checkpoint to generation {next}: {e}");
+        for (from, generation) in &self.links {
+            kept::link(from, &self.db, *generation)
+                .map_err(|x| e(&format!("keeping log {generation}: {x}")))?;
+        }
         let tx = db.begin_write().map_err(|x| e(&x))?;
         {
             let mut t = tx.open_table(CHANNELS).map_err(|x| e(&x))?;
@@ -190,7 +227,9 @@ impl Fold {
             let mut t = tx.open_table(PENDING).map_err(|x| e(&x))?;
             put_or_remove(&mut t, &self.pending, &mut buf).map_err(|x| e(&x))?;
             let mut t = tx.open_table(CLOSINGS).map_err(|x| e(&x))?;
-            put_or_remove(&mut t, &self.closings, &mut buf).map_err(|x| e(&x))?;
+            put_or_remove(&mut t, &self.closings.inline, &mut buf).map_err(|x| e(&x))?;
+            let mut t = tx.open_table(CLOSINGS_IN_LOG).map_err(|x| e(&x))?;
+            put_or_remove(&mut t, &self.closings.in_log, &mut buf).map_err(|x| e(&x))?;
             tx.open_table(META)
                 .map_err(|x| e(&x))?
                 .insert(WAL_GENERATION, next)
@@ -206,7 +245,13 @@ impl Fold {
             + self.unacked.len()
             + self.acked.len()
             + self.pending.len()
-            + self.closings.len()
+            + self.closings.inline.len()
+            + self.closings.in_log.len()
+    }
+
+    /// The kept logs no row refers to once this is in.
+    pub(crate) fn releases(&self) -> Vec<u64> {
+        self.closings.release.clone()
     }
 }
 

@@ -16,7 +16,7 @@
 //! was already checkpointed). A request that is forwarded and answered between two
 //! checkpoints never touches the B-tree at all.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,8 +25,11 @@ use por_protocol::types::{ChannelId, RequestId};
 use por_protocol::{wire, Deployment};
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::checkpoint::{Dirty, Fold, CHANNELS, CLOSINGS, META, PENDING, UNACKED, WAL_GENERATION};
-use crate::wal::Wal;
+use crate::checkpoint::{
+    Dirty, Fold, Folded, Rows, CHANNELS, CLOSINGS, META, PENDING, UNACKED, WAL_GENERATION,
+};
+use crate::kept::{self, InLog, CLOSINGS_IN_LOG};
+use crate::wal::{Wal, RECORD_HEADER};
 use crate::NodeError;
 
 /// The contract deployment the records were signed for (one row, key `deployment`).
@@ -61,8 +64,8 @@ pub struct NodeDb {
     wal: Wal,
     generation: u64,
     dirty: Dirty,
-    /// Requests with a row in PENDING.
-    pending_rows: HashSet<RequestId>,
+    /// What the tables hold rows for.
+    rows: Rows,
     checkpoint_bytes: u64,
     /// The log record being built, kept between commits.
     record: Vec<u8>,
@@ -70,6 +73,8 @@ pub struct NodeDb {
     folding: Option<Folding>,
     /// The buffer a checkpoint's rows are encoded into, back from the last one.
     fold_buf: Vec<u8>,
+    /// The kept logs to delete once the running checkpoint is in.
+    releasing: Vec<u64>,
     /// Numbers set while a checkpoint held the tables, stored once it is in.
     deferred: BTreeMap<String, u64>,
 }
@@ -91,35 +96,46 @@ fn db_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> NodeError + '_ {
 }
 
 /// Appends a log record's payload to `out`: each write, wire-encoded, behind its u32
-/// LE length.
-fn encode_writes(writes: &[Write], out: &mut Vec<u8>) -> Result<(), wire::WireError> {
+/// LE length. Returns where each write's bytes are in `out`, and their length.
+fn encode_writes(writes: &[Write], out: &mut Vec<u8>) -> Result<Vec<(u32, u32)>, wire::WireError> {
+    let oversized = |len: usize| wire::WireError::Oversized {
+        len,
+        max: u32::MAX as usize,
+    };
+    let mut at = Vec::with_capacity(writes.len());
     for w in writes {
-        let at = out.len();
+        let start = out.len();
         out.extend_from_slice(&[0; 4]);
         wire::encode_into(w, out)?;
-        let len = out.len() - at - 4;
-        let len = u32::try_from(len).map_err(|_| wire::WireError::Oversized {
-            len,
-            max: u32::MAX as usize,
-        })?;
-        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        let len = out.len() - start - 4;
+        let len32 = u32::try_from(len).map_err(|_| oversized(len))?;
+        let from = u32::try_from(start + 4).map_err(|_| oversized(start + 4))?;
+        out[start..start + 4].copy_from_slice(&len32.to_le_bytes());
+        at.push((from, len32));
     }
-    Ok(())
+    Ok(at)
 }
 
-fn decode_writes(mut bytes: &[u8]) -> Result<Vec<Write>, String> {
+/// The writes of a log record's payload, each with where its bytes are in `bytes`
+/// and their length.
+fn decode_writes(bytes: &[u8]) -> Result<Vec<(Write, u32, u32)>, String> {
     let mut writes = Vec::new();
-    while !bytes.is_empty() {
-        let (len, rest) = bytes
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (len, tail) = rest
             .split_first_chunk::<4>()
             .ok_or_else(|| format!("write {}: truncated length", writes.len()))?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if rest.len() < len {
+        let len = u32::from_le_bytes(*len);
+        let n = len as usize;
+        if tail.len() < n {
             return Err(format!("write {}: truncated", writes.len()));
         }
-        let (w, rest) = rest.split_at(len);
-        writes.push(wire::decode(w).map_err(|e| format!("write {}: {e}", writes.len()))?);
-        bytes = rest;
+        let (w, tail) = tail.split_at(n);
+        let at = u32::try_from(bytes.len() - tail.len() - n)
+            .map_err(|_| format!("write {}: past 4 GiB", writes.len()))?;
+        let w = wire::decode(w).map_err(|e| format!("write {}: {e}", writes.len()))?;
+        writes.push((w, at, len));
+        rest = tail;
     }
     Ok(writes)
 }
@@ -140,10 +156,12 @@ impl NodeDb {
         w.open_table(UNACKED).map_err(|e| err(&e))?;
         w.open_table(PENDING).map_err(|e| err(&e))?;
         w.open_table(CLOSINGS).map_err(|e| err(&e))?;
+        w.open_table(CLOSINGS_IN_LOG).map_err(|e| err(&e))?;
         w.open_table(META).map_err(|e| err(&e))?;
         w.commit().map_err(|e| err(&e))?;
         let mut store = Store::default();
-        let mut pending_rows = HashSet::new();
+        let mut rows = Rows::default();
+        let mut in_log = Vec::new();
         let generation;
         {
             let r = db.begin_read().map_err(|e| err(&e))?;
@@ -184,7 +202,7 @@ impl NodeDb {
                 let (_, v) = item.map_err(|e| err(&e))?;
                 let p: por_protocol::engine::Pending =
                     wire::decode(v.value()).map_err(|e| err(&format!("request: {e}")))?;
-                pending_rows.insert(p.id);
+                rows.pending.insert(p.id);
                 store.pending.insert(p.id, p);
             }
             for item in r
@@ -196,7 +214,20 @@ impl NodeDb {
                 let (k, v) = item.map_err(|e| err(&e))?;
                 let kept: (ChannelId, por_protocol::messages::Message) =
                     wire::decode(v.value()).map_err(|e| err(&format!("closing: {e}")))?;
-                store.closings.insert(RequestId(*k.value()), kept);
+                let id = RequestId(*k.value());
+                store.closings.insert(id, kept);
+                rows.closings.loaded_inline(id);
+            }
+            for item in r
+                .open_table(CLOSINGS_IN_LOG)
+                .map_err(|e| err(&e))?
+                .iter()
+                .map_err(|e| err(&e))?
+            {
+                let (k, v) = item.map_err(|e| err(&e))?;
+                let (channel, at): (ChannelId, InLog) =
+                    wire::decode(v.value()).map_err(|e| err(&format!("closing in a log: {e}")))?;
+                in_log.push((RequestId(*k.value()), channel, at));
             }
             generation = r
                 .open_table(META)
@@ -206,6 +237,33 @@ impl NodeDb {
                 .map(|v| v.value())
                 .unwrap_or(0);
         }
+        // The closings whose messages are in kept logs, read back from there.
+        let places: HashMap<RequestId, InLog> = in_log.iter().map(|(id, _, l)| (*id, *l)).collect();
+        let mut sizes: HashMap<u64, u64> = HashMap::new();
+        for (id, channel, message) in kept::read(path, in_log)? {
+            let Some(l) = places.get(&id) else {
+                continue;
+            };
+            let size = match sizes.get(&l.generation) {
+                Some(s) => *s,
+                None => {
+                    let p = kept::path(path, l.generation);
+                    let s = std::fs::metadata(&p).map_err(|e| err(&e))?.len();
+                    sizes.insert(l.generation, s);
+                    s
+                }
+            };
+            store.closings.insert(id, (channel, message));
+            rows.closings.loaded_in_log(id, *l, size);
+        }
+        // Kept logs the tables do not refer to: left by a checkpoint cut short, or
+        // released by one that finished just before the node stopped.
+        let referred: HashSet<u64> = rows.closings.kept().collect();
+        let stale: Vec<u64> = kept::on_disk(path)?
+            .into_iter()
+            .filter(|g| !referred.contains(g))
+            .collect();
+        kept::remove(path, &stale)?;
         let log_path = path.with_extension("wal");
         let prev_path = Wal::prev_path(&log_path);
         // The logs whose records are not in the tables yet, oldest first: the one of
@@ -250,7 +308,14 @@ impl NodeDb {
                     offset: *offset,
                     detail,
                 };
-                for w in decode_writes(payload).map_err(damaged)? {
+                for (w, at, len) in decode_writes(payload).map_err(damaged)? {
+                    let place = InLog {
+                        generation: loaded.generation,
+                        record: *offset,
+                        at,
+                        len,
+                    };
+                    rows.closings.logged(&w, place);
                     fold(&mut store, &mut dirty, w)
                         .map_err(|e| damaged(format!("replay refused: {e}")))?;
                 }
@@ -268,15 +333,27 @@ impl NodeDb {
                 // A checkpoint was cut short: fold both logs in now, so that the node
                 // starts from one log again.
                 let next = generation + logs.len() as u64;
+                let folded: Vec<Folded> = logs
+                    .iter()
+                    .map(|(p, loaded)| Folded {
+                        generation: loaded.generation,
+                        size: loaded.end,
+                        path: p.clone(),
+                    })
+                    .collect();
                 let taken = Fold::take(
                     &mut store,
                     std::mem::take(&mut dirty),
-                    &mut pending_rows,
+                    &mut rows,
+                    &folded,
                     next,
+                    path,
                 );
+                let release = taken.releases();
                 taken.write(&db, Vec::new()).map_err(|e| err(&e))?;
                 let wal = Wal::create(&log_path, next)?;
                 Wal::remove_prev(&log_path)?;
+                kept::remove(path, &release)?;
                 (wal, next)
             }
         };
@@ -287,11 +364,12 @@ impl NodeDb {
             wal,
             generation,
             dirty,
-            pending_rows,
+            rows,
             checkpoint_bytes,
             record: Vec::new(),
             folding: None,
             fold_buf: Vec::new(),
+            releasing: Vec::new(),
             deferred: BTreeMap::new(),
         })
     }
@@ -308,7 +386,17 @@ impl NodeDb {
     pub fn commit(&mut self, writes: Vec<Write>) -> Result<(), NodeError> {
         let mut record = std::mem::take(&mut self.record);
         Wal::start_record(&mut record);
-        encode_writes(&writes, &mut record).map_err(|e| db_err(&self.path)(&e))?;
+        let places = encode_writes(&writes, &mut record).map_err(|e| db_err(&self.path)(&e))?;
+        let header = RECORD_HEADER as u32;
+        for (w, (at, len)) in writes.iter().zip(places) {
+            let place = InLog {
+                generation: self.generation,
+                record: self.wal.len(),
+                at: at.saturating_sub(header),
+                len,
+            };
+            self.rows.closings.logged(w, place);
+        }
         // Applied in place: if a write is refused the node stops without logging, so a
         // half-applied in-memory store is never persisted or used again.
         for w in writes {
@@ -349,13 +437,22 @@ impl NodeDb {
     fn start_checkpoint(&mut self) -> Result<(), NodeError> {
         let err = db_err(&self.path);
         let next = self.generation + 1;
+        let log_path = self.path.with_extension("wal");
+        let folded = [Folded {
+            generation: self.generation,
+            size: self.wal.len(),
+            path: Wal::prev_path(&log_path),
+        }];
         let fold = Fold::take(
             &mut self.store,
             std::mem::take(&mut self.dirty),
-            &mut self.pending_rows,
+            &mut self.rows,
+            &folded,
             next,
+            &self.path,
         );
         tracing::debug!(db = %self.path.display(), generation = next, rows = fold.rows(), "checkpoint");
+        self.releasing = fold.releases();
         self.wal.rotate(next)?;
         self.generation = next;
         let (db, buf) = (self.db.clone(), std::mem::take(&mut self.fold_buf));
@@ -389,6 +486,7 @@ impl NodeDb {
             self.fold_buf = buf;
         }
         Wal::remove_prev(&self.path.with_extension("wal"))?;
+        kept::remove(&self.path, &std::mem::take(&mut self.releasing))?;
         for (key, value) in std::mem::take(&mut self.deferred) {
             self.write_meta(&key, value)?;
         }
@@ -796,6 +894,161 @@ mod tests {
         drop(db);
         assert_eq!(NodeDb::open(&path).unwrap().store(), &want);
         assert_eq!(want.channels.len(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A kept closing of request `id` on channel 1: a response with `body` bytes.
+    fn closing(id: u8, body: usize) -> Write {
+        use por_protocol::merkle::MerkleProof;
+        use por_protocol::types::{ResponseBody, SignedResponse};
+        let request = RequestId([id; 16]);
+        let message = por_protocol::messages::Message::Response {
+            request,
+            response: SignedResponse {
+                body: ResponseBody {
+                    request,
+                    body_hash: por_protocol::Hash([id; 32]),
+                    body_len: body as u64,
+                },
+                proof: MerkleProof {
+                    leaves: 1,
+                    index: 0,
+                    siblings: Vec::new(),
+                },
+                sig: por_protocol::crypto::Signature([id; 64]),
+            },
+            body: vec![id; body].into(),
+            fee: None,
+        };
+        Write::Closing {
+            channel: ChannelId(1),
+            request,
+            message: Box::new(message),
+        }
+    }
+
+    fn dropped(id: u8) -> Write {
+        Write::ClosingDropped {
+            request: RequestId([id; 16]),
+        }
+    }
+
+    /// A response body a relay keeps (a closing) is written once: in the log. When
+    /// the log is folded, the tables refer to it there and the log is kept
+    /// (`<db>.wal-<generation>`); once those closings are dropped it is deleted. A
+    /// log whose live closings are under a quarter of it is not kept: those few are
+    /// copied into the tables, as are those of an older kept log that falls under its
+    /// quarter, so the kept logs never hold much more than the closings they serve.
+    #[test]
+    fn a_kept_response_body_is_written_once_and_its_log_kept_while_it_is() {
+        let dir = std::env::temp_dir().join(format!("por-db-{}-kept", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.redb");
+        let mut db = NodeDb::open_with(&path, u64::MAX).unwrap();
+        open_channel(&mut db, 1);
+        // Generation 0: four closings of 64 KiB, one commit each.
+        for id in 1..=4 {
+            db.commit(vec![closing(id, 64 << 10)]).unwrap();
+        }
+        db.checkpoint().unwrap();
+        assert_eq!(kept::on_disk(&path).unwrap(), vec![0], "log 0 is kept");
+        assert_eq!(rows_of_open(&mut db, CLOSINGS_IN_LOG), vec![1, 2, 3, 4]);
+        assert!(rows_of_open(&mut db, CLOSINGS).is_empty(), "no body copied");
+        let want = db.store().clone();
+        drop(db);
+        // Reopened, the closings are read back from the kept log.
+        let mut db = NodeDb::open_with(&path, u64::MAX).unwrap();
+        assert_eq!(db.store(), &want);
+        // Generation 1: two of them dropped (log 0 still holds half its size of
+        // live closings) and one more closing written, with small writes after it
+        // that make it less than a quarter of log 1.
+        db.commit(vec![dropped(1), dropped(2), closing(5, 16 << 10)])
+            .unwrap();
+        for _ in 0..12 {
+            db.commit(vec![closing(9, 8 << 10), dropped(9)]).unwrap();
+        }
+        db.checkpoint().unwrap();
+        assert_eq!(kept::on_disk(&path).unwrap(), vec![0], "log 1 is not kept");
+        assert_eq!(rows_of_open(&mut db, CLOSINGS_IN_LOG), vec![3, 4]);
+        assert_eq!(rows_of_open(&mut db, CLOSINGS), vec![5], "copied in");
+        // Generation 2: a third dropped; log 0 falls under its quarter and what is
+        // left of it is copied into the tables.
+        db.commit(vec![dropped(3)]).unwrap();
+        db.checkpoint().unwrap();
+        assert!(kept::on_disk(&path).unwrap().is_empty(), "log 0 deleted");
+        assert!(rows_of_open(&mut db, CLOSINGS_IN_LOG).is_empty());
+        assert_eq!(rows_of_open(&mut db, CLOSINGS), vec![4, 5]);
+        let want = db.store().clone();
+        assert_eq!(want.closings.len(), 2);
+        drop(db);
+        assert_eq!(NodeDb::open(&path).unwrap().store(), &want);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The rows of a table of an open database (its checkpoint done).
+    fn rows_of_open(db: &mut NodeDb, table: TableDefinition<&[u8; 16], &[u8]>) -> Vec<u8> {
+        db.reap(true).unwrap();
+        let r = db.db.begin_read().unwrap();
+        let t = r.open_table(table).unwrap();
+        t.iter().unwrap().map(|i| i.unwrap().0.value()[0]).collect()
+    }
+
+    /// A crash around a checkpoint that keeps a log: linked but not committed (the
+    /// link is stale and deleted on opening; the checkpoint is redone from both logs,
+    /// keeping the log again), and committed but the finished log not yet deleted.
+    /// And a kept log that is gone is damage: the node does not start.
+    #[test]
+    fn kept_logs_survive_a_crash_at_any_step_of_their_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("por-db-{}-keptcut", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.redb");
+        let log = path.with_extension("wal");
+        let prev = Wal::prev_path(&log);
+        let mut db = NodeDb::open_with(&path, u64::MAX).unwrap();
+        open_channel(&mut db, 1);
+        db.commit(vec![closing(1, 64 << 10), closing(2, 64 << 10)])
+            .unwrap();
+        let tables_at_0 = std::fs::read(&path).unwrap();
+        let log_0 = std::fs::read(&log).unwrap();
+        db.checkpoint().unwrap();
+        db.commit(vec![closing(3, 64 << 10)]).unwrap();
+        let want = db.store().clone();
+        drop(db);
+        let log_1 = std::fs::read(&log).unwrap();
+        let kept_0 = kept::path(&path, 0);
+        assert!(kept_0.exists());
+        // Linked, not committed: the tables at 0, both logs, a stale link that is
+        // not what the redone checkpoint links (a different file).
+        std::fs::remove_file(&kept_0).unwrap();
+        std::fs::write(&kept_0, b"stale").unwrap();
+        std::fs::write(&path, &tables_at_0).unwrap();
+        std::fs::write(&prev, &log_0).unwrap();
+        std::fs::write(&log, &log_1).unwrap();
+        let db = NodeDb::open_with(&path, u64::MAX).unwrap();
+        assert_eq!(db.store(), &want);
+        drop(db);
+        // Both logs were folded at once: each kept, the tables referring to both.
+        assert_eq!(kept::on_disk(&path).unwrap(), vec![0, 1]);
+        assert!(!prev.exists());
+        let mut db = NodeDb::open_with(&path, u64::MAX).unwrap();
+        assert_eq!(db.store(), &want);
+        // Committed, the finished log not yet deleted: it is not replayed.
+        db.commit(vec![dropped(1)]).unwrap();
+        let want = db.store().clone();
+        let log_2 = std::fs::read(&log).unwrap();
+        db.checkpoint().unwrap();
+        drop(db);
+        std::fs::write(&prev, &log_2).unwrap();
+        let db = NodeDb::open_with(&path, u64::MAX).unwrap();
+        assert_eq!(db.store(), &want);
+        assert!(!prev.exists());
+        drop(db);
+        // A kept log the tables refer to, gone: refused, naming it.
+        std::fs::remove_file(&kept_0).unwrap();
+        let e = NodeDb::open_with(&path, u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("wal-0"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod eventlog;
 mod follower;
 pub mod http;
+mod kept;
 pub mod limits;
 mod links;
 pub mod map;

@@ -24,7 +24,8 @@ use crate::NodeError;
 
 const MAGIC: &[u8; 8] = b"PORWAL01";
 const HEADER: u64 = 16;
-const RECORD_HEADER: u64 = 8;
+/// A record's header: its payload's length and checksum.
+pub(crate) const RECORD_HEADER: u64 = 8;
 /// Records larger than this are refused on write and treated as damage on read.
 pub(crate) const MAX_RECORD: u64 = 1 << 30;
 
@@ -57,11 +58,46 @@ fn crc(payload: &[u8]) -> u32 {
 }
 
 /// Syncs the directory holding `path`, so a created or renamed file survives a crash.
-fn sync_dir(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
         _ => File::open(".")?.sync_all(),
     }
+}
+
+/// The payload of the whole record starting at byte `offset` of the log `file` (at
+/// `path`), its checksum checked: how a kept closing is read back (see `kept.rs`).
+/// A record that is not whole there is damage.
+pub(crate) fn read_record(file: &File, path: &Path, offset: u64) -> Result<Vec<u8>, NodeError> {
+    use std::io::{Seek, SeekFrom};
+    let damaged = |detail: String| NodeError::Log {
+        path: path.to_path_buf(),
+        offset,
+        detail,
+    };
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| damaged(format!("seeking to a record: {e}")))?;
+    let mut head = [0u8; RECORD_HEADER as usize];
+    f.read_exact(&mut head)
+        .map_err(|e| damaged(format!("reading a record's header: {e}")))?;
+    let [l0, l1, l2, l3, s0, s1, s2, s3] = head;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]);
+    let sum = u32::from_le_bytes([s0, s1, s2, s3]);
+    if u64::from(len) > MAX_RECORD {
+        return Err(damaged(format!(
+            "a record of {len} bytes is over the limit"
+        )));
+    }
+    let mut payload = vec![0u8; len as usize];
+    f.read_exact(&mut payload)
+        .map_err(|e| damaged(format!("reading a record of {len} bytes: {e}")))?;
+    if crc(&payload) != sum {
+        return Err(damaged(format!(
+            "a record of {len} bytes fails its checksum"
+        )));
+    }
+    Ok(payload)
 }
 
 /// A log read back from disk.
@@ -72,7 +108,7 @@ pub(crate) struct Loaded {
     /// Its whole records (offset, payload), oldest first.
     pub(crate) records: Records,
     /// Where the whole records end (a torn last record starts there).
-    end: u64,
+    pub(crate) end: u64,
     /// The file's length.
     total: u64,
 }
@@ -280,7 +316,7 @@ impl Wal {
         Ok(())
     }
 
-    /// Bytes in the log, header included.
+    /// Bytes in the log, header included: where the next record starts.
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
