@@ -19,7 +19,10 @@
 //!
 //! With the high bit of `checkpoint at` set, the node stopped while that checkpoint was
 //! being written: the tables are from before it, the log it folds set aside beside
-//! the next one (which the input damages as above); the oracles are the same.
+//! the next one (which the input damages as above); the oracles are the same. With
+//! the next bit too, the checkpoint had already linked the log it keeps for its
+//! closings (`kept.rs`): a link the tables do not refer to. Half the answers are
+//! large, so the relay's checkpoint keeps its log and the tables refer into it.
 //!
 //! Input: `[commits][checkpoint at][op]*`, each op `[kind][offset: u32 LE][value]`:
 //! kind 0 cuts at the offset, 1 xors the byte there with the value, 2 appends `value`
@@ -68,7 +71,7 @@ fn batches() -> &'static Vec<Vec<Write>> {
             let sent = net.nodes[0].engine.send_request(
                 route.clone(),
                 vec![round as u8; 20],
-                64,
+                16_384,
                 Amount(1),
                 t,
             );
@@ -95,7 +98,11 @@ fn batches() -> &'static Vec<Vec<Write>> {
                     for ev in net.events(i) {
                         if let Event::RequestReceived { request, .. } = ev {
                             if round % 3 != 2 && (round % 3 == 0 || step >= 2) {
-                                let _ = net.nodes[2].engine.respond(request, vec![7; 40], now);
+                                // Every other answer large enough that the relay's
+                                // kept closings make up most of its log: the log is
+                                // kept at the checkpoint, the tables referring to it.
+                                let len = if round % 2 == 0 { 16_384 } else { 40 };
+                                let _ = net.nodes[2].engine.respond(request, vec![7; len], now);
                             }
                         }
                     }
@@ -130,9 +137,35 @@ fn dir(tag: &str) -> PathBuf {
 /// the database file, the log, the store after each commit (`states[i]`, from 0) and
 /// the log's length after each commit (`ends[i]`; the log starts again empty at the
 /// checkpoint); and the database file and log as they were when the checkpoint began
-/// (a crash before it was in leaves those, the log set aside). Made once per
-/// `(k, checkpoint)`: committing is not what is fuzzed.
-type Committed = (Vec<u8>, Vec<u8>, Vec<Store>, Vec<u64>, Vec<u8>, Vec<u8>);
+/// (a crash before it was in leaves those, the log set aside); and the kept logs
+/// (file name, bytes) the checkpoint left. Made once per `(k, checkpoint)`:
+/// committing is not what is fuzzed.
+type Committed = (
+    Vec<u8>,
+    Vec<u8>,
+    Vec<Store>,
+    Vec<u64>,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<(std::ffi::OsString, Vec<u8>)>,
+);
+
+/// The kept logs beside the database in `dir` (`node.wal-<generation>`).
+fn kept_logs(dir: &std::path::Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut kept = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("list dir") {
+        let entry = entry.expect("dir entry");
+        let name = entry.file_name();
+        let is_kept = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("node.wal-"))
+            .is_some_and(|g| g.parse::<u64>().is_ok());
+        if is_kept {
+            kept.push((name, std::fs::read(entry.path()).expect("read kept log")));
+        }
+    }
+    kept
+}
 fn committed(k: usize, checkpoint: usize) -> &'static Committed {
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -160,6 +193,13 @@ fn committed(k: usize, checkpoint: usize) -> &'static Committed {
             ends.push(std::fs::metadata(&log).expect("log").len());
         }
     }
+    let kept = kept_logs(&dir);
+    // What the large answers are for: a checkpoint of the whole exchange keeps its
+    // log (else the kept logs' recovery would go unfuzzed).
+    assert!(
+        checkpoint < 20 || !kept.is_empty(),
+        "checkpoint after {checkpoint} commits kept no log"
+    );
     let c: &'static Committed = Box::leak(Box::new((
         std::fs::read(&path).expect("read database"),
         std::fs::read(&log).expect("read log"),
@@ -167,6 +207,7 @@ fn committed(k: usize, checkpoint: usize) -> &'static Committed {
         ends,
         tables_before,
         log_before,
+        kept,
     )));
     let _ = std::fs::remove_dir_all(&dir);
     made.lock().expect("lock").insert((k, checkpoint), c);
@@ -206,14 +247,25 @@ fuzz_target!(|input: &[u8]| {
     // prepared logs kept in memory.
     let k = 1 + usize::from(*commits) % all.len().min(24);
     let checkpoint = [0, k / 2, k][usize::from(*checkpoint_at) % 3];
-    let (db_file, original, states, ends, tables_before, log_before) = committed(k, checkpoint);
+    let (db_file, original, states, ends, tables_before, log_before, kept) =
+        committed(k, checkpoint);
     // The high bit: the node stopped while the checkpoint was being written, so the
-    // tables are from before it and the log it folds waits beside the next one.
+    // tables are from before it and the log it folds waits beside the next one. The
+    // next bit: it stopped after linking the log it keeps, a link the tables do not
+    // refer to yet.
     if *checkpoint_at >= 0x80 && checkpoint > 0 {
         std::fs::write(&path, tables_before).expect("write database");
         std::fs::write(log.with_extension("wal-prev"), log_before).expect("write set-aside log");
+        if *checkpoint_at & 0x40 != 0 {
+            for (name, bytes) in kept {
+                std::fs::write(dir.join(name), bytes).expect("write kept log");
+            }
+        }
     } else {
         std::fs::write(&path, db_file).expect("write database");
+        for (name, bytes) in kept {
+            std::fs::write(dir.join(name), bytes).expect("write kept log");
+        }
     }
     let mut bytes = original.clone();
     for op in ops.chunks_exact(6).take(4) {

@@ -87,7 +87,8 @@ pub(crate) fn on_disk(db: &Path) -> Result<Vec<u64>, NodeError> {
 }
 
 /// Hard-links the finished log at `from` as the kept log of `generation` (replacing a
-/// link left by a checkpoint cut short) and syncs the directory.
+/// link left by a checkpoint cut short) and syncs the directory. On a file system
+/// without hard links the log is copied (and synced) instead.
 pub(crate) fn link(from: &Path, db: &Path, generation: u64) -> std::io::Result<()> {
     let to = path(db, generation);
     match std::fs::remove_file(&to) {
@@ -95,7 +96,11 @@ pub(crate) fn link(from: &Path, db: &Path, generation: u64) -> std::io::Result<(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    std::fs::hard_link(from, &to)?;
+    if let Err(e) = std::fs::hard_link(from, &to) {
+        tracing::debug!(log = %from.display(), error = %e, "cannot hard-link the kept log; copying it");
+        std::fs::copy(from, &to)?;
+        File::open(&to)?.sync_all()?;
+    }
     sync_dir(&to)
 }
 
