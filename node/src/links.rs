@@ -519,7 +519,7 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
         };
         match received {
             Ok((_, frame)) => {
-                let frame = match por_protocol::messages::decode_frame(&frame) {
+                let frame = match por_protocol::messages::decode_frame_shared(&frame) {
                     Ok(message) => {
                         // Spread signature work over the cores: the engine task
                         // finds these already checked.

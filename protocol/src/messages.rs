@@ -136,7 +136,9 @@ pub enum Message {
         /// The server's signature over (request, body hash).
         response: SignedResponse,
         /// The response body, shared: the copy a node keeps for retransmission and the
-        /// one it sends are the same bytes.
+        /// one it sends are the same bytes, and, decoded by [`decode_frame_shared`], the
+        /// bytes of the frame it arrived in.
+        #[serde(with = "crate::wire::shared")]
         body: Bytes,
         /// Final late fee for this request, when the response is late.
         fee: Option<FeePayment>,
@@ -340,9 +342,8 @@ pub fn encode_frame(message: &Message) -> Result<Vec<u8>, WireError> {
     Ok(bytes)
 }
 
-/// Decodes a frame. The version is checked before the message body is decoded, so a
-/// peer speaking a newer version gets a clear error rather than a parse failure.
-pub fn decode_frame(bytes: &[u8]) -> Result<Message, WireError> {
+/// Refuses a frame too long or of another protocol version, before its body is read.
+fn check_version(bytes: &[u8]) -> Result<(), WireError> {
     if bytes.len() > MAX_FRAME_LEN {
         return Err(WireError::Oversized {
             len: bytes.len(),
@@ -356,13 +357,86 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Message, WireError> {
     if version != PROTOCOL_VERSION {
         return Err(WireError::UnsupportedVersion { got: version });
     }
+    Ok(())
+}
+
+/// Decodes a frame. The version is checked before the message body is decoded, so a
+/// peer speaking a newer version gets a clear error rather than a parse failure.
+pub fn decode_frame(bytes: &[u8]) -> Result<Message, WireError> {
+    check_version(bytes)?;
     let env: Envelope<Message> = wire::decode(bytes)?;
+    Ok(env.message)
+}
+
+/// [`decode_frame`] from a shared buffer: a large response body is a slice of `frame`
+/// rather than a copy (see [`wire::decode_shared`]).
+pub fn decode_frame_shared(frame: &Bytes) -> Result<Message, WireError> {
+    check_version(frame)?;
+    let env: Envelope<Message> = wire::decode_shared(frame)?;
     Ok(env.message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn response(body: usize) -> Message {
+        use crate::merkle::MerkleProof;
+        use crate::types::ResponseBody;
+        let request = RequestId([7; 16]);
+        Message::Response {
+            request,
+            response: SignedResponse {
+                body: ResponseBody {
+                    request,
+                    body_hash: crate::Hash::of_body(&vec![3; body]),
+                    body_len: body as u64,
+                },
+                proof: MerkleProof {
+                    leaves: 1,
+                    index: 0,
+                    siblings: Vec::new(),
+                },
+                sig: crate::crypto::Signature([9; 64]),
+            },
+            body: vec![3; body].into(),
+            fee: None,
+        }
+    }
+
+    /// A large response body decoded from a shared frame is a slice of it (no copy);
+    /// a small one is a copy (so a small kept body never holds a receive buffer). The
+    /// encoding is a plain byte string either way, and every decoder reads the same
+    /// message.
+    #[test]
+    fn a_large_body_is_a_slice_of_its_frame_and_a_small_one_a_copy() {
+        for (len, shared) in [
+            (wire::SHARE_MIN, true),
+            (wire::SHARE_MIN - 1, false),
+            (0, false),
+        ] {
+            let m = response(len);
+            let frame = Bytes::from(encode_frame(&m).unwrap());
+            assert_eq!(decode_frame(&frame).unwrap(), m);
+            let got = decode_frame_shared(&frame).unwrap();
+            assert_eq!(got, m);
+            let Message::Response { body, .. } = got else {
+                panic!("not a response");
+            };
+            let range = frame.as_ptr() as usize..frame.as_ptr() as usize + frame.len();
+            assert_eq!(
+                range.contains(&(body.as_ptr() as usize)),
+                shared && len > 0,
+                "body of {len} bytes"
+            );
+            // The field's encoding is that of a plain `Bytes`: a length and the bytes.
+            let plain = wire::encode(&Bytes::from(vec![3; len])).unwrap();
+            assert!(frame.windows(plain.len()).any(|w| w == plain.as_slice()));
+            // And text formats read it back too.
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), m);
+        }
+    }
 
     #[test]
     fn oversized_frames_are_refused() {

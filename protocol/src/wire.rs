@@ -112,9 +112,132 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     Ok(value)
 }
 
+/// Bodies this long or longer are taken by [`decode_shared`] as slices of the frame;
+/// shorter ones are copied, so that a small body kept for minutes (a kept closing)
+/// never holds a whole receive buffer alive.
+pub const SHARE_MIN: usize = 16 * 1024;
+
+std::thread_local! {
+    /// The frame [`decode_shared`] is decoding on this thread, for [`shared`] to slice.
+    static FRAME: std::cell::RefCell<Option<bytes::Bytes>> = const { std::cell::RefCell::new(None) };
+}
+
+/// [`decode`] from a shared buffer: every `Bytes` field marked
+/// `#[serde(with = "crate::wire::shared")]` of [`SHARE_MIN`] bytes or more is a slice of
+/// `frame` (sharing its allocation) instead of a copy. A relay hands a response body
+/// from the frame it arrived in to the frame it leaves in, and keeps it, without a copy.
+pub fn decode_shared<T: DeserializeOwned>(frame: &bytes::Bytes) -> Result<T, WireError> {
+    if frame.len() > MAX_FRAME_LEN {
+        return Err(WireError::Oversized {
+            len: frame.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    /// Clears the frame however decoding ends.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            FRAME.with(|f| f.borrow_mut().take());
+        }
+    }
+    FRAME.with(|f| *f.borrow_mut() = Some(frame.clone()));
+    let _clear = Clear;
+    let (value, used): (T, usize) = bincode::serde::borrow_decode_from_slice(frame, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if used != frame.len() {
+        return Err(WireError::TrailingBytes(frame.len().saturating_sub(used)));
+    }
+    Ok(value)
+}
+
+/// Serde for a `Bytes` field that [`decode_shared`] slices from its frame. The
+/// encoding is that of `Bytes` itself (a byte string), so marking a field changes no
+/// byte on the wire; every other decoder copies, as for a plain `Bytes`.
+pub mod shared {
+    use bytes::Bytes;
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
+
+    /// Writes the bytes as a byte string.
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    /// Reads a byte string: a slice of the frame being decoded when it lies in it and
+    /// is at least [`super::SHARE_MIN`] long, else a copy.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        d.deserialize_bytes(Shared)
+    }
+
+    struct Shared;
+
+    impl<'de> Visitor<'de> for Shared {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_borrowed_bytes<E: Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+            if v.len() >= super::SHARE_MIN {
+                let sliced = super::FRAME.with(|f| {
+                    f.borrow().as_ref().and_then(|frame| {
+                        let start = frame.as_ptr() as usize;
+                        let at = v.as_ptr() as usize;
+                        let ends = (at.checked_add(v.len()), start.checked_add(frame.len()));
+                        let inside =
+                            matches!(ends, (Some(end), Some(limit)) if at >= start && end <= limit);
+                        inside.then(|| frame.slice_ref(v))
+                    })
+                });
+                if let Some(b) = sliced {
+                    return Ok(b);
+                }
+            }
+            Ok(Bytes::copy_from_slice(v))
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v.as_bytes()))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shared decode that fails (trailing bytes, malformed) leaves no frame behind
+    /// for a later decode on the thread to slice.
+    #[test]
+    fn a_failed_shared_decode_leaves_no_frame_behind() {
+        for bytes in [vec![1u8, 2, 3], vec![1u8]] {
+            let frame = bytes::Bytes::from(bytes);
+            assert!(decode_shared::<u16>(&frame).is_err());
+            assert!(FRAME.with(|f| f.borrow().is_none()));
+        }
+        assert_eq!(
+            decode_shared::<u16>(&bytes::Bytes::from(vec![1u8, 2])),
+            Ok(513)
+        );
+        assert!(FRAME.with(|f| f.borrow().is_none()));
+    }
 
     #[test]
     fn encoded_len_is_the_length_of_the_encoding() {
