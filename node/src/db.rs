@@ -140,6 +140,29 @@ fn decode_writes(bytes: &[u8]) -> Result<Vec<(Write, u32, u32)>, String> {
     Ok(writes)
 }
 
+/// Every row of a table keyed by request id, decoded; `what` names a row in errors.
+fn id_rows<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    r: &redb::ReadTransaction,
+    table: TableDefinition<&[u8; 16], &[u8]>,
+    what: &str,
+) -> Result<Vec<(RequestId, T)>, NodeError> {
+    let err = db_err(path);
+    let mut out = Vec::new();
+    for item in r
+        .open_table(table)
+        .map_err(|e| err(&e))?
+        .iter()
+        .map_err(|e| err(&e))?
+    {
+        let (k, v) = item.map_err(|e| err(&e))?;
+        let id = RequestId(*k.value());
+        let row = wire::decode(v.value()).map_err(|e| err(&format!("{what} {id}: {e}")))?;
+        out.push((id, row));
+    }
+    Ok(out)
+}
+
 impl NodeDb {
     /// Opens (or creates) the database at `path` (its log beside it, with the
     /// extension `wal`) and loads what they hold.
@@ -193,41 +216,18 @@ impl NodeDb {
                     None => return Err(err(&format!("update {seq} of unknown channel {channel}"))),
                 }
             }
-            for item in r
-                .open_table(PENDING)
-                .map_err(|e| err(&e))?
-                .iter()
-                .map_err(|e| err(&e))?
-            {
-                let (_, v) = item.map_err(|e| err(&e))?;
-                let p: por_protocol::engine::Pending =
-                    wire::decode(v.value()).map_err(|e| err(&format!("request: {e}")))?;
+            for (_, p) in id_rows::<por_protocol::engine::Pending>(path, &r, PENDING, "request")? {
                 rows.pending.insert(p.id);
                 store.pending.insert(p.id, p);
             }
-            for item in r
-                .open_table(CLOSINGS)
-                .map_err(|e| err(&e))?
-                .iter()
-                .map_err(|e| err(&e))?
-            {
-                let (k, v) = item.map_err(|e| err(&e))?;
-                let kept: (ChannelId, por_protocol::messages::Message) =
-                    wire::decode(v.value()).map_err(|e| err(&format!("closing: {e}")))?;
-                let id = RequestId(*k.value());
+            for (id, kept) in id_rows(path, &r, CLOSINGS, "closing")? {
                 store.closings.insert(id, kept);
                 rows.closings.loaded_inline(id);
             }
-            for item in r
-                .open_table(CLOSINGS_IN_LOG)
-                .map_err(|e| err(&e))?
-                .iter()
-                .map_err(|e| err(&e))?
+            for (id, (channel, at)) in
+                id_rows::<(ChannelId, InLog)>(path, &r, CLOSINGS_IN_LOG, "closing in a log")?
             {
-                let (k, v) = item.map_err(|e| err(&e))?;
-                let (channel, at): (ChannelId, InLog) =
-                    wire::decode(v.value()).map_err(|e| err(&format!("closing in a log: {e}")))?;
-                in_log.push((RequestId(*k.value()), channel, at));
+                in_log.push((id, channel, at));
             }
             generation = r
                 .open_table(META)
@@ -576,11 +576,17 @@ mod tests {
     use por_protocol::types::{EdgeInfo, EdgeTerms, Route};
     use por_protocol::{Amount, ChainEvent, Engine, EngineConfig, Keypair, NodeId, Time};
 
-    #[test]
-    fn a_database_stays_with_the_deployment_it_was_first_bound_to() {
-        let dir = std::env::temp_dir().join(format!("por-db-{}-deployment", std::process::id()));
+    /// A fresh, empty directory for one test's database.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("por-db-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_database_stays_with_the_deployment_it_was_first_bound_to() {
+        let dir = scratch("deployment");
         let mut db = NodeDb::open(&dir.join("node.redb")).unwrap();
         let ours = Deployment::of("testnet", "por.testnet");
         db.bind_deployment(&ours).unwrap();
@@ -640,9 +646,7 @@ mod tests {
             })
             .collect();
         let ids: Vec<NodeId> = keys.iter().map(|k| k.id()).collect();
-        let dir = std::env::temp_dir().join(format!("por-db-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch(name);
         let path = dir.join("node.redb");
         let mut db = NodeDb::open_with(&path, checkpoint_bytes).unwrap();
         let mut mirror = Store::default();
@@ -767,9 +771,7 @@ mod tests {
     /// are not applied twice.
     #[test]
     fn an_old_log_left_by_a_crash_mid_checkpoint_is_not_replayed() {
-        let dir = std::env::temp_dir().join(format!("por-db-{}-stale", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("stale");
         let path = dir.join("node.redb");
         let log = path.with_extension("wal");
         let mut db = NodeDb::open(&path).unwrap();
@@ -792,9 +794,7 @@ mod tests {
     /// leaves only the finished one: that too.
     #[test]
     fn a_checkpoint_cut_short_is_finished_from_both_logs() {
-        let dir = std::env::temp_dir().join(format!("por-db-{}-cut", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("cut");
         let path = dir.join("node.redb");
         let log = path.with_extension("wal");
         let prev = Wal::prev_path(&log);
@@ -841,9 +841,7 @@ mod tests {
     /// log meanwhile.
     #[test]
     fn commits_and_numbers_go_on_while_a_checkpoint_is_written() {
-        let dir = std::env::temp_dir().join(format!("por-db-{}-beside", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("beside");
         let path = dir.join("node.redb");
         // A checkpoint after every commit.
         let mut db = NodeDb::open_with(&path, 0).unwrap();
@@ -873,9 +871,7 @@ mod tests {
     /// before it is all there.
     #[test]
     fn a_torn_commit_is_dropped_and_the_rest_kept() {
-        let dir = std::env::temp_dir().join(format!("por-db-{}-torn", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("torn");
         let path = dir.join("node.redb");
         let mut db = NodeDb::open(&path).unwrap();
         open_channel(&mut db, 1);
@@ -941,9 +937,7 @@ mod tests {
     /// quarter, so the kept logs never hold much more than the closings they serve.
     #[test]
     fn a_kept_response_body_is_written_once_and_its_log_kept_while_it_is() {
-        let dir = std::env::temp_dir().join(format!("por-db-{}-kept", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("kept");
         let path = dir.join("node.redb");
         let mut db = NodeDb::open_with(&path, u64::MAX).unwrap();
         open_channel(&mut db, 1);
@@ -1000,9 +994,7 @@ mod tests {
     /// And a kept log that is gone is damage: the node does not start.
     #[test]
     fn kept_logs_survive_a_crash_at_any_step_of_their_checkpoint() {
-        let dir = std::env::temp_dir().join(format!("por-db-{}-keptcut", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("keptcut");
         let path = dir.join("node.redb");
         let log = path.with_extension("wal");
         let prev = Wal::prev_path(&log);
