@@ -9,7 +9,9 @@
 //! commits) and hands the fold to a thread, which writes it into redb in one
 //! transaction together with the next generation number. Commits go on meanwhile:
 //! they touch only the new log and the in-memory store. Once the fold is in, the
-//! finished log is deleted.
+//! finished log is deleted. When the closings still kept from it are a large share of
+//! it, it is first hard-linked as a kept log and the tables refer into it instead of
+//! taking a copy of each response body (see [`crate::kept`]).
 //!
 //! A crash while a fold runs leaves the tables one generation behind, with both logs
 //! on disk: opening replays the two in order (see [`crate::db::NodeDb::open`]).
