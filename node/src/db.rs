@@ -69,6 +69,8 @@ pub struct NodeDb {
     checkpoint_bytes: u64,
     /// The log record being built, kept between commits.
     record: Vec<u8>,
+    /// The large bodies the record being built is written with, uncopied.
+    shared: Vec<(usize, bytes::Bytes)>,
     /// The checkpoint of the previous log generation, while its thread writes it.
     folding: Option<Folding>,
     /// The buffer a checkpoint's rows are encoded into, back from the last one.
@@ -96,22 +98,56 @@ fn db_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> NodeError + '_ {
 }
 
 /// Appends a log record's payload to `out`: each write, wire-encoded, behind its u32
-/// LE length. Returns where each write's bytes are in `out`, and their length.
-fn encode_writes(writes: &[Write], out: &mut Vec<u8>) -> Result<Vec<(u32, u32)>, wire::WireError> {
+/// LE length. A response body of [`wire::SHARE_MIN`] bytes or more that a kept closing
+/// carries is not copied: it goes into `shared` with the offset in `out` where it
+/// belongs (the record is written with it spliced in, [`Wal::append_parts`]). Returns
+/// where each write's bytes are in the record so spliced, and their length.
+fn encode_writes(
+    writes: &[Write],
+    out: &mut Vec<u8>,
+    shared: &mut Vec<(usize, bytes::Bytes)>,
+) -> Result<Vec<(u32, u32)>, wire::WireError> {
     let oversized = |len: usize| wire::WireError::Oversized {
         len,
         max: u32::MAX as usize,
     };
+    let mut bodies: std::collections::VecDeque<bytes::Bytes> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Closing { message, .. } => match &**message {
+                por_protocol::messages::Message::Response { body, .. }
+                    if body.len() >= wire::SHARE_MIN =>
+                {
+                    Some(body.clone())
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let mut spliced = 0usize;
     let mut at = Vec::with_capacity(writes.len());
     for w in writes {
         let start = out.len();
         out.extend_from_slice(&[0; 4]);
-        wire::encode_into(w, out)?;
-        let len = out.len() - start - 4;
+        let from = start + 4 + spliced;
+        wire::encode_with(w, &mut |piece: &[u8]| {
+            let is_body = bodies
+                .front()
+                .is_some_and(|b| b.len() == piece.len() && b.as_ptr() == piece.as_ptr());
+            match is_body.then(|| bodies.pop_front()).flatten() {
+                Some(body) => {
+                    spliced += body.len();
+                    shared.push((out.len(), body));
+                }
+                None => out.extend_from_slice(piece),
+            }
+        })?;
+        let len = out.len() + spliced - from;
         let len32 = u32::try_from(len).map_err(|_| oversized(len))?;
-        let from = u32::try_from(start + 4).map_err(|_| oversized(start + 4))?;
+        let from32 = u32::try_from(from).map_err(|_| oversized(from))?;
         out[start..start + 4].copy_from_slice(&len32.to_le_bytes());
-        at.push((from, len32));
+        at.push((from32, len32));
     }
     Ok(at)
 }
@@ -367,6 +403,7 @@ impl NodeDb {
             rows,
             checkpoint_bytes,
             record: Vec::new(),
+            shared: Vec::new(),
             folding: None,
             fold_buf: Vec::new(),
             releasing: Vec::new(),
@@ -386,7 +423,9 @@ impl NodeDb {
     pub fn commit(&mut self, writes: Vec<Write>) -> Result<(), NodeError> {
         let mut record = std::mem::take(&mut self.record);
         Wal::start_record(&mut record);
-        let places = encode_writes(&writes, &mut record).map_err(|e| db_err(&self.path)(&e))?;
+        let mut shared = std::mem::take(&mut self.shared);
+        let places =
+            encode_writes(&writes, &mut record, &mut shared).map_err(|e| db_err(&self.path)(&e))?;
         let header = RECORD_HEADER as u32;
         for (w, (at, len)) in writes.iter().zip(places) {
             let place = InLog {
@@ -402,7 +441,10 @@ impl NodeDb {
         for w in writes {
             fold(&mut self.store, &mut self.dirty, w)?;
         }
-        self.wal.append(&mut record)?;
+        self.wal.append_parts(&mut record, &shared)?;
+        // Let the bodies go; keep the list's room for the next commit.
+        shared.clear();
+        self.shared = shared;
         // Keep the buffer for the next commit, unless one huge commit grew it.
         if record.capacity() <= RECORD_BUFFER_KEEP {
             self.record = record;
@@ -978,6 +1020,49 @@ mod tests {
         drop(db);
         assert_eq!(NodeDb::open(&path).unwrap().store(), &want);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A kept closing's large body goes into the log from the buffer it arrived in:
+    /// the record is built without it and written with it spliced in, and the bytes
+    /// are those of the plain encoding, with every write where the encoder says.
+    #[test]
+    fn a_large_kept_body_is_logged_from_its_buffer_not_copied() {
+        let writes = vec![
+            closing(1, 64 << 10),
+            dropped(9),
+            closing(2, 100),
+            closing(3, wire::SHARE_MIN),
+        ];
+        let mut record = Vec::new();
+        Wal::start_record(&mut record);
+        let mut shared = Vec::new();
+        let at = encode_writes(&writes, &mut record, &mut shared).unwrap();
+        assert_eq!(shared.len(), 2, "the two large bodies");
+        assert!(record.len() < 4096, "{} bytes copied", record.len());
+        let mut whole = Vec::new();
+        let mut from = 0;
+        for (offset, body) in &shared {
+            whole.extend_from_slice(&record[from..*offset]);
+            whole.extend_from_slice(body);
+            from = *offset;
+        }
+        whole.extend_from_slice(&record[from..]);
+        let header = RECORD_HEADER as usize;
+        let back = decode_writes(&whole[header..]).unwrap();
+        assert_eq!(
+            back.iter().map(|(w, _, _)| w.clone()).collect::<Vec<_>>(),
+            writes
+        );
+        for ((_, pos, len), (pos2, len2)) in back.iter().zip(&at) {
+            assert_eq!((*pos as usize + header, len), (*pos2 as usize, len2));
+        }
+        let mut plain = Vec::new();
+        for w in &writes {
+            let bytes = wire::encode(w).unwrap();
+            plain.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            plain.extend_from_slice(&bytes);
+        }
+        assert_eq!(&whole[header..], plain.as_slice());
     }
 
     /// The rows of a table of an open database (its checkpoint done).

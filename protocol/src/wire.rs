@@ -96,6 +96,24 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Resul
         .map_err(|e| WireError::Encode(e.to_string()))
 }
 
+/// Encodes a value canonically, handing each piece of the encoding to `sink` in order.
+/// A byte string is one piece, the slice as it lies in the value: a caller can tell a
+/// large body it holds elsewhere by its address and write it from there, uncopied.
+pub fn encode_with<T: Serialize + ?Sized>(
+    value: &T,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Result<(), WireError> {
+    struct Sink<'a>(&'a mut dyn FnMut(&[u8]));
+    impl bincode::enc::write::Writer for Sink<'_> {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            (self.0)(bytes);
+            Ok(())
+        }
+    }
+    bincode::serde::encode_into_writer(value, Sink(sink), config())
+        .map_err(|e| WireError::Encode(e.to_string()))
+}
+
 /// Decodes a value, refusing oversized input and trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     if bytes.len() > MAX_FRAME_LEN {
