@@ -274,12 +274,8 @@ impl NodeDb {
                 .unwrap_or(0);
         }
         // The closings whose messages are in kept logs, read back from there.
-        let places: HashMap<RequestId, InLog> = in_log.iter().map(|(id, _, l)| (*id, *l)).collect();
         let mut sizes: HashMap<u64, u64> = HashMap::new();
-        for (id, channel, message) in kept::read(path, in_log)? {
-            let Some(l) = places.get(&id) else {
-                continue;
-            };
+        for (id, channel, l, message) in kept::read(path, in_log)? {
             let size = match sizes.get(&l.generation) {
                 Some(s) => *s,
                 None => {
@@ -290,7 +286,7 @@ impl NodeDb {
                 }
             };
             store.closings.insert(id, (channel, message));
-            rows.closings.loaded_in_log(id, *l, size);
+            rows.closings.loaded_in_log(id, l, size);
         }
         // Kept logs the tables do not refer to: left by a checkpoint cut short, or
         // released by one that finished just before the node stopped.

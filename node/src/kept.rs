@@ -128,13 +128,14 @@ pub(crate) fn remove(db: &Path, generations: &[u64]) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Reads the closings `rows` refer to from the kept logs beside `db`, each record once.
-/// A kept log missing or a write that is not the closing its row names is damage to
-/// state reported durable: an error, and the node does not start.
+/// Reads the closings `rows` refer to from the kept logs beside `db`, each record once:
+/// each row with its message. A kept log missing or a write that is not the closing
+/// its row names is damage to state reported durable: an error, and the node does not
+/// start.
 pub(crate) fn read(
     db: &Path,
     mut rows: Vec<(RequestId, ChannelId, InLog)>,
-) -> Result<Vec<(RequestId, ChannelId, Message)>, NodeError> {
+) -> Result<Vec<(RequestId, ChannelId, InLog, Message)>, NodeError> {
     rows.sort_by_key(|(_, _, l)| (l.generation, l.record, l.at));
     let mut out = Vec::with_capacity(rows.len());
     let mut file: Option<(u64, File)> = None;
@@ -174,7 +175,7 @@ pub(crate) fn read(
                 channel: c,
                 request,
                 message,
-            }) if request == id && c == channel => out.push((id, channel, *message)),
+            }) if request == id && c == channel => out.push((id, channel, l, *message)),
             Ok(_) => return Err(damaged(format!("closing {id}: another write is there"))),
             Err(e) => return Err(damaged(format!("closing {id}: {e}"))),
         }

@@ -122,7 +122,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
             max: MAX_FRAME_LEN,
         });
     }
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+    // The borrowing decoder, so that `decode_shared` is this same path with a frame
+    // set; owned types copy what they borrow, so the value is the same.
+    let (value, used): (T, usize) = bincode::serde::borrow_decode_from_slice(bytes, config())
         .map_err(|e| WireError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(WireError::TrailingBytes(bytes.len().saturating_sub(used)));
@@ -145,12 +147,6 @@ std::thread_local! {
 /// `frame` (sharing its allocation) instead of a copy. A relay hands a response body
 /// from the frame it arrived in to the frame it leaves in, and keeps it, without a copy.
 pub fn decode_shared<T: DeserializeOwned>(frame: &bytes::Bytes) -> Result<T, WireError> {
-    if frame.len() > MAX_FRAME_LEN {
-        return Err(WireError::Oversized {
-            len: frame.len(),
-            max: MAX_FRAME_LEN,
-        });
-    }
     /// Clears the frame however decoding ends.
     struct Clear;
     impl Drop for Clear {
@@ -160,12 +156,7 @@ pub fn decode_shared<T: DeserializeOwned>(frame: &bytes::Bytes) -> Result<T, Wir
     }
     FRAME.with(|f| *f.borrow_mut() = Some(frame.clone()));
     let _clear = Clear;
-    let (value, used): (T, usize) = bincode::serde::borrow_decode_from_slice(frame, config())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if used != frame.len() {
-        return Err(WireError::TrailingBytes(frame.len().saturating_sub(used)));
-    }
-    Ok(value)
+    decode(frame)
 }
 
 /// Serde for a `Bytes` field that [`decode_shared`] slices from its frame. The
