@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::TransportError;
+use crate::{Frame, TransportError};
 
 /// Bytes of header before each payload.
 pub const HEADER_LEN: usize = 8;
@@ -29,23 +29,28 @@ pub fn encode(
     Ok(())
 }
 
-/// Encodes `frames` for one write: small frames coalesced into shared buffers, and each
-/// large payload (at least [`COPY_BELOW`]) as its own part right after its header,
-/// never copied. Writing the parts in order puts the frames on the wire.
+/// Encodes `frames` for one write: headers and small parts coalesced into shared
+/// buffers, and each part of at least [`COPY_BELOW`] bytes (a large payload, or a
+/// large body a frame holds as its own part) on its own, never copied. Writing the
+/// result in order puts the frames on the wire.
 pub fn encode_parts(
     stream: u32,
-    frames: Vec<Bytes>,
+    frames: Vec<Frame>,
     max: usize,
 ) -> Result<Vec<Bytes>, TransportError> {
     let mut parts = Vec::new();
     let mut buf = BytesMut::new();
     for frame in frames {
-        if frame.len() < COPY_BELOW {
-            encode(stream, &frame, max, &mut buf)?;
-        } else {
-            encode_header(stream, frame.len(), max, &mut buf)?;
-            parts.push(buf.split().freeze());
-            parts.push(frame);
+        encode_header(stream, frame.len(), max, &mut buf)?;
+        for part in frame.parts() {
+            if part.len() < COPY_BELOW {
+                buf.put_slice(part);
+            } else {
+                if !buf.is_empty() {
+                    parts.push(buf.split().freeze());
+                }
+                parts.push(part.clone());
+            }
         }
     }
     if !buf.is_empty() {
@@ -201,7 +206,12 @@ mod tests {
             big.clone(),
             Bytes::from_static(b"bc"),
         ];
-        let parts = encode_parts(5, frames.clone(), COPY_BELOW).unwrap();
+        let parts = encode_parts(
+            5,
+            frames.iter().cloned().map(Frame::from).collect(),
+            COPY_BELOW,
+        )
+        .unwrap();
         assert_eq!(parts.len(), 3);
         assert_eq!(
             parts[1].as_ptr(),
@@ -217,7 +227,19 @@ mod tests {
             encode(5, f, COPY_BELOW, &mut expected).unwrap();
         }
         assert_eq!(joined, expected);
-        assert!(encode_parts(5, vec![Bytes::from(vec![0; 11])], 10).is_err());
+        assert!(encode_parts(5, vec![Frame::from(vec![0; 11])], 10).is_err());
+        // A frame of parts: its small parts join the header, its large one stays.
+        let framed = Frame::from_parts(vec![
+            Bytes::from_static(b"head"),
+            big.clone(),
+            Bytes::from_static(b"tail"),
+        ]);
+        let parts = encode_parts(5, vec![framed.clone()], 2 * COPY_BELOW).unwrap();
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[1].as_ptr(), big.as_ptr(), "the body was copied");
+        let mut expected = BytesMut::new();
+        encode(5, &framed.into_bytes(), 2 * COPY_BELOW, &mut expected).unwrap();
+        assert_eq!(parts.concat(), expected);
     }
 
     proptest! {

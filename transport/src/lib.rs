@@ -36,8 +36,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use por_protocol::NodeId;
 
+pub use parts::Frame;
+
 pub mod frame;
 pub mod mem;
+pub mod parts;
 pub mod quic;
 pub mod sched;
 pub mod shaped;
@@ -166,35 +169,38 @@ pub trait Connection: Send + Sync + std::fmt::Debug + 'static {
     /// The peer's verified identity.
     fn peer(&self) -> NodeId;
 
-    /// Sends one frame on `stream`. Frames on one stream arrive in order; frames on
-    /// different streams may overtake each other. Waits while the peer is slow
-    /// (backpressure) rather than buffering without bound.
+    /// Sends `frames` on `stream`, in order, each made of its parts written back to
+    /// back. Frames on one stream arrive in order; frames on different streams may
+    /// overtake each other. Every frame is checked first: an oversized one fails the
+    /// call and nothing is sent. Waits while the peer is slow (backpressure) rather
+    /// than buffering without bound. TCP and QUIC write a burst at once (few TLS
+    /// records and writes, not one per frame), and a large part as it lies, uncopied.
+    fn send_frames(
+        &self,
+        stream: u32,
+        frames: Vec<Frame>,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Sends one frame on `stream`, as [`Connection::send_frames`] does.
     fn send(
         &self,
         stream: u32,
         frame: Bytes,
-    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        self.send_frames(stream, vec![Frame::from(frame)])
+    }
 
     /// The next frame from the peer, with its stream. [`TransportError::Closed`] once
     /// the peer is gone; a timeout error if it went idle or stalled mid-frame.
     fn recv(&self) -> impl Future<Output = Result<(u32, Bytes), TransportError>> + Send;
 
-    /// Sends `frames` on `stream`, in order, as if by [`Connection::send`] one after the
-    /// other, except that every frame is checked first: an oversized one fails the
-    /// call and nothing is sent. TCP and QUIC write the burst at once (one encryption
-    /// and one write instead of one per frame). The default sends frame by frame with
-    /// no check up front; every transport here overrides it.
+    /// Sends `frames` on `stream`, in order, as [`Connection::send_frames`] does.
     fn send_all(
         &self,
         stream: u32,
         frames: Vec<Bytes>,
     ) -> impl Future<Output = Result<(), TransportError>> + Send {
-        async move {
-            for frame in frames {
-                self.send(stream, frame).await?;
-            }
-            Ok(())
-        }
+        self.send_frames(stream, frames.into_iter().map(Frame::from).collect())
     }
 
     /// Closes the connection; the peer's `recv` returns [`TransportError::Closed`].
@@ -276,30 +282,16 @@ impl Connection for AnyConnection {
         }
     }
 
-    fn send(
+    fn send_frames(
         &self,
         stream: u32,
-        frame: Bytes,
+        frames: Vec<Frame>,
     ) -> impl Future<Output = Result<(), TransportError>> + Send {
         async move {
             match self {
-                AnyConnection::Tcp(c) => c.send(stream, frame).await,
-                AnyConnection::Quic(c) => c.send(stream, frame).await,
-                AnyConnection::Mem(c) => c.send(stream, frame).await,
-            }
-        }
-    }
-
-    fn send_all(
-        &self,
-        stream: u32,
-        frames: Vec<Bytes>,
-    ) -> impl Future<Output = Result<(), TransportError>> + Send {
-        async move {
-            match self {
-                AnyConnection::Tcp(c) => c.send_all(stream, frames).await,
-                AnyConnection::Quic(c) => c.send_all(stream, frames).await,
-                AnyConnection::Mem(c) => c.send_all(stream, frames).await,
+                AnyConnection::Tcp(c) => c.send_frames(stream, frames).await,
+                AnyConnection::Quic(c) => c.send_frames(stream, frames).await,
+                AnyConnection::Mem(c) => c.send_frames(stream, frames).await,
             }
         }
     }
@@ -408,7 +400,7 @@ impl ByteBudget {
 type Queued = (u32, Bytes, tokio::sync::OwnedSemaphorePermit);
 
 /// Refuses a frame longer than `max`.
-fn check_frame(frame: &Bytes, max: usize) -> Result<(), TransportError> {
+fn check_frame(frame: &Frame, max: usize) -> Result<(), TransportError> {
     if frame.len() > max {
         Err(TransportError::Oversized {
             len: frame.len(),

@@ -14,7 +14,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    check_frame, check_stream, ByteBudget, Connection, Listener, Queued, Transport,
+    check_frame, check_stream, ByteBudget, Connection, Frame, Listener, Queued, Transport,
     TransportConfig, TransportError,
 };
 
@@ -220,20 +220,19 @@ impl Connection for MemConnection {
         self.peer
     }
 
-    async fn send_all(&self, stream: u32, frames: Vec<Bytes>) -> Result<(), TransportError> {
+    async fn send_frames(&self, stream: u32, frames: Vec<Frame>) -> Result<(), TransportError> {
         check_stream(stream)?;
         for frame in &frames {
             check_frame(frame, self.config.max_frame_len)?;
         }
         for frame in frames {
-            self.push(stream, frame).await?;
+            // In memory a frame is one buffer: parts are joined (a copy only when
+            // there are several).
+            self.push(stream, frame.into_bytes()).await?;
         }
         Ok(())
     }
 
-    async fn send(&self, stream: u32, frame: Bytes) -> Result<(), TransportError> {
-        self.send_all(stream, vec![frame]).await
-    }
     async fn recv(&self) -> Result<(u32, Bytes), TransportError> {
         let mut rx = self.rx.lock().await;
         let got = tokio::select! {

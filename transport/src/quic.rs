@@ -32,7 +32,8 @@ use tracing::debug;
 use crate::frame::{self, FrameDecoder};
 use crate::tls::{self, Identity};
 use crate::{
-    check_stream, Connection, Listener, Transport, TransportConfig, TransportError, MAX_STREAMS,
+    check_stream, Connection, Frame, Listener, Transport, TransportConfig, TransportError,
+    MAX_STREAMS,
 };
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -467,11 +468,7 @@ impl Connection for QuicConnection {
         self.peer
     }
 
-    async fn send(&self, stream: u32, frame: Bytes) -> Result<(), TransportError> {
-        self.send_all(stream, vec![frame]).await
-    }
-
-    async fn send_all(&self, stream: u32, frames: Vec<Bytes>) -> Result<(), TransportError> {
+    async fn send_frames(&self, stream: u32, frames: Vec<Frame>) -> Result<(), TransportError> {
         check_stream(stream)?;
         let mut parts = frame::encode_parts(stream, frames, self.config.max_frame_len)?;
         if self.conn.close_reason().is_some() {

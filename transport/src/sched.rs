@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::encode_header;
-use crate::{check_frame, check_stream, TransportError};
+use crate::{check_frame, check_stream, Frame, TransportError};
 
 /// The stream-word bit that says more chunks of this frame follow.
 pub const MORE: u32 = 1 << 31;
@@ -30,6 +30,10 @@ pub const MORE: u32 = 1 << 31;
 /// 8-byte header costs nothing.
 pub const CHUNK: usize = 16 * 1024;
 
+/// Slices of a chunk shorter than this are copied into the batch's buffer rather than
+/// written as parts of their own.
+const SLIVER: usize = 1024;
+
 /// Bytes of lane 0 written in a row, while another lane waits, before that lane gets
 /// a chunk.
 pub const FAIR_BYTES: usize = 256 * 1024;
@@ -37,7 +41,7 @@ pub const FAIR_BYTES: usize = 256 * 1024;
 /// One send call's frames, in order, and the token handed back once all are written.
 #[derive(Debug)]
 struct Job<T> {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Frame>,
     /// Bytes of the front frame already cut into chunks.
     offset: usize,
     token: Option<T>,
@@ -87,7 +91,7 @@ impl<T> Scheduler<T> {
     pub fn push(
         &mut self,
         stream: u32,
-        frames: Vec<Bytes>,
+        frames: Vec<Frame>,
         token: T,
     ) -> Result<(), TransportError> {
         check_stream(stream)?;
@@ -199,16 +203,25 @@ impl<T> Scheduler<T> {
             let n = rest.min(CHUNK);
             let more = n < rest;
             let word = if more { s | MORE } else { s };
-            let payload = front.slice(job.offset..job.offset.saturating_add(n));
             // Lengths were checked against the limit in `push`.
             let _ = encode_header(word, n, usize::MAX, small);
             if n < CHUNK {
-                small.put_slice(&payload);
+                front.slices(job.offset, n, |p| small.put_slice(&p));
             } else {
-                batch.bytes = batch.bytes.saturating_add(small.len());
-                batch.parts.push(small.split().freeze());
-                batch.bytes = batch.bytes.saturating_add(n);
-                batch.parts.push(payload);
+                // A whole chunk goes out as the slices of the frame's parts it spans,
+                // uncopied, but for slivers (a message's header before its body).
+                front.slices(job.offset, n, |p| {
+                    if p.len() < SLIVER {
+                        small.put_slice(&p);
+                    } else {
+                        if !small.is_empty() {
+                            batch.bytes = batch.bytes.saturating_add(small.len());
+                            batch.parts.push(small.split().freeze());
+                        }
+                        batch.bytes = batch.bytes.saturating_add(p.len());
+                        batch.parts.push(p);
+                    }
+                });
             }
             took = n;
             if more {
@@ -392,11 +405,12 @@ mod tests {
     #[test]
     fn a_small_frame_overtakes_a_large_one_already_started() {
         let mut s = Scheduler::new(1 << 20, 4 << 20);
-        s.push(1, vec![Bytes::from(vec![1u8; 1 << 20])], 10)
+        s.push(1, vec![Bytes::from(vec![1u8; 1 << 20]).into()], 10)
             .unwrap();
         let first = s.next_batch(CHUNK);
         assert!(first.done.is_empty());
-        s.push(0, vec![Bytes::from_static(b"ack")], 20).unwrap();
+        s.push(0, vec![Bytes::from_static(b"ack").into()], 20)
+            .unwrap();
         let second = s.next_batch(CHUNK);
         assert_eq!(second.done, vec![20], "the small frame went next");
         let mut bytes = wire(&first);
@@ -416,10 +430,10 @@ mod tests {
     #[test]
     fn control_yields_one_chunk_after_fair_bytes() {
         let mut s = Scheduler::new(1 << 20, 4 << 20);
-        s.push(2, vec![Bytes::from(vec![2u8; 4 * CHUNK])], 2)
+        s.push(2, vec![Bytes::from(vec![2u8; 4 * CHUNK]).into()], 2)
             .unwrap();
         for i in 0..64u32 {
-            s.push(0, vec![Bytes::from(vec![0u8; 8 * 1024])], 100 + i)
+            s.push(0, vec![Bytes::from(vec![0u8; 8 * 1024]).into()], 100 + i)
                 .unwrap();
         }
         // Control goes first; after FAIR_BYTES of it, lane 2 gets one chunk.
@@ -441,8 +455,12 @@ mod tests {
         // Room for two half-sent MiB frames: the third lane waits its turn.
         let mut s = Scheduler::new(1 << 20, 2 << 20);
         for lane in 1..=3u32 {
-            s.push(lane, vec![Bytes::from(vec![lane as u8; 1 << 20])], lane)
-                .unwrap();
+            s.push(
+                lane,
+                vec![Bytes::from(vec![lane as u8; 1 << 20]).into()],
+                lane,
+            )
+            .unwrap();
         }
         let mut bytes = Vec::new();
         while !s.is_empty() {
@@ -528,12 +546,29 @@ mod tests {
             let mut s = Scheduler::new(70_000, 140_000);
             let mut expected: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
             for (i, (lane, lens)) in sends.iter().enumerate() {
-                let frames: Vec<Bytes> = lens
+                // Each frame's bytes differ by position, and some frames are made of
+                // parts (a sliver, a body, a tail) as a relay's responses are.
+                let frames: Vec<Frame> = lens
                     .iter()
                     .enumerate()
-                    .map(|(j, n)| Bytes::from(vec![(i * 7 + j) as u8; *n]))
+                    .map(|(j, &n)| {
+                        let b: Bytes = (0..n).map(|k| (i * 7 + j + k) as u8).collect();
+                        let (a, c) = (n.min(100), (n - n / 10).max(n.min(100)));
+                        match (i + j) % 3 {
+                            0 => Frame::from(b),
+                            1 => Frame::from_parts(vec![b.slice(..n / 3), b.slice(n / 3..)]),
+                            _ => Frame::from_parts(vec![
+                                b.slice(..a),
+                                b.slice(a..c),
+                                b.slice(c..),
+                            ]),
+                        }
+                    })
                     .collect();
-                expected.entry(*lane).or_default().extend(frames.iter().map(|f| f.to_vec()));
+                expected
+                    .entry(*lane)
+                    .or_default()
+                    .extend(frames.iter().map(|f| f.clone().into_bytes().to_vec()));
                 s.push(*lane, frames, i as u32).unwrap();
             }
             let mut bytes = Vec::new();

@@ -14,10 +14,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::{check_frame, check_stream, Connection, TransportError};
+use crate::{check_frame, check_stream, Connection, Frame, TransportError};
 
 /// A lane's delay line: frames and when each is due.
-type Line = mpsc::Sender<(Instant, Bytes)>;
+type Line = mpsc::Sender<(Instant, Frame)>;
 
 /// `inner`, with a one-way delay on what it sends.
 #[derive(Debug)]
@@ -58,12 +58,12 @@ impl<C: Connection> Shaped<C> {
             }
             return Ok(line.clone());
         }
-        let (line, mut rx) = mpsc::channel::<(Instant, Bytes)>(self.queue_frames);
+        let (line, mut rx) = mpsc::channel::<(Instant, Frame)>(self.queue_frames);
         let out = self.inner.clone();
         let pump = tokio::spawn(async move {
             while let Some((at, frame)) = rx.recv().await {
                 tokio::time::sleep_until(at).await;
-                if out.send(stream, frame).await.is_err() {
+                if out.send_frames(stream, vec![frame]).await.is_err() {
                     out.close();
                     return;
                 }
@@ -89,11 +89,7 @@ impl<C: Connection> Connection for Shaped<C> {
         self.inner.peer()
     }
 
-    async fn send(&self, stream: u32, frame: Bytes) -> Result<(), TransportError> {
-        self.send_all(stream, vec![frame]).await
-    }
-
-    async fn send_all(&self, stream: u32, frames: Vec<Bytes>) -> Result<(), TransportError> {
+    async fn send_frames(&self, stream: u32, frames: Vec<Frame>) -> Result<(), TransportError> {
         check_stream(stream)?;
         for frame in &frames {
             check_frame(frame, self.max_frame_len)?;

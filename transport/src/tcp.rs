@@ -13,10 +13,11 @@
 //! `max_handshakes` at once and each within `handshake_timeout`, so a slowloris peer
 //! holds one small task for a bounded time and cannot block the accept loop.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use por_protocol::{Keypair, NodeId};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -31,7 +32,7 @@ use tracing::{debug, warn};
 use crate::frame::FrameDecoder;
 use crate::sched::{Reassembler, Scheduler};
 use crate::tls::{self, Identity};
-use crate::{Connection, Listener, Transport, TransportConfig, TransportError};
+use crate::{Connection, Frame, Listener, Transport, TransportConfig, TransportError};
 
 /// Room made for each read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -334,10 +335,11 @@ async fn write_loop(
                 () = closed.cancelled() => break,
             }
         }
+        let mut parts = Parts(batch.parts.into_iter().filter(|p| !p.is_empty()).collect());
         let write = async {
-            for part in &batch.parts {
-                w.write_all(part).await?;
-            }
+            // Vectored: TLS seals the parts into records together, rather than a
+            // record (and its tag) per part.
+            w.write_all_buf(&mut parts).await?;
             w.flush().await
         };
         let wrote = tokio::select! {
@@ -370,6 +372,45 @@ async fn write_loop(
     let _ = timeout(std::time::Duration::from_secs(1), w.shutdown()).await;
 }
 
+/// A batch's parts as one [`Buf`], so a write takes as many of them as it can at once.
+struct Parts(VecDeque<Bytes>);
+
+impl Buf for Parts {
+    fn remaining(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.0.front().map_or(&[], |b| b.as_ref())
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, part) in dst.iter_mut().zip(self.0.iter().filter(|p| !p.is_empty())) {
+            *slot = std::io::IoSlice::new(part);
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let Some(front) = self.0.front_mut() else {
+                return;
+            };
+            if cnt < front.len() {
+                front.advance(cnt);
+                return;
+            }
+            cnt -= front.len();
+            self.0.pop_front();
+        }
+        while self.0.front().is_some_and(Bytes::is_empty) {
+            self.0.pop_front();
+        }
+    }
+}
+
 fn is_disconnect(e: &std::io::Error) -> bool {
     use std::io::ErrorKind as K;
     matches!(
@@ -387,11 +428,7 @@ impl Connection for TcpConnection {
         self.peer
     }
 
-    async fn send(&self, stream: u32, frame: Bytes) -> Result<(), TransportError> {
-        self.send_all(stream, vec![frame]).await
-    }
-
-    async fn send_all(&self, stream: u32, frames: Vec<Bytes>) -> Result<(), TransportError> {
+    async fn send_frames(&self, stream: u32, frames: Vec<Frame>) -> Result<(), TransportError> {
         if self.closed.is_cancelled() {
             return Err(TransportError::Closed);
         }

@@ -13,7 +13,7 @@ use por_protocol::{Keypair, NodeId};
 use por_transport::mem::{MemNetwork, MemTransport};
 use por_transport::quic::QuicTransport;
 use por_transport::tcp::TcpTransport;
-use por_transport::{Connection, Listener, Transport, TransportConfig, TransportError};
+use por_transport::{Connection, Frame, Listener, Transport, TransportConfig, TransportError};
 use tokio::time::{timeout, Instant};
 
 const MAX: usize = 64 * 1024;
@@ -280,6 +280,42 @@ async fn a_burst_arrives_as_its_frames_in_order<F: Fixture>(f: F) {
         server.recv().await.unwrap(),
         (1, Bytes::from_static(b"still"))
     );
+    // Frames made of parts (as a relay sends a body it forwards) arrive as their
+    // parts joined, whatever the parts' sizes.
+    let framed: Vec<Frame> = (0..15)
+        .map(|n| {
+            let b = payload(2, n, sizes[n % 5]);
+            let l = b.len();
+            match n % 3 {
+                0 => Frame::from(b),
+                1 => Frame::from_parts(vec![b.slice(..l / 2), b.slice(l / 2..)]),
+                _ => Frame::from_parts(vec![
+                    b.slice(..l.min(7)),
+                    b.slice(l.min(7)..l - l / 10),
+                    b.slice(l - l / 10..),
+                ]),
+            }
+        })
+        .collect();
+    let c = client.clone();
+    let sent = framed.clone();
+    let sender = tokio::spawn(async move { c.send_frames(2, sent).await.unwrap() });
+    for (n, want) in framed.into_iter().enumerate() {
+        let (stream, frame) = timeout(Duration::from_secs(10), server.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((stream, frame), (2, want.into_bytes()), "framed {n}");
+    }
+    sender.await.unwrap();
+    // A frame whose parts add up to more than the limit is refused.
+    let over = Frame::from_parts(vec![Bytes::from(vec![0u8; MAX]), Bytes::from_static(b"!")]);
+    assert!(matches!(
+        client.send_frames(2, vec![over]).await,
+        Err(TransportError::Oversized { .. })
+    ));
+    client.send(2, Bytes::from_static(b"on")).await.unwrap();
+    assert_eq!(server.recv().await.unwrap(), (2, Bytes::from_static(b"on")));
 }
 
 async fn oversized_frames_are_refused<F: Fixture>(f: F) {
