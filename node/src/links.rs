@@ -13,7 +13,9 @@ use por_chain::Snapshot;
 use por_protocol::messages::Lane;
 use por_protocol::{Deployment, Engine, NodeId};
 use por_transport::shaped::Shaped;
-use por_transport::{AnyConnection, AnyListener, AnyTransport, Connection, Listener, Transport};
+use por_transport::{
+    AnyConnection, AnyListener, AnyTransport, Connection, Frame, Listener, Transport,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
@@ -81,7 +83,7 @@ pub(crate) struct Shared {
 /// control lane first, then the bulk lanes), and the bytes of the frames their
 /// writers have not yet handed to the transport, all lanes together.
 pub(crate) struct Outbox {
-    lanes: Vec<mpsc::Sender<Bytes>>,
+    lanes: Vec<mpsc::Sender<Frame>>,
     queued: Arc<AtomicUsize>,
     /// The bulk lane the next large response goes on.
     next_bulk: usize,
@@ -89,7 +91,7 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// The queue of a frame on `lane`: control on its own, bulk round robin.
-    fn queue(&mut self, lane: Lane) -> Option<&mpsc::Sender<Bytes>> {
+    fn queue(&mut self, lane: Lane) -> Option<&mpsc::Sender<Frame>> {
         let i = match lane {
             Lane::Control => 0,
             Lane::Bulk => {
@@ -116,14 +118,14 @@ enum Link {
 }
 
 impl Link {
-    async fn send_all(
+    async fn send_frames(
         &self,
         stream: u32,
-        frames: Vec<Bytes>,
+        frames: Vec<Frame>,
     ) -> Result<(), por_transport::TransportError> {
         match self {
-            Link::Plain(c) => c.send_all(stream, frames).await,
-            Link::Shaped(c) => c.send_all(stream, frames).await,
+            Link::Plain(c) => c.send_frames(stream, frames).await,
+            Link::Shaped(c) => c.send_frames(stream, frames).await,
         }
     }
 
@@ -267,7 +269,7 @@ impl Links {
     /// (the engine resends what matters after reconnection); one too slow to drain its
     /// queues (more than `WRITE_QUEUE` frames on a lane or `max_queued_bytes` waiting
     /// on all) is dropped, and this returns true: the engine must be told it is gone.
-    pub(crate) fn send(&mut self, peer: NodeId, lane: Lane, frame: Bytes) -> bool {
+    pub(crate) fn send(&mut self, peer: NodeId, lane: Lane, frame: Frame) -> bool {
         let Some((_, out)) = self.current.get_mut(&peer) else {
             debug!(%peer, "not connected: frame dropped");
             return false;
@@ -474,7 +476,7 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
     let mut senders = Vec::with_capacity(lanes);
     let mut writers = Vec::with_capacity(lanes);
     for stream in 0..lanes {
-        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel::<Frame>(WRITE_QUEUE);
         senders.push(tx);
         let stream = u32::try_from(stream).unwrap_or(CONTROL);
         writers.push(tokio::spawn(write_lane(
@@ -556,7 +558,7 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
 async fn write_lane(
     link: Arc<Link>,
     stream: u32,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Frame>,
     queued: Arc<AtomicUsize>,
 ) {
     let mut burst = Vec::with_capacity(WRITE_BURST);
@@ -569,7 +571,7 @@ async fn write_lane(
         // The queue's bytes count until the transport has taken them.
         for frame in burst.drain(..) {
             if !group.is_empty() && bytes + frame.len() > WRITE_BURST_BYTES {
-                if let Err(e) = link.send_all(stream, std::mem::take(&mut group)).await {
+                if let Err(e) = link.send_frames(stream, std::mem::take(&mut group)).await {
                     debug!(stream, "send failed: {e}");
                     break 'writing;
                 }
@@ -579,7 +581,7 @@ async fn write_lane(
             bytes += frame.len();
             group.push(frame);
         }
-        if let Err(e) = link.send_all(stream, group).await {
+        if let Err(e) = link.send_frames(stream, group).await {
             debug!(stream, "send failed: {e}");
             break;
         }

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use por_protocol::engine::{ChainAction, Event};
 use por_protocol::types::SeverReason;
 use por_protocol::{messages, Engine, Time};
+use por_transport::Frame;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -270,12 +270,13 @@ impl Pump {
                 .map_err(|_| NodeError::Stopped)?;
         }
         while let Some(tx) = self.engine.poll_transmit() {
-            match messages::encode_frame(&tx.message) {
-                Ok(frame) => {
+            // A large response body goes out as its own part, uncopied.
+            match messages::encode_frame_parts(&tx.message) {
+                Ok(parts) => {
                     self.metrics.frames_out.inc();
                     if self
                         .links
-                        .send(tx.to, tx.message.lane(), Bytes::from(frame))
+                        .send(tx.to, tx.message.lane(), Frame::from_parts(parts))
                     {
                         self.engine.peer_disconnected(tx.to, now());
                     }

@@ -342,6 +342,46 @@ pub fn encode_frame(message: &Message) -> Result<Vec<u8>, WireError> {
     Ok(bytes)
 }
 
+/// Encodes a message into a frame as parts, their bytes joined being
+/// [`encode_frame`]'s: a response body of [`wire::SHARE_MIN`] bytes or more is a part
+/// of its own, the very buffer the message holds (at a relay, a slice of the frame it
+/// arrived in), and the rest of the message is encoded around it. So a body is never
+/// copied on its way through a node.
+pub fn encode_frame_parts(message: &Message) -> Result<Vec<Bytes>, WireError> {
+    let body = match message {
+        Message::Response { body, .. } if body.len() >= wire::SHARE_MIN => body,
+        _ => return encode_frame(message).map(|f| vec![Bytes::from(f)]),
+    };
+    let mut parts = Vec::with_capacity(3);
+    let mut buf = Vec::with_capacity(1024);
+    let mut len = 0usize;
+    wire::encode_with(
+        &Envelope {
+            version: PROTOCOL_VERSION,
+            message,
+        },
+        &mut |piece: &[u8]| {
+            len = len.saturating_add(piece.len());
+            if piece.len() == body.len() && piece.as_ptr() == body.as_ptr() {
+                parts.push(Bytes::from(std::mem::take(&mut buf)));
+                parts.push(body.clone());
+            } else {
+                buf.extend_from_slice(piece);
+            }
+        },
+    )?;
+    if len > MAX_FRAME_LEN {
+        return Err(WireError::Oversized {
+            len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if !buf.is_empty() {
+        parts.push(Bytes::from(buf));
+    }
+    Ok(parts)
+}
+
 /// Refuses a frame too long or of another protocol version, before its body is read.
 fn check_version(bytes: &[u8]) -> Result<(), WireError> {
     if bytes.len() > MAX_FRAME_LEN {
@@ -436,6 +476,36 @@ mod tests {
             let json = serde_json::to_string(&m).unwrap();
             assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn a_large_body_is_sent_as_its_own_part_and_the_parts_are_the_frame() {
+        for (len, parts) in [(wire::SHARE_MIN, 3), (wire::SHARE_MIN - 1, 1), (0, 1)] {
+            let m = response(len);
+            let got = encode_frame_parts(&m).unwrap();
+            assert_eq!(got.len(), parts, "body of {len} bytes");
+            assert_eq!(
+                got.concat(),
+                encode_frame(&m).unwrap(),
+                "body of {len} bytes"
+            );
+            if let (Message::Response { body, .. }, [_, part, _]) = (&m, got.as_slice()) {
+                assert_eq!(part.as_ptr(), body.as_ptr(), "the body was copied");
+            }
+        }
+        assert_eq!(
+            encode_frame_parts(&Message::Ping { nonce: 7 })
+                .unwrap()
+                .concat(),
+            encode_frame(&Message::Ping { nonce: 7 }).unwrap()
+        );
+        // Over the frame limit: refused, as encode_frame refuses it.
+        let huge = response(MAX_FRAME_LEN);
+        assert!(matches!(
+            encode_frame_parts(&huge),
+            Err(WireError::Oversized { .. })
+        ));
+        assert!(encode_frame(&huge).is_err());
     }
 
     #[test]
