@@ -125,6 +125,21 @@ impl FrameDecoder {
         &mut self.buf
     }
 
+    /// How many bytes the next read should take: the rest of the frame under way once
+    /// its header is in, else `chunk`. A read that stops where a frame ends leaves
+    /// nothing behind it in the buffer, so the frame splits off whole and the next
+    /// read starts a fresh buffer: no partial frame is ever copied out of a buffer
+    /// that a frame handed out still shares.
+    pub fn read_limit(&self, chunk: usize) -> usize {
+        match self.declared_len() {
+            Some(len) if len <= self.max => HEADER_LEN
+                .saturating_add(len)
+                .saturating_sub(self.buf.len())
+                .max(1),
+            _ => chunk.max(1),
+        }
+    }
+
     /// The payload length the buffered header declares, once a header has arrived.
     fn declared_len(&self) -> Option<usize> {
         let h = self.buf.get(..4)?;
@@ -196,6 +211,39 @@ mod tests {
         d.push(&[0, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
         assert!(d.reserve(16).capacity() < 1_000);
         assert!(d.next_frame().is_err());
+    }
+
+    #[test]
+    fn reads_that_stop_where_a_frame_ends_leave_nothing_of_the_next_behind() {
+        let lens = [10usize, 20_000, 3, 16_384, 0, 70_000];
+        let mut wire = BytesMut::new();
+        for n in lens {
+            encode(1, &vec![n as u8; n], 1 << 20, &mut wire).unwrap();
+        }
+        for arrives in [1usize, 7, 64, 5_000, usize::MAX] {
+            let mut d = FrameDecoder::new(1 << 20);
+            let mut rest = &wire[..];
+            let mut got = Vec::new();
+            while !rest.is_empty() {
+                // A read takes what the limit allows of what has arrived.
+                let n = d.read_limit(64).min(rest.len()).min(arrives);
+                d.reserve(64).put_slice(&rest[..n]);
+                rest = &rest[n..];
+                while let Some((_, p)) = d.next_frame().unwrap() {
+                    if p.len() > 64 {
+                        // Read up to its end and no further: it splits off whole and
+                        // the next read starts a buffer of its own.
+                        assert!(
+                            !d.in_frame(),
+                            "{arrives}: the next frame's bytes came along"
+                        );
+                    }
+                    assert!(p.iter().all(|b| *b == p.len() as u8));
+                    got.push(p.len());
+                }
+            }
+            assert_eq!(got, lens, "{arrives}");
+        }
     }
 
     #[test]

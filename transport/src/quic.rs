@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex as StdMutex};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use por_protocol::{Keypair, NodeId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
@@ -337,8 +337,9 @@ impl Inbound {
                     }
                     Ok(None) => {}
                 }
-                let buf = lane.dec.reserve(READ_CHUNK);
-                match poll_read_buf(Pin::new(&mut lane.recv), cx, buf) {
+                let limit = lane.dec.read_limit(READ_CHUNK);
+                let mut buf = lane.dec.reserve(READ_CHUNK).limit(limit);
+                match poll_read_buf(Pin::new(&mut lane.recv), cx, &mut buf) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         // The peer finished or reset this lane.
                         self.lanes.swap_remove(idx);

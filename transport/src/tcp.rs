@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use por_protocol::{Keypair, NodeId};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -34,8 +34,9 @@ use crate::sched::{Reassembler, Scheduler};
 use crate::tls::{self, Identity};
 use crate::{Connection, Frame, Listener, Transport, TransportConfig, TransportError};
 
-/// Room made for each read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made for each read: one whole chunk of a large frame, header and all (a read
+/// stops where the frame under way ends: `FrameDecoder::read_limit`).
+const READ_CHUNK: usize = crate::sched::CHUNK + crate::frame::HEADER_LEN;
 
 /// Most bytes the writer hands TLS at once (then it looks at the queues again).
 const WRITE_BATCH: usize = 64 * 1024;
@@ -293,9 +294,10 @@ impl TcpConnection {
                 None if dec.in_frame() => (Instant::now() + self.config.frame_timeout, "frame"),
                 None => (Instant::now() + self.config.idle_timeout, "idle"),
             };
-            let buf = dec.reserve(READ_CHUNK);
+            let limit = dec.read_limit(READ_CHUNK);
+            let mut buf = dec.reserve(READ_CHUNK).limit(limit);
             let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, read.read_buf(buf)) => r,
+                r = tokio::time::timeout_at(deadline, read.read_buf(&mut buf)) => r,
                 () = self.closed.cancelled() => return Err(TransportError::Closed),
             };
             match read {
