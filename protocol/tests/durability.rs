@@ -551,3 +551,68 @@ fn a_sync_paying_many_late_requests_writes_their_fees_once_and_they_survive_a_re
         Amount(1_000 * N as u128)
     );
 }
+
+#[test]
+fn a_relay_forwards_a_response_before_its_record_is_durable_and_a_crash_then_loses_nothing() {
+    let (keys, mut h) = network();
+    let id = h.nodes[0]
+        .engine
+        .send_request(route(&keys), b"x".to_vec(), 64, Amount(1), Time(1))
+        .unwrap();
+    pump(&mut h, Time(1), false);
+    assert!(h.nodes[2]
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::RequestReceived { .. })));
+    h.nodes[2]
+        .engine
+        .respond(id, b"y".to_vec(), Time(2))
+        .unwrap();
+    let is_response =
+        |t: &por_protocol::engine::Transmit| matches!(t.message, Message::Response { .. });
+    // The server signs its response: it waits for the server's writes.
+    assert!(!h.nodes[2].transmits().iter().any(is_response));
+    let response = h.nodes[2]
+        .flush()
+        .into_iter()
+        .find(is_response)
+        .expect("released once durable");
+    h.deliver(2, 1, response.message, Time(2)).unwrap();
+    // B relays it with no fee: it leaves at once, before B's record of it is durable.
+    let early: Vec<_> = h.nodes[1].transmits();
+    let relayed = early
+        .into_iter()
+        .find(is_response)
+        .expect("the relayed response left before B's writes were durable");
+    assert_eq!(relayed.to, keys[0].id());
+    assert!(
+        h.nodes[1].engine.poll_writes().is_some(),
+        "B's record was not durable"
+    );
+    h.deliver(1, 0, relayed.message, Time(2)).unwrap();
+    // B crashes before its record is durable: it restarts still awaiting the response.
+    h.crash(1, Time(3));
+    assert_eq!(h.nodes[1].engine.pending().count(), 1);
+    let errors = h.pump(Time(3));
+    // C sent it again, B forwarded it again, and A refused the copy without dropping B.
+    assert!(
+        errors.iter().all(|e| !e.is_fatal()),
+        "a fatal refusal: {errors:?}"
+    );
+    let delivered = h.nodes[0]
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::ResponseDelivered { .. }))
+        .count();
+    assert_eq!(delivered, 1, "A got the response exactly once");
+    assert!(
+        h.nodes[1].engine.pending().next().is_none(),
+        "nothing left in flight at B"
+    );
+    // Money as if nothing had happened: A paid B 200 once, B paid C 100 once.
+    let ch = |i: usize, c: u64| h.nodes[i].engine.channel(ChannelId(c)).unwrap().clone();
+    assert_eq!(ch(0, 1).outgoing.cumulative, Amount(200));
+    assert_eq!(ch(1, 1).incoming.cumulative, Amount(200));
+    assert_eq!(ch(1, 2).outgoing.cumulative, Amount(100));
+    assert_eq!(ch(2, 2).incoming.cumulative, Amount(100));
+}

@@ -32,10 +32,20 @@ impl Engine {
         };
         ch.ready = false;
         ch.reestablished = false;
-        if self.outbox.iter().all(|(_, t)| t.to != peer) {
+        if self.outbox.iter().all(|(_, t)| t.to != peer) && self.early.iter().all(|t| t.to != peer)
+        {
             return;
         }
         let mut held = Vec::new();
+        self.early.retain(|t| {
+            if t.to != peer {
+                return true;
+            }
+            if !ch.supersedes(&t.message) {
+                held.push(t.message.clone());
+            }
+            false
+        });
         self.outbox.retain(|(_, t)| {
             if t.to != peer {
                 return true;

@@ -66,6 +66,9 @@ pub struct Engine {
     write_seq: u64,
     durable_seq: u64,
     outbox: VecDeque<(u64, Transmit)>,
+    /// Frames that commit us to nothing, released at once, ahead of the outbox: a
+    /// response forwarded upstream without a fee (see `Engine::send_now`).
+    early: VecDeque<Transmit>,
     /// Channels with updates waiting to be acknowledged.
     ack_channels: BTreeSet<ChannelId>,
     /// What we made but have not signed yet, with its Merkle leaf and the channel it
@@ -108,6 +111,7 @@ impl Engine {
             write_seq: 0,
             durable_seq: 0,
             outbox: VecDeque::new(),
+            early: VecDeque::new(),
             ack_channels: BTreeSet::new(),
             unsealed: Vec::new(),
             events: VecDeque::new(),
@@ -264,6 +268,9 @@ impl Engine {
     /// rather than one per request.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.seal();
+        if let Some(t) = self.early.pop_front() {
+            return Some(t);
+        }
         match self.outbox.front() {
             Some((needs, _)) if *needs <= self.durable_seq => {
                 self.outbox.pop_front().map(|(_, t)| t)
@@ -280,7 +287,10 @@ impl Engine {
             .filter_map(|c| self.channels.get(c))
             .map(|c| c.acks_due.len())
             .sum();
-        self.outbox.len().saturating_add(acks)
+        self.outbox
+            .len()
+            .saturating_add(self.early.len())
+            .saturating_add(acks)
     }
 
     /// The next application event, once the state it reports is durable: like a
@@ -334,6 +344,32 @@ impl Engine {
     }
 
     pub(super) fn send(&mut self, to: NodeId, message: Message) {
+        if self.hold_for_reconnect(to, &message) {
+            return;
+        }
+        self.outbox
+            .push_back((self.write_seq, Transmit { to, message }));
+    }
+
+    /// Sends a frame that signs nothing of ours and answers what a peer paid us for
+    /// without committing us to anything: released at once, not after the writes made
+    /// so far are durable. Only a response forwarded upstream without a fee is sent
+    /// so. Its signature is the server's; the peer it reaches stops counting us late,
+    /// which only ever saves us money. Were we to crash before our record of it is
+    /// durable, we would restart still awaiting it; our downstream, which made its own
+    /// record durable before it sent the response, sends it again once we say we
+    /// await it, and we forward it again (a peer that has it refuses the copy as an
+    /// unknown request, without dropping us).
+    pub(super) fn send_now(&mut self, to: NodeId, message: Message) {
+        if self.hold_for_reconnect(to, &message) {
+            return;
+        }
+        self.early.push_back(Transmit { to, message });
+    }
+
+    /// Whether `message` for `to` is held (or dropped) because its channel is not
+    /// ready; see [`Engine::send`].
+    fn hold_for_reconnect(&mut self, to: NodeId, message: &Message) -> bool {
         if let Some(ch) = self.by_peer.get(&to).and_then(|c| self.channels.get_mut(c)) {
             if !ch.ready && !matches!(message, Message::Reestablish { .. }) {
                 // Frames carrying updates come back through the retransmission of
@@ -343,14 +379,13 @@ impl Engine {
                 // A response or proof we keep among the closings is resent from there
                 // if the peer still awaits it (holding it too would send it twice,
                 // and hold a MiB body per response for as long as the peer is away).
-                if !ch.supersedes(&message) {
-                    ch.held.push(message);
+                if !ch.supersedes(message) {
+                    ch.held.push(message.clone());
                 }
-                return;
+                return true;
             }
         }
-        self.outbox
-            .push_back((self.write_seq, Transmit { to, message }));
+        false
     }
 
     pub(super) fn write_pending(&mut self, id: RequestId) {

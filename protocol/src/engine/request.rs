@@ -639,6 +639,8 @@ impl Engine {
         up.queued_proof = None;
         p.served_body = None;
         let (peer, channel) = (up.peer, up.channel);
+        // We relay it (we are not its server), so its signature is not ours.
+        let relayed = p.down.is_some();
         let message = self.with_fees(channel, &[id], now, make)?;
         self.remember_closing(channel, id, &message, now);
         self.write_pending(id);
@@ -659,6 +661,13 @@ impl Engine {
                     body,
                     fee: None,
                 }
+            }
+            // A response we relay with no fee of ours commits us to nothing: it goes
+            // at once, not after our record of it is durable (see `send_now`).
+            other @ Message::Response { fee: None, .. } if relayed => {
+                self.send_now(peer, other);
+                self.finish_if_done(id);
+                return Ok(());
             }
             other => other,
         };
