@@ -193,6 +193,29 @@ fn network() -> (Vec<Keypair>, Network) {
     (keys, net)
 }
 
+/// A sends a request along the route; once delivered, C (the server) has it.
+fn request_at_c(h: &mut Network, keys: &[Keypair]) -> por_protocol::types::RequestId {
+    let id = h.nodes[0]
+        .engine
+        .send_request(route(keys), b"x".to_vec(), 64, Amount(1), Time(1))
+        .unwrap();
+    pump(h, Time(1), false);
+    assert!(std::iter::from_fn(|| h.nodes[2].engine.poll_event())
+        .any(|e| matches!(e, Event::RequestReceived { .. })));
+    id
+}
+
+/// A paid B 200 once and B paid C 100 once, and every payee holds what its payer
+/// signed.
+fn assert_paid_once(h: &Network) {
+    let ch = |i: usize, c: u64| h.nodes[i].engine.channel(ChannelId(c)).unwrap().clone();
+    assert_eq!(ch(0, 1).outgoing.cumulative, Amount(200));
+    assert_eq!(ch(1, 1).incoming.cumulative, Amount(200));
+    assert_eq!(ch(1, 2).outgoing.cumulative, Amount(100));
+    assert_eq!(ch(2, 2).incoming.cumulative, Amount(100));
+    assert_eq!(ch(1, 2).outgoing.seq, 1, "B did not pay C a second time");
+}
+
 /// Delivers until quiet; with `drop_to_b`, every frame to B is lost.
 fn pump(net: &mut Network, now: Time, drop_to_b: bool) {
     let _ = net.pump_filtered(now, |_, to, _| !(drop_to_b && to == 1));
@@ -227,13 +250,7 @@ fn relay_restarted_from_its_store_completes_the_request_once() {
         .filter(|e| matches!(e, Event::ResponseDelivered { .. }))
         .collect();
     assert_eq!(delivered.len(), 1);
-    // Money: A paid 200 once, B paid C 100 once; every payee holds what its payer signed.
-    let ch = |i: usize, c: u64| h.nodes[i].engine.channel(ChannelId(c)).unwrap().clone();
-    assert_eq!(ch(0, 1).outgoing.cumulative, Amount(200));
-    assert_eq!(ch(1, 1).incoming.cumulative, Amount(200));
-    assert_eq!(ch(1, 2).outgoing.cumulative, Amount(100));
-    assert_eq!(ch(2, 2).incoming.cumulative, Amount(100));
-    assert_eq!(ch(1, 2).outgoing.seq, 1, "B did not pay C a second time");
+    assert_paid_once(&h);
     assert!(
         h.nodes[1].engine.pending().next().is_none(),
         "nothing left in flight at B"
@@ -386,13 +403,7 @@ fn responses_kept_for_resending_are_bounded_in_bytes_per_channel() {
 #[test]
 fn a_late_response_keeps_only_its_fee_for_retransmission_and_both_arrive_after_reconnect() {
     let (keys, mut h) = network();
-    let id = h.nodes[0]
-        .engine
-        .send_request(route(&keys), b"x".to_vec(), 64, Amount(1), Time(1))
-        .unwrap();
-    pump(&mut h, Time(1), false);
-    assert!(std::iter::from_fn(|| h.nodes[2].engine.poll_event())
-        .any(|e| matches!(e, Event::RequestReceived { .. })));
+    let id = request_at_c(&mut h, &keys);
     // C answers seconds late: its response pays the final late fee. B never gets it.
     h.nodes[2]
         .engine
@@ -555,15 +566,7 @@ fn a_sync_paying_many_late_requests_writes_their_fees_once_and_they_survive_a_re
 #[test]
 fn a_relay_forwards_a_response_before_its_record_is_durable_and_a_crash_then_loses_nothing() {
     let (keys, mut h) = network();
-    let id = h.nodes[0]
-        .engine
-        .send_request(route(&keys), b"x".to_vec(), 64, Amount(1), Time(1))
-        .unwrap();
-    pump(&mut h, Time(1), false);
-    assert!(h.nodes[2]
-        .events()
-        .iter()
-        .any(|e| matches!(e, Event::RequestReceived { .. })));
+    let id = request_at_c(&mut h, &keys);
     h.nodes[2]
         .engine
         .respond(id, b"y".to_vec(), Time(2))
@@ -609,10 +612,6 @@ fn a_relay_forwards_a_response_before_its_record_is_durable_and_a_crash_then_los
         h.nodes[1].engine.pending().next().is_none(),
         "nothing left in flight at B"
     );
-    // Money as if nothing had happened: A paid B 200 once, B paid C 100 once.
-    let ch = |i: usize, c: u64| h.nodes[i].engine.channel(ChannelId(c)).unwrap().clone();
-    assert_eq!(ch(0, 1).outgoing.cumulative, Amount(200));
-    assert_eq!(ch(1, 1).incoming.cumulative, Amount(200));
-    assert_eq!(ch(1, 2).outgoing.cumulative, Amount(100));
-    assert_eq!(ch(2, 2).incoming.cumulative, Amount(100));
+    // Money as if nothing had happened.
+    assert_paid_once(&h);
 }
