@@ -469,3 +469,65 @@ impl Connection for TcpConnection {
         self.closed.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_of_parts_is_written_whole_and_in_order_by_short_vectored_writes() {
+        // A writer that takes at most 5 bytes of the first slices it is given: every
+        // write stops somewhere inside a part.
+        struct Trickle(Vec<u8>);
+        impl tokio::io::AsyncWrite for Trickle {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                let n = buf.len().min(5);
+                self.0.extend_from_slice(&buf[..n]);
+                std::task::Poll::Ready(Ok(n))
+            }
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                let mut left = 5;
+                for b in bufs {
+                    let n = b.len().min(left);
+                    self.0.extend_from_slice(&b[..n]);
+                    left -= n;
+                }
+                std::task::Poll::Ready(Ok(5 - left))
+            }
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let parts: Vec<Bytes> = ["ab", "", "cdefghi", "j", "klmnopqrstu"]
+            .iter()
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .collect();
+        let mut buf = Parts(parts.into_iter().filter(|p| !p.is_empty()).collect());
+        assert_eq!(buf.remaining(), 21);
+        let mut w = Trickle(Vec::new());
+        w.write_all_buf(&mut buf).await.unwrap();
+        assert_eq!(w.0, b"abcdefghijklmnopqrstu");
+        assert_eq!(buf.remaining(), 0);
+        assert!(buf.chunk().is_empty());
+    }
+}
