@@ -114,14 +114,7 @@ fn encode_writes(
     let mut bodies: std::collections::VecDeque<bytes::Bytes> = writes
         .iter()
         .filter_map(|w| match w {
-            Write::Closing { message, .. } => match &**message {
-                por_protocol::messages::Message::Response { body, .. }
-                    if body.len() >= wire::SHARE_MIN =>
-                {
-                    Some(body.clone())
-                }
-                _ => None,
-            },
+            Write::Closing { message, .. } => message.large_body().cloned(),
             _ => None,
         })
         .collect();
@@ -131,17 +124,9 @@ fn encode_writes(
         let start = out.len();
         out.extend_from_slice(&[0; 4]);
         let from = start + 4 + spliced;
-        wire::encode_with(w, &mut |piece: &[u8]| {
-            let is_body = bodies
-                .front()
-                .is_some_and(|b| b.len() == piece.len() && b.as_ptr() == piece.as_ptr());
-            match is_body.then(|| bodies.pop_front()).flatten() {
-                Some(body) => {
-                    spliced += body.len();
-                    shared.push((out.len(), body));
-                }
-                None => out.extend_from_slice(piece),
-            }
+        wire::encode_splicing(w, &mut bodies, out, &mut |out, body| {
+            spliced += body.len();
+            shared.push((out.len(), body));
         })?;
         let len = out.len() + spliced - from;
         let len32 = u32::try_from(len).map_err(|_| oversized(len))?;

@@ -305,6 +305,15 @@ impl Message {
         }
     }
 
+    /// The body a node sends and logs as a part of its own, from the buffer it holds,
+    /// rather than copying it: a response body of [`wire::SHARE_MIN`] bytes or more.
+    pub fn large_body(&self) -> Option<&Bytes> {
+        match self {
+            Message::Response { body, .. } if body.len() >= wire::SHARE_MIN => Some(body),
+            _ => None,
+        }
+    }
+
     /// Whether this message carries a signed channel update (and so is retransmitted
     /// from the channel's unacknowledged set after a reconnect).
     pub fn carries_update(&self) -> bool {
@@ -348,36 +357,32 @@ pub fn encode_frame(message: &Message) -> Result<Vec<u8>, WireError> {
 /// arrived in), and the rest of the message is encoded around it. So a body is never
 /// copied on its way through a node.
 pub fn encode_frame_parts(message: &Message) -> Result<Vec<Bytes>, WireError> {
-    let body = match message {
-        Message::Response { body, .. } if body.len() >= wire::SHARE_MIN => body,
-        _ => return encode_frame(message).map(|f| vec![Bytes::from(f)]),
+    let Some(body) = message.large_body() else {
+        return encode_frame(message).map(|f| vec![Bytes::from(f)]);
     };
     let mut parts = Vec::with_capacity(3);
     let mut buf = Vec::with_capacity(1024);
-    let mut len = 0usize;
-    wire::encode_with(
+    wire::encode_splicing(
         &Envelope {
             version: PROTOCOL_VERSION,
             message,
         },
-        &mut |piece: &[u8]| {
-            len = len.saturating_add(piece.len());
-            if piece.len() == body.len() && piece.as_ptr() == body.as_ptr() {
-                parts.push(Bytes::from(std::mem::take(&mut buf)));
-                parts.push(body.clone());
-            } else {
-                buf.extend_from_slice(piece);
-            }
+        &mut std::collections::VecDeque::from([body.clone()]),
+        &mut buf,
+        &mut |buf, body| {
+            parts.push(Bytes::from(std::mem::take(buf)));
+            parts.push(body);
         },
     )?;
+    if !buf.is_empty() {
+        parts.push(Bytes::from(buf));
+    }
+    let len = parts.iter().map(Bytes::len).sum::<usize>();
     if len > MAX_FRAME_LEN {
         return Err(WireError::Oversized {
             len,
             max: MAX_FRAME_LEN,
         });
-    }
-    if !buf.is_empty() {
-        parts.push(Bytes::from(buf));
     }
     Ok(parts)
 }

@@ -114,6 +114,27 @@ pub fn encode_with<T: Serialize + ?Sized>(
         .map_err(|e| WireError::Encode(e.to_string()))
 }
 
+/// Encodes a value canonically into `out`, except for the byte strings of `bodies`: each
+/// one the encoding meets (in order, known by its address and length, so only the very
+/// buffer the value holds) goes to `splice` with `out` as it stands, uncopied, to be
+/// placed there. Bodies the encoding does not meet stay in `bodies`.
+pub fn encode_splicing<T: Serialize + ?Sized>(
+    value: &T,
+    bodies: &mut std::collections::VecDeque<bytes::Bytes>,
+    out: &mut Vec<u8>,
+    splice: &mut dyn FnMut(&mut Vec<u8>, bytes::Bytes),
+) -> Result<(), WireError> {
+    encode_with(value, &mut |piece: &[u8]| {
+        let is_body = bodies
+            .front()
+            .is_some_and(|b| b.len() == piece.len() && b.as_ptr() == piece.as_ptr());
+        match is_body.then(|| bodies.pop_front()).flatten() {
+            Some(body) => splice(out, body),
+            None => out.extend_from_slice(piece),
+        }
+    })
+}
+
 /// Decodes a value, refusing oversized input and trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     if bytes.len() > MAX_FRAME_LEN {

@@ -337,7 +337,7 @@ async fn write_loop(
                 () = closed.cancelled() => break,
             }
         }
-        let mut parts = Parts(batch.parts.into_iter().filter(|p| !p.is_empty()).collect());
+        let mut parts = Parts::new(batch.parts);
         let write = async {
             // Vectored: TLS seals the parts into records together, rather than a
             // record (and its tag) per part.
@@ -375,7 +375,14 @@ async fn write_loop(
 }
 
 /// A batch's parts as one [`Buf`], so a write takes as many of them as it can at once.
+/// No part held is empty.
 struct Parts(VecDeque<Bytes>);
+
+impl Parts {
+    fn new(parts: Vec<Bytes>) -> Parts {
+        Parts(parts.into_iter().filter(|p| !p.is_empty()).collect())
+    }
+}
 
 impl Buf for Parts {
     fn remaining(&self) -> usize {
@@ -388,7 +395,7 @@ impl Buf for Parts {
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (slot, part) in dst.iter_mut().zip(self.0.iter().filter(|p| !p.is_empty())) {
+        for (slot, part) in dst.iter_mut().zip(&self.0) {
             *slot = std::io::IoSlice::new(part);
             n += 1;
         }
@@ -405,9 +412,6 @@ impl Buf for Parts {
                 return;
             }
             cnt -= front.len();
-            self.0.pop_front();
-        }
-        while self.0.front().is_some_and(Bytes::is_empty) {
             self.0.pop_front();
         }
     }
@@ -522,7 +526,7 @@ mod tests {
             .iter()
             .map(|s| Bytes::from_static(s.as_bytes()))
             .collect();
-        let mut buf = Parts(parts.into_iter().filter(|p| !p.is_empty()).collect());
+        let mut buf = Parts::new(parts);
         assert_eq!(buf.remaining(), 21);
         let mut w = Trickle(Vec::new());
         w.write_all_buf(&mut buf).await.unwrap();

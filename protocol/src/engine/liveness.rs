@@ -10,7 +10,7 @@ use crate::messages::{Echo, Message, MAX_AWAITING, MAX_SYNC_PROOFS};
 use crate::time::Time;
 use crate::types::{AckOf, ChannelId, FeePayment, RequestId, SeverReason, SignedSeverNotice};
 
-use super::{Engine, Event, Timer};
+use super::{Engine, Event, Timer, Transmit};
 
 impl Engine {
     /// The connection to `peer` is down: hold frames for it until it reconnects and
@@ -32,12 +32,12 @@ impl Engine {
         };
         ch.ready = false;
         ch.reestablished = false;
-        if self.outbox.iter().all(|(_, t)| t.to != peer) && self.early.iter().all(|t| t.to != peer)
-        {
+        let mut waiting = self.early.iter().chain(self.outbox.iter().map(|(_, t)| t));
+        if waiting.all(|t| t.to != peer) {
             return;
         }
         let mut held = Vec::new();
-        self.early.retain(|t| {
+        let mut keep = |t: &Transmit| {
             if t.to != peer {
                 return true;
             }
@@ -45,16 +45,9 @@ impl Engine {
                 held.push(t.message.clone());
             }
             false
-        });
-        self.outbox.retain(|(_, t)| {
-            if t.to != peer {
-                return true;
-            }
-            if !ch.supersedes(&t.message) {
-                held.push(t.message.clone());
-            }
-            false
-        });
+        };
+        self.early.retain(|t| keep(t));
+        self.outbox.retain(|(_, t)| keep(t));
         held.append(&mut ch.held);
         ch.held = held;
     }

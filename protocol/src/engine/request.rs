@@ -644,6 +644,9 @@ impl Engine {
         let message = self.with_fees(channel, &[id], now, make)?;
         self.remember_closing(channel, id, &message, now);
         self.write_pending(id);
+        // A response we relay with no fee of ours commits us to nothing: it goes at
+        // once, not after our record of it is durable (see `send_now`).
+        let at_once = relayed && matches!(message, Message::Response { fee: None, .. });
         // A large response goes on the bulk lane, which must carry no update: its
         // final fee goes ahead of it on the control lane, as the `LateFee` it is kept
         // as for retransmission anyway (see `Lane`).
@@ -662,16 +665,13 @@ impl Engine {
                     fee: None,
                 }
             }
-            // A response we relay with no fee of ours commits us to nothing: it goes
-            // at once, not after our record of it is durable (see `send_now`).
-            other @ Message::Response { fee: None, .. } if relayed => {
-                self.send_now(peer, other);
-                self.finish_if_done(id);
-                return Ok(());
-            }
             other => other,
         };
-        self.send(peer, message);
+        if at_once {
+            self.send_now(peer, message);
+        } else {
+            self.send(peer, message);
+        }
         self.finish_if_done(id);
         Ok(())
     }
