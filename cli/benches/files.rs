@@ -385,6 +385,151 @@ async fn plain(hops: usize, mib: u64, window: u64) -> f64 {
     rate
 }
 
+/// The floor: plain forwarding over the same transport plus the work por must do for
+/// each byte of a file, whatever else it costs (docs/benchmarks.md, "How far 0.5× is").
+/// The provider reads each piece from its store and checks it against the outboard
+/// (`Store::encode`, as a node serving files does, at most `DISK_READERS` at once) and
+/// hashes the encoding it would sign; each relay hashes it (the check of the server's
+/// signature) and appends it to a log; the client hashes it, verifies the encoding
+/// and writes the data into the output file. No signatures, payments, engine, records
+/// or separate processes: what por spends beyond this is all it could still win back.
+async fn floor(hops: usize, mib: u64, window: u64) -> f64 {
+    use por_files::{blob, server::DISK_READERS, Store};
+    use por_protocol::crypto::Hash;
+    use por_transport::Frame;
+    use std::os::unix::fs::FileExt;
+
+    let dir = std::env::temp_dir().join(format!("por-bench-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Arc::new(Store::open(dir.join("store")).unwrap());
+    let src = dir.join("blob.bin");
+    write_blob(&src, mib);
+    let tag = store.add(&src).unwrap();
+    std::fs::remove_file(&src).unwrap();
+    let (root, size) = (tag.root, tag.size);
+    let ranges = |i: u64| {
+        let (a, b) = blob::piece_chunks(i);
+        blob::chunk_ranges(&[(a, b)]).unwrap()
+    };
+
+    let keys: Vec<Keypair> = (0..=hops)
+        .map(|i| Keypair::from_seed([120 + i as u8; 32]))
+        .collect();
+    let t: Vec<TcpTransport> = keys
+        .iter()
+        .map(|k| TcpTransport::new(k, TransportConfig::default()).unwrap())
+        .collect();
+    // The provider: a request is a piece's index; its answer is the index, then the
+    // piece's verified encoding.
+    let mut l = t[hops].listen("127.0.0.1:0").await.unwrap();
+    let mut next_addr = l.local_addr();
+    tokio::spawn(async move {
+        let readers = Arc::new(tokio::sync::Semaphore::new(DISK_READERS));
+        while let Ok(c) = l.accept().await {
+            let c = Arc::new(c);
+            while let Ok((s, req)) = c.recv().await {
+                let i = u64::from_le_bytes(req[..8].try_into().unwrap());
+                let turn = readers.clone().acquire_owned().await.unwrap();
+                let (c, store) = (c.clone(), store.clone());
+                tokio::spawn(async move {
+                    let encoded = tokio::task::spawn_blocking(move || {
+                        let e = store.encode(&root, &ranges(i)).unwrap();
+                        std::hint::black_box(Hash::of_body(&e));
+                        e
+                    })
+                    .await
+                    .unwrap();
+                    drop(turn);
+                    let frame = Frame::from_parts(vec![
+                        Bytes::copy_from_slice(&i.to_le_bytes()),
+                        Bytes::from(encoded),
+                    ]);
+                    let _ = c.send_frames(s, vec![frame]).await;
+                });
+            }
+        }
+    });
+    for i in (1..hops).rev() {
+        let mut l = t[i].listen("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr();
+        let down = Arc::new(t[i].dial(&next_addr, keys[i + 1].id()).await.unwrap());
+        let log_path = dir.join(format!("relay{i}.log"));
+        tokio::spawn(async move {
+            if let Ok(up) = l.accept().await {
+                let up = Arc::new(up);
+                let (u, d) = (up.clone(), down.clone());
+                tokio::spawn(async move {
+                    // Each answer is checked and logged before it goes on; the log
+                    // starts again every 8 MiB, as a node's is folded away.
+                    let mut log = std::fs::File::create(&log_path).unwrap();
+                    let mut logged = 0usize;
+                    while let Ok((s, f)) = d.recv().await {
+                        std::hint::black_box(Hash::of_body(&f[8..]));
+                        log.write_all(&f).unwrap();
+                        logged += f.len();
+                        if logged >= 8 << 20 {
+                            log.set_len(0).unwrap();
+                            std::io::Seek::rewind(&mut log).unwrap();
+                            logged = 0;
+                        }
+                        if u.send(s, f).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Ok((s, f)) = up.recv().await {
+                    if down.send(s, f).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        next_addr = addr;
+    }
+    let conn = Arc::new(t[0].dial(&next_addr, keys[1].id()).await.unwrap());
+    let pieces = blob::pieces(size);
+    let out = std::fs::File::create(dir.join("out.bin")).unwrap();
+    out.set_len(size).unwrap();
+    let cpu0 = self_cpu();
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(window as usize));
+    let reader = {
+        let (conn, sem) = (conn.clone(), sem.clone());
+        tokio::spawn(async move {
+            let mut bytes = 0u64;
+            for _ in 0..pieces {
+                let (_, f) = conn.recv().await.unwrap();
+                let i = u64::from_le_bytes(f[..8].try_into().unwrap());
+                let body = f.slice(8..);
+                std::hint::black_box(Hash::of_body(&body));
+                for run in blob::decode(root, size, &ranges(i), &body).unwrap() {
+                    out.write_all_at(&run.data, run.offset).unwrap();
+                    bytes += run.data.len() as u64;
+                }
+                sem.add_permits(1);
+            }
+            bytes
+        })
+    };
+    for i in 0..pieces {
+        sem.acquire().await.unwrap().forget();
+        conn.send(0, Bytes::copy_from_slice(&i.to_le_bytes()))
+            .await
+            .unwrap();
+    }
+    let bytes = reader.await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(bytes, size);
+    let _ = std::fs::remove_dir_all(&dir);
+    let rate = mib as f64 / elapsed.as_secs_f64();
+    println!(
+        "{:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB   (all {hops} hops in this process)",
+        format!("floor, {hops} hop(s)"),
+        (self_cpu() - cpu0).as_secs_f64() * 1e3 / mib as f64,
+    );
+    rate
+}
+
 fn self_cpu() -> Duration {
     cpu(std::process::id())
 }
@@ -404,6 +549,12 @@ fn main() {
              loopback TCP, {} cores",
             std::thread::available_parallelism().map_or(0, |p| p.get())
         );
+        if only == "floor" {
+            let plain3 = plain(3, mib, window).await;
+            let floor3 = floor(3, mib, window).await;
+            println!("floor / plain throughput, 3 hops: {:.2}", floor3 / plain3);
+            return;
+        }
         if only == "por3" {
             let three = Network::start("3", 3).await;
             let ticket = three.add(mib);
@@ -412,6 +563,7 @@ fn main() {
         }
         let plain3 = plain(3, mib, window).await;
         plain(1, mib, window).await;
+        let floor3 = floor(3, mib, window).await;
         let three = Network::start("3", 3).await;
         let ticket = three.add(mib);
         let por3 = three.get(&format!("por, 3 hops, {mib} MiB"), &ticket, mib, window);
@@ -424,6 +576,11 @@ fn main() {
         let ticket = one.add(mib);
         one.get(&format!("por, 1 hop, {mib} MiB"), &ticket, mib, window);
         drop(one);
-        println!("por / plain throughput, 3 hops: {:.2}", por3 / plain3);
+        println!(
+            "floor / plain throughput, 3 hops: {:.2}; por / plain: {:.2}; por / floor: {:.2}",
+            floor3 / plain3,
+            por3 / plain3,
+            por3 / floor3
+        );
     });
 }
