@@ -74,7 +74,7 @@ async fn paper_5_1_and_5_2_on_a_near_sandbox() {
     else {
         panic!("{outcome:?}")
     };
-    assert_eq!(body, b"Carol says: ping");
+    assert_eq!(&body[..], b"Carol says: ping");
     assert!((640..=900).contains(latency_ms), "{latency_ms} ms");
     let b = net.balances(&Default::default()).await.unwrap();
     let get = |n: &str| b.iter().find(|x| x.name == n).unwrap().clone();

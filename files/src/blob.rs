@@ -210,16 +210,29 @@ pub fn encode(
     outboard: impl ReadAt,
     ranges: &ChunkRanges,
 ) -> Result<Vec<u8>, FilesError> {
+    // Sized up front: a piece's encoding is written into one allocation.
+    let mut out = Vec::with_capacity(usize::try_from(encoded_len(size, ranges)).unwrap_or(0));
+    encode_into(root, size, data, outboard, ranges, &mut out)?;
+    Ok(out)
+}
+
+/// [`encode`], appending to `out` (which a provider has sized, with the response's
+/// header already in it).
+pub fn encode_into(
+    root: Root,
+    size: u64,
+    data: impl ReadAt,
+    outboard: impl ReadAt,
+    ranges: &ChunkRanges,
+    out: &mut Vec<u8>,
+) -> Result<(), FilesError> {
     let ob = PreOrderOutboard {
         root: root.hash(),
         tree: tree(size),
         data: outboard,
     };
-    // Sized up front: a piece's encoding is written into one allocation.
-    let mut out = Vec::with_capacity(usize::try_from(encoded_len(size, ranges)).unwrap_or(0));
-    bao_tree::io::sync::encode_ranges_validated(data, ob, ranges, &mut out)
-        .map_err(|e| FilesError::Corrupt(format!("{root}: {e}")))?;
-    Ok(out)
+    bao_tree::io::sync::encode_ranges_validated(data, ob, ranges, out)
+        .map_err(|e| FilesError::Corrupt(format!("{root}: {e}")))
 }
 
 /// One verified run of bytes at `offset` of the blob.

@@ -4,6 +4,7 @@
 //! (`por_protocol::wire`: bincode, fixed-width little-endian integers, bounded). See
 //! `docs/files.md` for the byte layout.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{self, Root};
@@ -37,9 +38,10 @@ pub enum FilesRequest {
 pub enum FilesResponse {
     /// The encoding asked for (see [`crate::blob::decode`]).
     Data {
-        /// Parent pairs and data, pre-order.
-        #[serde(with = "serde_bytes")]
-        encoded: Vec<u8>,
+        /// Parent pairs and data, pre-order. Decoded from a response body it is a
+        /// slice of that body, not a copy ([`FilesResponse::decode`]).
+        #[serde(with = "por_protocol::wire::shared")]
+        encoded: Bytes,
     },
     /// What the provider holds of a blob.
     Have {
@@ -69,14 +71,18 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     out
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FilesError> {
+/// The message after its version byte, or why there is none.
+fn unversioned(bytes: &[u8]) -> Result<&[u8], FilesError> {
     match bytes.split_first() {
-        Some((&VERSION, rest)) => {
-            por_protocol::wire::decode(rest).map_err(|e| FilesError::Malformed(e.to_string()))
-        }
+        Some((&VERSION, rest)) => Ok(rest),
         Some((v, _)) => Err(FilesError::Malformed(format!("unknown version {v}"))),
         None => Err(FilesError::Malformed("empty message".into())),
     }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FilesError> {
+    por_protocol::wire::decode(unversioned(bytes)?)
+        .map_err(|e| FilesError::Malformed(e.to_string()))
 }
 
 impl FilesRequest {
@@ -110,9 +116,24 @@ impl FilesResponse {
         encode(self)
     }
 
-    /// Parses a response body.
-    pub fn decode(bytes: &[u8]) -> Result<FilesResponse, FilesError> {
-        decode(bytes)
+    /// Parses a response body. A `Data` encoding of 16 KiB or more
+    /// (`por_protocol::wire::SHARE_MIN`) is a slice of `bytes`, shared, not copied.
+    pub fn decode(bytes: &Bytes) -> Result<FilesResponse, FilesError> {
+        let rest = unversioned(bytes)?;
+        por_protocol::wire::decode_shared(&bytes.slice_ref(rest))
+            .map_err(|e| FilesError::Malformed(e.to_string()))
+    }
+
+    /// What a `Data` response of an `len`-byte encoding starts with: the version, the
+    /// variant and the length (docs/files.md), [`RESPONSE_OVERHEAD`] bytes. A provider
+    /// writes the encoding after it into the same buffer instead of encoding the
+    /// response around a copy of it.
+    pub fn data_header(len: u64) -> [u8; RESPONSE_OVERHEAD as usize] {
+        let mut h = [0u8; RESPONSE_OVERHEAD as usize];
+        h[0] = VERSION;
+        // Variant 0 (`Data`) as a little-endian u32, then the length as a u64.
+        h[5..].copy_from_slice(&len.to_le_bytes());
+        h
     }
 }
 
@@ -128,9 +149,9 @@ mod tests {
         };
         assert_eq!(FilesRequest::decode(&get.encode()).unwrap(), get);
         let data = FilesResponse::Data {
-            encoded: vec![7; 1000],
+            encoded: Bytes::from(vec![7; 1000]),
         };
-        let bytes = data.encode();
+        let bytes = Bytes::from(data.encode());
         assert_eq!(bytes.len() as u64, 1000 + RESPONSE_OVERHEAD);
         assert_eq!(FilesResponse::decode(&bytes).unwrap(), data);
         let have = FilesResponse::Have {
@@ -138,6 +159,34 @@ mod tests {
             ranges: vec![(0, 5)],
         };
         assert!(have.encode().len() <= 64);
+    }
+
+    /// A provider's header with the encoding written after it is exactly the `Data`
+    /// response, at any length; and an encoding of 16 KiB or more decodes as a slice of
+    /// the body it arrived in.
+    #[test]
+    fn the_data_header_then_the_encoding_is_the_data_response() {
+        for n in [0usize, 1, 1000, 16 * 1024, 512 * 1024 + 2112] {
+            let encoded: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            let mut built = FilesResponse::data_header(n as u64).to_vec();
+            built.extend_from_slice(&encoded);
+            let whole = FilesResponse::Data {
+                encoded: Bytes::from(encoded),
+            }
+            .encode();
+            assert_eq!(built, whole, "{n} bytes");
+            let body = Bytes::from(built);
+            let Ok(FilesResponse::Data { encoded }) = FilesResponse::decode(&body) else {
+                panic!("{n} bytes do not decode as data");
+            };
+            let after = &body[RESPONSE_OVERHEAD as usize..];
+            assert_eq!(&encoded[..], after);
+            assert_eq!(
+                encoded.as_ptr() == after.as_ptr(),
+                n >= por_protocol::wire::SHARE_MIN,
+                "{n} bytes: shared exactly when large"
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use crate::blob;
 use crate::error::FilesError;
-use crate::proto::{FilesRequest, FilesResponse};
+use crate::proto::{FilesRequest, FilesResponse, RESPONSE_OVERHEAD};
 use crate::store::Store;
 
 /// Serves a store: `get` with the verified encoding read from disk, `have` with the
@@ -38,9 +38,11 @@ impl FilesHandler {
         }
     }
 
-    /// The answer to one request body (the PoR response body), before the limit.
-    pub fn answer(store: &Store, body: &[u8], limit: u64) -> FilesResponse {
-        let refused = |reason: String| FilesResponse::Refused { reason };
+    /// The answer to one request body (the PoR response body, encoded), before the
+    /// limit. A `Data` answer's encoding is written after its header into the one
+    /// buffer the body is, never copied.
+    pub fn answer(store: &Store, body: &[u8], limit: u64) -> Vec<u8> {
+        let refused = |reason: String| FilesResponse::Refused { reason }.encode();
         let request = match FilesRequest::decode(body) {
             Ok(r) => r,
             Err(e) => return refused(e.to_string()),
@@ -50,12 +52,13 @@ impl FilesHandler {
                 Some(size) => FilesResponse::Have {
                     size,
                     ranges: vec![(0, size)],
-                },
-                None => FilesResponse::NotFound,
+                }
+                .encode(),
+                None => FilesResponse::NotFound.encode(),
             },
             FilesRequest::Get { root, ranges } => {
                 let Some(size) = store.size_of(&root) else {
-                    return FilesResponse::NotFound;
+                    return FilesResponse::NotFound.encode();
                 };
                 let chunks = bao_tree::ChunkNum::chunks(size).0.max(1);
                 if ranges.iter().any(|&(s, _)| s >= chunks) {
@@ -65,13 +68,23 @@ impl FilesHandler {
                     Ok(r) => r,
                     Err(e) => return refused(e.to_string()),
                 };
-                let need =
-                    blob::encoded_len(size, &r).saturating_add(crate::proto::RESPONSE_OVERHEAD);
+                let len = blob::encoded_len(size, &r);
+                let need = len.saturating_add(RESPONSE_OVERHEAD);
                 if need > limit {
                     return refused(format!("needs a response limit of {need}"));
                 }
-                match store.encode(&root, &r) {
-                    Ok(encoded) => FilesResponse::Data { encoded },
+                // Within the limit, so within the frame limit: it fits a `usize`.
+                let mut out = Vec::with_capacity(usize::try_from(need).unwrap_or(0));
+                out.extend_from_slice(&FilesResponse::data_header(len));
+                match store.encode_into(&root, &r, &mut out) {
+                    Ok(()) if out.len() as u64 == need => out,
+                    Ok(()) => {
+                        warn!(
+                            wrote = out.len(),
+                            need, "the encoder's length is not the priced one"
+                        );
+                        refused(format!("encoded {} bytes, {need} expected", out.len()))
+                    }
                     Err(e @ FilesError::Corrupt(_)) => {
                         warn!("not serving a corrupt blob: {e}");
                         refused("the provider's copy is corrupt".into())
@@ -90,16 +103,14 @@ impl Handler for FilesHandler {
         let body = request.body;
         // The semaphore is never closed; were it, the answer is read without a turn.
         let _turn = self.readers.acquire().await.ok();
-        let bytes = tokio::task::spawn_blocking(move || {
-            FilesHandler::answer(&store, &body, limit).encode()
-        })
-        .await
-        .unwrap_or_else(|e| {
-            FilesResponse::Refused {
-                reason: format!("provider failed: {e}"),
-            }
-            .encode()
-        });
+        let bytes = tokio::task::spawn_blocking(move || FilesHandler::answer(&store, &body, limit))
+            .await
+            .unwrap_or_else(|e| {
+                FilesResponse::Refused {
+                    reason: format!("provider failed: {e}"),
+                }
+                .encode()
+            });
         debug!(id = %request.id, len = bytes.len(), "files answer");
         if bytes.len() as u64 > limit {
             // Not even the refusal fits what was bought.

@@ -281,10 +281,24 @@ impl Store {
         ranges: &bao_tree::ChunkRanges,
     ) -> Result<Vec<u8>, FilesError> {
         let size = self.size_of(root).ok_or(FilesError::NotFound(*root))?;
+        let len = blob::encoded_len(size, ranges);
+        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        self.encode_into(root, ranges, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Store::encode`], appending to `out`.
+    pub fn encode_into(
+        &self,
+        root: &Root,
+        ranges: &bao_tree::ChunkRanges,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FilesError> {
+        let size = self.size_of(root).ok_or(FilesError::NotFound(*root))?;
         let (dp, op) = (self.data_path(root), self.outboard_path(root));
         let data = File::open(&dp).map_err(|e| FilesError::io(&dp, e))?;
         let ob = File::open(&op).map_err(|e| FilesError::io(&op, e))?;
-        blob::encode(*root, size, &data, &ob, ranges)
+        blob::encode_into(*root, size, &data, &ob, ranges, out)
     }
 
     /// A whole blob in memory: for manifests only (refused above `max` bytes).

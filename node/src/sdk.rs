@@ -64,8 +64,9 @@ pub enum Outcome {
     Response {
         /// The request (the last attempt's id).
         request: RequestId,
-        /// The response body.
-        body: Vec<u8>,
+        /// The response body, shared with the frame it arrived in (a file piece is
+        /// not copied on its way to the caller).
+        body: bytes::Bytes,
         /// The server's signed statement of the body (verified by every hop and by
         /// us): evidence against the server if the body is wrong for the request.
         response: SignedResponse,

@@ -47,7 +47,7 @@ async fn happy_case(transport: TransportKind) {
     else {
         panic!("{outcome:?}")
     };
-    assert_eq!(body, b"Carol says: ping");
+    assert_eq!(&body[..], b"Carol says: ping");
     // Links run at 70 % of the promised 100/200/100 ms: about 560 ms plus processing,
     // never past the 800 ms bound by much.
     assert!((540..=900).contains(latency_ms), "{latency_ms} ms");

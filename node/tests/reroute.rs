@@ -117,7 +117,7 @@ async fn a_proof_sends_the_client_around_the_severed_edge() {
     else {
         panic!("{outcome:?}")
     };
-    assert_eq!(body, b"S says: ping");
+    assert_eq!(&body[..], b"S says: ping");
     assert_eq!(proofs, &vec![bx], "one proof, for B–X");
     assert_eq!(route.nodes, vec![id("A"), id("C"), id("S")]);
 

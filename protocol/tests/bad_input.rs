@@ -191,7 +191,7 @@ fn honest_request_round_trip() {
         .events(0)
         .into_iter()
         .find_map(|e| match e {
-            Event::ResponseDelivered { body, on_time, .. } => Some((body, on_time)),
+            Event::ResponseDelivered { body, on_time, .. } => Some((body.to_vec(), on_time)),
             _ => None,
         })
         .unwrap();
@@ -686,7 +686,7 @@ fn responses_made_together_share_one_signature_and_each_verifies() {
         .events(0)
         .into_iter()
         .filter_map(|e| match e {
-            Event::ResponseDelivered { request, body, .. } => Some((request, body)),
+            Event::ResponseDelivered { request, body, .. } => Some((request, body.to_vec())),
             _ => None,
         })
         .collect();

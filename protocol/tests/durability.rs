@@ -334,7 +334,7 @@ fn server_restarted_before_answering_gets_the_request_again_and_answers_once() {
             _ => None,
         })
         .collect();
-    assert_eq!(delivered, vec![(id, b"y".to_vec())]);
+    assert_eq!(delivered, vec![(id, bytes::Bytes::from_static(b"y"))]);
     // Paid once on each edge; nothing left in flight, and nothing handed over a third time.
     let ch = |i: usize, c: u64| h.nodes[i].engine.channel(ChannelId(c)).unwrap().clone();
     assert_eq!(ch(0, 1).outgoing.cumulative, Amount(200));

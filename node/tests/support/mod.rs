@@ -261,7 +261,7 @@ pub async fn alice_is_served(alice: &NodeHandle, bob: &NodeHandle) {
     let Outcome::Response { body, .. } = out else {
         panic!("{out:?}")
     };
-    assert_eq!(body, b"still there?");
+    assert_eq!(&body[..], b"still there?");
 }
 
 pub async fn received_from(bob: &NodeHandle, peer: NodeId) -> Amount {

@@ -144,8 +144,8 @@ pub enum Event {
     ResponseDelivered {
         /// The request.
         request: RequestId,
-        /// The response body.
-        body: Vec<u8>,
+        /// The response body: a slice of the frame it arrived in, shared, not copied.
+        body: bytes::Bytes,
         /// The server's signed statement of it (its signature verified): what a layer
         /// above keeps as evidence if the body turns out wrong for what was asked.
         response: crate::types::SignedResponse,

@@ -580,8 +580,8 @@ impl Engine {
         match p.up.as_ref().map(|u| (u.peer, u.closed_at)) {
             None => self.events.push_back(Event::ResponseDelivered {
                 request,
-                // The one copy there is (the frame decoded into it): not copied again.
-                body: body.into(),
+                // A slice of the frame it arrived in (a short body is copied out of it).
+                body,
                 response,
                 latency_ms: now.since(sent_at),
                 on_time: now <= expect_by,
