@@ -41,6 +41,7 @@ pub use parts::Frame;
 pub mod frame;
 pub mod mem;
 pub mod parts;
+pub mod pool;
 pub mod quic;
 pub mod sched;
 pub mod shaped;

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::encode_header;
+use crate::pool;
 use crate::{check_frame, check_stream, Frame, TransportError};
 
 /// The stream-word bit that says more chunks of this frame follow.
@@ -278,9 +279,20 @@ impl<I> Partial<I> {
         self.parts.push(chunk);
     }
 
-    /// The frame, `last` being its final chunk, in one allocation.
+    /// The frame, `last` being its final chunk, in one allocation: a large one in a
+    /// buffer of the frame pool (`pool.rs`), which it goes back to when dropped.
     fn join(self, last: &[u8]) -> Bytes {
-        let mut buf = BytesMut::with_capacity(self.len.saturating_add(last.len()));
+        let total = self.len.saturating_add(last.len());
+        if total >= pool::MIN_POOLED {
+            let mut buf = pool::FRAMES.take(total);
+            for part in &self.parts {
+                buf.extend_from_slice(part);
+            }
+            buf.extend_from_slice(&self.tail);
+            buf.extend_from_slice(last);
+            return pool::FRAMES.share(buf);
+        }
+        let mut buf = BytesMut::with_capacity(total);
         for part in &self.parts {
             buf.put_slice(part);
         }
