@@ -3,11 +3,13 @@
 //! forwarding over the same authenticated TCP transport (the `hops` bench's baseline:
 //! relays pass frames on, no payments, signatures, verification or disk). Reports
 //! MiB/s, CPU per MiB (every process of the path), and each node's peak resident
-//! memory, after a 256 MiB and after a 1 GiB blob.
+//! memory, after a 256 MiB and after a 1 GiB blob. Beside them, the floor: plain
+//! forwarding plus only the per-byte work por cannot skip (see [`floor`]).
 //!
 //! `cargo bench -p por-cli --bench files` prints the figures (recorded in
 //! docs/benchmarks.md). `POR_BENCH_MIB` sets the first blob's size (default 256),
-//! `POR_BENCH_BIG_MIB` the second's (default 1024; 0 skips it), `POR_BENCH_ONLY=por3` runs only the 3-hop por transfer of the first blob, `POR_BENCH_WINDOW`
+//! `POR_BENCH_BIG_MIB` the second's (default 1024; 0 skips it), `POR_BENCH_ONLY=por3` runs only the 3-hop por transfer of the first blob
+//! (`POR_BENCH_ONLY=floor`: plain forwarding and the floor), `POR_BENCH_WINDOW`
 //! the requests in flight per provider (default 8).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
