@@ -13,6 +13,8 @@
 //! the requests in flight per provider (default 8).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../node/benches/common/plain.rs"]
+mod plain;
 #[path = "../tests/common/procs.rs"]
 #[allow(dead_code)]
 mod procs;
@@ -26,9 +28,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use por_chain::local::NEAR;
 use por_protocol::types::EdgeTerms;
-use por_protocol::{Amount, Keypair};
-use por_transport::tcp::TcpTransport;
-use por_transport::{Connection, Listener, Transport, TransportConfig};
+use por_protocol::Amount;
+use por_transport::{Connection, Listener, Transport};
 use procs::{spawn, wait_connected, Proc};
 
 const MIB: u64 = 1024 * 1024;
@@ -302,16 +303,10 @@ impl Drop for Network {
 /// The baseline: `hops` hops of plain forwarding over authenticated TCP (por's TLS
 /// transport), the client asking for `PIECE`-byte frames with `window` in flight.
 async fn plain(hops: usize, mib: u64, window: u64) -> f64 {
-    let keys: Vec<Keypair> = (0..=hops)
-        .map(|i| Keypair::from_seed([100 + i as u8; 32]))
-        .collect();
-    let t: Vec<TcpTransport> = keys
-        .iter()
-        .map(|k| TcpTransport::new(k, TransportConfig::default()).unwrap())
-        .collect();
+    let (keys, t) = plain::transports(hops, 100);
     // The server answers each small request with a piece.
     let mut l = t[hops].listen("127.0.0.1:0").await.unwrap();
-    let mut next_addr = l.local_addr();
+    let server = l.local_addr();
     tokio::spawn(async move {
         let piece = Bytes::from(vec![7u8; PIECE]);
         while let Ok(c) = l.accept().await {
@@ -325,31 +320,8 @@ async fn plain(hops: usize, mib: u64, window: u64) -> f64 {
             });
         }
     });
-    for i in (1..hops).rev() {
-        let mut l = t[i].listen("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr();
-        let down = Arc::new(t[i].dial(&next_addr, keys[i + 1].id()).await.unwrap());
-        tokio::spawn(async move {
-            if let Ok(up) = l.accept().await {
-                let up = Arc::new(up);
-                let (u, d) = (up.clone(), down.clone());
-                tokio::spawn(async move {
-                    while let Ok((s, f)) = d.recv().await {
-                        if u.send(s, f).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                while let Ok((s, f)) = up.recv().await {
-                    if down.send(s, f).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        next_addr = addr;
-    }
-    let conn = Arc::new(t[0].dial(&next_addr, keys[1].id()).await.unwrap());
+    let first = plain::relays(&t, &keys, server, |_| |_: &Bytes| {}).await;
+    let conn = Arc::new(t[0].dial(&first, keys[1].id()).await.unwrap());
     let pieces = mib * MIB / PIECE as u64;
     let cpu0 = self_cpu();
     let started = Instant::now();
@@ -377,12 +349,22 @@ async fn plain(hops: usize, mib: u64, window: u64) -> f64 {
     let bytes = sender.0.await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(bytes, pieces * PIECE as u64);
+    in_process(
+        &format!("plain forwarding, {hops} hop(s)"),
+        hops,
+        mib,
+        elapsed,
+        cpu0,
+    )
+}
+
+/// Prints and returns the throughput of a path run in this process, with the CPU it
+/// used since `cpu0`.
+fn in_process(label: &str, hops: usize, mib: u64, elapsed: Duration, cpu0: Duration) -> f64 {
     let rate = mib as f64 / elapsed.as_secs_f64();
     println!(
-        "{:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB   (all {} hops in this process)",
-        format!("plain forwarding, {hops} hop(s)"),
+        "{label:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB   (all {hops} hops in this process)",
         (self_cpu() - cpu0).as_secs_f64() * 1e3 / mib as f64,
-        hops
     );
     rate
 }
@@ -414,17 +396,11 @@ async fn floor(hops: usize, mib: u64, window: u64) -> f64 {
         blob::chunk_ranges(&[(a, b)]).unwrap()
     };
 
-    let keys: Vec<Keypair> = (0..=hops)
-        .map(|i| Keypair::from_seed([120 + i as u8; 32]))
-        .collect();
-    let t: Vec<TcpTransport> = keys
-        .iter()
-        .map(|k| TcpTransport::new(k, TransportConfig::default()).unwrap())
-        .collect();
+    let (keys, t) = plain::transports(hops, 120);
     // The provider: a request is a piece's index; its answer is the index, then the
     // piece's verified encoding.
     let mut l = t[hops].listen("127.0.0.1:0").await.unwrap();
-    let mut next_addr = l.local_addr();
+    let server = l.local_addr();
     tokio::spawn(async move {
         let readers = Arc::new(tokio::sync::Semaphore::new(DISK_READERS));
         while let Ok(c) = l.accept().await {
@@ -451,44 +427,25 @@ async fn floor(hops: usize, mib: u64, window: u64) -> f64 {
             }
         }
     });
-    for i in (1..hops).rev() {
-        let mut l = t[i].listen("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr();
-        let down = Arc::new(t[i].dial(&next_addr, keys[i + 1].id()).await.unwrap());
-        let log_path = dir.join(format!("relay{i}.log"));
-        tokio::spawn(async move {
-            if let Ok(up) = l.accept().await {
-                let up = Arc::new(up);
-                let (u, d) = (up.clone(), down.clone());
-                tokio::spawn(async move {
-                    // Each answer is checked and logged before it goes on; the log
-                    // starts again every 8 MiB, as a node's is folded away.
-                    let mut log = std::fs::File::create(&log_path).unwrap();
-                    let mut logged = 0usize;
-                    while let Ok((s, f)) = d.recv().await {
-                        std::hint::black_box(Hash::of_body(&f[8..]));
-                        log.write_all(&f).unwrap();
-                        logged += f.len();
-                        if logged >= 8 << 20 {
-                            log.set_len(0).unwrap();
-                            std::io::Seek::rewind(&mut log).unwrap();
-                            logged = 0;
-                        }
-                        if u.send(s, f).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                while let Ok((s, f)) = up.recv().await {
-                    if down.send(s, f).await.is_err() {
-                        break;
-                    }
-                }
+    // Each answer is checked and logged before it goes on; a relay's log starts again
+    // every 8 MiB, as a node's is folded away.
+    let logs = dir.clone();
+    let first = plain::relays(&t, &keys, server, move |i| {
+        let mut log = std::fs::File::create(logs.join(format!("relay{i}.log"))).unwrap();
+        let mut logged = 0usize;
+        move |f: &Bytes| {
+            std::hint::black_box(Hash::of_body(&f[8..]));
+            log.write_all(f).unwrap();
+            logged += f.len();
+            if logged >= 8 << 20 {
+                log.set_len(0).unwrap();
+                std::io::Seek::rewind(&mut log).unwrap();
+                logged = 0;
             }
-        });
-        next_addr = addr;
-    }
-    let conn = Arc::new(t[0].dial(&next_addr, keys[1].id()).await.unwrap());
+        }
+    })
+    .await;
+    let conn = Arc::new(t[0].dial(&first, keys[1].id()).await.unwrap());
     let pieces = blob::pieces(size);
     let out = std::fs::File::create(dir.join("out.bin")).unwrap();
     out.set_len(size).unwrap();
@@ -522,13 +479,8 @@ async fn floor(hops: usize, mib: u64, window: u64) -> f64 {
     let bytes = reader.await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(bytes, size);
+    let rate = in_process(&format!("floor, {hops} hop(s)"), hops, mib, elapsed, cpu0);
     let _ = std::fs::remove_dir_all(&dir);
-    let rate = mib as f64 / elapsed.as_secs_f64();
-    println!(
-        "{:<30} {rate:>7.1} MiB/s   CPU {:>6.1} ms/MiB   (all {hops} hops in this process)",
-        format!("floor, {hops} hop(s)"),
-        (self_cpu() - cpu0).as_secs_f64() * 1e3 / mib as f64,
-    );
     rate
 }
 

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use por_node::{handler_fn, Outcome, RequestOptions, TransportKind};
-use por_protocol::Keypair;
-use por_transport::tcp::TcpTransport;
-use por_transport::{Connection, Listener, Transport, TransportConfig};
+use por_transport::{Connection, Listener, Transport};
 
 mod common;
 use common::env;
+#[path = "common/plain.rs"]
+mod plain;
 
 /// mimalloc: the node allocates and frees a frame, a write and a few small records per
 /// request on several threads; glibc's allocator cost about a sixth of the CPU.
@@ -75,16 +75,10 @@ async fn por_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
 /// The same path with plain forwarding: each relay passes frames on over the same
 /// authenticated TCP transport; no payments, no signatures, no persistence.
 async fn plain_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
-    let keys: Vec<Keypair> = (0..=hops)
-        .map(|i| Keypair::from_seed([100 + i as u8; 32]))
-        .collect();
-    let t: Vec<TcpTransport> = keys
-        .iter()
-        .map(|k| TcpTransport::new(k, TransportConfig::default()).unwrap())
-        .collect();
+    let (keys, t) = plain::transports(hops, 100);
     // Server: echo.
     let mut l = t[hops].listen("127.0.0.1:0").await.unwrap();
-    let mut next_addr = l.local_addr();
+    let server = l.local_addr();
     tokio::spawn(async move {
         while let Ok(c) = l.accept().await {
             tokio::spawn(async move {
@@ -97,31 +91,8 @@ async fn plain_path(hops: usize, n: usize, conc: usize) -> (f64, f64) {
         }
     });
     // Relays, from the server back to the client.
-    for i in (1..hops).rev() {
-        let mut l = t[i].listen("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr();
-        let down = Arc::new(t[i].dial(&next_addr, keys[i + 1].id()).await.unwrap());
-        tokio::spawn(async move {
-            if let Ok(up) = l.accept().await {
-                let up = Arc::new(up);
-                let (u, d) = (up.clone(), down.clone());
-                tokio::spawn(async move {
-                    while let Ok((s, f)) = d.recv().await {
-                        if u.send(s, f).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                while let Ok((s, f)) = up.recv().await {
-                    if down.send(s, f).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        next_addr = addr;
-    }
-    let conn = Arc::new(t[0].dial(&next_addr, keys[1].id()).await.unwrap());
+    let first = plain::relays(&t, &keys, server, |_| |_: &Bytes| {}).await;
+    let conn = Arc::new(t[0].dial(&first, keys[1].id()).await.unwrap());
     // Requests carry their index; responses are matched to send times.
     let sent: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
         Arc::new(std::sync::Mutex::new(vec![None; n]));
