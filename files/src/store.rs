@@ -280,11 +280,8 @@ impl Store {
         root: &Root,
         ranges: &bao_tree::ChunkRanges,
     ) -> Result<Vec<u8>, FilesError> {
-        let size = self.size_of(root).ok_or(FilesError::NotFound(*root))?;
-        let len = blob::encoded_len(size, ranges);
-        let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        self.encode_into(root, ranges, &mut out)?;
-        Ok(out)
+        let (size, data, ob) = self.open_blob(root)?;
+        blob::encode(*root, size, &data, &ob, ranges)
     }
 
     /// [`Store::encode`], appending to `out`.
@@ -294,11 +291,17 @@ impl Store {
         ranges: &bao_tree::ChunkRanges,
         out: &mut Vec<u8>,
     ) -> Result<(), FilesError> {
+        let (size, data, ob) = self.open_blob(root)?;
+        blob::encode_into(*root, size, &data, &ob, ranges, out)
+    }
+
+    /// A stored blob's size, data file and outboard file.
+    fn open_blob(&self, root: &Root) -> Result<(u64, File, File), FilesError> {
         let size = self.size_of(root).ok_or(FilesError::NotFound(*root))?;
         let (dp, op) = (self.data_path(root), self.outboard_path(root));
         let data = File::open(&dp).map_err(|e| FilesError::io(&dp, e))?;
         let ob = File::open(&op).map_err(|e| FilesError::io(&op, e))?;
-        blob::encode_into(*root, size, &data, &ob, ranges, out)
+        Ok((size, data, ob))
     }
 
     /// A whole blob in memory: for manifests only (refused above `max` bytes).

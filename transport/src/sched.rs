@@ -283,22 +283,22 @@ impl<I> Partial<I> {
     /// buffer of the frame pool (`pool.rs`), which it goes back to when dropped.
     fn join(self, last: &[u8]) -> Bytes {
         let total = self.len.saturating_add(last.len());
-        if total >= pool::MIN_POOLED {
-            let mut buf = pool::FRAMES.take(total);
-            for part in &self.parts {
-                buf.extend_from_slice(part);
-            }
-            buf.extend_from_slice(&self.tail);
-            buf.extend_from_slice(last);
-            return pool::FRAMES.share(buf);
-        }
-        let mut buf = BytesMut::with_capacity(total);
+        let pooled = total >= pool::MIN_POOLED;
+        let mut buf = if pooled {
+            pool::FRAMES.take(total)
+        } else {
+            Vec::with_capacity(total)
+        };
         for part in &self.parts {
-            buf.put_slice(part);
+            buf.extend_from_slice(part);
         }
-        buf.put_slice(&self.tail);
-        buf.put_slice(last);
-        buf.freeze()
+        buf.extend_from_slice(&self.tail);
+        buf.extend_from_slice(last);
+        if pooled {
+            pool::FRAMES.share(buf)
+        } else {
+            Bytes::from(buf)
+        }
     }
 }
 
