@@ -18,14 +18,21 @@ use serde_json::json;
 const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
 
-fn chain() -> Arc<Mutex<LocalChain>> {
+/// The chain and its scratch directory, removed when dropped.
+fn chain() -> (tempfile::TempDir, Arc<Mutex<LocalChain>>) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("por-chain-{}-consistency", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut c =
-        LocalChain::open(&dir.join("chain.redb"), &wasm, "por.test", Clock::Manual(0)).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("por-chain-consistency-")
+        .tempdir()
+        .unwrap();
+    let mut c = LocalChain::open(
+        &dir.path().join("chain.redb"),
+        &wasm,
+        "por.test",
+        Clock::Manual(0),
+    )
+    .unwrap();
     c.fund("por.test", 10 * NEAR).unwrap();
     c.call_json(
         "por.test",
@@ -39,7 +46,7 @@ fn chain() -> Arc<Mutex<LocalChain>> {
     for i in 0..5 {
         c.fund(&account(i), 1_000 * NEAR).unwrap();
     }
-    Arc::new(Mutex::new(c))
+    (dir, Arc::new(Mutex::new(c)))
 }
 
 fn account(i: usize) -> String {
@@ -68,7 +75,7 @@ fn inputs() -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn settling_every_channel_pays_each_node_what_it_holds() {
-    let c = chain();
+    let (_dir, c) = chain();
     let clients: Vec<LocalClient> = (0..5)
         .map(|i| LocalClient::new(c.clone(), &account(i)))
         .collect();

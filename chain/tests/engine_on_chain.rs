@@ -16,16 +16,23 @@ use serde_json::json;
 const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
 
-fn chain(name: &str) -> Arc<Mutex<LocalChain>> {
+/// The chain and its scratch directory, removed when dropped.
+fn chain(name: &str) -> (tempfile::TempDir, Arc<Mutex<LocalChain>>) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("por-chain-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("por-chain-{name}-"))
+        .tempdir()
+        .unwrap();
     // Deployed as `por.test` on network `test`: the deployment the test engines sign
     // for (`Deployment::test`).
-    let mut c =
-        LocalChain::open(&dir.join("chain.redb"), &wasm, "por.test", Clock::Manual(0)).unwrap();
+    let mut c = LocalChain::open(
+        &dir.path().join("chain.redb"),
+        &wasm,
+        "por.test",
+        Clock::Manual(0),
+    )
+    .unwrap();
     c.fund("por.test", 10 * NEAR).unwrap();
     c.call_json("por.test", "new", json!({"config": {"min_stake": NEAR.to_string(), "min_deposit": "1",
         "unbonding_ns": "1", "challenge_ns": (60 * SEC).to_string(), "sever_penalty": (NEAR / 100).to_string(),
@@ -33,7 +40,7 @@ fn chain(name: &str) -> Arc<Mutex<LocalChain>> {
     for who in ["alice.local", "bob.local"] {
         c.fund(who, 100 * NEAR).unwrap();
     }
-    Arc::new(Mutex::new(c))
+    (dir, Arc::new(Mutex::new(c)))
 }
 
 /// Delivers every frame between the engines until quiet; every one must be accepted.
@@ -44,7 +51,7 @@ fn pump(net: &mut Network, now: Time) {
 
 #[tokio::test]
 async fn engine_payments_and_notices_settle_on_the_contract() {
-    let c = chain("engine");
+    let (_dir, c) = chain("engine");
     let (alice, bob) = (
         LocalClient::new(c.clone(), "alice.local"),
         LocalClient::new(c.clone(), "bob.local"),

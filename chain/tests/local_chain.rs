@@ -27,11 +27,14 @@ fn wasm() -> &'static [u8] {
     })
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("por-chain-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("chain.redb")
+/// A scratch directory (removed when dropped) and the chain's database path in it.
+fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("por-chain-{name}-"))
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join("chain.redb");
+    (dir, path)
 }
 
 fn key(name: &str) -> Keypair {
@@ -133,7 +136,7 @@ fn stake(chain: &LocalChain, n: &str) -> u128 {
 
 #[test]
 fn open_pay_close_adversarially_through_the_wasm() {
-    let path = tmp("close");
+    let (_dir, path) = tmp("close");
     let mut chain = new_chain(&path);
     register(&mut chain, "alice", 100 * NEAR);
     register(&mut chain, "bob", 100 * NEAR);
@@ -215,7 +218,7 @@ fn open_pay_close_adversarially_through_the_wasm() {
 
 #[test]
 fn cooperative_close_pays_out_through_the_wasm() {
-    let path = tmp("coop");
+    let (_dir, path) = tmp("coop");
     let mut chain = new_chain(&path);
     register(&mut chain, "alice", 100 * NEAR);
     register(&mut chain, "bob", 100 * NEAR);
@@ -256,7 +259,7 @@ fn cooperative_close_pays_out_through_the_wasm() {
 
 #[test]
 fn refusals_change_nothing_and_say_why() {
-    let path = tmp("refuse");
+    let (_dir, path) = tmp("refuse");
     let mut chain = new_chain(&path);
     chain.fund(&acc("alice"), 100 * NEAR).unwrap();
     let h = chain.height();
@@ -308,7 +311,7 @@ fn refusals_change_nothing_and_say_why() {
 
 #[test]
 fn sever_and_partition_with_real_gas_and_events() {
-    let path = tmp("sever");
+    let (_dir, path) = tmp("sever");
     let mut chain = new_chain(&path);
     for n in ["alice", "bob"] {
         register(&mut chain, n, 100 * NEAR);
@@ -376,7 +379,7 @@ fn sever_and_partition_with_real_gas_and_events() {
 
 #[test]
 fn state_survives_a_restart() {
-    let path = tmp("restart");
+    let (_dir, path) = tmp("restart");
     {
         let mut chain = new_chain(&path);
         register(&mut chain, "alice", 100 * NEAR);
@@ -425,7 +428,7 @@ fn state_survives_a_restart() {
 /// call changed the state, and then the answer is the new state's.
 #[test]
 fn views_of_one_state_run_once_and_a_call_makes_them_fresh() {
-    let path = tmp("view-cache");
+    let (_dir, path) = tmp("view-cache");
     let mut chain = new_chain(&path);
     register(&mut chain, "alice", 10 * NEAR);
     let nodes = |c: &LocalChain| -> Vec<serde_json::Value> {

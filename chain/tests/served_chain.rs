@@ -14,13 +14,22 @@ use por_protocol::{Amount, Keypair};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-fn chain(name: &str) -> LocalChain {
+/// The chain and its scratch directory, removed when dropped.
+fn chain(name: &str) -> (tempfile::TempDir, LocalChain) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("por-served-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    LocalChain::open(&dir.join("chain.redb"), &wasm, "por.local", Clock::Wall).unwrap()
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("por-served-{name}-"))
+        .tempdir()
+        .unwrap();
+    let chain = LocalChain::open(
+        &dir.path().join("chain.redb"),
+        &wasm,
+        "por.local",
+        Clock::Wall,
+    )
+    .unwrap();
+    (dir, chain)
 }
 
 fn terms() -> EdgeTerms {
@@ -37,7 +46,7 @@ fn terms() -> EdgeTerms {
 
 #[tokio::test]
 async fn clients_share_a_served_chain() {
-    let mut c = chain("share");
+    let (_dir, mut c) = chain("share");
     assert!(c.ensure_initialised(dev_config()).unwrap());
     assert!(!c.ensure_initialised(dev_config()).unwrap(), "only once");
     let shared = Arc::new(Mutex::new(c));
@@ -171,7 +180,7 @@ async fn raw(addr: std::net::SocketAddr, req: &Value) -> Value {
 
 #[tokio::test]
 async fn a_served_chain_takes_only_calls_signed_by_the_account_and_no_faucet_unless_asked() {
-    let mut c = chain("signed");
+    let (_dir, mut c) = chain("signed");
     c.ensure_initialised(dev_config()).unwrap();
     c.fund("alice.local", 10 * NEAR).unwrap();
     let shared = Arc::new(Mutex::new(c));
@@ -242,7 +251,7 @@ async fn a_served_chain_takes_only_calls_signed_by_the_account_and_no_faucet_unl
 
 #[test]
 fn storage_staking_refuses_calls_the_contract_cannot_pay_for() {
-    let mut c = chain("staking");
+    let (_dir, mut c) = chain("staking");
     // 1 NEAR pays for 100 kB; the code alone is several times that.
     c.fund("por.local", NEAR).unwrap();
     let before_height = c.height();

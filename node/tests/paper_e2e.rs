@@ -14,11 +14,15 @@ use por_testnet::scenario::Scenario;
 /// nodes would make the clock, not the protocol, the thing under test.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn network(name: &str, transport: TransportKind) -> Network {
-    let dir = std::env::temp_dir().join(format!("por-e2e-{}-{name}", std::process::id()));
-    Network::start(
+/// The paper's network, and its scratch directory (removed when dropped).
+async fn network(name: &str, transport: TransportKind) -> (tempfile::TempDir, Network) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("por-e2e-{name}-"))
+        .tempdir()
+        .unwrap();
+    let net = Network::start(
         Scenario::from_toml(PAPER_TOPOLOGY).unwrap(),
-        &dir,
+        dir.path(),
         transport,
         // Links at 70 % of the promised latencies: Bob's 200 ms budget for the
         // round trip to Carol keeps 60 ms for four nodes' work and log syncs on two
@@ -26,12 +30,13 @@ async fn network(name: &str, transport: TransportKind) -> Network {
         70,
     )
     .await
-    .unwrap()
+    .unwrap();
+    (dir, net)
 }
 
 async fn happy_case(transport: TransportKind) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let net = network(&format!("happy-{transport:?}"), transport).await;
+    let (_dir, net) = network(&format!("happy-{transport:?}"), transport).await;
     let (outcome, lines) = net
         .run_request(
             &["Alex", "Alice", "Bob", "Carol"],
@@ -73,7 +78,7 @@ async fn happy_case(transport: TransportKind) {
 
 async fn eve_offline(transport: TransportKind) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let net = network(&format!("offline-{transport:?}"), transport).await;
+    let (_dir, net) = network(&format!("offline-{transport:?}"), transport).await;
     net.node("Eve").unwrap().shutdown().await.unwrap();
     let bob_eve = net.route(&["Bob", "Eve"]).await.unwrap().channels[0];
     let (outcome, lines) = net
