@@ -44,6 +44,8 @@ pub(crate) const CLOSINGS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The generation of the write-ahead log whose records are not yet in the tables.
 pub(crate) const WAL_GENERATION: &str = "wal_generation";
+/// The store's nonce floor (`Write::NonceFloor`).
+pub(crate) const NONCE_FLOOR: &str = "nonce_floor";
 
 /// What the writes since the last checkpoint touched.
 #[derive(Debug, Default)]
@@ -56,6 +58,8 @@ pub(crate) struct Dirty {
     acked: BTreeMap<u64, u64>,
     /// Kept closings added or dropped.
     closings: BTreeSet<RequestId>,
+    /// The nonce floor was raised.
+    nonce_floor: bool,
 }
 
 impl Dirty {
@@ -93,6 +97,7 @@ impl Dirty {
             Write::Closing { request, .. } | Write::ClosingDropped { request } => {
                 self.closings.insert(*request);
             }
+            Write::NonceFloor(_) => self.nonce_floor = true,
         }
     }
 }
@@ -131,6 +136,8 @@ pub(crate) struct Fold {
     acked: Vec<(u64, u64)>,
     pending: Vec<([u8; 16], Option<Pending>)>,
     closings: ClosingFold,
+    /// The nonce floor, if raised since the last checkpoint.
+    nonce_floor: Option<u64>,
     /// The database's path, beside which kept logs are linked.
     db: PathBuf,
     /// The folded logs to keep, linked before the tables refer to them.
@@ -195,6 +202,7 @@ impl Fold {
             acked: dirty.acked.into_iter().collect(),
             pending,
             closings,
+            nonce_floor: dirty.nonce_floor.then_some(store.nonce_floor),
             db: db.to_path_buf(),
             links,
         }
@@ -232,10 +240,11 @@ impl Fold {
             put_or_remove(&mut t, &self.closings.inline, &mut buf).map_err(|x| e(&x))?;
             let mut t = tx.open_table(CLOSINGS_IN_LOG).map_err(|x| e(&x))?;
             put_or_remove(&mut t, &self.closings.in_log, &mut buf).map_err(|x| e(&x))?;
-            tx.open_table(META)
-                .map_err(|x| e(&x))?
-                .insert(WAL_GENERATION, next)
-                .map_err(|x| e(&x))?;
+            let mut t = tx.open_table(META).map_err(|x| e(&x))?;
+            t.insert(WAL_GENERATION, next).map_err(|x| e(&x))?;
+            if let Some(floor) = self.nonce_floor {
+                t.insert(NONCE_FLOOR, floor).map_err(|x| e(&x))?;
+            }
         }
         tx.commit().map_err(|x| e(&x))?;
         Ok(buf)
@@ -249,6 +258,7 @@ impl Fold {
             + self.pending.len()
             + self.closings.inline.len()
             + self.closings.in_log.len()
+            + usize::from(self.nonce_floor.is_some())
     }
 
     /// The kept logs no row refers to once this is in.

@@ -26,7 +26,8 @@ use por_protocol::{wire, Deployment};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::checkpoint::{
-    Dirty, Fold, Folded, Rows, CHANNELS, CLOSINGS, META, PENDING, UNACKED, WAL_GENERATION,
+    Dirty, Fold, Folded, Rows, CHANNELS, CLOSINGS, META, NONCE_FLOOR, PENDING, UNACKED,
+    WAL_GENERATION,
 };
 use crate::kept::{self, InLog, CLOSINGS_IN_LOG};
 use crate::wal::{Wal, RECORD_HEADER};
@@ -250,13 +251,16 @@ impl NodeDb {
             {
                 in_log.push((id, channel, at));
             }
-            generation = r
-                .open_table(META)
-                .map_err(|e| err(&e))?
-                .get(WAL_GENERATION)
-                .map_err(|e| err(&e))?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let meta = r.open_table(META).map_err(|e| err(&e))?;
+            let number = |key: &str| -> Result<u64, NodeError> {
+                Ok(meta
+                    .get(key)
+                    .map_err(|e| err(&e))?
+                    .map(|v| v.value())
+                    .unwrap_or(0))
+            };
+            generation = number(WAL_GENERATION)?;
+            store.nonce_floor = number(NONCE_FLOOR)?;
         }
         // The closings whose messages are in kept logs, read back from there.
         let mut sizes: HashMap<u64, u64> = HashMap::new();
@@ -762,6 +766,39 @@ mod tests {
     fn reopened_database_holds_what_many_checkpoints_wrote() {
         let generation = reopened_database_holds_what_was_committed("checkpoints", 4096);
         assert!(generation > 5, "{generation} checkpoints");
+    }
+
+    #[test]
+    fn the_nonce_floor_survives_a_reopen_from_the_log_and_from_the_tables() {
+        let dir = scratch("nonce-floor");
+        let path = dir.join("node.redb");
+        let mut db = NodeDb::open(&path).unwrap();
+        db.commit(vec![Write::NonceFloor(5), Write::NonceFloor(3)])
+            .unwrap();
+        drop(db);
+        // From the log: the highest floor, not the last.
+        let mut db = NodeDb::open(&path).unwrap();
+        assert_eq!(db.store().nonce_floor, 5);
+        db.checkpoint().unwrap();
+        drop(db);
+        // From the tables alone.
+        assert_eq!(
+            std::fs::metadata(path.with_extension("wal")).unwrap().len(),
+            16,
+            "header only"
+        );
+        let mut db = NodeDb::open(&path).unwrap();
+        assert_eq!(db.store().nonce_floor, 5);
+        // A checkpoint that touched no floor keeps the one in the tables.
+        open_channel(&mut db, 1);
+        db.checkpoint().unwrap();
+        drop(db);
+        let mut db = NodeDb::open(&path).unwrap();
+        assert_eq!(db.store().nonce_floor, 5);
+        db.commit(vec![Write::NonceFloor(9)]).unwrap();
+        drop(db);
+        assert_eq!(NodeDb::open(&path).unwrap().store().nonce_floor, 9);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn open_channel(db: &mut NodeDb, id: u64) -> Write {

@@ -92,6 +92,10 @@ pub enum Write {
         /// The request.
         request: RequestId,
     },
+    /// Every nonce our requests have taken, or will take before the next such write,
+    /// is at most this. A restored engine numbers its requests from past it, so a
+    /// request never gets the id of one before a restart, whatever the clock reads.
+    NonceFloor(u64),
 }
 
 /// Why a write could not be applied.
@@ -122,6 +126,9 @@ pub struct Store {
     /// Closing messages kept for resending, by request: the upstream channel and the
     /// message.
     pub closings: BTreeMap<RequestId, (ChannelId, Message)>,
+    /// The highest [`Write::NonceFloor`] (0 if none).
+    #[serde(default)]
+    pub nonce_floor: u64,
 }
 
 impl Store {
@@ -219,6 +226,9 @@ impl Store {
             }
             Write::ClosingDropped { request } => {
                 self.closings.remove(&request);
+            }
+            Write::NonceFloor(floor) => {
+                self.nonce_floor = self.nonce_floor.max(floor);
             }
         }
         Ok(())

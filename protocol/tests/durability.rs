@@ -615,3 +615,46 @@ fn a_relay_forwards_a_response_before_its_record_is_durable_and_a_crash_then_los
     // Money as if nothing had happened.
     assert_paid_once(&h);
 }
+
+#[test]
+fn a_client_restarted_with_its_clock_stepped_back_never_reuses_a_request_id() {
+    use por_protocol::store::Write;
+    let (keys, mut h) = network();
+    // Three requests, each answered and ended at A before the restart; the floor
+    // that covers their nonces is written once, with the first.
+    let mut before = Vec::new();
+    for at in 1..=3 {
+        let id = h.nodes[0]
+            .engine
+            .send_request(route(&keys), b"x".to_vec(), 64, Amount(1), Time(at))
+            .unwrap();
+        pump(&mut h, Time(at), false);
+        h.nodes[2]
+            .engine
+            .respond(id, b"y".to_vec(), Time(at))
+            .unwrap();
+        pump(&mut h, Time(at), false);
+        before.push(id);
+    }
+    assert!(
+        h.nodes[0].engine.pending().next().is_none(),
+        "all three ended at A"
+    );
+    let floor = h.nodes[0].store.nonce_floor;
+    assert_eq!(floor, 1 + por_protocol::engine::NONCE_BLOCK);
+    // A restarts with its clock back at zero, and sends the very same request: its
+    // nonce is past the floor, so its id is new.
+    h.crash(0, Time::ZERO);
+    let again = h.nodes[0]
+        .engine
+        .send_request(route(&keys), b"x".to_vec(), 64, Amount(1), Time::ZERO)
+        .unwrap();
+    assert!(!before.contains(&again), "a request id was reused");
+    let writes: Vec<Write> = std::iter::from_fn(|| h.nodes[0].engine.poll_writes())
+        .flat_map(|b| b.writes)
+        .collect();
+    assert!(
+        matches!(writes.first(), Some(Write::NonceFloor(f)) if *f == floor + 1 + por_protocol::engine::NONCE_BLOCK),
+        "the new floor is written first, before the request's own writes: {writes:?}"
+    );
+}

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::channel::ChannelRecord;
 use crate::config::EngineConfig;
 use crate::crypto::{Deployment, Hash, Keypair, NodeId};
+use crate::error::ProtocolError;
 use crate::messages::Message;
 use crate::store::{Store, Write};
 use crate::time::Time;
@@ -40,6 +41,10 @@ use channels::ChannelRt;
 use requests::Requests;
 use seal::Unsealed;
 
+/// How many nonces one [`Write::NonceFloor`] reserves: one write per this many
+/// requests, about a second's worth of the clock's nonces (1,000 a millisecond).
+pub const NONCE_BLOCK: u64 = 1 << 20;
+
 /// What a timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -61,7 +66,11 @@ pub struct Engine {
     by_peer: BTreeMap<NodeId, ChannelId>,
     requests: Requests,
     timers: BTreeSet<(Time, Timer)>,
+    /// The nonce of our latest request.
     next_nonce: u64,
+    /// The floor last written ([`Write::NonceFloor`]): nonces up to it are ours to
+    /// take without a write.
+    nonce_floor: u64,
     writes: Vec<Write>,
     write_seq: u64,
     durable_seq: u64,
@@ -107,6 +116,7 @@ impl Engine {
             timers: BTreeSet::new(),
             // Nonces start from the clock so that a restarted node never reuses one.
             next_nonce: now.ms().saturating_mul(1_000),
+            nonce_floor: now.ms().saturating_mul(1_000),
             writes: Vec::new(),
             write_seq: 0,
             durable_seq: 0,
@@ -144,10 +154,12 @@ impl Engine {
                 ch.ready = false;
             }
         }
+        // Nonces start from the clock (`new`), or past every nonce taken before the
+        // restart if that is further (a restart within the same millisecond, or a
+        // clock stepped back): a new request must never get an earlier one's id.
+        e.next_nonce = e.next_nonce.max(store.nonce_floor);
         for p in store.pending.values() {
-            // Nonces start from the clock (`new`); one of ours still held may have
-            // taken a nonce past that (a restart within the same millisecond, or a
-            // clock stepped back), and a new request must never get its id.
+            // A store written before floors were kept has only its requests held.
             if p.core.client == e.id {
                 e.next_nonce = e.next_nonce.max(p.core.nonce);
             }
@@ -171,6 +183,8 @@ impl Engine {
             }
             e.requests.insert(p.clone());
         }
+        // Nothing reserved past here yet: the first request writes a floor.
+        e.nonce_floor = e.next_nonce;
         // Closings committed before the crash, whether or not their frames left: each
         // is resent if its peer reconnects awaiting it. Retention starts again now.
         for (id, (channel, message)) in &store.closings {
@@ -336,6 +350,22 @@ impl Engine {
     /// When [`Engine::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Time> {
         self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// The nonce for a new request of ours. Past the floor last written, a new floor
+    /// [`NONCE_BLOCK`] ahead is written first: it is in the same batch as the
+    /// request's own writes, before them, so it is durable before the request leaves.
+    pub(super) fn take_nonce(&mut self) -> Result<u64, ProtocolError> {
+        let nonce = self
+            .next_nonce
+            .checked_add(1)
+            .ok_or_else(|| ProtocolError::InvalidCall("no nonce left".into()))?;
+        self.next_nonce = nonce;
+        if nonce > self.nonce_floor {
+            self.nonce_floor = nonce.saturating_add(NONCE_BLOCK);
+            self.write(Write::NonceFloor(self.nonce_floor));
+        }
+        Ok(nonce)
     }
 
     pub(super) fn write(&mut self, w: Write) {

@@ -65,11 +65,11 @@ impl Engine {
             return Err(ProtocolError::InvalidCall("first edge is not ours".into()));
         }
         self.room_on(channel)?;
-        self.next_nonce = self.next_nonce.wrapping_add(1);
+        let nonce = self.take_nonce()?;
         let core = RequestCore {
             client: self.id,
             server: *route.nodes.last().unwrap_or(&self.id),
-            nonce: self.next_nonce,
+            nonce,
             body_hash: Hash::of_body(&body),
             body_len: body.len() as u64,
             response_limit,
