@@ -12,8 +12,9 @@
 //! the flatness figures (default: the first tenth), `POR_BENCH_TRANSPORT=tcp|quic` the
 //! transport (default tcp), `POR_SOAK_OUT` a directory for `soak-<transport>.csv` and
 //! `.svg` (default the current one), `POR_SOAK_MAX_IN_FLIGHT` the most requests the
-//! load keeps in flight (default 20,000; past it a request is shed, not sent). The
-//! nodes' files go under `TMPDIR`.
+//! load keeps in flight (default 20,000; past it a request is shed, not sent),
+//! `POR_BENCH_ADMISSION_MS` the nodes' admission target (default the node's, 200 ms;
+//! 0 turns shedding by delay off). The nodes' files go under `TMPDIR`.
 //!
 //! All four nodes and the load run in this one process, so the resident memory is the
 //! four nodes' together plus the load's own (its requests in flight).

@@ -159,6 +159,7 @@ async fn start(b: NodeBuilder) -> Result<NodeHandle, NodeError> {
         shutting_down: None,
         grace: b.shutdown_grace,
         address: address.clone(),
+        admission: crate::admission::Admission::new(b.limits.admission_delay_ms, now().ms()),
     };
     let event_log =
         (b.event_log > 0).then(|| crate::eventlog::spawn(b.event_log, events.subscribe()));

@@ -114,6 +114,10 @@ pub struct Settings {
     /// Time (ms) an HTTP client has to send a request's head.
     #[cfg_attr(feature = "cli", arg(long, env = "POR_HTTP_HEADER_TIMEOUT_MS"))]
     pub http_header_timeout_ms: Option<u64>,
+    /// Standing delay (ms) of the node's commits past which it refuses new requests
+    /// until they drain; 0 never sheds.
+    #[cfg_attr(feature = "cli", arg(long, env = "POR_ADMISSION_DELAY_MS"))]
+    pub admission_delay_ms: Option<u64>,
     /// Which chain: embedded, served or near.
     #[cfg_attr(feature = "cli", arg(long, env = "POR_CHAIN", value_enum))]
     pub chain: Option<ChainChoice>,
@@ -229,6 +233,7 @@ impl Settings {
             tcp_max_partial_bytes,
             http_max_connections,
             http_header_timeout_ms,
+            admission_delay_ms,
             chain,
             chain_path,
             chain_addr,
@@ -351,6 +356,9 @@ impl Settings {
         if let Some(t) = self.http_header_timeout_ms {
             limits.http.header_timeout =
                 Duration::from_millis(positive("http_header_timeout_ms", t)?);
+        }
+        if let Some(d) = self.admission_delay_ms {
+            limits.admission_delay_ms = d;
         }
         limits.check(&engine)?;
         if let Some(f) = &self.forward_proofs {
@@ -621,6 +629,8 @@ sever_policy = "wait_syncs:3"
 # tcp_max_partial_bytes = 8388608
 # http_max_connections = 256
 # http_header_timeout_ms = 5000
+# Refuse new requests while commits wait longer than this (ms), standing; 0: never.
+# admission_delay_ms = 200
 
 # The chain: embedded (this process), served (`por chain serve`), or near.
 chain = "embedded"

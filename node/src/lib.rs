@@ -10,6 +10,7 @@
 // The node is the edge of the system: it reads the clock.
 #![allow(clippy::disallowed_methods)]
 
+mod admission;
 mod boot;
 mod checkpoint;
 mod client;

@@ -12,6 +12,11 @@ use crate::NodeError;
 /// reconnection's resend is under way.
 const SLACK_FRAMES: usize = 8;
 
+/// The default standing commit delay past which a node sheds load: long enough that
+/// no healthy node, even a debug build on a busy host, waits so long through a whole
+/// window, and short against the round trips a backlog leads to (seconds).
+pub const DEFAULT_ADMISSION_DELAY_MS: u64 = 200;
+
 /// Bounds of one node process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -26,6 +31,10 @@ pub struct Limits {
     pub bulk_lanes: u32,
     /// Each HTTP surface (control endpoint, metrics listener).
     pub http: HttpLimits,
+    /// The standing delay of the node's commits, in ms, past which it sheds load:
+    /// refuses new requests (a peer's refunded as `Overloaded`) until it drains (see
+    /// `admission.rs`). 0 never sheds.
+    pub admission_delay_ms: u64,
 }
 
 impl Default for Limits {
@@ -34,6 +43,7 @@ impl Default for Limits {
             queued_bytes_per_peer: 64 << 20,
             bulk_lanes: 4,
             http: HttpLimits::default(),
+            admission_delay_ms: DEFAULT_ADMISSION_DELAY_MS,
         }
     }
 }

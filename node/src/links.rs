@@ -51,6 +51,9 @@ pub(crate) enum LinkEvent {
         peer: NodeId,
         conn: u64,
         frame: Result<Box<por_protocol::messages::Message>, Bytes>,
+        /// When it was read off the connection (ms): what it then waited for the
+        /// engine is the node's inbound queueing delay (admission by delay).
+        at: u64,
     },
     /// The connection ended.
     Down { peer: NodeId, conn: u64 },
@@ -83,7 +86,11 @@ pub(crate) struct Shared {
 /// control lane first, then the bulk lanes), and the bytes of the frames their
 /// writers have not yet handed to the transport, all lanes together.
 pub(crate) struct Outbox {
-    lanes: Vec<mpsc::Sender<Frame>>,
+    /// Each lane's queue: frames, with when they were queued (ms).
+    lanes: Vec<mpsc::Sender<(Frame, u64)>>,
+    /// Each lane's least queueing delay (ms) since [`Links::take_out_delay`] last
+    /// looked (`u64::MAX`: nothing written).
+    delays: Vec<Arc<AtomicU64>>,
     queued: Arc<AtomicUsize>,
     /// The bulk lane the next large response goes on.
     next_bulk: usize,
@@ -91,7 +98,7 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// The queue of a frame on `lane`: control on its own, bulk round robin.
-    fn queue(&mut self, lane: Lane) -> Option<&mpsc::Sender<Frame>> {
+    fn queue(&mut self, lane: Lane) -> Option<&mpsc::Sender<(Frame, u64)>> {
         let i = match lane {
             Lane::Control => 0,
             Lane::Bulk => {
@@ -288,7 +295,7 @@ impl Links {
             let Some(tx) = out.queue(lane) else {
                 return false;
             };
-            match tx.try_send(frame) {
+            match tx.try_send((frame, crate::now().ms())) {
                 Ok(()) => false,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(%peer, "peer is not draining its frames: dropping it");
@@ -303,6 +310,25 @@ impl Links {
             self.drop_peer(peer);
         }
         too_slow
+    }
+
+    /// How long frames waited for their connections since the last call: the
+    /// slowest lane's least wait (each lane is a queue of its own, and a quiet one
+    /// must not hide a standing one), or `None` if nothing was written.
+    ///
+    /// The slowest of all peers' lanes, not the quickest peer's: in the soak bench
+    /// the relays' standing queues were towards one peer only, and counting by the
+    /// quickest peer left them taking work they could not pass on (the path did not
+    /// recover; counted so, it did). A peer that stops reading gives no samples (its
+    /// writer waits) and is dropped past its queue's bound; one that reads a trickle
+    /// makes the node shed until it is dropped or catches up (docs/limits.md).
+    pub(crate) fn take_out_delay(&self) -> Option<u64> {
+        self.current
+            .values()
+            .flat_map(|(_, out)| &out.delays)
+            .map(|d| d.swap(u64::MAX, Ordering::Relaxed))
+            .filter(|&d| d != u64::MAX)
+            .max()
     }
 
     pub(crate) fn stop_accepting(&self) {
@@ -474,20 +500,25 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
     let queued = Arc::new(AtomicUsize::new(0));
     let lanes = 1 + shared.bulk_lanes as usize;
     let mut senders = Vec::with_capacity(lanes);
+    let mut delays = Vec::with_capacity(lanes);
     let mut writers = Vec::with_capacity(lanes);
     for stream in 0..lanes {
-        let (tx, rx) = mpsc::channel::<Frame>(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel::<(Frame, u64)>(WRITE_QUEUE);
         senders.push(tx);
+        let delay = Arc::new(AtomicU64::new(u64::MAX));
+        delays.push(delay.clone());
         let stream = u32::try_from(stream).unwrap_or(CONTROL);
         writers.push(tokio::spawn(write_lane(
             link.clone(),
             stream,
             rx,
             queued.clone(),
+            delay,
         )));
     }
     let out = Outbox {
         lanes: senders,
+        delays,
         queued,
         next_bulk: 0,
     };
@@ -521,6 +552,7 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
         };
         match received {
             Ok((_, frame)) => {
+                let at = crate::now().ms();
                 let frame = match por_protocol::messages::decode_frame_shared(&frame) {
                     Ok(message) => {
                         // Spread signature work over the cores: the engine task
@@ -534,6 +566,7 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
                     peer,
                     conn: id,
                     frame,
+                    at,
                 };
                 if shared.events.send(ev).await.is_err() {
                     break;
@@ -558,8 +591,9 @@ async fn run_link(shared: Shared, conn: AnyConnection, dialled: Option<&str>) {
 async fn write_lane(
     link: Arc<Link>,
     stream: u32,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<(Frame, u64)>,
     queued: Arc<AtomicUsize>,
+    delay: Arc<AtomicU64>,
 ) {
     let mut burst = Vec::with_capacity(WRITE_BURST);
     'writing: while rx.recv_many(&mut burst, WRITE_BURST).await > 0 {
@@ -569,7 +603,11 @@ async fn write_lane(
         let mut group = Vec::new();
         let mut bytes = 0;
         // The queue's bytes count until the transport has taken them.
-        for frame in burst.drain(..) {
+        // The burst's last frame waited least: what this lane's queue costs now.
+        if let Some((_, at)) = burst.last() {
+            delay.fetch_min(crate::now().ms().saturating_sub(*at), Ordering::Relaxed);
+        }
+        for (frame, _) in burst.drain(..) {
             if !group.is_empty() && bytes + frame.len() > WRITE_BURST_BYTES {
                 if let Err(e) = link.send_frames(stream, std::mem::take(&mut group)).await {
                     debug!(stream, "send failed: {e}");

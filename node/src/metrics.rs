@@ -80,6 +80,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Frames waiting for durability.
     pub transmits_waiting: Gauge,
+    /// 1 while the node sheds load (admission by delay), else 0.
+    pub shedding: Gauge,
     latency: Histogram,
     edge_rtt: Family<PeerLabels, SecondsGauge>,
     edge_promised_rtt: Family<PeerLabels, SecondsGauge>,
@@ -106,6 +108,7 @@ impl Default for Metrics {
             severs: Counter::default(),
             in_flight: Gauge::default(),
             transmits_waiting: Gauge::default(),
+            shedding: Gauge::default(),
             // 1 ms to 65 s.
             latency: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             edge_rtt: Family::default(),
@@ -176,6 +179,11 @@ impl Default for Metrics {
             "transmits_waiting",
             "Frames waiting for their writes to be durable",
             m.transmits_waiting.clone(),
+        );
+        r.register(
+            "shedding",
+            "1 while commits wait past the admission target and new requests are refused",
+            m.shedding.clone(),
         );
         r.register_with_unit(
             "client_latency",

@@ -13,6 +13,7 @@ use por_transport::Frame;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::admission::Admission;
 use crate::client::Client;
 use crate::follower::ChainInput;
 use crate::links::{LinkEvent, Links};
@@ -42,6 +43,8 @@ pub(crate) struct Pump {
     pub(crate) shutting_down: Option<(Time, Vec<oneshot::Sender<()>>)>,
     pub(crate) grace: Duration,
     pub(crate) address: String,
+    /// Admission by delay: whether the node sheds new requests.
+    pub(crate) admission: Admission,
 }
 
 fn sleep_until(t: Option<Time>) -> tokio::time::Sleep {
@@ -71,16 +74,14 @@ impl Pump {
                 self.engine.poll_timeout(),
                 self.client.next_check(),
                 self.shutting_down.as_ref().map(|(t, _)| *t),
+                self.admission.next_tick().map(Time),
             ]
             .into_iter()
             .flatten()
             .min();
             tokio::select! {
                 biased;
-                Some(d) = durable.recv() => {
-                    let up_to = d?;
-                    self.engine.writes_durable(up_to);
-                }
+                Some(d) = durable.recv() => self.on_durable(d?),
                 Some(ev) = links.recv() => self.on_link(ev),
                 Some(input) = chain_events.recv() => match input {
                     ChainInput::Event(ev) => {
@@ -98,7 +99,7 @@ impl Pump {
             // of it (bounded, so outputs never wait long behind a flood of inputs).
             for _ in 0..INPUT_BATCH {
                 if let Ok(d) = durable.try_recv() {
-                    self.engine.writes_durable(d?);
+                    self.on_durable(d?);
                 } else if let Ok(ev) = links.try_recv() {
                     self.on_link(ev);
                 } else if let Ok(cmd) = commands.try_recv() {
@@ -141,6 +142,27 @@ impl Pump {
             self.engine.handle_timeout(t);
         }
         self.client.on_timer(&self.metrics, t);
+        if let Some(d) = self.links.take_out_delay() {
+            self.admission.written(d);
+        }
+        if let Some(verdict) = self.admission.tick(t.ms()) {
+            match verdict {
+                Some(delay_ms) => warn!(
+                    delay_ms,
+                    "commits wait past the admission target: refusing new requests until they drain"
+                ),
+                None => info!("commits drained: taking new requests again"),
+            }
+            self.metrics.shedding.set(i64::from(verdict.is_some()));
+        }
+        // Kept current while shedding, so refusals say what the delay is now.
+        self.engine.set_overloaded(self.admission.shedding());
+    }
+
+    /// Writes up to `up_to` are durable: the frames and events waiting on them go.
+    fn on_durable(&mut self, up_to: u64) {
+        self.engine.writes_durable(up_to);
+        self.admission.durable(up_to, now().ms());
     }
 
     fn on_link(&mut self, ev: LinkEvent) {
@@ -159,10 +181,16 @@ impl Pump {
                     self.engine.peer_disconnected(peer, t);
                 }
             }
-            LinkEvent::Frame { peer, conn, frame } => {
+            LinkEvent::Frame {
+                peer,
+                conn,
+                frame,
+                at,
+            } => {
                 if !self.links.is_current(peer, conn) {
                     return;
                 }
+                self.admission.arrived(t.ms().saturating_sub(at));
                 self.metrics.frames_in.inc();
                 let result = match frame {
                     Ok(message) => self.engine.handle_message(peer, *message, t),
@@ -190,7 +218,9 @@ impl Pump {
                 body,
                 options,
                 reply,
+                at,
             } => {
+                self.admission.arrived(t.ms().saturating_sub(at));
                 if self.shutting_down.is_some() {
                     let _ = reply.send(Err(NodeError::Stopped));
                     return;
@@ -261,6 +291,7 @@ impl Pump {
         let batch = self.engine.poll_writes();
         if let Some(b) = &batch {
             self.metrics.writes.inc_by(b.writes.len() as u64);
+            self.admission.handed(b.up_to, now().ms());
         }
         // The cursor goes with (after) the writes of the events it covers.
         let cursor = self.cursor_due.take();

@@ -442,11 +442,13 @@ impl NodeHandle {
         body: Vec<u8>,
         options: RequestOptions,
     ) -> Result<Outcome, NodeError> {
+        let at = crate::now().ms();
         self.ask(|reply| Command::Request {
             server,
             body,
             options,
             reply,
+            at,
         })
         .await?
     }
@@ -548,6 +550,9 @@ pub(crate) enum Command {
         body: Vec<u8>,
         options: RequestOptions,
         reply: oneshot::Sender<Result<Outcome, NodeError>>,
+        /// When the caller asked (ms): what it then waited for the engine is queueing
+        /// delay (admission by delay).
+        at: u64,
     },
     Quote {
         server: NodeId,

@@ -54,6 +54,7 @@ async fn a_flooded_node_refuses_past_every_bound_and_keeps_serving_its_honest_ne
             max_connections: 16,
             header_timeout: Duration::from_millis(800),
         },
+        ..Limits::default()
     };
     let engine = EngineConfig {
         max_in_flight_per_peer: PER_PEER,

@@ -189,6 +189,14 @@ pub enum ProtocolError {
         /// The bound.
         max: usize,
     },
+    /// This node is shedding load ([`crate::Engine::set_overloaded`]): its driver
+    /// measured a standing delay past its target, and new requests are refused until
+    /// it drains.
+    #[error("overloaded: work here waits {delay_ms} ms (standing), new requests are refused until it drains")]
+    Overloaded {
+        /// The standing delay the driver measured, in ms.
+        delay_ms: u64,
+    },
     /// A local API call was invalid (bad route, unknown request, body too large ...).
     #[error("invalid call: {0}")]
     InvalidCall(String),
@@ -222,6 +230,7 @@ impl ProtocolError {
                 | ProtocolError::ChannelSevered(_)
                 | ProtocolError::InvalidCall(_)
                 | ProtocolError::ChannelBusy { .. }
+                | ProtocolError::Overloaded { .. }
         )
     }
 }

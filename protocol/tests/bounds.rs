@@ -570,3 +570,86 @@ fn proofs_held_for_a_sync_past_what_one_sync_carries_follow_it_on_their_own() {
     assert_eq!(net.nodes[0].engine.in_flight(), 0);
     assert_eq!(net.nodes[1].engine.in_flight(), 0);
 }
+
+#[test]
+fn a_relay_shedding_load_refuses_new_requests_refunded_and_serves_those_it_took() {
+    let (mut net, route) = net(EngineConfig::default());
+    // One request taken by B and C before B starts shedding.
+    let taken = net.nodes[0]
+        .engine
+        .send_request(route.clone(), vec![1], RESPONSE as u64, Amount(1), T0)
+        .unwrap();
+    assert!(net.pump(T0).is_empty());
+    let paid_before = net.nodes[0]
+        .engine
+        .channel(ChannelId(1))
+        .unwrap()
+        .outgoing
+        .cumulative;
+    net.nodes[1].engine.set_overloaded(Some(250));
+    // A new one is refused at B as Overloaded and refunded in full: A's channel to B
+    // ends where it was, and C never sees it.
+    let shed = net.nodes[0]
+        .engine
+        .send_request(route.clone(), vec![2], RESPONSE as u64, Amount(1), T0)
+        .unwrap();
+    let errors = net.pump(T0);
+    assert!(
+        matches!(&errors[..], [ProtocolError::RequestRefused { request, reason: RejectReason::Overloaded, .. }] if *request == shed),
+        "{errors:?}"
+    );
+    let rejected: Vec<_> = net
+        .events(0)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RequestRejected {
+                request,
+                reason,
+                refunded,
+            } => Some((request, reason, refunded)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(
+        (rejected[0].0, rejected[0].1),
+        (shed, RejectReason::Overloaded)
+    );
+    assert!(rejected[0].2 > Amount::ZERO);
+    let a = net.nodes[0].engine.channel(ChannelId(1)).unwrap();
+    let b = net.nodes[1].engine.channel(ChannelId(1)).unwrap();
+    assert_eq!(
+        a.outgoing
+            .cumulative
+            .checked_sub(a.incoming.cumulative)
+            .unwrap(),
+        paid_before,
+        "the shed request cost A nothing"
+    );
+    assert_eq!(b.incoming.cumulative, a.outgoing.cumulative);
+    assert!(!net.nodes[2].engine.pending().any(|p| p.id == shed));
+    // The request B took before is still served.
+    net.nodes[2]
+        .engine
+        .respond(taken, vec![1; RESPONSE], T0)
+        .unwrap();
+    assert!(net.pump(T0).is_empty());
+    assert!(net
+        .events(0)
+        .into_iter()
+        .any(|e| matches!(e, Event::ResponseDelivered { request, .. } if request == taken)));
+    // B's own requests are refused at once, with the delay it reported.
+    let back = Route {
+        nodes: vec![route.nodes[1], route.nodes[0]],
+        channels: vec![ChannelId(1)],
+    };
+    assert!(matches!(
+        net.nodes[1]
+            .engine
+            .send_request(back, vec![3], 16, Amount(1), T0),
+        Err(ProtocolError::Overloaded { delay_ms: 250 })
+    ));
+    // Drained, B takes requests again.
+    net.nodes[1].engine.set_overloaded(None);
+    answered(&mut net, &route, 4);
+}

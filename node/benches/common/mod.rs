@@ -10,6 +10,7 @@ mod chain;
 
 use por_chain::local::NEAR;
 use por_chain::{AnyChain, Chain, LocalClient};
+use por_node::limits::{Limits, DEFAULT_ADMISSION_DELAY_MS};
 use por_node::{Handler, NodeBuilder, NodeHandle, TransportKind};
 use por_protocol::types::EdgeTerms;
 use por_protocol::{Amount, EngineConfig, Keypair, NodeId, SeverPolicy};
@@ -58,6 +59,13 @@ impl Path {
             .register(Amount(10 * NEAR))
             .chain_poll(Duration::from_millis(50))
             .commit_interval(Duration::from_millis(env("POR_BENCH_COMMIT_MS", 2) as u64))
+            .limits(Limits {
+                admission_delay_ms: env(
+                    "POR_BENCH_ADMISSION_MS",
+                    DEFAULT_ADMISSION_DELAY_MS as usize,
+                ) as u64,
+                ..Limits::default()
+            })
             .handler(handler())
             .start()
             .await

@@ -68,6 +68,9 @@ pub struct Engine {
     timers: BTreeSet<(Time, Timer)>,
     /// The nonce of our latest request.
     next_nonce: u64,
+    /// The standing delay the driver reported, while it sheds load
+    /// ([`Engine::set_overloaded`]).
+    overloaded: Option<u64>,
     /// The floor last written ([`Write::NonceFloor`]): nonces up to it are ours to
     /// take without a write.
     nonce_floor: u64,
@@ -117,6 +120,7 @@ impl Engine {
             // Nonces start from the clock so that a restarted node never reuses one.
             next_nonce: now.ms().saturating_mul(1_000),
             nonce_floor: now.ms().saturating_mul(1_000),
+            overloaded: None,
             writes: Vec::new(),
             write_seq: 0,
             durable_seq: 0,
@@ -253,6 +257,21 @@ impl Engine {
     }
 
     // ----------------------------------------------------------------- outputs
+
+    /// Admission control, decided by the driver: with `Some(delay_ms)` (the standing
+    /// delay it measured, past its target) new requests are refused, a peer's as
+    /// [`RejectReason::Overloaded`](crate::messages::RejectReason::Overloaded) with its
+    /// payment refunded, ours with [`ProtocolError::Overloaded`]; with `None` they are
+    /// taken again. Requests already taken are served as always: shedding only stops
+    /// a backlog from growing past what the node answers in time.
+    pub fn set_overloaded(&mut self, delay_ms: Option<u64>) {
+        self.overloaded = delay_ms;
+    }
+
+    /// The standing delay the driver reported, while this node sheds load.
+    pub fn overloaded(&self) -> Option<u64> {
+        self.overloaded
+    }
 
     /// The next batch of writes to persist, if any.
     pub fn poll_writes(&mut self) -> Option<WriteBatch> {

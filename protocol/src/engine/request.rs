@@ -52,6 +52,9 @@ impl Engine {
                 "route does not start here".into(),
             ));
         }
+        if let Some(delay_ms) = self.overloaded {
+            return Err(ProtocolError::Overloaded { delay_ms });
+        }
         let priced = (body.len() as u64).saturating_add(response_limit);
         let quote = self.topology.quote(&route, priced)?;
         let max_rate = self.topology.max_fee_rate(&route)?;
@@ -367,6 +370,12 @@ impl Engine {
         let bytes = core.priced_bytes();
         if self.requests.contains(&request) {
             return Err((R::Duplicate, "request already in flight here".into()));
+        }
+        if let Some(delay) = self.overloaded {
+            return Err((
+                R::Overloaded,
+                format!("work here waits {delay} ms (standing): shedding new requests"),
+            ));
         }
         if self.requests.len() >= self.config.max_in_flight {
             return Err((R::Overloaded, "in-flight limit reached".into()));
