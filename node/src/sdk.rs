@@ -436,6 +436,10 @@ impl NodeHandle {
     /// Sends `body` to `server` and waits for the outcome: the verified response, a
     /// proof of a severed edge (after re-routing as allowed), a refusal, or
     /// [`Outcome::Late`].
+    ///
+    /// While this node sheds load (its queues stand past `admission_delay_ms`), the
+    /// call fails at once, costing nothing, with
+    /// `NodeError::Protocol(ProtocolError::Overloaded { .. })`: try again later.
     pub async fn request(
         &self,
         server: NodeId,
