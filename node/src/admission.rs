@@ -23,7 +23,8 @@
 use std::collections::VecDeque;
 
 /// The admission controller of one node: the write batches in the persister's hands,
-/// and what the current window has seen of their delays. Time is in ms, passed in.
+/// and what the current window has seen of the three queues' delays. Time is in ms,
+/// passed in.
 #[derive(Debug)]
 pub(crate) struct Admission {
     /// The standing delay past which the node sheds (0: never).
@@ -116,8 +117,8 @@ impl Admission {
         // Commits that finished say what the delay was; with none, the oldest batch
         // still waiting says it is at least its age; with nothing at all, it is nil.
         let commits = self.least.or(oldest).unwrap_or(0);
-        // Frames waiting for the engine are a queue of their own: the longer standing
-        // delay of the two is what new work meets.
+        // Each queue stands on its own: the longest standing delay of the three is
+        // what new work meets.
         let standing = commits
             .max(self.least_in.unwrap_or(0))
             .max(self.out.unwrap_or(0));
