@@ -6,6 +6,8 @@
 //! less than its engine says it is owed, and the two payouts add up to the deposits.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -13,36 +15,14 @@ use por_chain::local::{Clock, LocalChain};
 use por_chain::{Chain, LocalClient};
 use por_protocol::testing::consistency::{parse_saved, random_input, Bytes, Harness, Setup};
 use por_protocol::Amount;
-use serde_json::json;
 
 const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
 
 /// The chain and its scratch directory, removed when dropped.
 fn chain() -> (tempfile::TempDir, Arc<Mutex<LocalChain>>) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("por-chain-consistency-")
-        .tempdir()
-        .unwrap();
-    let mut c = LocalChain::open(
-        &dir.path().join("chain.redb"),
-        &wasm,
-        "por.test",
-        Clock::Manual(0),
-    )
-    .unwrap();
-    c.fund("por.test", 10 * NEAR).unwrap();
-    c.call_json(
-        "por.test",
-        "new",
-        json!({"config": {"min_stake": NEAR.to_string(), "min_deposit": "1",
-        "unbonding_ns": "1", "challenge_ns": (60 * SEC).to_string(), "sever_penalty": "0",
-        "partition_slash_bps": 0, "network": "test"}}),
-        0,
-    )
-    .unwrap();
+    let (dir, mut c) = common::chain("consistency", "por.test", Clock::Manual(0));
+    common::init_test_contract(&mut c, 0, 0);
     for i in 0..5 {
         c.fund(&account(i), 1_000 * NEAR).unwrap();
     }

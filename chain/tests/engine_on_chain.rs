@@ -3,7 +3,8 @@
 //! all through the `Chain` trait on the embedded chain running the contract wasm.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use por_chain::local::{Clock, LocalChain};
@@ -11,32 +12,14 @@ use por_chain::{Chain, LocalClient};
 use por_protocol::testing::Network;
 use por_protocol::types::{EdgeTerms, Route, SeverReason};
 use por_protocol::{Amount, ChainAction, ChainEvent, Event, Keypair, Time};
-use serde_json::json;
 
 const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
 
 /// The chain and its scratch directory, removed when dropped.
 fn chain(name: &str) -> (tempfile::TempDir, Arc<Mutex<LocalChain>>) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("por-chain-{name}-"))
-        .tempdir()
-        .unwrap();
-    // Deployed as `por.test` on network `test`: the deployment the test engines sign
-    // for (`Deployment::test`).
-    let mut c = LocalChain::open(
-        &dir.path().join("chain.redb"),
-        &wasm,
-        "por.test",
-        Clock::Manual(0),
-    )
-    .unwrap();
-    c.fund("por.test", 10 * NEAR).unwrap();
-    c.call_json("por.test", "new", json!({"config": {"min_stake": NEAR.to_string(), "min_deposit": "1",
-        "unbonding_ns": "1", "challenge_ns": (60 * SEC).to_string(), "sever_penalty": (NEAR / 100).to_string(),
-        "partition_slash_bps": 100, "network": "test"}}), 0).unwrap();
+    let (dir, mut c) = common::chain(name, "por.test", Clock::Manual(0));
+    common::init_test_contract(&mut c, NEAR / 100, 100);
     for who in ["alice.local", "bob.local"] {
         c.fund(who, 100 * NEAR).unwrap();
     }

@@ -2,8 +2,9 @@
 //! (wasmtime) with NEAR's host functions and gas metering.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use por_chain::local::{Clock, LocalChain};
 use por_chain::ChainError;
@@ -18,21 +19,9 @@ const NEAR: u128 = 1_000_000_000_000_000_000_000_000;
 const SEC: u64 = 1_000_000_000;
 const CONTRACT: &str = "por.local";
 
-fn wasm() -> &'static [u8] {
-    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let path = por_chain::wasm::build_contract(&root).unwrap();
-        std::fs::read(path).unwrap()
-    })
-}
-
 /// A scratch directory (removed when dropped) and the chain's database path in it.
 fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("por-chain-{name}-"))
-        .tempdir()
-        .unwrap();
+    let dir = common::scratch(name);
     let path = dir.path().join("chain.redb");
     (dir, path)
 }
@@ -56,7 +45,8 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn new_chain(path: &std::path::Path) -> LocalChain {
-    let mut chain = LocalChain::open(path, wasm(), CONTRACT, Clock::Manual(1_000 * SEC)).unwrap();
+    let mut chain =
+        LocalChain::open(path, common::wasm(), CONTRACT, Clock::Manual(1_000 * SEC)).unwrap();
     chain.fund(CONTRACT, 10 * NEAR).unwrap();
     let config = json!({"config": {
         "min_stake": (10 * NEAR).to_string(), "min_deposit": NEAR.to_string(),
@@ -389,7 +379,7 @@ fn state_survives_a_restart() {
         // each (funding is free).
         assert_eq!(chain.height(), 7);
     }
-    let chain = LocalChain::open(&path, wasm(), CONTRACT, Clock::Manual(0)).unwrap();
+    let chain = LocalChain::open(&path, common::wasm(), CONTRACT, Clock::Manual(0)).unwrap();
     assert!(chain.initialised());
     assert_eq!(chain.height(), 7);
     assert_eq!(stake(&chain, "alice"), 100 * NEAR);

@@ -4,6 +4,8 @@
 //! so that no other test's allocations move the figure.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use por_chain::local::{Clock, LocalChain};
 use serde_json::json;
 
@@ -20,13 +22,7 @@ fn rss_kib() -> u64 {
 
 #[test]
 fn two_hundred_contract_runs_leave_resident_memory_where_it_was() {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("por-chain-memory-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("chain.redb");
-    let mut chain = LocalChain::open(&path, &wasm, "por.local", Clock::Manual(0)).unwrap();
+    let (dir, mut chain) = common::chain("memory", "por.local", Clock::Manual(0));
     chain.fund("por.local", 10u128.pow(25)).unwrap();
     chain
         .ensure_initialised(por_chain::local::dev_config())
@@ -59,7 +55,5 @@ fn two_hundred_contract_runs_leave_resident_memory_where_it_was() {
         "resident memory grew {grown_mib} MiB over 200 contract runs ({runs} in all)"
     );
     // The compiled code is kept beside the database: a reopened chain finds it.
-    assert!(dir.join("chain.redb.contracts").is_dir());
-    drop(chain);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(dir.path().join("chain.redb.contracts").is_dir());
 }

@@ -3,7 +3,8 @@
 //! chain.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use por_chain::local::{dev_config, Clock, LocalChain, NEAR};
@@ -16,20 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The chain and its scratch directory, removed when dropped.
 fn chain(name: &str) -> (tempfile::TempDir, LocalChain) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = std::fs::read(por_chain::wasm::build_contract(&root).unwrap()).unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("por-served-{name}-"))
-        .tempdir()
-        .unwrap();
-    let chain = LocalChain::open(
-        &dir.path().join("chain.redb"),
-        &wasm,
-        "por.local",
-        Clock::Wall,
-    )
-    .unwrap();
-    (dir, chain)
+    common::chain(&format!("served-{name}"), "por.local", Clock::Wall)
 }
 
 fn terms() -> EdgeTerms {
