@@ -64,17 +64,13 @@ impl Admission {
     /// Frames queued for peers waited `delay_ms` (since the last report, on the
     /// slowest lane: `Links::take_out_delay`).
     pub(crate) fn written(&mut self, delay_ms: u64) {
-        if self.target_ms > 0 {
-            self.out = Some(self.out.map_or(delay_ms, |l| l.min(delay_ms)));
-        }
+        least_of(&mut self.out, delay_ms);
     }
 
     /// A frame (or a request of the node's own caller) waited `delay_ms` between its
     /// connection (or the call) and the engine.
     pub(crate) fn arrived(&mut self, delay_ms: u64) {
-        if self.target_ms > 0 {
-            self.least_in = Some(self.least_in.map_or(delay_ms, |l| l.min(delay_ms)));
-        }
+        least_of(&mut self.least_in, delay_ms);
     }
 
     /// The writes up to `up_to` were handed to the persister at `now_ms`.
@@ -91,8 +87,7 @@ impl Admission {
                 break;
             }
             self.waiting.pop_front();
-            let delay = now_ms.saturating_sub(at);
-            self.least = Some(self.least.map_or(delay, |l| l.min(delay)));
+            least_of(&mut self.least, now_ms.saturating_sub(at));
         }
     }
 
@@ -142,6 +137,11 @@ impl Admission {
     pub(crate) fn shedding(&self) -> Option<u64> {
         self.shedding
     }
+}
+
+/// Lowers `slot` to `delay_ms` (sets it if empty): a window's least wait.
+fn least_of(slot: &mut Option<u64>, delay_ms: u64) {
+    *slot = Some(slot.map_or(delay_ms, |l| l.min(delay_ms)));
 }
 
 #[cfg(test)]

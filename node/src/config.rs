@@ -114,8 +114,8 @@ pub struct Settings {
     /// Time (ms) an HTTP client has to send a request's head.
     #[cfg_attr(feature = "cli", arg(long, env = "POR_HTTP_HEADER_TIMEOUT_MS"))]
     pub http_header_timeout_ms: Option<u64>,
-    /// Standing delay (ms) of the node's commits past which it refuses new requests
-    /// until they drain; 0 never sheds.
+    /// Standing delay (ms) of the node's queues (engine inputs, commits, lanes to
+    /// peers) past which it refuses new requests until they drain; 0 never sheds.
     #[cfg_attr(feature = "cli", arg(long, env = "POR_ADMISSION_DELAY_MS"))]
     pub admission_delay_ms: Option<u64>,
     /// Which chain: embedded, served or near.
@@ -629,7 +629,7 @@ sever_policy = "wait_syncs:3"
 # tcp_max_partial_bytes = 8388608
 # http_max_connections = 256
 # http_header_timeout_ms = 5000
-# Refuse new requests while commits wait longer than this (ms), standing; 0: never.
+# Refuse new requests while work here waits longer than this (ms), standing; 0: never.
 # admission_delay_ms = 200
 
 # The chain: embedded (this process), served (`por chain serve`), or near.

@@ -12,7 +12,7 @@ use crate::NodeError;
 /// reconnection's resend is under way.
 const SLACK_FRAMES: usize = 8;
 
-/// The default standing commit delay past which a node sheds load: long enough that
+/// The default standing queueing delay past which a node sheds load: long enough that
 /// no healthy node, even a debug build on a busy host, waits so long through a whole
 /// window, and short against the round trips a backlog leads to (seconds).
 pub const DEFAULT_ADMISSION_DELAY_MS: u64 = 200;
@@ -31,7 +31,8 @@ pub struct Limits {
     pub bulk_lanes: u32,
     /// Each HTTP surface (control endpoint, metrics listener).
     pub http: HttpLimits,
-    /// The standing delay of the node's commits, in ms, past which it sheds load:
+    /// The standing delay of the node's queues (engine inputs, commits, lanes to
+    /// peers), in ms, past which it sheds load:
     /// refuses new requests (a peer's refunded as `Overloaded`) until it drains (see
     /// `admission.rs`). 0 never sheds.
     pub admission_delay_ms: u64,

@@ -600,13 +600,13 @@ async fn write_lane(
         // In writes of at most WRITE_BURST_BYTES (or one larger frame): the transport
         // copies a write into one buffer, and a burst of MiB responses would
         // otherwise be copied whole.
-        let mut group = Vec::new();
-        let mut bytes = 0;
-        // The queue's bytes count until the transport has taken them.
         // The burst's last frame waited least: what this lane's queue costs now.
         if let Some((_, at)) = burst.last() {
             delay.fetch_min(crate::now().ms().saturating_sub(*at), Ordering::Relaxed);
         }
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        // The queue's bytes count until the transport has taken them.
         for (frame, _) in burst.drain(..) {
             if !group.is_empty() && bytes + frame.len() > WRITE_BURST_BYTES {
                 if let Err(e) = link.send_frames(stream, std::mem::take(&mut group)).await {
