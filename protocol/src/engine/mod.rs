@@ -256,8 +256,6 @@ impl Engine {
             .find_routes(&self.id, server, bytes, max_rtt_ms, k)
     }
 
-    // ----------------------------------------------------------------- outputs
-
     /// Admission control, decided by the driver: with `Some(delay_ms)` (the standing
     /// delay it measured, past its target) new requests are refused, a peer's as
     /// [`RejectReason::Overloaded`](crate::messages::RejectReason::Overloaded) with its
@@ -272,6 +270,8 @@ impl Engine {
     pub fn overloaded(&self) -> Option<u64> {
         self.overloaded
     }
+
+    // ----------------------------------------------------------------- outputs
 
     /// The next batch of writes to persist, if any.
     pub fn poll_writes(&mut self) -> Option<WriteBatch> {
